@@ -1,0 +1,15 @@
+//! Wire types and pure logic shared by the node agent, the registry and the `grid` CLI.
+//!
+//! Nothing here does I/O: resources are counted in raw bytes on the wire and converted to
+//! grid units only by [`units`], and every message that crosses the network is a
+//! [`envelope::Envelope`] signed with ed25519 over the exact payload bytes.
+
+pub mod envelope;
+pub mod payload;
+pub mod units;
+
+pub use envelope::{Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+pub use payload::{
+    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind,
+};
+pub use units::{Resources, Units, GIB};

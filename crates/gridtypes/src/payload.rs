@@ -1,0 +1,320 @@
+//! What nodes and twins say to the registry: the payloads carried inside signed envelopes.
+//!
+//! Each payload names its `kind`, so an endpoint refuses a message signed for another purpose.
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::Resources;
+
+/// Longest farm name the registry accepts.
+pub const MAX_FARM_NAME: usize = 64;
+/// Most interfaces a node may describe in one registration.
+pub const MAX_INTERFACES: usize = 64;
+/// Longest free-text field (serial, agent version, interface name or address).
+pub const MAX_TEXT: usize = 128;
+
+/// Why payload bytes were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PayloadError {
+    /// Not JSON of a known payload shape (names the offending field where serde can).
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    /// Well-formed but out of range.
+    #[error("invalid payload: {0}")]
+    Invalid(String),
+}
+
+/// Every message a node or twin can sign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Payload {
+    /// A twin enters the phonebook with the key that signs this.
+    RegisterTwin {},
+    /// A twin creates a farm it owns.
+    CreateFarm {
+        /// Unique farm name.
+        name: String,
+    },
+    /// A node registers (or re-registers) itself under a farm with its own key.
+    RegisterNode(NodeRegistration),
+    /// A node's periodic report.
+    Report(Report),
+}
+
+/// A node's registration: which farm, what it has, how it can be reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    /// The farm the node belongs to.
+    pub farm_id: u64,
+    /// Total raw capacity measured on the node.
+    pub capacity: Resources,
+    /// DMI serial number, if the firmware has one.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// True when the node runs inside a hypervisor (such nodes earn nothing).
+    #[serde(default)]
+    pub virtualized: bool,
+    /// Network interfaces.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Agent version that sent this.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+}
+
+/// A network interface of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Kernel name, e.g. `eth0`.
+    pub name: String,
+    /// MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Addresses in CIDR notation.
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// A report a node sends about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Report {
+    /// Seconds since the node booted; the registry derives up/down time from successive ones.
+    Uptime {
+        /// Seconds since boot.
+        uptime_secs: u64,
+    },
+    /// The node's total capacity changed (a disk appeared or died).
+    Capacity {
+        /// Total raw capacity now.
+        capacity: Resources,
+    },
+    /// What workloads reserve and the public traffic they moved.
+    Consumption(Consumption),
+}
+
+/// Resources reserved by workloads and traffic moved since the previous report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumption {
+    /// Resources currently reserved by workloads.
+    pub used: Resources,
+    /// Public traffic in bytes since the previous consumption report.
+    pub traffic_bytes: u64,
+}
+
+/// The kind of a report, as stored and filtered by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// An uptime report.
+    Uptime,
+    /// A capacity report.
+    Capacity,
+    /// A consumption report.
+    Consumption,
+}
+
+impl ReportKind {
+    /// Name used in the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Uptime => "uptime",
+            ReportKind::Capacity => "capacity",
+            ReportKind::Consumption => "consumption",
+        }
+    }
+}
+
+impl Report {
+    /// The kind of this report.
+    pub fn kind(&self) -> ReportKind {
+        match self {
+            Report::Uptime { .. } => ReportKind::Uptime,
+            Report::Capacity { .. } => ReportKind::Capacity,
+            Report::Consumption(_) => ReportKind::Consumption,
+        }
+    }
+}
+
+impl Payload {
+    /// Serialises to the bytes that get signed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain structs of integers and strings always serialise.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates payload bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Payload, PayloadError> {
+        let p: Payload =
+            serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The payload's kind as written on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::RegisterTwin {} => "register_twin",
+            Payload::CreateFarm { .. } => "create_farm",
+            Payload::RegisterNode(_) => "register_node",
+            Payload::Report(_) => "report",
+        }
+    }
+
+    /// Range checks serde cannot express.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        let invalid = PayloadError::Invalid;
+        match self {
+            Payload::RegisterTwin {} => Ok(()),
+            Payload::CreateFarm { name } => {
+                let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+                if name.is_empty() || name.len() > MAX_FARM_NAME || !name.chars().all(ok_char) {
+                    return Err(invalid(format!(
+                        "farm name {name:?} must be 1..={MAX_FARM_NAME} characters of A-Z a-z 0-9 - _ ."
+                    )));
+                }
+                Ok(())
+            }
+            Payload::RegisterNode(reg) => {
+                if reg.farm_id == 0 || reg.farm_id > i64::MAX as u64 {
+                    return Err(invalid(format!("farm_id {} is out of range", reg.farm_id)));
+                }
+                reg.capacity.validate().map_err(invalid)?;
+                if reg.interfaces.len() > MAX_INTERFACES {
+                    return Err(invalid(format!(
+                        "{} interfaces, at most {MAX_INTERFACES}",
+                        reg.interfaces.len()
+                    )));
+                }
+                let texts = reg.serial.iter().chain(reg.agent_version.iter()).chain(
+                    reg.interfaces.iter().flat_map(|i| {
+                        std::iter::once(&i.name)
+                            .chain(i.mac.iter())
+                            .chain(i.ips.iter())
+                    }),
+                );
+                for t in texts {
+                    if t.len() > MAX_TEXT {
+                        return Err(invalid(format!("text field longer than {MAX_TEXT} bytes")));
+                    }
+                }
+                if reg.interfaces.iter().any(|i| i.ips.len() > MAX_INTERFACES) {
+                    return Err(invalid(format!(
+                        "more than {MAX_INTERFACES} addresses on one interface"
+                    )));
+                }
+                Ok(())
+            }
+            Payload::Report(Report::Uptime { uptime_secs }) => {
+                if *uptime_secs > i64::MAX as u64 {
+                    return Err(invalid("uptime_secs out of range".into()));
+                }
+                Ok(())
+            }
+            Payload::Report(Report::Capacity { capacity }) => capacity.validate().map_err(invalid),
+            Payload::Report(Report::Consumption(c)) => {
+                c.used.validate().map_err(invalid)?;
+                if c.traffic_bytes > i64::MAX as u64 {
+                    return Err(invalid("traffic_bytes out of range".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_by_kind() {
+        let p = Payload::Report(Report::Uptime { uptime_secs: 5 });
+        let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(v["kind"], "report");
+        assert_eq!(v["report"], "uptime");
+        assert_eq!(v["uptime_secs"], 5);
+        let p = Payload::CreateFarm { name: "f1".into() };
+        assert_eq!(
+            String::from_utf8(p.to_bytes()).unwrap(),
+            r#"{"kind":"create_farm","name":"f1"}"#
+        );
+    }
+
+    #[test]
+    fn all_payloads_round_trip() {
+        let reg = NodeRegistration {
+            farm_id: 3,
+            capacity: Resources::from_gib(2, 2.0, 20.0, 50.0),
+            serial: Some("S1".into()),
+            virtualized: true,
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: Some("52:54:00:12:34:56".into()),
+                ips: vec!["10.0.2.15/24".into()],
+            }],
+            agent_version: Some("0.1.0".into()),
+        };
+        for p in [
+            Payload::RegisterTwin {},
+            Payload::CreateFarm {
+                name: "farm-1".into(),
+            },
+            Payload::RegisterNode(reg),
+            Payload::Report(Report::Uptime { uptime_secs: 1 }),
+            Payload::Report(Report::Capacity {
+                capacity: Resources::from_gib(1, 1.0, 1.0, 1.0),
+            }),
+            Payload::Report(Report::Consumption(Consumption {
+                used: Resources::from_gib(1, 1.0, 0.0, 0.0),
+                traffic_bytes: 10,
+            })),
+        ] {
+            assert_eq!(Payload::from_bytes(&p.to_bytes()).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused() {
+        for bad in [
+            r#"{"kind":"register_twin","admin":true}"#,
+            r#"{"kind":"create_farm","name":"x","owner":1}"#,
+            r#"{"kind":"report","report":"uptime","uptime_secs":1,"x":1}"#,
+            r#"{"kind":"steal_tft"}"#,
+            r#"{"kind":"report","report":"reboot"}"#,
+            r#"{"kind":"register_node","farm_id":1,"capacity":{"cru":1,"mru":1,"sru":1,"hru":1,"tpu":1}}"#,
+        ] {
+            let err = Payload::from_bytes(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, PayloadError::Malformed(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn range_checks() {
+        let bad_name = Payload::CreateFarm {
+            name: "has space".into(),
+        };
+        assert!(matches!(bad_name.validate(), Err(PayloadError::Invalid(_))));
+        let long = Payload::CreateFarm {
+            name: "a".repeat(MAX_FARM_NAME + 1),
+        };
+        assert!(long.validate().is_err());
+        let zero_farm = Payload::RegisterNode(NodeRegistration {
+            farm_id: 0,
+            capacity: Resources::default(),
+            serial: None,
+            virtualized: false,
+            interfaces: vec![],
+            agent_version: None,
+        });
+        assert!(zero_farm.validate().is_err());
+        let huge = r#"{"kind":"report","report":"uptime","uptime_secs":18446744073709551615}"#;
+        assert!(matches!(
+            Payload::from_bytes(huge.as_bytes()),
+            Err(PayloadError::Invalid(_))
+        ));
+    }
+}
