@@ -1,0 +1,46 @@
+# gridos: the two front-door commands are `make run` and `make test` (see README.md).
+
+CARGO      ?= cargo
+BUILD      ?= $(CURDIR)/build
+REGISTRY_DB     ?= sqlite://$(BUILD)/registry.db
+REGISTRY_LISTEN ?= 127.0.0.1:8480
+
+.PHONY: all build run test lint fmt bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+## Start a registry on an embedded SQLite file and print how to talk to it.
+run: build
+	@mkdir -p $(BUILD)
+	@echo "== grid registry on http://$(REGISTRY_LISTEN) with $(REGISTRY_DB)"
+	@echo "== in another terminal, for example:"
+	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) key new"
+	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) twin register"
+	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) farm create my-farm"
+	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) nodes list"
+	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) stats"
+	@echo "     curl http://$(REGISTRY_LISTEN)/api/v1/stats"
+	@echo "== Ctrl-C stops it"
+	exec target/release/grid-registry serve --db $(REGISTRY_DB) --listen $(REGISTRY_LISTEN)
+
+## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL.
+test: lint
+	tests/with-postgres.sh $(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks behind BENCHMARKS.md.
+bench:
+	tests/with-postgres.sh $(CARGO) run --release -p gridos-perf -- all
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD) out

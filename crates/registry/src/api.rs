@@ -1,0 +1,608 @@
+//! The JSON API under `/api/v1`: signed writes from twins and nodes, open reads for auditors.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gridtypes::{Envelope, Resources, Units, Verified};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::writer::{Writer, Written};
+use crate::{now, Config};
+
+/// Default page size of list endpoints.
+const DEFAULT_LIMIT: i64 = 50;
+/// Largest page a client may ask for.
+const MAX_LIMIT: i64 = 1000;
+/// Reports shown inline with one node.
+const INLINE_REPORTS: i64 = 20;
+
+/// Shared state of all handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// The single writer.
+    pub writer: Writer,
+    /// Server settings.
+    pub config: Config,
+}
+
+type AppResult<T> = Result<T, ApiError>;
+type S = State<Arc<AppState>>;
+
+/// Builds the API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/twins", post(register_twin).get(list_twins))
+        .route("/api/v1/twins/{id}", get(get_twin))
+        .route("/api/v1/farms", post(create_farm).get(list_farms))
+        .route("/api/v1/farms/{id}", get(get_farm))
+        .route("/api/v1/nodes", post(register_node).get(list_nodes))
+        .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/nodes/{id}/reports", get(list_reports))
+        .route("/api/v1/reports", post(post_report))
+        .route("/api/v1/stats", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// Reads, verifies and kind-checks a signed request body.
+async fn open_signed(
+    state: &AppState,
+    body: Body,
+    expected: &'static str,
+) -> AppResult<(Verified, Vec<u8>)> {
+    let limit = state.config.body_limit;
+    let bytes = to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit })?;
+    let envelope = Envelope::from_json(&bytes)?;
+    let verified = envelope.open(now())?;
+    let got = verified.payload.kind();
+    if got != expected {
+        return Err(ApiError::WrongKind { expected, got });
+    }
+    Ok((verified, bytes.to_vec()))
+}
+
+async fn signed_write(
+    state: &AppState,
+    body: Body,
+    kind: &'static str,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    let (verified, raw) = open_signed(state, body, kind).await?;
+    let written = state.writer.write(verified, raw).await?;
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(written)))
+}
+
+async fn register_twin(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, body, "register_twin").await
+}
+
+async fn create_farm(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, body, "create_farm").await
+}
+
+async fn register_node(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, body, "register_node").await
+}
+
+async fn post_report(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, body, "report").await
+}
+
+/// Query string extractor that answers bad or unknown parameters with a JSON error.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::Malformed(e.body_text()))
+    }
+}
+
+fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::Malformed(format!("{what} id {raw:?} is not a positive integer")))
+}
+
+fn page_limit(limit: Option<i64>) -> AppResult<i64> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
+        Some(l) => Err(ApiError::Malformed(format!(
+            "limit {l} is out of range 1..={MAX_LIMIT}"
+        ))),
+    }
+}
+
+/// A page of results with the cursor for the next one.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<i64>,
+}
+
+fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next = if items.len() as i64 == limit {
+        items.last().map(id)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+/// Paging parameters of the plain list endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// Return items with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+// ---- twins ----
+
+/// A twin in the phonebook.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TwinView {
+    /// Twin id.
+    pub id: i64,
+    /// ed25519 public key, hex.
+    pub public_key: String,
+    /// When it registered (Unix seconds).
+    pub created_at: i64,
+}
+
+fn twin_view(r: &AnyRow) -> Result<TwinView, sqlx::Error> {
+    Ok(TwinView {
+        id: r.try_get("id")?,
+        public_key: r.try_get("public_key")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+async fn list_twins(State(s): S, Q(p): Q<Paging>) -> AppResult<Json<Page<TwinView>>> {
+    let limit = page_limit(p.limit)?;
+    let rows = sqlx::query(
+        "SELECT id, public_key, created_at FROM twins WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(p.after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(&s.db.pool)
+    .await?;
+    let items = rows.iter().map(twin_view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit, |t| t.id)))
+}
+
+async fn get_twin(State(s): S, Path(id): Path<String>) -> AppResult<Json<TwinView>> {
+    let id = parse_id(&id, "twin")?;
+    let row = sqlx::query("SELECT id, public_key, created_at FROM twins WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&s.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("twin {id} does not exist")))?;
+    Ok(Json(twin_view(&row)?))
+}
+
+// ---- farms ----
+
+/// A farm and how many nodes it has.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FarmView {
+    /// Farm id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Owning twin.
+    pub twin_id: i64,
+    /// Nodes registered in the farm.
+    pub nodes: i64,
+    /// When it was created (Unix seconds).
+    pub created_at: i64,
+}
+
+const FARM_SELECT: &str = "SELECT f.id, f.name, f.twin_id, f.created_at, \
+    (SELECT COUNT(*) FROM nodes n WHERE n.farm_id = f.id) AS nodes FROM farms f";
+
+fn farm_view(r: &AnyRow) -> Result<FarmView, sqlx::Error> {
+    Ok(FarmView {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        twin_id: r.try_get("twin_id")?,
+        nodes: r.try_get("nodes")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+async fn list_farms(State(s): S, Q(p): Q<Paging>) -> AppResult<Json<Page<FarmView>>> {
+    let limit = page_limit(p.limit)?;
+    let rows = sqlx::query(&format!(
+        "{FARM_SELECT} WHERE f.id > $1 ORDER BY f.id LIMIT $2"
+    ))
+    .bind(p.after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(&s.db.pool)
+    .await?;
+    let items = rows.iter().map(farm_view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit, |f| f.id)))
+}
+
+async fn get_farm(State(s): S, Path(id): Path<String>) -> AppResult<Json<FarmView>> {
+    let id = parse_id(&id, "farm")?;
+    let row = sqlx::query(&format!("{FARM_SELECT} WHERE f.id = $1"))
+        .bind(id)
+        .fetch_optional(&s.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("farm {id} does not exist")))?;
+    Ok(Json(farm_view(&row)?))
+}
+
+// ---- nodes ----
+
+/// Whether a node reported recently enough to count as up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Last report within the up window.
+    Up,
+    /// No report within the up window.
+    Down,
+}
+
+/// A node as auditors see it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: i64,
+    /// The node's own ed25519 key, hex.
+    pub public_key: String,
+    /// Farm it belongs to.
+    pub farm_id: i64,
+    /// Up or down by last report age.
+    pub status: Status,
+    /// DMI serial.
+    pub serial: Option<String>,
+    /// Runs inside a hypervisor.
+    pub virtualized: bool,
+    /// Network interfaces as registered.
+    pub interfaces: serde_json::Value,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Total raw capacity.
+    pub capacity: Resources,
+    /// Reserved by workloads.
+    pub used: Resources,
+    /// Capacity minus used.
+    pub free: Resources,
+    /// Farming units of the total capacity.
+    pub units: Units,
+    /// Last reported uptime.
+    pub uptime_secs: i64,
+    /// Public traffic reported so far.
+    pub traffic_bytes: i64,
+    /// First registration (Unix seconds).
+    pub registered_at: i64,
+    /// Last capacity change or registration.
+    pub updated_at: i64,
+    /// Last message of any kind.
+    pub last_seen: i64,
+    /// Latest reports, newest first (only on the single-node endpoint).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reports: Option<Vec<ReportView>>,
+}
+
+const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
+    agent_version, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
+    cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen";
+
+fn resources(r: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
+    let get = |c: &str| -> Result<u64, sqlx::Error> {
+        Ok(r.try_get::<i64, _>(format!("{prefix}{c}").as_str())?.max(0) as u64)
+    };
+    Ok(Resources {
+        cru: get("cru")?,
+        mru: get("mru")?,
+        sru: get("sru")?,
+        hru: get("hru")?,
+        ipv4: get("ipv4")?,
+    })
+}
+
+fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
+    let capacity = resources(r, "")?;
+    let used = resources(r, "used_")?;
+    let last_seen: i64 = r.try_get("last_seen")?;
+    let interfaces: String = r.try_get("interfaces")?;
+    Ok(NodeView {
+        id: r.try_get("id")?,
+        public_key: r.try_get("public_key")?,
+        farm_id: r.try_get("farm_id")?,
+        status: if last_seen >= up_since {
+            Status::Up
+        } else {
+            Status::Down
+        },
+        serial: r.try_get("serial")?,
+        virtualized: r.try_get::<i64, _>("virtualized")? != 0,
+        interfaces: serde_json::from_str(&interfaces).unwrap_or(serde_json::Value::Null),
+        agent_version: r.try_get("agent_version")?,
+        capacity,
+        used,
+        free: capacity.saturating_sub(&used),
+        units: Units {
+            cu: r.try_get("cu")?,
+            su: r.try_get("su")?,
+        },
+        uptime_secs: r.try_get("uptime_secs")?,
+        traffic_bytes: r.try_get("traffic_bytes")?,
+        registered_at: r.try_get("registered_at")?,
+        updated_at: r.try_get("updated_at")?,
+        last_seen,
+        reports: None,
+    })
+}
+
+/// Filters of the node list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFilter {
+    /// Only nodes of this farm.
+    pub farm: Option<i64>,
+    /// Only up or only down nodes.
+    pub status: Option<Status>,
+    /// At least this many free cores.
+    pub min_cru: Option<i64>,
+    /// At least this many free bytes of memory.
+    pub min_mru: Option<i64>,
+    /// At least this many free bytes of SSD.
+    pub min_sru: Option<i64>,
+    /// At least this many free bytes of HDD.
+    pub min_hru: Option<i64>,
+    /// Nodes with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<NodeView>>> {
+    let limit = page_limit(f.limit)?;
+    let up_since = now() - s.config.up_window_secs;
+    let mut sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id > $1");
+    let mut args: Vec<i64> = vec![f.after.unwrap_or(0)];
+    let mut push = |cond: &str, v: i64| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond} ${}", args.len()));
+    };
+    if let Some(farm) = f.farm {
+        push("farm_id =", farm);
+    }
+    match f.status {
+        Some(Status::Up) => push("last_seen >=", up_since),
+        Some(Status::Down) => push("last_seen <", up_since),
+        None => {}
+    }
+    for (col, v) in [
+        ("free_cru", f.min_cru),
+        ("free_mru", f.min_mru),
+        ("free_sru", f.min_sru),
+        ("free_hru", f.min_hru),
+    ] {
+        if let Some(v) = v {
+            push(&format!("{col} >="), v);
+        }
+    }
+    args.push(limit);
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
+    let mut q = sqlx::query(&sql);
+    for a in args {
+        q = q.bind(a);
+    }
+    let rows = q.fetch_all(&s.db.pool).await?;
+    let items = rows
+        .iter()
+        .map(|r| node_view(r, up_since))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit, |n| n.id)))
+}
+
+async fn get_node(State(s): S, Path(id): Path<String>) -> AppResult<Json<NodeView>> {
+    let id = parse_id(&id, "node")?;
+    let up_since = now() - s.config.up_window_secs;
+    let row = sqlx::query(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&s.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("node {id} does not exist")))?;
+    let mut node = node_view(&row, up_since)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {REPORT_COLUMNS} FROM reports WHERE node_id = $1 ORDER BY id DESC LIMIT $2"
+    ))
+    .bind(id)
+    .bind(INLINE_REPORTS)
+    .fetch_all(&s.db.pool)
+    .await?;
+    node.reports = Some(rows.iter().map(report_view).collect::<Result<_, _>>()?);
+    Ok(Json(node))
+}
+
+// ---- reports ----
+
+/// A stored report: the envelope exactly as the node sent it, so anyone can re-verify it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReportView {
+    /// Report id.
+    pub id: i64,
+    /// uptime, capacity or consumption.
+    pub kind: String,
+    /// The node's timestamp.
+    pub signed_at: i64,
+    /// The registry's clock when it was stored.
+    pub received_at: i64,
+    /// The signed envelope, verbatim.
+    pub envelope: Box<RawValue>,
+}
+
+const REPORT_COLUMNS: &str = "id, kind, signed_at, received_at, envelope";
+
+fn report_view(r: &AnyRow) -> Result<ReportView, sqlx::Error> {
+    let raw: Vec<u8> = r.try_get("envelope")?;
+    let envelope = String::from_utf8(raw)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+        .ok_or_else(|| sqlx::Error::Decode("stored envelope is not JSON".into()))?;
+    Ok(ReportView {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        signed_at: r.try_get("signed_at")?,
+        received_at: r.try_get("received_at")?,
+        envelope,
+    })
+}
+
+/// Filters of a node's report list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFilter {
+    /// Only reports of this kind.
+    pub kind: Option<gridtypes::ReportKind>,
+    /// Reports with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+async fn list_reports(
+    State(s): S,
+    Path(id): Path<String>,
+    Q(f): Q<ReportFilter>,
+) -> AppResult<Json<Page<ReportView>>> {
+    let id = parse_id(&id, "node")?;
+    let limit = page_limit(f.limit)?;
+    let exists = sqlx::query("SELECT id FROM nodes WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&s.db.pool)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound(format!("node {id} does not exist")));
+    }
+    let kind_filter = if f.kind.is_some() {
+        " AND kind = $4"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {REPORT_COLUMNS} FROM reports WHERE node_id = $1 AND id > $2{kind_filter} \
+         ORDER BY id LIMIT $3"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(id)
+        .bind(f.after.unwrap_or(0))
+        .bind(limit);
+    if let Some(kind) = f.kind {
+        q = q.bind(kind.as_str());
+    }
+    let rows = q.fetch_all(&s.db.pool).await?;
+    let items = rows
+        .iter()
+        .map(report_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit, |r| r.id)))
+}
+
+// ---- stats ----
+
+/// Totals over a set of nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Totals {
+    /// Number of nodes.
+    pub nodes: i64,
+    /// Summed raw capacity.
+    pub capacity: Resources,
+    /// Summed farming units (each node's CU/SU, added up).
+    pub units: Units,
+}
+
+/// Grid-wide figures.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    /// Registered twins.
+    pub twins: i64,
+    /// Farms.
+    pub farms: i64,
+    /// Stored reports.
+    pub reports: i64,
+    /// Seconds without a report after which a node counts as down.
+    pub up_window_secs: i64,
+    /// Nodes that reported within the up window.
+    pub up: Totals,
+    /// Every registered node.
+    pub all: Totals,
+}
+
+async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
+    let sql = "SELECT COUNT(*) AS nodes, \
+        CAST(COALESCE(SUM(cru), 0) AS BIGINT) AS cru, CAST(COALESCE(SUM(mru), 0) AS BIGINT) AS mru, \
+        CAST(COALESCE(SUM(sru), 0) AS BIGINT) AS sru, CAST(COALESCE(SUM(hru), 0) AS BIGINT) AS hru, \
+        CAST(COALESCE(SUM(ipv4), 0) AS BIGINT) AS ipv4, \
+        CAST(COALESCE(SUM(cu), 0.0) AS DOUBLE PRECISION) AS cu, \
+        CAST(COALESCE(SUM(su), 0.0) AS DOUBLE PRECISION) AS su \
+        FROM nodes WHERE last_seen >= $1";
+    let r = sqlx::query(sql)
+        .bind(up_since.unwrap_or(i64::MIN))
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(Totals {
+        nodes: r.try_get("nodes")?,
+        capacity: resources(&r, "")?,
+        units: Units {
+            cu: r.try_get("cu")?,
+            su: r.try_get("su")?,
+        },
+    })
+}
+
+async fn count(db: &Db, table: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&db.pool)
+        .await?
+        .try_get(0)
+}
+
+async fn stats(State(s): S) -> AppResult<Json<Stats>> {
+    let up_since = now() - s.config.up_window_secs;
+    Ok(Json(Stats {
+        twins: count(&s.db, "twins").await?,
+        farms: count(&s.db, "farms").await?,
+        reports: count(&s.db, "reports").await?,
+        up_window_secs: s.config.up_window_secs,
+        up: totals(&s.db, Some(up_since)).await?,
+        all: totals(&s.db, None).await?,
+    }))
+}

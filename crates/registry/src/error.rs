@@ -1,0 +1,121 @@
+//! Errors the registry answers with: a stable code, an HTTP status and a message that names the input.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gridtypes::EnvelopeError;
+use serde_json::json;
+
+/// Everything that can go wrong handling a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON of the expected shape (includes unknown fields).
+    #[error("{0}")]
+    Malformed(String),
+    /// The body is larger than the configured limit.
+    #[error("body is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The signature does not verify, or the signer is not a valid key.
+    #[error("{0}")]
+    BadSignature(String),
+    /// The signer is not in the phonebook in the role this request needs.
+    #[error("{0}")]
+    UnknownSigner(String),
+    /// The timestamp is outside the accepted window.
+    #[error("{0}")]
+    StaleTimestamp(String),
+    /// The (signer, nonce) pair was already accepted.
+    #[error("nonce {nonce} was already used by {signer}: replayed request refused")]
+    Replay {
+        /// Signer key.
+        signer: String,
+        /// The replayed nonce.
+        nonce: String,
+    },
+    /// The payload names a farm that does not exist.
+    #[error("farm {0} does not exist")]
+    UnknownFarm(i64),
+    /// A signed payload of another kind was sent to this endpoint.
+    #[error("this endpoint accepts {expected} payloads, got {got}")]
+    WrongKind {
+        /// What the endpoint takes.
+        expected: &'static str,
+        /// What was sent.
+        got: &'static str,
+    },
+    /// A unique name is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The registry is shutting down or its writer stopped.
+    #[error("registry is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) => "malformed",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::BadSignature(_) => "bad_signature",
+            ApiError::UnknownSigner(_) => "unknown_signer",
+            ApiError::StaleTimestamp(_) => "stale_timestamp",
+            ApiError::Replay { .. } => "replay",
+            ApiError::UnknownFarm(_) => "unknown_farm",
+            ApiError::WrongKind { .. } => "wrong_kind",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Database(_) => "database",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) | ApiError::WrongKind { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadSignature(_)
+            | ApiError::UnknownSigner(_)
+            | ApiError::StaleTimestamp(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Replay { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnknownFarm(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<EnvelopeError> for ApiError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Malformed(_) | EnvelopeError::Payload(_) => {
+                ApiError::Malformed(e.to_string())
+            }
+            EnvelopeError::BadSigner(_) | EnvelopeError::BadSignature(_) => {
+                ApiError::BadSignature(e.to_string())
+            }
+            EnvelopeError::StaleTimestamp { .. } => ApiError::StaleTimestamp(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Database(e) = &self {
+            tracing::error!(error = %e, "database error");
+        }
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), Json(body)).into_response()
+    }
+}

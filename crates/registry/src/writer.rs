@@ -1,0 +1,459 @@
+//! The single writer: applies verified requests in batched transactions (group commit).
+//!
+//! Signature checks run in parallel in the request handlers; every write then goes through
+//! this one task, which commits many requests per transaction. A request is answered only
+//! after its transaction committed, so an acknowledged report is on disk, and SQLite never
+//! sees two writers fighting over its lock.
+
+use std::time::Duration;
+
+use gridtypes::{NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::now;
+
+/// Most requests committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Requests waiting for the writer before handlers get back-pressure.
+const QUEUE_DEPTH: usize = 8192;
+/// How often stale nonces are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What a committed write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    /// The id of the twin, farm, node or report.
+    pub id: i64,
+    /// False when the request only confirmed something that already existed.
+    pub created: bool,
+}
+
+struct Job {
+    verified: Verified,
+    raw: Vec<u8>,
+    reply: oneshot::Sender<Result<Written, ApiError>>,
+}
+
+/// Handle to the writer task.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task on `db`.
+    pub fn spawn(db: Db) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(db, rx));
+        Writer { tx }
+    }
+
+    /// Applies a verified request and waits until it is committed.
+    pub async fn write(&self, verified: Verified, raw: Vec<u8>) -> Result<Written, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                verified,
+                raw,
+                reply,
+            })
+            .await
+            .map_err(|_| ApiError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("writer dropped the request".into()))?
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                commit_batch(&db, &mut batch).await;
+            }
+            _ = prune.tick() => {
+                let horizon = now() - 2 * MAX_CLOCK_SKEW_SECS;
+                if let Err(e) = sqlx::query("DELETE FROM nonces WHERE ts < $1")
+                    .bind(horizon)
+                    .execute(&db.pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "pruning nonces failed");
+                }
+            }
+        }
+    }
+}
+
+/// Commits `batch` in one transaction; if the transaction fails, retries each job alone
+/// so one poisoned request cannot fail the others.
+async fn commit_batch(db: &Db, batch: &mut Vec<Job>) {
+    match apply_all(db, batch).await {
+        Ok(results) => {
+            for (job, result) in batch.drain(..).zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(job) = batch.pop() {
+                let _ = job.reply.send(Err(ApiError::Database(e)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "batch failed, retrying one by one");
+            for job in std::mem::take(batch) {
+                let mut one = vec![job];
+                Box::pin(commit_batch(db, &mut one)).await;
+            }
+        }
+    }
+}
+
+async fn apply_all(db: &Db, batch: &[Job]) -> Result<Vec<Result<Written, ApiError>>, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let now = now();
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        results.push(apply(&mut tx, job, now).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Applies one job. The outer `Err` is a database failure (the transaction is lost);
+/// the inner one is the request's own fault and leaves the transaction usable.
+async fn apply(
+    conn: &mut AnyConnection,
+    job: &Job,
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let v = &job.verified;
+    // Look the signer up before claiming the nonce, so a refused request changes nothing.
+    macro_rules! check {
+        ($e:expr) => {
+            match $e.await? {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+    }
+    enum Ctx {
+        Nothing,
+        Twin(i64),
+        Node(Option<NodeState>),
+    }
+    let ctx = match &v.payload {
+        Payload::RegisterTwin {} => Ctx::Nothing,
+        Payload::CreateFarm { .. } => Ctx::Twin(check!(twin_id(conn, &v.signer_hex))),
+        Payload::RegisterNode(reg) => {
+            check!(farm_exists(conn, reg.farm_id as i64));
+            Ctx::Node(node_by_key(conn, &v.signer_hex).await?.ok())
+        }
+        Payload::Report(_) => Ctx::Node(Some(check!(node_by_key(conn, &v.signer_hex)))),
+    };
+    let claimed = sqlx::query(
+        "INSERT INTO nonces (signer, nonce, ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&v.signer_hex)
+    .bind(&v.nonce)
+    .bind(v.timestamp)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(Err(ApiError::Replay {
+            signer: v.signer_hex.clone(),
+            nonce: v.nonce.clone(),
+        }));
+    }
+    match (&v.payload, ctx) {
+        (Payload::RegisterTwin {}, _) => register_twin(conn, &v.signer_hex, &job.raw, now).await,
+        (Payload::CreateFarm { name }, Ctx::Twin(twin)) => {
+            create_farm(conn, twin, name, &job.raw, now).await
+        }
+        (Payload::RegisterNode(reg), Ctx::Node(existing)) => {
+            register_node(conn, &v.signer_hex, existing, reg, &job.raw, now).await
+        }
+        (Payload::Report(report), Ctx::Node(Some(node))) => {
+            store_report(conn, node, report, v.timestamp, &job.raw, now).await
+        }
+        _ => Ok(Err(ApiError::Unavailable(
+            "internal: request context does not match payload".into(),
+        ))),
+    }
+}
+
+async fn twin_id(
+    conn: &mut AnyConnection,
+    key: &str,
+) -> Result<Result<i64, ApiError>, sqlx::Error> {
+    let row = sqlx::query("SELECT id FROM twins WHERE public_key = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Ok(r.try_get(0)?),
+        None => Err(ApiError::UnknownSigner(format!(
+            "{key} is not a registered twin: run `grid twin register` first"
+        ))),
+    })
+}
+
+async fn farm_exists(
+    conn: &mut AnyConnection,
+    farm: i64,
+) -> Result<Result<(), ApiError>, sqlx::Error> {
+    let row = sqlx::query("SELECT id FROM farms WHERE id = $1")
+        .bind(farm)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|_| ()).ok_or(ApiError::UnknownFarm(farm)))
+}
+
+/// What the writer needs to know of a node to update it.
+struct NodeState {
+    id: i64,
+    capacity: Resources,
+    used: Resources,
+}
+
+fn resources(row: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
+    let get = |c: &str| -> Result<u64, sqlx::Error> {
+        Ok(row
+            .try_get::<i64, _>(format!("{prefix}{c}").as_str())?
+            .max(0) as u64)
+    };
+    Ok(Resources {
+        cru: get("cru")?,
+        mru: get("mru")?,
+        sru: get("sru")?,
+        hru: get("hru")?,
+        ipv4: get("ipv4")?,
+    })
+}
+
+async fn node_by_key(
+    conn: &mut AnyConnection,
+    key: &str,
+) -> Result<Result<NodeState, ApiError>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
+         FROM nodes WHERE public_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => Ok(NodeState {
+            id: r.try_get("id")?,
+            capacity: resources(&r, "")?,
+            used: resources(&r, "used_")?,
+        }),
+        None => Err(ApiError::UnknownSigner(format!(
+            "{key} is not a registered node: register with POST /api/v1/nodes first"
+        ))),
+    })
+}
+
+async fn register_twin(
+    conn: &mut AnyConnection,
+    key: &str,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO twins (public_key, envelope, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (public_key) DO NOTHING RETURNING id",
+    )
+    .bind(key)
+    .bind(raw)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok(Ok(Written {
+            id: row.try_get(0)?,
+            created: true,
+        }));
+    }
+    Ok(twin_id(conn, key)
+        .await?
+        .map(|id| Written { id, created: false }))
+}
+
+async fn create_farm(
+    conn: &mut AnyConnection,
+    twin: i64,
+    name: &str,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO farms (name, twin_id, envelope, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO NOTHING RETURNING id",
+    )
+    .bind(name)
+    .bind(twin)
+    .bind(raw)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match inserted {
+        Some(row) => Ok(Written {
+            id: row.try_get(0)?,
+            created: true,
+        }),
+        None => Err(ApiError::Conflict(format!(
+            "farm name {name:?} is already taken"
+        ))),
+    })
+}
+
+async fn register_node(
+    conn: &mut AnyConnection,
+    key: &str,
+    existing: Option<NodeState>,
+    reg: &NodeRegistration,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let used = existing.as_ref().map(|n| n.used).unwrap_or_default();
+    let free = reg.capacity.saturating_sub(&used);
+    let units = reg.capacity.farming_units();
+    let interfaces = serde_json::to_string(&reg.interfaces).unwrap_or_else(|_| "[]".into());
+    let c = &reg.capacity;
+    let row = sqlx::query(
+        "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
+            registration, cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
+            registered_at, updated_at, last_seen) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+            $19, $19, $19) \
+         ON CONFLICT (public_key) DO UPDATE SET farm_id = excluded.farm_id, \
+            serial = excluded.serial, virtualized = excluded.virtualized, \
+            interfaces = excluded.interfaces, agent_version = excluded.agent_version, \
+            registration = excluded.registration, cru = excluded.cru, mru = excluded.mru, \
+            sru = excluded.sru, hru = excluded.hru, ipv4 = excluded.ipv4, \
+            free_cru = excluded.free_cru, free_mru = excluded.free_mru, \
+            free_sru = excluded.free_sru, free_hru = excluded.free_hru, cu = excluded.cu, \
+            su = excluded.su, updated_at = excluded.updated_at, last_seen = excluded.last_seen \
+         RETURNING id",
+    )
+    .bind(key)
+    .bind(reg.farm_id as i64)
+    .bind(reg.serial.as_deref())
+    .bind(reg.virtualized as i64)
+    .bind(interfaces)
+    .bind(reg.agent_version.as_deref())
+    .bind(raw)
+    .bind(c.cru as i64)
+    .bind(c.mru as i64)
+    .bind(c.sru as i64)
+    .bind(c.hru as i64)
+    .bind(c.ipv4 as i64)
+    .bind(free.cru as i64)
+    .bind(free.mru as i64)
+    .bind(free.sru as i64)
+    .bind(free.hru as i64)
+    .bind(units.cu)
+    .bind(units.su)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Ok(Written {
+        id: row.try_get(0)?,
+        created: existing.is_none(),
+    }))
+}
+
+async fn store_report(
+    conn: &mut AnyConnection,
+    node: NodeState,
+    report: &Report,
+    signed_at: i64,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, envelope) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(node.id)
+    .bind(report.kind().as_str())
+    .bind(signed_at)
+    .bind(now)
+    .bind(raw)
+    .fetch_one(&mut *conn)
+    .await?;
+    let report_id: i64 = row.try_get(0)?;
+    match report {
+        Report::Uptime { uptime_secs } => {
+            sqlx::query("UPDATE nodes SET uptime_secs = $1, last_seen = $2 WHERE id = $3")
+                .bind(*uptime_secs as i64)
+                .bind(now)
+                .bind(node.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Report::Capacity { capacity } => {
+            set_resources(conn, node.id, capacity, &node.used, now).await?;
+        }
+        Report::Consumption(c) => {
+            set_resources(conn, node.id, &node.capacity, &c.used, now).await?;
+            sqlx::query("UPDATE nodes SET traffic_bytes = traffic_bytes + $1 WHERE id = $2")
+                .bind(c.traffic_bytes as i64)
+                .bind(node.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(Ok(Written {
+        id: report_id,
+        created: true,
+    }))
+}
+
+async fn set_resources(
+    conn: &mut AnyConnection,
+    node: i64,
+    capacity: &Resources,
+    used: &Resources,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let free = capacity.saturating_sub(used);
+    let units = capacity.farming_units();
+    sqlx::query(
+        "UPDATE nodes SET cru = $1, mru = $2, sru = $3, hru = $4, ipv4 = $5, \
+            used_cru = $6, used_mru = $7, used_sru = $8, used_hru = $9, used_ipv4 = $10, \
+            free_cru = $11, free_mru = $12, free_sru = $13, free_hru = $14, cu = $15, su = $16, \
+            updated_at = $17, last_seen = $17 WHERE id = $18",
+    )
+    .bind(capacity.cru as i64)
+    .bind(capacity.mru as i64)
+    .bind(capacity.sru as i64)
+    .bind(capacity.hru as i64)
+    .bind(capacity.ipv4 as i64)
+    .bind(used.cru as i64)
+    .bind(used.mru as i64)
+    .bind(used.sru as i64)
+    .bind(used.hru as i64)
+    .bind(used.ipv4 as i64)
+    .bind(free.cru as i64)
+    .bind(free.mru as i64)
+    .bind(free.sru as i64)
+    .bind(free.hru as i64)
+    .bind(units.cu)
+    .bind(units.su)
+    .bind(now)
+    .bind(node)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
