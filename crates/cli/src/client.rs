@@ -1,0 +1,123 @@
+//! A small client for the registry's JSON API that turns its errors into readable messages.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use gridtypes::{Envelope, Payload, NONCE_LEN};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde_json::Value;
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The registry could not be reached at all.
+    #[error("cannot reach the registry at {url}: {source} (is `grid-registry serve` running there? set --registry)")]
+    Unreachable {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        source: reqwest::Error,
+    },
+    /// The registry answered with an error.
+    #[error("registry refused ({status} {code}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The registry's error code.
+        code: String,
+        /// The registry's message.
+        message: String,
+    },
+    /// The answer was not JSON.
+    #[error("registry at {url} answered {status} with something that is not JSON: {body}")]
+    NotJson {
+        /// URL asked.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Start of the body.
+        body: String,
+    },
+}
+
+/// A registry client.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the registry at `base` (e.g. `http://127.0.0.1:8480`).
+    pub fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    async fn finish(
+        &self,
+        url: String,
+        r: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Value, ClientError> {
+        let r = r.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let status = r.status().as_u16();
+        let text = r.text().await.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| ClientError::NotJson {
+            url: url.clone(),
+            status,
+            body: text.chars().take(200).collect(),
+        })?;
+        if status >= 400 {
+            return Err(ClientError::Refused {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// GETs `path` (with query) and returns the JSON body.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self.http.get(&url).send().await;
+        self.finish(url, r).await
+    }
+
+    /// Signs `payload` with `key` and POSTs it to `path`.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        key: &SigningKey,
+        payload: &Payload,
+    ) -> Result<Value, ClientError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let env = Envelope::seal(key, payload, now, nonce);
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(env.to_json())
+            .send()
+            .await;
+        self.finish(url, r).await
+    }
+}
