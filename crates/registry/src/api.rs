@@ -486,12 +486,37 @@ fn report_view(r: &AnyRow) -> Result<ReportView, sqlx::Error> {
     })
 }
 
+/// Kinds of signed node messages the registry keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredKind {
+    /// A (re-)registration.
+    Registration,
+    /// An uptime report.
+    Uptime,
+    /// A capacity report.
+    Capacity,
+    /// A consumption report.
+    Consumption,
+}
+
+impl StoredKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoredKind::Registration => "registration",
+            StoredKind::Uptime => "uptime",
+            StoredKind::Capacity => "capacity",
+            StoredKind::Consumption => "consumption",
+        }
+    }
+}
+
 /// Filters of a node's report list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportFilter {
     /// Only reports of this kind.
-    pub kind: Option<gridtypes::ReportKind>,
+    pub kind: Option<StoredKind>,
     /// Reports with an id greater than this.
     pub after: Option<i64>,
     /// Page size.

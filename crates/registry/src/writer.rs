@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use crate::error::ApiError;
 use crate::now;
 
@@ -120,12 +120,219 @@ async fn commit_batch(db: &Db, batch: &mut Vec<Job>) {
 async fn apply_all(db: &Db, batch: &[Job]) -> Result<Vec<Result<Written, ApiError>>, sqlx::Error> {
     let mut tx = db.pool.begin().await?;
     let now = now();
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        results.push(apply(&mut tx, job, now).await?);
+    let mut results: Vec<Option<Result<Written, ApiError>>> = batch.iter().map(|_| None).collect();
+    // Uptime reports are nearly all the traffic: they are applied with a few statements per
+    // batch. Everything else (registrations, capacity changes) goes one by one, first, so a
+    // node registered in this batch can already report in it.
+    let mut uptimes = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        match &job.verified.payload {
+            Payload::Report(Report::Uptime { uptime_secs }) => uptimes.push((i, *uptime_secs)),
+            _ => results[i] = Some(apply(&mut tx, job, now).await?),
+        }
+    }
+    for chunk in uptimes.chunks(UPTIME_CHUNK) {
+        bulk_uptime(&mut tx, db.backend, batch, chunk, now, &mut results).await?;
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::Unavailable("request was not applied".into()))))
+        .collect())
+}
+
+/// Uptime reports applied per statement in [`bulk_uptime`] (bounded by bind-parameter limits).
+const UPTIME_CHUNK: usize = 256;
+
+/// Placeholders for `rows` rows of `cols` columns, numbered from `first` on PostgreSQL.
+///
+/// SQLite gets anonymous `?`s: its lookup of numbered names is linear per parameter, which
+/// made large batches quadratic.
+fn values(backend: Backend, rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => out.push_str(&format!("${}", first + r * cols + c)),
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Applies many uptime reports with a handful of statements instead of four per report.
+async fn bulk_uptime(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    batch: &[Job],
+    chunk: &[(usize, u64)],
+    now: i64,
+    results: &mut [Option<Result<Written, ApiError>>],
+) -> Result<(), sqlx::Error> {
+    use std::collections::{HashMap, HashSet};
+    let replay = |v: &Verified| {
+        Some(Err(ApiError::Replay {
+            signer: v.signer_hex.clone(),
+            nonce: v.nonce.clone(),
+        }))
+    };
+
+    // 1. Which signers are registered nodes.
+    let keys: Vec<&str> = chunk
+        .iter()
+        .map(|(i, _)| batch[*i].verified.signer_hex.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let sql = format!(
+        "SELECT id, public_key FROM nodes WHERE public_key IN {}",
+        values(backend, 1, keys.len(), 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for k in &keys {
+        q = q.bind(*k);
+    }
+    let mut node_ids = HashMap::new();
+    for row in q.fetch_all(&mut *conn).await? {
+        node_ids.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
+    }
+
+    // 2. Nonces used before (almost always none: nonces are 128 random bits).
+    let sql = format!(
+        "SELECT signer, nonce FROM nonces WHERE nonce IN {}",
+        values(backend, 1, chunk.len(), 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, _) in chunk {
+        q = q.bind(&batch[*i].verified.nonce);
+    }
+    let mut used = HashSet::new();
+    for row in q.fetch_all(&mut *conn).await? {
+        used.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+
+    // 3. Refuse unknown signers and replays, including copies inside this batch.
+    let mut live = Vec::with_capacity(chunk.len());
+    for &(i, uptime) in chunk {
+        let v = &batch[i].verified;
+        match node_ids.get(&v.signer_hex) {
+            None => {
+                results[i] = Some(Err(ApiError::UnknownSigner(format!(
+                    "{} is not a registered node: register with POST /api/v1/nodes first",
+                    v.signer_hex
+                ))))
+            }
+            Some(&node) => {
+                if used.insert((v.signer_hex.clone(), v.nonce.clone())) {
+                    live.push((i, node, uptime));
+                } else {
+                    results[i] = replay(v);
+                }
+            }
+        }
+    }
+    if live.is_empty() {
+        return Ok(());
+    }
+
+    // 4. Claim the nonces and store the reports verbatim.
+    let sql = format!(
+        "INSERT INTO nonces (signer, nonce, ts) VALUES {}",
+        values(backend, live.len(), 3, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, _, _) in &live {
+        let v = &batch[*i].verified;
+        q = q.bind(&v.signer_hex).bind(&v.nonce).bind(v.timestamp);
+    }
+    q.execute(&mut *conn).await?;
+
+    let sql = format!(
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) VALUES {}{}",
+        values(backend, live.len(), 6, 1),
+        match backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " RETURNING id, node_id, nonce",
+        }
+    );
+    let mut q = sqlx::query(&sql);
+    for (i, node, _) in &live {
+        let job = &batch[*i];
+        q = q
+            .bind(*node)
+            .bind("uptime")
+            .bind(job.verified.timestamp)
+            .bind(now)
+            .bind(&job.verified.nonce)
+            .bind(job.raw.as_slice());
+    }
+    let ids: Vec<i64> = match backend {
+        // One writer holds SQLite's lock, and a multi-row INSERT numbers its rows in order:
+        // the ids are the `live.len()` ones ending at the last inserted rowid.
+        Backend::Sqlite => {
+            q.execute(&mut *conn).await?;
+            // sqlx's Any driver does not pass SQLite's last rowid through; ask for it.
+            let last: i64 = sqlx::query("SELECT last_insert_rowid()")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            let first = last - live.len() as i64 + 1;
+            (first..=last).collect()
+        }
+        // PostgreSQL does not promise RETURNING order: match rows by (node, nonce).
+        Backend::Postgres => {
+            let mut by_key = HashMap::new();
+            for r in q.fetch_all(&mut *conn).await? {
+                let key = (r.try_get::<i64, _>(1)?, r.try_get::<String, _>(2)?);
+                by_key.insert(key, r.try_get::<i64, _>(0)?);
+            }
+            live.iter()
+                .filter_map(|(i, node, _)| {
+                    by_key
+                        .get(&(*node, batch[*i].verified.nonce.clone()))
+                        .copied()
+                })
+                .collect()
+        }
+    };
+    if ids.len() != live.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} report ids for {} reports",
+            ids.len(),
+            live.len()
+        )));
+    }
+
+    // 5. Each node's latest uptime and last-seen time.
+    let mut latest: HashMap<i64, u64> = HashMap::new();
+    for ((i, node, uptime), id) in live.iter().zip(ids) {
+        latest.insert(*node, *uptime);
+        results[*i] = Some(Ok(Written { id, created: true }));
+    }
+    let sql = format!(
+        "WITH v(id, up) AS (VALUES {}) \
+         UPDATE nodes SET uptime_secs = v.up, last_seen = {} FROM v WHERE nodes.id = v.id",
+        values(backend, latest.len(), 2, 1),
+        match backend {
+            Backend::Sqlite => "?".to_string(),
+            Backend::Postgres => format!("${}", 2 * latest.len() + 1),
+        }
+    );
+    let mut q = sqlx::query(&sql);
+    for (node, uptime) in &latest {
+        q = q.bind(*node).bind(*uptime as i64);
+    }
+    q.bind(now).execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Applies one job. The outer `Err` is a database failure (the transaction is lost);
@@ -180,10 +387,10 @@ async fn apply(
             create_farm(conn, twin, name, &job.raw, now).await
         }
         (Payload::RegisterNode(reg), Ctx::Node(existing)) => {
-            register_node(conn, &v.signer_hex, existing, reg, &job.raw, now).await
+            register_node(conn, job, existing, reg, now).await
         }
         (Payload::Report(report), Ctx::Node(Some(node))) => {
-            store_report(conn, node, report, v.timestamp, &job.raw, now).await
+            store_report(conn, job, node, report, now).await
         }
         _ => Ok(Err(ApiError::Unavailable(
             "internal: request context does not match payload".into(),
@@ -319,12 +526,12 @@ async fn create_farm(
 
 async fn register_node(
     conn: &mut AnyConnection,
-    key: &str,
+    job: &Job,
     existing: Option<NodeState>,
     reg: &NodeRegistration,
-    raw: &[u8],
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let v = &job.verified;
     let used = existing.as_ref().map(|n| n.used).unwrap_or_default();
     let free = reg.capacity.saturating_sub(&used);
     let units = reg.capacity.farming_units();
@@ -332,27 +539,26 @@ async fn register_node(
     let c = &reg.capacity;
     let row = sqlx::query(
         "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
-            registration, cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
+            cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
             registered_at, updated_at, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-            $19, $19, $19) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+            $18, $18, $18) \
          ON CONFLICT (public_key) DO UPDATE SET farm_id = excluded.farm_id, \
             serial = excluded.serial, virtualized = excluded.virtualized, \
             interfaces = excluded.interfaces, agent_version = excluded.agent_version, \
-            registration = excluded.registration, cru = excluded.cru, mru = excluded.mru, \
+            cru = excluded.cru, mru = excluded.mru, \
             sru = excluded.sru, hru = excluded.hru, ipv4 = excluded.ipv4, \
             free_cru = excluded.free_cru, free_mru = excluded.free_mru, \
             free_sru = excluded.free_sru, free_hru = excluded.free_hru, cu = excluded.cu, \
             su = excluded.su, updated_at = excluded.updated_at, last_seen = excluded.last_seen \
          RETURNING id",
     )
-    .bind(key)
+    .bind(&v.signer_hex)
     .bind(reg.farm_id as i64)
     .bind(reg.serial.as_deref())
     .bind(reg.virtualized as i64)
     .bind(interfaces)
     .bind(reg.agent_version.as_deref())
-    .bind(raw)
     .bind(c.cru as i64)
     .bind(c.mru as i64)
     .bind(c.sru as i64)
@@ -367,29 +573,43 @@ async fn register_node(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
+    let id: i64 = row.try_get(0)?;
+    // The signed registration is kept with the reports, so its history can be audited too.
+    sqlx::query(
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
+         VALUES ($1, 'registration', $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(v.timestamp)
+    .bind(now)
+    .bind(&v.nonce)
+    .bind(job.raw.as_slice())
+    .execute(&mut *conn)
+    .await?;
     Ok(Ok(Written {
-        id: row.try_get(0)?,
+        id,
         created: existing.is_none(),
     }))
 }
 
 async fn store_report(
     conn: &mut AnyConnection,
+    job: &Job,
     node: NodeState,
     report: &Report,
-    signed_at: i64,
-    raw: &[u8],
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let v = &job.verified;
     let row = sqlx::query(
-        "INSERT INTO reports (node_id, kind, signed_at, received_at, envelope) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(node.id)
     .bind(report.kind().as_str())
-    .bind(signed_at)
+    .bind(v.timestamp)
     .bind(now)
-    .bind(raw)
+    .bind(&v.nonce)
+    .bind(job.raw.as_slice())
     .fetch_one(&mut *conn)
     .await?;
     let report_id: i64 = row.try_get(0)?;

@@ -25,6 +25,7 @@ on_both_databases!(
     wrong_payload_kind_is_refused,
     bad_queries_get_json_errors,
     concurrent_reports_all_land,
+    concurrent_replays_land_once,
     data_survives_a_restart,
 );
 
@@ -158,8 +159,9 @@ async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
         bigger.farming_units().su
     );
     let reports = n["reports"].as_array().unwrap();
-    assert_eq!(reports.len(), 3);
+    assert_eq!(reports.len(), 4, "three reports and the registration");
     assert_eq!(reports[0]["kind"], "consumption", "newest first");
+    assert_eq!(reports[3]["kind"], "registration");
     // An auditor re-verifies every stored envelope without trusting the registry.
     for r in reports {
         let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
@@ -174,11 +176,11 @@ async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{page}");
     assert_eq!(items[0]["kind"], "uptime");
-    let (_, page) = h.get(&format!("/api/v1/nodes/{id}/reports?limit=2")).await;
-    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let (_, page) = h.get(&format!("/api/v1/nodes/{id}/reports?limit=3")).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let next = page["next"].as_i64().unwrap();
     let (_, page) = h
-        .get(&format!("/api/v1/nodes/{id}/reports?limit=2&after={next}"))
+        .get(&format!("/api/v1/nodes/{id}/reports?limit=3&after={next}"))
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert!(page.get("next").is_none());
@@ -548,22 +550,48 @@ async fn concurrent_reports_all_land(engine: Engine) {
     for (key, _) in &nodes {
         for i in 0..30u64 {
             let h = h.clone();
-            let key = key.clone();
+            let env = seal(key, &Payload::Report(Report::Uptime { uptime_secs: i }));
             tasks.push(tokio::spawn(async move {
-                h.report(&key, Report::Uptime { uptime_secs: i }).await.0
+                let (s, v) = h.post("/api/v1/reports", &env).await;
+                (s, v["id"].as_i64(), env.nonce)
             }));
         }
     }
+    // Every answer names the id under which exactly that report was stored.
+    let mut sent = std::collections::HashMap::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 201);
+        let (s, id, nonce) = t.await.unwrap();
+        assert_eq!(s, 201);
+        sent.insert(id.unwrap(), nonce);
     }
     let (_, st) = h.get("/api/v1/stats").await;
-    assert_eq!(st["reports"], 300);
+    assert_eq!(
+        st["reports"],
+        300 + 10,
+        "300 uptime reports and 10 registrations"
+    );
     for (_, id) in &nodes {
         let (_, page) = h
-            .get(&format!("/api/v1/nodes/{id}/reports?limit=1000"))
+            .get(&format!(
+                "/api/v1/nodes/{id}/reports?kind=uptime&limit=1000"
+            ))
             .await;
-        assert_eq!(page["items"].as_array().unwrap().len(), 30);
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 30);
+        for r in items {
+            let stored = r["envelope"]["nonce"].as_str().unwrap();
+            let id = r["id"].as_i64().unwrap();
+            assert_eq!(
+                sent.get(&id).map(String::as_str),
+                Some(stored),
+                "report {id}; answered ids: {:?}",
+                {
+                    let mut k: Vec<_> = sent.keys().collect();
+                    k.sort();
+                    k
+                }
+            );
+        }
     }
 }
 
@@ -583,4 +611,35 @@ async fn data_survives_a_restart(engine: Engine) {
     // Replay protection survives the restart too.
     let (s, v) = h.post("/api/v1/reports", &env).await;
     assert_eq!((s, error_code(&v)), (409, "replay"), "{v}");
+}
+
+async fn concurrent_replays_land_once(engine: Engine) {
+    let Some(h) = harness(engine).await else {
+        return;
+    };
+    let farm = h.farm("f").await;
+    let (key, id) = h.node(farm, cap(2, 4.0, 100.0, 0.0)).await;
+    let h = std::sync::Arc::new(h);
+    // The same signed report sent 40 times at once: the writer may see copies in one batch.
+    let env = seal(&key, &Payload::Report(Report::Uptime { uptime_secs: 3 }));
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (h, env) = (h.clone(), env.clone());
+            tokio::spawn(async move { h.post("/api/v1/reports", &env).await })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        match s {
+            201 => created += 1,
+            409 => assert_eq!(error_code(&v), "replay"),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let (_, page) = h
+        .get(&format!("/api/v1/nodes/{id}/reports?kind=uptime"))
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
 }

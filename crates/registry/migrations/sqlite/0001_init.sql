@@ -1,4 +1,5 @@
 -- The phonebook (twins, farms, nodes) and every signed report, kept verbatim.
+-- A node's signed registrations are kept in `reports` too (kind 'registration').
 CREATE TABLE twins (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     public_key  TEXT    NOT NULL UNIQUE,
@@ -22,7 +23,6 @@ CREATE TABLE nodes (
     virtualized   INTEGER NOT NULL,
     interfaces    TEXT    NOT NULL,
     agent_version TEXT,
-    registration  BLOB    NOT NULL,
     cru  INTEGER NOT NULL, mru  INTEGER NOT NULL, sru  INTEGER NOT NULL, hru  INTEGER NOT NULL, ipv4  INTEGER NOT NULL,
     used_cru INTEGER NOT NULL DEFAULT 0, used_mru INTEGER NOT NULL DEFAULT 0, used_sru INTEGER NOT NULL DEFAULT 0,
     used_hru INTEGER NOT NULL DEFAULT 0, used_ipv4 INTEGER NOT NULL DEFAULT 0,
@@ -44,6 +44,7 @@ CREATE TABLE reports (
     kind        TEXT    NOT NULL,
     signed_at   INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
+    nonce       TEXT    NOT NULL,
     envelope    BLOB    NOT NULL
 );
 CREATE INDEX reports_node ON reports(node_id, id);

@@ -1,0 +1,496 @@
+//! `gridos-perf`: the benchmarks behind BENCHMARKS.md, each a named test with a JSON result.
+//!
+//! The registry runs as its own process (`grid-registry serve`, next to this binary), and
+//! clients talk to it over 127.0.0.1 only.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use ed25519_dalek::SigningKey;
+use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, GIB, NONCE_LEN};
+use rand::rngs::OsRng;
+use rand::{Rng, RngCore};
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+#[derive(Parser)]
+#[command(
+    name = "gridos-perf",
+    about = "gridos benchmarks (registry ingest, verify ceiling, node list latency)"
+)]
+struct Cli {
+    /// Write the JSON report here as well as to stdout.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    test: Test,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Subcommand)]
+enum Test {
+    /// ed25519 verifications per second on all cores (the machine's ceiling for ingest).
+    VerifyCeiling {
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// Signed reports per second stored by the registry, many concurrent clients.
+    Ingest {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 60_000)]
+        reports: usize,
+    },
+    /// p50/p99 latency of filtered node lists with many nodes seeded.
+    NodeList {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
+    /// Everything, in the order BENCHMARKS.md reports it.
+    All {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 60_000)]
+        reports: usize,
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+    },
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut n);
+    n
+}
+
+/// Verifications per second with `threads` threads, the same crate and call the registry uses.
+fn verify_ceiling(secs: f64) -> Value {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let run = |threads: usize| {
+        let total = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let total = total.clone();
+                std::thread::spawn(move || {
+                    let key = SigningKey::generate(&mut OsRng);
+                    let env = Envelope::seal(
+                        &key,
+                        &Payload::Report(Report::Uptime { uptime_secs: 1 }),
+                        now(),
+                        nonce(),
+                    );
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        for _ in 0..64 {
+                            if env.verify_signature().is_ok() {
+                                n += 1;
+                            }
+                        }
+                    }
+                    total.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        total.load(Ordering::Relaxed) as f64 / secs
+    };
+    let one = run(1);
+    let all = run(threads);
+    json!({
+        "test": "verify-ceiling",
+        "threads": threads,
+        "verify_per_sec_one_core": one.round(),
+        "verify_per_sec_all_cores": all.round(),
+    })
+}
+
+/// A registry process on 127.0.0.1 with a fresh database.
+struct Registry {
+    child: Child,
+    url: String,
+    _dir: Option<tempfile_dir::Dir>,
+}
+
+mod tempfile_dir {
+    /// A scratch directory removed on drop (std only, to keep this crate's dependencies small).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn fresh_db(kind: DbKind) -> anyhow::Result<(String, Option<tempfile_dir::Dir>)> {
+    match kind {
+        DbKind::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("gridos-perf-{:x}", OsRng.next_u64()));
+            std::fs::create_dir_all(&dir)?;
+            Ok((
+                format!("sqlite://{}", dir.join("registry.db").display()),
+                Some(tempfile_dir::Dir(dir)),
+            ))
+        }
+        DbKind::Postgres => {
+            let admin = std::env::var("GRIDOS_TEST_POSTGRES_URL")
+                .context("GRIDOS_TEST_POSTGRES_URL is not set: run under tests/with-postgres.sh")?;
+            let name = format!("gridos_perf_{:x}", OsRng.next_u64());
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await?;
+            let base = admin.rsplit_once('/').map(|x| x.0).unwrap_or(&admin);
+            Ok((format!("{base}/{name}"), None))
+        }
+    }
+}
+
+async fn start_registry(kind: DbKind, up_window: i64) -> anyhow::Result<Registry> {
+    let (db, dir) = fresh_db(kind).await?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let exe = std::env::current_exe()?.with_file_name("grid-registry");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p grid-registry`",
+            exe.display()
+        );
+    }
+    let child = Command::new(&exe)
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--up-window", &up_window.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let reg = Registry {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http
+            .get(format!("{}/healthz", reg.url))
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(reg);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("registry did not come up on {}", reg.url)
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    let r = http.post(url).body(body).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("{url}: {status} {v}");
+    }
+    Ok(v)
+}
+
+/// Registers a twin and a farm; returns the farm id.
+async fn farm(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let twin = SigningKey::generate(&mut OsRng);
+    let env = Envelope::seal(&twin, &Payload::RegisterTwin {}, now(), nonce());
+    post(http, &format!("{url}/api/v1/twins"), env.to_json()).await?;
+    let env = Envelope::seal(
+        &twin,
+        &Payload::CreateFarm {
+            name: "perf".into(),
+        },
+        now(),
+        nonce(),
+    );
+    let v = post(http, &format!("{url}/api/v1/farms"), env.to_json()).await?;
+    v["id"].as_u64().context("farm id")
+}
+
+fn random_capacity(rng: &mut impl Rng) -> Resources {
+    Resources::from_gib(
+        rng.gen_range(1..=128),
+        rng.gen_range(2..=1024) as f64,
+        rng.gen_range(0..=8000) as f64,
+        rng.gen_range(0..=64_000) as f64,
+    )
+}
+
+/// Sends every body to `path` with `clients` concurrent connections; returns seconds taken.
+async fn blast(url: &str, path: &str, bodies: Vec<Vec<u8>>, clients: usize) -> anyhow::Result<f64> {
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..clients {
+        let queue = queue.clone();
+        let http = http.clone();
+        let target = format!("{url}{path}");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let body = match queue.lock() {
+                    Ok(mut q) => q.pop(),
+                    Err(_) => None,
+                };
+                let Some(body) = body else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                post(&http, &target, body).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Registers `n` nodes with random capacity through the API; returns their keys.
+async fn seed_nodes(
+    url: &str,
+    farm: u64,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<(Vec<SigningKey>, f64)> {
+    let mut rng = rand::thread_rng();
+    let mut keys = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = SigningKey::generate(&mut rng);
+        let reg = Payload::RegisterNode(NodeRegistration {
+            farm_id: farm,
+            capacity: random_capacity(&mut rng),
+            serial: None,
+            virtualized: false,
+            interfaces: vec![],
+            agent_version: None,
+        });
+        bodies.push(Envelope::seal(&key, &reg, now(), nonce()).to_json());
+        keys.push(key);
+    }
+    let secs = blast(url, "/api/v1/nodes", bodies, clients).await?;
+    Ok((keys, secs))
+}
+
+async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<Value> {
+    let reg = start_registry(kind, 4800).await?;
+    let http = reqwest::Client::new();
+    let farm = farm(&http, &reg.url).await?;
+    let (keys, _) = seed_nodes(&reg.url, farm, 1000, clients).await?;
+    // Sign everything up front: the clients' own signing must not eat the server's CPU.
+    let bodies: Vec<Vec<u8>> = (0..reports)
+        .map(|i| {
+            let key = &keys[i % keys.len()];
+            let p = Payload::Report(Report::Uptime {
+                uptime_secs: i as u64,
+            });
+            Envelope::seal(key, &p, now(), nonce()).to_json()
+        })
+        .collect();
+    let cpu0 = cpu_secs(reg.child.id());
+    let client0 = cpu_secs(std::process::id());
+    let secs = blast(&reg.url, "/api/v1/reports", bodies, clients).await?;
+    let server_cpu = cpu_secs(reg.child.id()) - cpu0;
+    let client_cpu = cpu_secs(std::process::id()) - client0;
+    let stats: Value = http
+        .get(format!("{}/api/v1/stats", reg.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let stored = stats["reports"].as_u64().unwrap_or(0);
+    if stored != reports as u64 {
+        bail!("{stored} reports stored, {reports} sent");
+    }
+    Ok(json!({
+        "test": "ingest",
+        "db": format!("{kind:?}").to_lowercase(),
+        "clients": clients,
+        "reports": reports,
+        "seconds": secs,
+        "reports_per_sec": (reports as f64 / secs).round(),
+        "server_cpu_us_per_report": (server_cpu * 1e6 / reports as f64).round(),
+        "client_cpu_us_per_report": (client_cpu * 1e6 / reports as f64).round(),
+    }))
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result<Value> {
+    let reg = start_registry(kind, 4800).await?;
+    let http = reqwest::Client::new();
+    let mut farms = vec![];
+    for _ in 0..10 {
+        farms.push(farm_named(&http, &reg.url).await?);
+    }
+    let per_farm = nodes / farms.len();
+    let mut seed_secs = 0.0;
+    for f in &farms {
+        seed_secs += seed_nodes(&reg.url, *f, per_farm, 64).await?.1;
+    }
+    let mut rng = rand::thread_rng();
+    let mut lat = Vec::with_capacity(queries);
+    for i in 0..queries {
+        let q = match i % 5 {
+            0 => "/api/v1/nodes?limit=50".to_string(),
+            1 => format!(
+                "/api/v1/nodes?farm={}&status=up&limit=50",
+                farms[rng.gen_range(0..farms.len())]
+            ),
+            2 => format!(
+                "/api/v1/nodes?min_cru={}&min_mru={}&limit=50",
+                rng.gen_range(1..64),
+                rng.gen_range(1..512) * GIB
+            ),
+            3 => format!(
+                "/api/v1/nodes?status=up&min_sru={}&min_hru={}&limit=50",
+                rng.gen_range(0..7000) * GIB,
+                rng.gen_range(0..60_000) * GIB
+            ),
+            _ => format!(
+                "/api/v1/nodes?after={}&min_cru=100&min_mru={}&limit=50",
+                rng.gen_range(0..nodes),
+                900 * GIB
+            ),
+        };
+        let t = Instant::now();
+        let r = http.get(format!("{}{q}", reg.url)).send().await?;
+        if !r.status().is_success() {
+            bail!("{q}: {}", r.status());
+        }
+        let _: Value = r.json().await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(json!({
+        "test": "node-list",
+        "db": format!("{kind:?}").to_lowercase(),
+        "nodes": per_farm * farms.len(),
+        "seed_registrations_per_sec": ((per_farm * farms.len()) as f64 / seed_secs).round(),
+        "queries": queries,
+        "p50_ms": (percentile(&lat, 0.50) * 100.0).round() / 100.0,
+        "p99_ms": (percentile(&lat, 0.99) * 100.0).round() / 100.0,
+        "max_ms": (percentile(&lat, 1.0) * 100.0).round() / 100.0,
+    }))
+}
+
+async fn farm_named(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let twin = SigningKey::generate(&mut OsRng);
+    let env = Envelope::seal(&twin, &Payload::RegisterTwin {}, now(), nonce());
+    post(http, &format!("{url}/api/v1/twins"), env.to_json()).await?;
+    let name = format!("perf-{:x}", OsRng.next_u32());
+    let env = Envelope::seal(&twin, &Payload::CreateFarm { name }, now(), nonce());
+    let v = post(http, &format!("{url}/api/v1/farms"), env.to_json()).await?;
+    v["id"].as_u64().context("farm id")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let results = match cli.test {
+        Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
+        Test::Ingest {
+            db,
+            clients,
+            reports,
+        } => vec![ingest(db, clients, reports).await?],
+        Test::NodeList { db, nodes, queries } => vec![node_list(db, nodes, queries).await?],
+        Test::All {
+            clients,
+            reports,
+            nodes,
+        } => {
+            let mut out = vec![];
+            let ceiling = verify_ceiling(5.0);
+            eprintln!("{ceiling}");
+            let max = ceiling["verify_per_sec_all_cores"].as_f64().unwrap_or(1.0);
+            out.push(ceiling);
+            for db in [DbKind::Sqlite, DbKind::Postgres] {
+                let mut r = ingest(db, clients, reports).await?;
+                r["ratio_to_ceiling"] = json!(
+                    ((r["reports_per_sec"].as_f64().unwrap_or(0.0) / max) * 1000.0).round()
+                        / 1000.0
+                );
+                eprintln!("{r}");
+                out.push(r);
+            }
+            for db in [DbKind::Sqlite, DbKind::Postgres] {
+                let r = node_list(db, nodes, 2000).await?;
+                eprintln!("{r}");
+                out.push(r);
+            }
+            out
+        }
+    };
+    let report = json!({ "results": results });
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = cli.out {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
