@@ -334,18 +334,13 @@ async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<
             Envelope::seal(key, &p, now(), nonce()).to_json()
         })
         .collect();
+    let stored_before = stored_reports(&http, &reg.url).await?;
     let cpu0 = cpu_secs(reg.child.id());
     let client0 = cpu_secs(std::process::id());
     let secs = blast(&reg.url, "/api/v1/reports", bodies, clients).await?;
     let server_cpu = cpu_secs(reg.child.id()) - cpu0;
     let client_cpu = cpu_secs(std::process::id()) - client0;
-    let stats: Value = http
-        .get(format!("{}/api/v1/stats", reg.url))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let stored = stats["reports"].as_u64().unwrap_or(0);
+    let stored = stored_reports(&http, &reg.url).await? - stored_before;
     if stored != reports as u64 {
         bail!("{stored} reports stored, {reports} sent");
     }
@@ -359,6 +354,19 @@ async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<
         "server_cpu_us_per_report": (server_cpu * 1e6 / reports as f64).round(),
         "client_cpu_us_per_report": (client_cpu * 1e6 / reports as f64).round(),
     }))
+}
+
+/// Signed messages the registry has stored so far.
+async fn stored_reports(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let stats: Value = http
+        .get(format!("{url}/api/v1/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    stats["reports"]
+        .as_u64()
+        .context("stats without a report count")
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::db::Db;
+use crate::db::{resources, Db};
 use crate::error::ApiError;
 use crate::writer::{Writer, Written};
 use crate::{now, Config};
@@ -321,19 +321,6 @@ pub struct NodeView {
 const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
     agent_version, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
     cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen";
-
-fn resources(r: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
-    let get = |c: &str| -> Result<u64, sqlx::Error> {
-        Ok(r.try_get::<i64, _>(format!("{prefix}{c}").as_str())?.max(0) as u64)
-    };
-    Ok(Resources {
-        cru: get("cru")?,
-        mru: get("mru")?,
-        sru: get("sru")?,
-        hru: get("hru")?,
-        ipv4: get("ipv4")?,
-    })
-}
 
 fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
     let capacity = resources(r, "")?;

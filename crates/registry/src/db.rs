@@ -6,9 +6,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use gridtypes::Resources;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Executor, Row};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -129,6 +130,22 @@ impl Db {
             })?;
         Ok(Db { pool, backend })
     }
+}
+
+/// Reads the five resource columns `{prefix}cru` … `{prefix}ipv4` of a row.
+pub fn resources(row: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
+    let get = |c: &str| -> Result<u64, sqlx::Error> {
+        Ok(row
+            .try_get::<i64, _>(format!("{prefix}{c}").as_str())?
+            .max(0) as u64)
+    };
+    Ok(Resources {
+        cru: get("cru")?,
+        mru: get("mru")?,
+        sru: get("sru")?,
+        hru: get("hru")?,
+        ipv4: get("ipv4")?,
+    })
 }
 
 #[cfg(test)]

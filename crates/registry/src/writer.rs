@@ -8,11 +8,10 @@
 use std::time::Duration;
 
 use gridtypes::{NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
-use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Db};
+use crate::db::{resources, Backend, Db};
 use crate::error::ApiError;
 use crate::now;
 
@@ -68,7 +67,15 @@ impl Writer {
     }
 }
 
+/// Node ids by public key. Nodes are never deleted and re-registration keeps the id, so an
+/// entry stays true; it only saves the writer a lookup per uptime report.
+type NodeIds = std::collections::HashMap<String, i64>;
+
+/// Entries kept in [`NodeIds`] before it is emptied (about 150 MB).
+const MAX_CACHED_NODES: usize = 1_000_000;
+
 async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+    let mut node_ids = NodeIds::new();
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -77,7 +84,10 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                 if n == 0 {
                     return;
                 }
-                commit_batch(&db, &mut batch).await;
+                if node_ids.len() > MAX_CACHED_NODES {
+                    node_ids.clear();
+                }
+                commit_batch(&db, &mut node_ids, &mut batch).await;
             }
             _ = prune.tick() => {
                 let horizon = now() - 2 * MAX_CLOCK_SKEW_SECS;
@@ -95,8 +105,13 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
 
 /// Commits `batch` in one transaction; if the transaction fails, retries each job alone
 /// so one poisoned request cannot fail the others.
-async fn commit_batch(db: &Db, batch: &mut Vec<Job>) {
-    match apply_all(db, batch).await {
+async fn commit_batch(db: &Db, node_ids: &mut NodeIds, batch: &mut Vec<Job>) {
+    let result = apply_all(db, node_ids, batch).await;
+    if result.is_err() {
+        // Ids learnt inside a transaction that rolled back may name nodes that do not exist.
+        node_ids.clear();
+    }
+    match result {
         Ok(results) => {
             for (job, result) in batch.drain(..).zip(results) {
                 let _ = job.reply.send(result);
@@ -111,13 +126,17 @@ async fn commit_batch(db: &Db, batch: &mut Vec<Job>) {
             tracing::warn!(error = %e, jobs = batch.len(), "batch failed, retrying one by one");
             for job in std::mem::take(batch) {
                 let mut one = vec![job];
-                Box::pin(commit_batch(db, &mut one)).await;
+                Box::pin(commit_batch(db, node_ids, &mut one)).await;
             }
         }
     }
 }
 
-async fn apply_all(db: &Db, batch: &[Job]) -> Result<Vec<Result<Written, ApiError>>, sqlx::Error> {
+async fn apply_all(
+    db: &Db,
+    node_ids: &mut NodeIds,
+    batch: &[Job],
+) -> Result<Vec<Result<Written, ApiError>>, sqlx::Error> {
     let mut tx = db.pool.begin().await?;
     let now = now();
     let mut results: Vec<Option<Result<Written, ApiError>>> = batch.iter().map(|_| None).collect();
@@ -132,7 +151,16 @@ async fn apply_all(db: &Db, batch: &[Job]) -> Result<Vec<Result<Written, ApiErro
         }
     }
     for chunk in uptimes.chunks(UPTIME_CHUNK) {
-        bulk_uptime(&mut tx, db.backend, batch, chunk, now, &mut results).await?;
+        bulk_uptime(
+            &mut tx,
+            db.backend,
+            node_ids,
+            batch,
+            chunk,
+            now,
+            &mut results,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(results
@@ -173,6 +201,7 @@ fn values(backend: Backend, rows: usize, cols: usize, first: usize) -> String {
 async fn bulk_uptime(
     conn: &mut AnyConnection,
     backend: Backend,
+    node_ids: &mut NodeIds,
     batch: &[Job],
     chunk: &[(usize, u64)],
     now: i64,
@@ -186,24 +215,26 @@ async fn bulk_uptime(
         }))
     };
 
-    // 1. Which signers are registered nodes.
+    // 1. Which signers are registered nodes (asking the database only for keys not seen yet).
     let keys: Vec<&str> = chunk
         .iter()
         .map(|(i, _)| batch[*i].verified.signer_hex.as_str())
+        .filter(|k| !node_ids.contains_key(*k))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let sql = format!(
-        "SELECT id, public_key FROM nodes WHERE public_key IN {}",
-        values(backend, 1, keys.len(), 1)
-    );
-    let mut q = sqlx::query(&sql);
-    for k in &keys {
-        q = q.bind(*k);
-    }
-    let mut node_ids = HashMap::new();
-    for row in q.fetch_all(&mut *conn).await? {
-        node_ids.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
+    if !keys.is_empty() {
+        let sql = format!(
+            "SELECT id, public_key FROM nodes WHERE public_key IN {}",
+            values(backend, 1, keys.len(), 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for k in &keys {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            node_ids.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
+        }
     }
 
     // 2. Nonces used before (almost always none: nonces are 128 random bits).
@@ -430,21 +461,6 @@ struct NodeState {
     id: i64,
     capacity: Resources,
     used: Resources,
-}
-
-fn resources(row: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
-    let get = |c: &str| -> Result<u64, sqlx::Error> {
-        Ok(row
-            .try_get::<i64, _>(format!("{prefix}{c}").as_str())?
-            .max(0) as u64)
-    };
-    Ok(Resources {
-        cru: get("cru")?,
-        mru: get("mru")?,
-        sru: get("sru")?,
-        hru: get("hru")?,
-        ipv4: get("ipv4")?,
-    })
 }
 
 async fn node_by_key(

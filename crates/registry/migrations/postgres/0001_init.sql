@@ -50,10 +50,11 @@ CREATE TABLE reports (
 CREATE INDEX reports_node ON reports(node_id, id);
 
 -- Replay protection: each (signer, nonce) is accepted once while its timestamp is in the window.
+-- Nonce first: the writer looks a batch of nonces up by nonce alone.
 CREATE TABLE nonces (
     signer  TEXT    NOT NULL,
     nonce   TEXT    NOT NULL,
     ts      BIGINT NOT NULL,
-    PRIMARY KEY (signer, nonce)
+    PRIMARY KEY (nonce, signer)
 );
 CREATE INDEX nonces_ts ON nonces(ts);
