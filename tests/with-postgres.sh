@@ -16,7 +16,11 @@ if [[ -z "$bindir" || ! -x "$bindir/initdb" ]]; then
 fi
 
 dir=$(mktemp -d /tmp/gridos-pg.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A free port on 127.0.0.1: ask the kernel through python3 when it is there, else probe.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
+    for p in $(shuf -i 20000-60000 -n 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; break; }
+    done)
 as_pg=()
 if [[ $(id -u) -eq 0 ]]; then
     # PostgreSQL refuses to run as root.
