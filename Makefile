@@ -15,5 +15,5 @@ test-boot-init:
 
 # The static init and gridctl, as they go into the initramfs.
 init:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
-		--target x86_64-unknown-linux-gnu -p gridos-init -p gridctl
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl

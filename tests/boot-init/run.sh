@@ -8,6 +8,7 @@
 # Env: GRIDOS_KERNEL_ROOT=DIR  use an extracted kernel package (boot/vmlinuz-*, lib/modules/*)
 #      BOOT_TEST_OUT=DIR       work folder (default: build/boot-init under the repo)
 #      BOOT_TEST_TIMEOUT=SEC   wall-clock limit for the guest (default 240)
+#      BOOT_TEST_FULL_INDEX=1  ship the kernel's full modules.alias/dep (memory measurement)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -52,10 +53,10 @@ bbroot="$(fetch_deb busybox-static)"
 
 # 3. Static init and gridctl.
 if [ -z "${SKIP_BUILD:-}" ]; then
-    RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 cargo build --release \
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" nice -n 10 cargo build --profile initramfs \
         --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl --manifest-path "$repo/Cargo.toml" >&2
 fi
-bin="$target_dir/x86_64-unknown-linux-gnu/release"
+bin="$target_dir/x86_64-unknown-linux-gnu/initramfs"
 
 # 4. Initramfs tree.
 root="$out/root"
@@ -84,6 +85,10 @@ closure() {
 for m in "${mods[@]}"; do closure "$m"; done
 cp "$kroot/lib/modules/$kver"/modules.{builtin,builtin.modinfo,order} "$root/lib/modules/$kver/"
 depmod -b "$root" "$kver"
+if [ -n "${BOOT_TEST_FULL_INDEX:-}" ]; then
+    # Measure with the distribution kernel's whole index (as on a real node), modules subset only.
+    cp "$kroot/lib/modules/$kver"/modules.{alias,dep} "$root/lib/modules/$kver/"
+fi
 log "modules in initramfs: ${!seen[*]}"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -1 > "$out/initramfs.img"
 log "initramfs $(du -h "$out/initramfs.img" | cut -f1)"

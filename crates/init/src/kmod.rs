@@ -219,11 +219,17 @@ impl ModuleIndex {
 }
 
 /// Loads modules once each, remembering what is already in the kernel.
+///
+/// The full index of a distribution kernel is megabytes in memory, so it is
+/// held only while needed: during coldplug, and briefly for each hot-plug
+/// event with a modalias not seen before ([`Loader::release_index`]).
 #[derive(Debug)]
 pub struct Loader {
-    index: ModuleIndex,
+    root: PathBuf,
+    index: Option<ModuleIndex>,
     loaded: HashSet<String>,
     failed: HashSet<String>,
+    seen: HashSet<String>,
 }
 
 /// `finit_module` flag asking the kernel to decompress the file itself.
@@ -238,38 +244,71 @@ impl Loader {
             .filter_map(|l| l.split_whitespace().next().map(normalize))
             .collect();
         Loader {
-            index,
+            root: index.root.clone(),
+            index: Some(index),
             loaded,
             failed: HashSet::new(),
+            seen: HashSet::new(),
         }
     }
 
-    /// Loads every module matching `modalias`; returns the names newly loaded.
+    /// Drops the in-memory index; it is re-read on demand for new modaliases.
+    pub fn release_index(&mut self) {
+        self.index = None;
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Loads every module matching `modalias` (once per modalias); returns the names newly loaded.
     pub fn load_alias(&mut self, modalias: &str) -> Vec<String> {
-        let mut new = Vec::new();
-        for module in self.index.resolve(modalias) {
-            for file in self.index.load_order(&module) {
-                let name = module_name(&file);
-                if self.loaded.contains(&name) || self.failed.contains(&name) {
-                    continue;
+        if !self.seen.insert(modalias.to_string()) {
+            return Vec::new();
+        }
+        let temporary = self.index.is_none();
+        if temporary {
+            match ModuleIndex::load(&self.root) {
+                Ok(i) => self.index = Some(i),
+                Err(e) => {
+                    tracing::warn!(error = %e, "module index unavailable");
+                    return Vec::new();
                 }
-                let path = self.index.root.join(&file);
-                match load_file(&path) {
-                    Ok(()) => {
-                        tracing::info!(module = %name, modalias, "loaded module");
-                        self.loaded.insert(name.clone());
-                        new.push(name);
-                    }
-                    Err(KmodError::Load {
-                        source: nix::Error::EEXIST,
-                        ..
-                    }) => {
-                        self.loaded.insert(name);
-                    }
-                    Err(e) => {
-                        tracing::warn!(module = %name, error = %e, "module not loaded");
-                        self.failed.insert(name);
-                    }
+            }
+        }
+        let files: Vec<String> = match &self.index {
+            Some(idx) => idx
+                .resolve(modalias)
+                .iter()
+                .flat_map(|m| idx.load_order(m))
+                .collect(),
+            None => Vec::new(),
+        };
+        if temporary {
+            self.release_index();
+        }
+        let mut new = Vec::new();
+        for file in files {
+            let name = module_name(&file);
+            if self.loaded.contains(&name) || self.failed.contains(&name) {
+                continue;
+            }
+            let path = self.root.join(&file);
+            match load_file(&path) {
+                Ok(()) => {
+                    tracing::info!(module = %name, modalias, "loaded module");
+                    self.loaded.insert(name.clone());
+                    new.push(name);
+                }
+                Err(KmodError::Load {
+                    source: nix::Error::EEXIST,
+                    ..
+                }) => {
+                    self.loaded.insert(name);
+                }
+                Err(e) => {
+                    tracing::warn!(module = %name, error = %e, "module not loaded");
+                    self.failed.insert(name);
                 }
             }
         }
@@ -362,20 +401,19 @@ pub fn modaliases(sys: &Path) -> BTreeSet<String> {
 
 /// Loads modules for every device present, repeating while new devices appear (at most 5 passes).
 pub fn coldplug(loader: &mut Loader, sys: &Path) -> Vec<String> {
-    let mut seen = BTreeSet::new();
     let mut all = Vec::new();
     for _ in 0..5 {
         let aliases: Vec<String> = modaliases(sys)
             .into_iter()
-            .filter(|a| !seen.contains(a))
+            .filter(|a| !loader.seen.contains(a))
             .collect();
         if aliases.is_empty() {
             break;
         }
         for a in aliases {
             all.extend(loader.load_alias(&a));
-            seen.insert(a);
         }
     }
+    loader.release_index();
     all
 }

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use gridinit::config::{self, Loaded};
 use gridinit::control::{self, PowerAction};
 use gridinit::reaper::Reaper;
@@ -13,25 +12,74 @@ use gridinit::supervisor::{Options, Supervisor};
 use gridinit::{boot, cmdline, kmod, logging, power, uevent};
 use tokio::sync::mpsc;
 
+mod nss_stubs;
+
 /// Command line of the supervisor-only mode (PID 1 ignores its arguments).
-#[derive(Debug, Parser)]
-#[command(name = "init", about = "gridos PID 1 and service supervisor")]
+///
+/// Parsed by hand rather than with clap: five flags do not justify 200 KB in
+/// a static PID 1 whose size budget is 3 MB.
+#[derive(Debug)]
 struct Args {
     /// Run only the supervisor, as an ordinary process (for tests and development).
-    #[arg(long)]
     supervisor_only: bool,
     /// Directory of service files.
-    #[arg(long, default_value = "/etc/gridos/services")]
     services: PathBuf,
     /// Control socket path.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Directory for `log: file` services.
-    #[arg(long)]
     log_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+}
+
+const USAGE: &str = "usage: init --supervisor-only [--services DIR] [--socket PATH] [--log-dir DIR] [--log-level LEVEL]
+
+gridos PID 1 and service supervisor. As PID 1 it ignores its arguments.
+  --supervisor-only   run only the supervisor, as an ordinary process
+  --services DIR      service files (default /etc/gridos/services)
+  --socket PATH       control socket (default /run/gridos/init.sock)
+  --log-dir DIR       where `log: file` services write
+  --log-level LEVEL   error|warn|info|debug|trace (default info)";
+
+impl Args {
+    /// Parses the arguments after the program name; `Ok(None)` means help was asked for.
+    fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Args>> {
+        let mut out = Args {
+            supervisor_only: false,
+            services: PathBuf::from(SERVICES_DIR),
+            socket: PathBuf::from(control::DEFAULT_SOCKET),
+            log_dir: None,
+            log_level: tracing::Level::INFO,
+        };
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .with_context(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--supervisor-only" => out.supervisor_only = true,
+                "--services" => out.services = PathBuf::from(value()?),
+                "--socket" => out.socket = PathBuf::from(value()?),
+                "--log-dir" => out.log_dir = Some(PathBuf::from(value()?)),
+                "--log-level" => {
+                    let v = value()?;
+                    out.log_level = v
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("invalid --log-level {v:?}"))?;
+                }
+                other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+            }
+        }
+        Ok(Some(out))
+    }
 }
 
 const SERVICES_DIR: &str = "/etc/gridos/services";
@@ -41,7 +89,10 @@ fn main() -> anyhow::Result<()> {
     if std::process::id() == 1 {
         pid1();
     }
-    let args = Args::parse();
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     if !args.supervisor_only {
         anyhow::bail!("not PID 1: use --supervisor-only to run the supervisor as a process");
     }
