@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::Backoff;
 use crate::config::{Loaded, LogTarget, Service};
 use crate::graph::{self, Plan};
 use crate::reaper::{Exit, Reaper};
-use crate::ring::LogRing;
+use crate::ring::{LogRing, MAX_LINE};
 
 /// What a service is doing now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -609,24 +609,48 @@ impl LogSink {
         }
     }
 
-    async fn pump(mut self, reader: tokio::net::unix::pipe::Receiver) {
-        let mut lines = tokio::io::BufReader::new(reader).split(b'\n');
-        while let Ok(Some(raw)) = lines.next_segment().await {
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches('\r');
-            self.unit.ring().push(line);
-            match self.target {
-                LogTarget::Console => {
-                    let mut err = std::io::stderr().lock();
-                    let _ = writeln!(err, "[{}] {}", self.name, line);
-                }
-                LogTarget::File => {
-                    if let Some(f) = self.file.as_mut() {
-                        let _ = writeln!(f, "{line}");
+    async fn pump(mut self, mut reader: tokio::net::unix::pipe::Receiver) {
+        // Lines are cut at MAX_LINE so a service cannot grow init's memory without bound.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in buf.iter().take(n) {
+                if b == b'\n' {
+                    self.emit(&pending);
+                    pending.clear();
+                } else {
+                    pending.push(b);
+                    if pending.len() >= MAX_LINE {
+                        self.emit(&pending);
+                        pending.clear();
                     }
                 }
-                LogTarget::Ring => {}
             }
+        }
+        if !pending.is_empty() {
+            self.emit(&pending);
+        }
+    }
+
+    fn emit(&mut self, raw: &[u8]) {
+        let line = String::from_utf8_lossy(raw);
+        let line = line.trim_end_matches('\r');
+        self.unit.ring().push(line);
+        match self.target {
+            LogTarget::Console => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "[{}] {}", self.name, line);
+            }
+            LogTarget::File => {
+                if let Some(f) = self.file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+            LogTarget::Ring => {}
         }
     }
 }

@@ -316,3 +316,48 @@ async fn control_commands_and_blocked_services() {
     assert!(t.elapsed() < Duration::from_secs(8));
     assert_eq!(state(&p, "stubborn").await.0, "stopped");
 }
+
+#[tokio::test]
+async fn long_lines_are_cut_not_buffered() {
+    let h = Harness::start(&[(
+        "flood",
+        "exec: sh -c 'head -c 100000 /dev/zero | tr \"\\0\" x; echo; exec sleep 100'\n",
+    )]);
+    let p = h.client().await;
+    let deadline = Instant::now() + SECS;
+    loop {
+        let (lines, _) = p.log("flood", 0).await.expect("log");
+        let total: usize = lines.iter().map(String::len).sum();
+        if total >= 100_000 {
+            assert!(lines.iter().all(|l| l.len() <= gridinit::ring::MAX_LINE));
+            assert!(lines.len() >= 100_000 / gridinit::ring::MAX_LINE);
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {total} bytes captured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_services_and_exits_cleanly() {
+    let mut h = Harness::start(&[
+        (
+            "base",
+            "exec: sh -c 'trap \"echo stop-base >> $DIR/order; exit 0\" TERM; while :; do sleep 0.05; done'\n",
+        ),
+        (
+            "top",
+            "exec: sh -c 'trap \"echo stop-top >> $DIR/order; exit 0\" TERM; while :; do sleep 0.05; done'\nafter: [base]\n",
+        ),
+    ]);
+    let p = h.client().await;
+    wait_state(&p, "top", "running", SECS).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(h.wait_exit(SECS), "supervisor did not exit 0 on SIGTERM");
+    assert_eq!(read(&h.path("order")), "stop-top\nstop-base\n");
+    assert!(!h.socket.exists(), "socket left behind");
+}
