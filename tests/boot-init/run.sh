@@ -65,7 +65,7 @@ mkdir -p "$root"/{bin,dev,proc,sys,run,tmp,etc/gridos/services,var/log,lib/modul
 install -m 0755 "$bin/init" "$root/init"
 install -m 0755 "$bin/gridctl" "$root/bin/gridctl"
 install -m 0755 "$bbroot/bin/busybox" "$root/bin/busybox"
-for a in sh sleep cat ls echo grep sed test tr ip hostname true; do ln -s busybox "$root/bin/$a"; done
+for a in sh sleep cat ls echo grep sed test tr ip hostname true timeout; do ln -s busybox "$root/bin/$a"; done
 cp "$here"/services/*.yaml "$root/etc/gridos/services/"
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 # Modules: the wanted ones and their dependency closure, indexed by depmod for this subset.
@@ -105,18 +105,37 @@ fi
 log "accelerator: $accel"
 
 # 6. Boot. The NIC is user-mode with restrict=on: the guest can reach nothing.
+# The monitor is a FIFO pair so the script can hot-plug a disk (a test file) later.
 serial="$out/serial.log"
-rm -f "$serial"
+rm -f "$serial" "$out"/mon.in "$out"/mon.out
+mkfifo "$out/mon.in" "$out/mon.out"
+truncate -s 8M "$out/hotplug.img"
+cat "$out/mon.out" > "$out/monitor.log" &
+mon_reader=$!
+(   # When the guest is ready, hot-plug a virtio disk; init must load virtio_blk.
+    for _ in $(seq 1 "$((timeout_s * 10))"); do
+        if grep -q READY-FOR-HOTPLUG "$serial" 2>/dev/null; then
+            echo "device_add virtio-blk-pci,drive=hd1,bus=rp1,id=hp1" > "$out/mon.in"
+            exit 0
+        fi
+        sleep 0.1
+    done
+) &
+hotplugger=$!
 start=$(date +%s.%N)
 set +e
 timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -m 512 -smp 1 \
-    -display none -nodefaults -no-reboot -monitor none \
+    -display none -nodefaults -no-reboot -monitor "pipe:$out/mon" \
     -serial "file:$serial" \
     -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
+    -device pcie-root-port,id=rp1,chassis=1,slot=1 \
+    -drive if=none,id=hd1,file="$out/hotplug.img",format=raw \
     -kernel "$vmlinuz" -initrd "$out/initramfs.img" \
     -append "console=ttyS0 quiet panic=-1 gridos.hostname=testnode gridos.farm=7 gridos.log=info gridos.wipe=bogus"
 rc=$?
 set -e
+kill "$hotplugger" "$mon_reader" 2>/dev/null || true
+wait 2>/dev/null || true
 wall=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $start}")
 log "qemu exited with $rc after ${wall}s; serial console in $serial"
 
@@ -135,6 +154,10 @@ check "NIC-OK"
 check "hello from hello on testnode"
 check "all services started services=12"
 check "INIT-RSS"
+check "hello from hello on testnode"
+check "READY-FOR-HOTPLUG"
+check "loaded module module=virtio_blk"
+check "HOTPLUG-OK"
 check "action=Poweroff"
 check "all services stopped"
 check "calling reboot(2)"
