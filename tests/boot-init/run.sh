@@ -35,7 +35,7 @@ fetch_deb() { # name -> extracted dir
     echo "$dir"
 }
 if [ -n "${GRIDOS_KERNEL_ROOT:-}" ]; then
-    kroot="$GRIDOS_KERNEL_ROOT"
+    kroot="$GRIDOS_KERNEL_ROOT"; kpkg=""
 else
     resolve() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
     kpkg="$(resolve)"
@@ -105,69 +105,87 @@ fi
 log "accelerator: $accel"
 
 # 6. Boot. The NIC is user-mode with restrict=on: the guest can reach nothing.
-# The monitor is a FIFO pair so the script can hot-plug a disk (a test file) later.
-serial="$out/serial.log"
-rm -f "$serial" "$out"/mon.in "$out"/mon.out
-mkfifo "$out/mon.in" "$out/mon.out"
-truncate -s 8M "$out/hotplug.img"
-cat "$out/mon.out" > "$out/monitor.log" &
-mon_reader=$!
-(   # When the guest is ready, hot-plug a virtio disk; init must load virtio_blk.
-    for _ in $(seq 1 "$((timeout_s * 10))"); do
-        if grep -q READY-FOR-HOTPLUG "$serial" 2>/dev/null; then
-            echo "device_add virtio-blk-pci,drive=hd1,bus=rp1,id=hp1" > "$out/mon.in"
-            exit 0
-        fi
-        sleep 0.1
-    done
-) &
-hotplugger=$!
-start=$(date +%s.%N)
-set +e
-timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -m 512 -smp 1 \
-    -display none -nodefaults -no-reboot -monitor "pipe:$out/mon" \
-    -serial "file:$serial" \
-    -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
-    -device pcie-root-port,id=rp1,chassis=1,slot=1 \
-    -drive if=none,id=hd1,file="$out/hotplug.img",format=raw \
-    -kernel "$vmlinuz" -initrd "$out/initramfs.img" \
-    -append "console=ttyS0 quiet panic=-1 gridos.hostname=testnode gridos.farm=7 gridos.log=info gridos.wipe=bogus"
-rc=$?
-set -e
-kill "$hotplugger" "$mon_reader" 2>/dev/null || true
-wait 2>/dev/null || true
-wall=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $start}")
-log "qemu exited with $rc after ${wall}s; serial console in $serial"
+# The monitor is a FIFO pair so the script can act on the guest later: hot-plug
+# a disk (a test file) in the "poweroff" scenario, press Ctrl-Alt-Del in "cad".
+boot() { # scenario -> sets rc, wall, serial
+    local scenario="$1" mon="$out/mon-$1" watcher reader start
+    serial="$out/serial-$scenario.log"
+    rm -f "$serial" "$mon.in" "$mon.out"
+    mkfifo "$mon.in" "$mon.out"
+    truncate -s 8M "$out/hotplug.img"
+    cat "$mon.out" > "$out/monitor-$scenario.log" &
+    reader=$!
+    (
+        for _ in $(seq 1 "$((timeout_s * 10))"); do
+            if grep -q READY-FOR-HOTPLUG "$serial" 2>/dev/null; then
+                echo "device_add virtio-blk-pci,drive=hd1,bus=rp1,id=hp1" > "$mon.in"
+                exit 0
+            fi
+            if grep -q READY-FOR-CAD "$serial" 2>/dev/null; then
+                echo "sendkey ctrl-alt-delete" > "$mon.in"
+                exit 0
+            fi
+            sleep 0.1
+        done
+    ) &
+    watcher=$!
+    start=$(date +%s.%N)
+    set +e
+    timeout "$timeout_s" qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -m 512 -smp 1 \
+        -display none -nodefaults -no-reboot -monitor "pipe:$mon" \
+        -serial "file:$serial" \
+        -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
+        -device pcie-root-port,id=rp1,chassis=1,slot=1 \
+        -drive if=none,id=hd1,file="$out/hotplug.img",format=raw \
+        -kernel "$vmlinuz" -initrd "$out/initramfs.img" \
+        -append "console=ttyS0 quiet panic=-1 gridos.hostname=testnode gridos.farm=7 gridos.log=info gridos.wipe=bogus gridos.test=$scenario"
+    rc=$?
+    set -e
+    kill "$watcher" "$reader" 2>/dev/null || true
+    wait "$watcher" "$reader" 2>/dev/null || true
+    wall=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $start}")
+    log "scenario $scenario: qemu exited with $rc after ${wall}s; serial console in $serial"
+    [ "$rc" -eq 0 ] || { tail -n 60 "$serial" >&2; fail "$scenario: qemu exit status $rc"; }
+    if grep -q "Kernel panic" "$serial"; then tail -n 60 "$serial" >&2; fail "$scenario: kernel panic"; fi
+}
+check() { grep -q -- "$1" "$serial" || { tail -n 60 "$serial" >&2; fail "$(basename "$serial"): serial console lacks: $1"; }; }
 
-# 7. Assertions on the serial console.
-check() { grep -q -- "$1" "$serial" || { tail -n 60 "$serial" >&2; fail "serial console lacks: $1"; }; }
-[ "$rc" -eq 0 ] || { tail -n 60 "$serial" >&2; fail "qemu exit status $rc"; }
-if grep -q "Kernel panic" "$serial"; then tail -n 60 "$serial" >&2; fail "kernel panic"; fi
+# 7a. Ctrl-Alt-Del: the kernel sends SIGINT to init, which stops everything and reboots.
+boot cad
+check "all services started services=12"
+check "signal received action=Reboot"
+check "all services stopped"
+check "calling reboot(2) action=Reboot"
+check "reboot: Restarting system"
+
+# 7b. The main scenario: boot, drivers, services, hot-plug, gridctl poweroff.
+boot poweroff
 check "gridos init started as PID 1"
-for m in /proc /sys /dev /run /tmp /sys/fs/cgroup; do check "mounted target=\"$m\""; done
+for m in /proc /sys /dev /dev/pts /dev/shm /run /tmp /sys/fs/cgroup; do check "mounted target=\"$m\""; done
 check "cgroup2 controllers enabled"
 check "hostname set hostname=testnode"
 check "loopback up"
 check "gridos.wipe=\"bogus\""
+check "loaded module module=virtio_pci"
 check "loaded module module=virtio_net"
 check "NIC-OK"
 check "hello from hello on testnode"
 check "all services started services=12"
 check "INIT-RSS"
-check "hello from hello on testnode"
 check "READY-FOR-HOTPLUG"
 check "loaded module module=virtio_blk"
 check "HOTPLUG-OK"
-check "action=Poweroff"
+check "shutting down action=Poweroff"
+check "service stopped service=\"finish\""
 check "all services stopped"
-check "calling reboot(2)"
+check "calling reboot(2) action=Poweroff"
 check "reboot: Power down"
 
 t_start=$(grep -m1 "gridos init started as PID 1" "$serial" | sed -E 's/^\[ *([0-9.]+)\].*/\1/')
 t_all=$(grep -m1 "all services started" "$serial" | sed -E 's/^\[ *([0-9.]+)\].*/\1/')
 rss=$(grep -m1 "INIT-RSS" "$serial" | sed -E 's/.*VmRSS:\s*//')
 {
-    echo "kernel=$kver accel=$accel"
+    echo "kernel=$kver package=${kpkg:-local:$kroot} accel=$accel"
     echo "pid1_start_guest_s=$t_start"
     echo "all_services_started_guest_s=$t_all"
     echo "pid1_to_all_started_s=$(awk "BEGIN{printf \"%.3f\", $t_all - $t_start}")"
@@ -175,4 +193,4 @@ rss=$(grep -m1 "INIT-RSS" "$serial" | sed -E 's/.*VmRSS:\s*//')
     echo "init_size_bytes=$(stat -c %s "$bin/init")"
     echo "qemu_wall_s=$wall"
 } | tee "$out/result.txt" >&2
-echo "boot-init: 1 passed, 0 failed"
+echo "boot-init: 2 passed, 0 failed"
