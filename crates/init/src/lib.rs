@@ -3,6 +3,7 @@
 //! Pure logic (`cmdline`, `config`, `graph`, `backoff`, `ring`, module-index parsing)
 //! is kept apart from the I/O so most of it is tested without root.
 
+pub mod args;
 pub mod backoff;
 pub mod boot;
 pub mod cmdline;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use gridinit::args::{self, Args};
 use gridinit::config::{self, Loaded};
 use gridinit::control::{self, PowerAction};
 use gridinit::reaper::Reaper;
@@ -14,75 +15,7 @@ use tokio::sync::mpsc;
 
 mod nss_stubs;
 
-/// Command line of the supervisor-only mode (PID 1 ignores its arguments).
-///
-/// Parsed by hand rather than with clap: five flags do not justify 200 KB in
-/// a static PID 1 whose size budget is 3 MB.
-#[derive(Debug)]
-struct Args {
-    /// Run only the supervisor, as an ordinary process (for tests and development).
-    supervisor_only: bool,
-    /// Directory of service files.
-    services: PathBuf,
-    /// Control socket path.
-    socket: PathBuf,
-    /// Directory for `log: file` services.
-    log_dir: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace.
-    log_level: tracing::Level,
-}
-
-const USAGE: &str = "usage: init --supervisor-only [--services DIR] [--socket PATH] [--log-dir DIR] [--log-level LEVEL]
-
-gridos PID 1 and service supervisor. As PID 1 it ignores its arguments.
-  --supervisor-only   run only the supervisor, as an ordinary process
-  --services DIR      service files (default /etc/gridos/services)
-  --socket PATH       control socket (default /run/gridos/init.sock)
-  --log-dir DIR       where `log: file` services write
-  --log-level LEVEL   error|warn|info|debug|trace (default info)";
-
-impl Args {
-    /// Parses the arguments after the program name; `Ok(None)` means help was asked for.
-    fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Args>> {
-        let mut out = Args {
-            supervisor_only: false,
-            services: PathBuf::from(SERVICES_DIR),
-            socket: PathBuf::from(control::DEFAULT_SOCKET),
-            log_dir: None,
-            log_level: tracing::Level::INFO,
-        };
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next())
-                    .with_context(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--supervisor-only" => out.supervisor_only = true,
-                "--services" => out.services = PathBuf::from(value()?),
-                "--socket" => out.socket = PathBuf::from(value()?),
-                "--log-dir" => out.log_dir = Some(PathBuf::from(value()?)),
-                "--log-level" => {
-                    let v = value()?;
-                    out.log_level = v
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("invalid --log-level {v:?}"))?;
-                }
-                other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
-            }
-        }
-        Ok(Some(out))
-    }
-}
-
-const SERVICES_DIR: &str = "/etc/gridos/services";
+/// Where `log: file` services write in the booted system.
 const LOG_DIR: &str = "/var/log/gridos";
 
 fn main() -> anyhow::Result<()> {
@@ -90,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         pid1();
     }
     let Some(args) = Args::parse(std::env::args().skip(1))? else {
-        println!("{USAGE}");
+        println!("{}", args::USAGE);
         return Ok(());
     };
     if !args.supervisor_only {
@@ -114,6 +47,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Stops, reaps and powers off or reboots; never returns.
 fn pid1() -> ! {
     let t0 = logging::boot_seconds();
+    // The kernel starts init with almost no environment; services need a PATH.
+    // Still single-threaded here, so changing the environment is sound.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    }
     boot::ensure_console();
     let mounts = boot::mount_all();
     logging::start_kmsg();
@@ -258,7 +196,7 @@ async fn pid1_async() -> anyhow::Result<()> {
     tokio::spawn(Arc::clone(&reaper).run());
     drivers().await;
     let sup = Supervisor::new(
-        load_services(Path::new(SERVICES_DIR)),
+        load_services(Path::new(args::SERVICES_DIR)),
         Arc::clone(&reaper),
         Options {
             log_dir: Some(PathBuf::from(LOG_DIR)),

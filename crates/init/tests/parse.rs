@@ -157,20 +157,39 @@ fn yaml_invalid_services_are_rejected_with_reasons() {
 
 #[test]
 fn yaml_hostile_documents_do_not_blow_up() {
-    // Billion laughs: aliases expanding exponentially must be refused, not expanded.
-    let mut bomb = String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
-    for i in 1..10 {
+    let started = std::time::Instant::now();
+    // Billion laughs reached through a real field: aliases expanding exponentially
+    // must be refused (or fail on type), never expanded into memory.
+    let mut bomb = String::from(
+        "exec: x\nenv:\n  a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n",
+    );
+    for i in 1..10u8 {
         bomb.push_str(&format!(
-            "{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n",
+            "  {c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n",
             c = (b'a' + i) as char,
             p = (b'a' + i - 1) as char
         ));
     }
-    bomb.push_str("exec: x\n");
     assert!(parse_yaml("bomb", &bomb).is_err());
+    let mut bomb2 = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        bomb2.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
+    }
+    let bomb2 = format!("exec: x\nafter: *a8\n{bomb2}");
+    assert!(parse_yaml("bomb2", &bomb2).is_err());
     // Deep nesting.
     let deep = format!("exec: x\nenv: {}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert!(parse_yaml("deep", &deep).is_err());
+    // Binary garbage and invalid UTF-8 escapes.
+    assert!(parse_yaml("bin", "exec: \"\\xff\\0\"\n\u{0}\u{1}").is_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "hostile YAML took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -220,4 +239,40 @@ fn proc_mounts_parsing() {
         gridinit::power::mount_points(text),
         ["/", "/proc", "/mnt/my disk"]
     );
+}
+
+#[test]
+fn supervisor_only_arguments() {
+    use gridinit::args::{Args, ArgsError};
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let a = Args::parse(v(&[
+        "--supervisor-only",
+        "--services",
+        "/s",
+        "--socket=/x.sock",
+        "--log-dir",
+        "/l",
+        "--log-level=debug",
+    ]))
+    .expect("valid")
+    .expect("not help");
+    assert!(a.supervisor_only);
+    assert_eq!(a.services, std::path::PathBuf::from("/s"));
+    assert_eq!(a.socket, std::path::PathBuf::from("/x.sock"));
+    assert_eq!(a.log_dir, Some("/l".into()));
+    assert_eq!(a.log_level, tracing::Level::DEBUG);
+    assert_eq!(Args::parse(v(&[])).expect("ok"), Some(Args::default()));
+    assert_eq!(Args::parse(v(&["-h"])).expect("ok"), None);
+    assert_eq!(
+        Args::parse(v(&["--services"])),
+        Err(ArgsError::MissingValue("--services".into()))
+    );
+    assert_eq!(
+        Args::parse(v(&["--log-level", "loud"])),
+        Err(ArgsError::BadLevel("loud".into()))
+    );
+    assert!(matches!(
+        Args::parse(v(&["--nope"])),
+        Err(ArgsError::Unknown(_))
+    ));
 }
