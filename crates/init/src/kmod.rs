@@ -296,7 +296,7 @@ impl Loader {
             let path = self.root.join(&file);
             match load_file(&path) {
                 Ok(()) => {
-                    tracing::info!(module = %name, modalias, "loaded module");
+                    tracing::info!(module = %name, file = %file, modalias, "loaded module");
                     self.loaded.insert(name.clone());
                     new.push(name);
                 }
