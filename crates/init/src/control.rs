@@ -13,6 +13,8 @@ use crate::supervisor::{Supervisor, SupervisorError};
 pub const OBJECT_PATH: &str = "/org/gridos/Init";
 /// Interface name of the control interface.
 pub const INTERFACE: &str = "org.gridos.Init1";
+/// How long a peer may take to complete the D-Bus handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Default socket path in the booted system.
 pub const DEFAULT_SOCKET: &str = "/run/gridos/init.sock";
 
@@ -187,12 +189,15 @@ pub fn serve(
 
 async fn peer(stream: tokio::net::UnixStream, ctl: Control) -> zbus::Result<()> {
     let guid = zbus::Guid::generate();
-    let conn = zbus::connection::Builder::unix_stream(stream)
+    let build = zbus::connection::Builder::unix_stream(stream)
         .server(guid)?
         .p2p()
         .serve_at(OBJECT_PATH, ctl)?
-        .build()
-        .await?;
+        .build();
+    // A peer that never finishes the handshake must not hold a task forever.
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, build)
+        .await
+        .map_err(|_| zbus::Error::Handshake("timed out".into()))??;
     // Keep the connection until the peer goes away.
     let mut messages = zbus::MessageStream::from(&conn);
     while let Some(msg) = messages.next().await {

@@ -361,3 +361,61 @@ async fn sigterm_stops_services_and_exits_cleanly() {
     assert_eq!(read(&h.path("order")), "stop-top\nstop-base\n");
     assert!(!h.socket.exists(), "socket left behind");
 }
+
+#[tokio::test]
+async fn hostile_control_clients_do_not_hurt_the_supervisor() {
+    use std::io::Write;
+    let h = Harness::start(&[("svc", "exec: sleep 100\n")]);
+    let p = h.client().await;
+    wait_state(&p, "svc", "running", SECS).await;
+    // Garbage instead of the D-Bus handshake, a half handshake, and a client that vanishes.
+    for junk in [
+        &b"\xff\xfe garbage \x00\x01\x02"[..],
+        b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n\x6c\x01\x00\x01\xff\xff\xff\xff",
+        b"",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&h.socket).expect("connect");
+        let _ = s.write_all(junk);
+        drop(s);
+    }
+    let many: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&h.socket).expect("connect"))
+        .collect();
+    drop(many);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p2 = h.client().await;
+    assert_eq!(p2.list().await.expect("list").len(), 1);
+    assert_eq!(state(&p, "svc").await.0, "running");
+    assert!(p2.power("explode").await.is_err());
+    assert!(p2.log("../../etc/passwd", 0).await.is_err());
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_the_handshake_timeout() {
+    let h = Harness::start(&[("svc", "exec: sleep 100\n")]);
+    let p = h.client().await;
+    wait_state(&p, "svc", "running", SECS).await;
+    let baseline = open_fds(h.pid());
+    let silent: Vec<_> = (0..10)
+        .map(|_| std::os::unix::net::UnixStream::connect(&h.socket).expect("connect"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(open_fds(h.pid()) >= baseline + 10);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_fds(h.pid()) > baseline + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "silent peers still hold {} fds (baseline {baseline})",
+            open_fds(h.pid())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(silent);
+    assert_eq!(p.list().await.expect("list").len(), 1);
+}
