@@ -239,8 +239,8 @@ fn supervisor_only(args: Args) -> anyhow::Result<()> {
         );
         let (tx, mut rx) = mpsc::channel(4);
         watch_signals(tx.clone(), false)?;
-        control::serve(&args.socket, Arc::clone(&sup), tx)?;
         sup.start();
+        control::serve(&args.socket, Arc::clone(&sup), tx)?;
         let action = rx.recv().await.unwrap_or(PowerAction::Halt);
         tracing::info!(?action, "stopping (supervisor-only: no reboot)");
         sup.shutdown().await;
