@@ -183,6 +183,7 @@ check "HOTPLUG-OK"
 check "shutting down action=Poweroff"
 check "service stopped service=\"finish\""
 check "all services stopped"
+check "filesystems synced and unmounted"
 check "calling reboot(2) action=Poweroff"
 check "reboot: Power down"
 

@@ -214,7 +214,8 @@ async fn pid1_async() -> anyhow::Result<()> {
     tracing::info!(?action, "shutting down");
     sup.shutdown().await;
     power::kill_all(&reaper, Duration::from_secs(3)).await;
-    power::unmount_all();
+    let (unmounted, read_only) = power::unmount_all();
+    tracing::info!(unmounted, read_only, "filesystems synced and unmounted");
     let e = power::finish(action);
     tracing::error!(error = %e, "reboot(2) failed");
     Ok(())

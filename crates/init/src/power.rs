@@ -65,15 +65,18 @@ pub async fn kill_all(reaper: &Reaper, grace: Duration) {
 }
 
 /// Syncs and unmounts everything but the root in reverse order; remounts read-only what stays busy.
-pub fn unmount_all() {
+///
+/// Returns how many mounts were unmounted and how many were remounted read-only.
+pub fn unmount_all() -> (usize, usize) {
     nix::unistd::sync();
     let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let (mut unmounted, mut read_only) = (0, 0);
     for target in mount_points(&text).into_iter().rev() {
         if target == "/" {
             continue;
         }
         match umount2(target.as_str(), MntFlags::empty()) {
-            Ok(()) => tracing::debug!(target = %target, "unmounted"),
+            Ok(()) => unmounted += 1,
             Err(e) => {
                 let ro = nix::mount::mount(
                     None::<&str>,
@@ -82,11 +85,15 @@ pub fn unmount_all() {
                     MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                     None::<&str>,
                 );
+                if ro.is_ok() {
+                    read_only += 1;
+                }
                 tracing::debug!(target = %target, error = %e, remounted_ro = ro.is_ok(), "busy");
             }
         }
     }
     nix::unistd::sync();
+    (unmounted, read_only)
 }
 
 /// Calls `reboot(2)`; returns only if the kernel refused.
