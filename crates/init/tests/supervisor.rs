@@ -72,8 +72,13 @@ impl Harness {
 }
 
 impl Drop for Harness {
+    /// Stops the supervisor the polite way, so its services do not outlive the test.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if !self.wait_exit(Duration::from_secs(15)) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
