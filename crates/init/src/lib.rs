@@ -12,6 +12,7 @@ pub mod control;
 pub mod graph;
 pub mod kmod;
 pub mod logging;
+mod logsink;
 pub mod power;
 pub mod reaper;
 pub mod ring;

@@ -6,7 +6,6 @@
 //! dependents never touch the runner directly.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::Backoff;
-use crate::config::{Loaded, LogTarget, Service};
+use crate::config::{Loaded, Service};
 use crate::graph::{self, Plan};
+use crate::logsink::LogSink;
 use crate::reaper::{Exit, Reaper};
-use crate::ring::{LogRing, MAX_LINE};
+use crate::ring::LogRing;
 
 /// What a service is doing now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +138,7 @@ impl Unit {
         self.restarts.load(Ordering::SeqCst)
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, LogRing> {
+    pub(crate) fn ring(&self) -> std::sync::MutexGuard<'_, LogRing> {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -574,83 +573,4 @@ fn base_command(cfg: &Service, argv: &[String]) -> Command {
     // Own process group, so stopping reaches the whole service.
     cmd.process_group(0);
     cmd
-}
-
-/// Copies a service's output into its ring (and console or file).
-struct LogSink {
-    unit: Arc<Unit>,
-    name: String,
-    target: LogTarget,
-    file: Option<std::fs::File>,
-}
-
-impl LogSink {
-    fn new(unit: &Arc<Unit>, cfg: &Service, log_dir: Option<&std::path::Path>) -> Self {
-        let file = match (cfg.log, log_dir) {
-            (LogTarget::File, Some(dir)) => {
-                let _ = std::fs::create_dir_all(dir);
-                let path = dir.join(format!("{}.log", cfg.name));
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        tracing::warn!(service = %cfg.name, path = %path.display(), error = %e, "cannot open log file")
-                    })
-                    .ok()
-            }
-            _ => None,
-        };
-        LogSink {
-            unit: Arc::clone(unit),
-            name: cfg.name.clone(),
-            target: cfg.log,
-            file,
-        }
-    }
-
-    async fn pump(mut self, mut reader: tokio::net::unix::pipe::Receiver) {
-        // Lines are cut at MAX_LINE so a service cannot grow init's memory without bound.
-        let mut pending: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            for &b in buf.iter().take(n) {
-                if b == b'\n' {
-                    self.emit(&pending);
-                    pending.clear();
-                } else {
-                    pending.push(b);
-                    if pending.len() >= MAX_LINE {
-                        self.emit(&pending);
-                        pending.clear();
-                    }
-                }
-            }
-        }
-        if !pending.is_empty() {
-            self.emit(&pending);
-        }
-    }
-
-    fn emit(&mut self, raw: &[u8]) {
-        let line = String::from_utf8_lossy(raw);
-        let line = line.trim_end_matches('\r');
-        self.unit.ring().push(line);
-        match self.target {
-            LogTarget::Console => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "[{}] {}", self.name, line);
-            }
-            LogTarget::File => {
-                if let Some(f) = self.file.as_mut() {
-                    let _ = writeln!(f, "{line}");
-                }
-            }
-            LogTarget::Ring => {}
-        }
-    }
 }
