@@ -5,7 +5,7 @@ BUILD      ?= $(CURDIR)/build
 REGISTRY_DB     ?= sqlite://$(BUILD)/registry.db
 REGISTRY_LISTEN ?= 127.0.0.1:8480
 
-.PHONY: all build run test lint fmt bench clean
+.PHONY: all build run test test-unit test-boot-init lint fmt bench clean init
 
 all: build
 
@@ -26,9 +26,20 @@ run: build
 	@echo "== Ctrl-C stops it"
 	exec target/release/grid-registry serve --db $(REGISTRY_DB) --listen $(REGISTRY_LISTEN)
 
-## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL.
-test: lint
+## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
+## and PID 1 booted in QEMU with Debian's kernel.
+test: lint test-unit test-boot-init
+
+test-unit:
 	tests/with-postgres.sh $(CARGO) test --workspace
+
+test-boot-init:
+	bash tests/boot-init/run.sh
+
+## The static init and gridctl, as they go into the initramfs.
+init:
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,255 @@
+//! Typed settings from the kernel command line (`gridos.*` keys).
+//!
+//! Unknown keys are ignored; a malformed value is reported as a [`Warning`]
+//! and the setting keeps its default, so a typo never stops a node from booting.
+
+use std::fmt;
+
+/// How the node's network is configured, from `gridos.net`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetConfig {
+    /// DHCP on every wired link with carrier (the default).
+    #[default]
+    Dhcp,
+    /// A static address on one interface: `<iface>:<cidr>:<gw>`.
+    Static {
+        /// Interface name, e.g. `eth0`.
+        iface: String,
+        /// Address with prefix length, e.g. `10.0.0.5/24`.
+        cidr: String,
+        /// Default gateway.
+        gateway: String,
+    },
+}
+
+/// Which disks storage may format, from `gridos.wipe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WipePolicy {
+    /// Never format anything.
+    None,
+    /// Format only disks with no partition table and no filesystem signature (the default).
+    #[default]
+    Empty,
+    /// Format every disk, even ones that hold data.
+    All,
+}
+
+/// Log verbosity, from `gridos.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Normal operation (the default).
+    #[default]
+    Info,
+    /// Verbose.
+    Debug,
+    /// Very verbose.
+    Trace,
+}
+
+impl LogLevel {
+    /// The matching `tracing` level, so logging needs no second parser.
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// Everything init and the services need from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The farm this node belongs to (`gridos.farm`), required for registration.
+    pub farm: Option<u32>,
+    /// Registry base URL (`gridos.registry`).
+    pub registry: Option<String>,
+    /// Network configuration (`gridos.net`).
+    pub net: NetConfig,
+    /// Log level (`gridos.log`).
+    pub log: LogLevel,
+    /// Disk wipe policy (`gridos.wipe`).
+    pub wipe: WipePolicy,
+    /// Hostname (`gridos.hostname`), default `gridos`.
+    pub hostname: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            farm: None,
+            registry: None,
+            net: NetConfig::default(),
+            log: LogLevel::default(),
+            wipe: WipePolicy::default(),
+            hostname: "gridos".to_string(),
+        }
+    }
+}
+
+/// A malformed `gridos.*` value: reported at boot, the default is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The key, e.g. `gridos.farm`.
+    pub key: String,
+    /// The rejected value (truncated to 64 bytes so hostile input cannot flood the log).
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={:?}: {}; using the default",
+            self.key, self.value, self.reason
+        )
+    }
+}
+
+/// Longest value accepted for any key; longer ones are rejected as malformed.
+const MAX_VALUE: usize = 1024;
+
+/// Splits a command line into words, honouring double quotes as the kernel does.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut has_word = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                has_word = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_word {
+                    out.push(std::mem::take(&mut cur));
+                    has_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if has_word {
+        out.push(cur);
+    }
+    out
+}
+
+fn truncated(v: &str) -> String {
+    v.chars().take(64).collect()
+}
+
+fn valid_hostname(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && !v.starts_with('-')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn parse_net(v: &str) -> Option<NetConfig> {
+    if v == "dhcp" {
+        return Some(NetConfig::Dhcp);
+    }
+    let mut parts = v.splitn(3, ':');
+    let iface = parts.next()?;
+    let cidr = parts.next()?;
+    let gateway = parts.next()?;
+    let (addr, prefix) = cidr.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let ok_iface = !iface.is_empty()
+        && iface.len() <= 15
+        && iface
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let gw: std::net::IpAddr = gateway.parse().ok()?;
+    let max_prefix = if addr.is_ipv4() { 32 } else { 128 };
+    if !ok_iface || prefix > max_prefix || addr.is_ipv4() != gw.is_ipv4() {
+        return None;
+    }
+    Some(NetConfig::Static {
+        iface: iface.to_string(),
+        cidr: cidr.to_string(),
+        gateway: gateway.to_string(),
+    })
+}
+
+/// Parses `/proc/cmdline` text into settings plus the warnings for malformed values.
+pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
+    let mut s = Settings::default();
+    let mut warnings = Vec::new();
+    for word in words(line) {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        if !key.starts_with("gridos.") {
+            continue;
+        }
+        let mut bad = |reason: &'static str| {
+            warnings.push(Warning {
+                key: key.to_string(),
+                value: truncated(value),
+                reason,
+            })
+        };
+        if value.len() > MAX_VALUE {
+            bad("value too long");
+            continue;
+        }
+        match key {
+            "gridos.farm" => match value.parse::<u32>() {
+                Ok(id) if id > 0 => s.farm = Some(id),
+                _ => bad("expected a farm id (a positive integer)"),
+            },
+            "gridos.registry" => {
+                let ok = (value.starts_with("http://") || value.starts_with("https://"))
+                    && value.len() > "https://".len()
+                    && !value.chars().any(|c| c.is_control() || c.is_whitespace());
+                if ok {
+                    s.registry = Some(value.to_string());
+                } else {
+                    bad("expected an http:// or https:// URL");
+                }
+            }
+            "gridos.net" => match parse_net(value) {
+                Some(n) => s.net = n,
+                None => bad("expected dhcp or <iface>:<addr>/<prefix>:<gateway>"),
+            },
+            "gridos.log" => match value {
+                "error" => s.log = LogLevel::Error,
+                "warn" => s.log = LogLevel::Warn,
+                "info" => s.log = LogLevel::Info,
+                "debug" => s.log = LogLevel::Debug,
+                "trace" => s.log = LogLevel::Trace,
+                _ => bad("expected error|warn|info|debug|trace"),
+            },
+            "gridos.wipe" => match value {
+                "none" => s.wipe = WipePolicy::None,
+                "empty" => s.wipe = WipePolicy::Empty,
+                "all" => s.wipe = WipePolicy::All,
+                _ => bad("expected none|empty|all"),
+            },
+            "gridos.hostname" => {
+                if valid_hostname(value) {
+                    s.hostname = value.to_string();
+                } else {
+                    bad("expected 1-63 letters, digits or '-'");
+                }
+            }
+            _ => {}
+        }
+    }
+    (s, warnings)
+}

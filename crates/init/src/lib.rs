@@ -1,0 +1,20 @@
+//! gridos PID 1: early boot, drivers, service supervisor, control socket and shutdown.
+//!
+//! Pure logic (`cmdline`, `config`, `graph`, `backoff`, `ring`, module-index parsing)
+//! is kept apart from the I/O so most of it is tested without root.
+
+pub mod args;
+pub mod backoff;
+pub mod boot;
+pub mod cmdline;
+pub mod config;
+pub mod control;
+pub mod graph;
+pub mod kmod;
+pub mod logging;
+mod logsink;
+pub mod power;
+pub mod reaper;
+pub mod ring;
+pub mod supervisor;
+pub mod uevent;

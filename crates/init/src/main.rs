@@ -1,0 +1,251 @@
+//! `/init`: PID 1 of a gridos node, or (`--supervisor-only`) the supervisor as an ordinary process.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use gridinit::args::{self, Args};
+use gridinit::config::{self, Loaded};
+use gridinit::control::{self, PowerAction};
+use gridinit::reaper::Reaper;
+use gridinit::supervisor::{Options, Supervisor};
+use gridinit::{boot, cmdline, kmod, logging, power, uevent};
+use tokio::sync::mpsc;
+
+mod nss_stubs;
+
+/// Where `log: file` services write in the booted system.
+const LOG_DIR: &str = "/var/log/gridos";
+
+fn main() -> anyhow::Result<()> {
+    if std::process::id() == 1 {
+        pid1();
+    }
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        println!("{}", args::USAGE);
+        return Ok(());
+    };
+    if !args.supervisor_only {
+        anyhow::bail!("not PID 1: use --supervisor-only to run the supervisor as a process");
+    }
+    supervisor_only(args)
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic caught; init keeps running");
+    }));
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Stops, reaps and powers off or reboots; never returns.
+fn pid1() -> ! {
+    let t0 = logging::boot_seconds();
+    // The kernel starts init with almost no environment; services need a PATH.
+    // Still single-threaded here, so changing the environment is sound.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    boot::ensure_console();
+    let mounts = boot::mount_all();
+    logging::start_kmsg();
+    let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (settings, warnings) = cmdline::parse(&line);
+    logging::init(settings.log.as_tracing());
+    install_panic_hook();
+    tracing::info!(
+        started_at = t0,
+        version = env!("CARGO_PKG_VERSION"),
+        "gridos init started as PID 1"
+    );
+    for m in mounts {
+        match m {
+            Ok(target) => tracing::info!(target, "mounted"),
+            Err(e) => tracing::error!(error = %e, "mount failed"),
+        }
+    }
+    for w in warnings {
+        tracing::warn!("kernel command line: {w}");
+    }
+    tracing::info!(farm = ?settings.farm, registry = ?settings.registry, net = ?settings.net, wipe = ?settings.wipe, "settings");
+    match boot::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
+        Ok(c) => tracing::info!(controllers = %c, "cgroup2 controllers enabled for children"),
+        Err(e) => tracing::warn!(error = %e, "cgroup2 controllers"),
+    }
+    match boot::set_hostname(&settings.hostname) {
+        Ok(()) => tracing::info!(hostname = %settings.hostname, "hostname set"),
+        Err(e) => tracing::warn!(error = %e, "hostname"),
+    }
+    match boot::loopback_up() {
+        Ok(()) => tracing::info!("loopback up"),
+        Err(e) => tracing::warn!(error = %e, "loopback"),
+    }
+    // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!(error = %e, "cannot route Ctrl-Alt-Del to init");
+    }
+    let result = std::panic::catch_unwind(|| match runtime() {
+        Ok(rt) => rt.block_on(pid1_async()),
+        Err(e) => Err(anyhow::Error::from(e).context("cannot build the runtime")),
+    });
+    match result {
+        Ok(Ok(())) => tracing::error!("reboot(2) returned; init idles"),
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "init failed; idling"),
+        Err(_) => tracing::error!("init's main loop panicked; idling"),
+    }
+    // PID 1 must never exit: keep reaping until the machine is switched off.
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+fn load_services(dir: &Path) -> Loaded {
+    match config::load_dir(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "no services");
+            Loaded::default()
+        }
+    }
+}
+
+/// Forwards SIGTERM/SIGINT (reboot, or stop in supervisor-only mode), SIGPWR/SIGUSR2 (poweroff), SIGUSR1 (halt).
+fn watch_signals(tx: mpsc::Sender<PowerAction>, pid1: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let on_term = if pid1 {
+        PowerAction::Reboot
+    } else {
+        PowerAction::Halt
+    };
+    let table = [
+        (SignalKind::terminate(), on_term),
+        (SignalKind::interrupt(), on_term),
+        (SignalKind::from_raw(libc::SIGPWR), PowerAction::Poweroff),
+        (SignalKind::user_defined2(), PowerAction::Poweroff),
+        (SignalKind::user_defined1(), PowerAction::Halt),
+    ];
+    for (kind, action) in table {
+        let mut s = signal(kind).context("install signal handler")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                tracing::info!(?action, "signal received");
+                let _ = tx.send(action).await;
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn drivers() {
+    let started = std::time::Instant::now();
+    let root = PathBuf::from("/lib/modules").join(boot::kernel_release());
+    let index = match kmod::ModuleIndex::load(&root) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "no module index; drivers are not loaded");
+            return;
+        }
+    };
+    let loader = Arc::new(Mutex::new(kmod::Loader::new(index)));
+    match uevent::open() {
+        Ok(fd) => {
+            let l = Arc::clone(&loader);
+            let spawned = std::thread::Builder::new()
+                .name("uevent".into())
+                .spawn(move || uevent::listen(fd, l));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no uevent thread");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no uevent socket; hot-plug disabled"),
+    }
+    let l = Arc::clone(&loader);
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
+        kmod::coldplug(&mut l, Path::new("/sys/devices"))
+    })
+    .await
+    .unwrap_or_default();
+    tracing::info!(
+        modules = loaded.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "coldplug done"
+    );
+    // Give freshly bound drivers a moment to register their devices.
+    for _ in 0..20 {
+        if boot::net_interfaces().len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(interfaces = ?boot::net_interfaces(), "network interfaces");
+}
+
+async fn pid1_async() -> anyhow::Result<()> {
+    let reaper = Arc::new(Reaper::new());
+    tokio::spawn(Arc::clone(&reaper).run());
+    drivers().await;
+    let sup = Supervisor::new(
+        load_services(Path::new(args::SERVICES_DIR)),
+        Arc::clone(&reaper),
+        Options {
+            log_dir: Some(PathBuf::from(LOG_DIR)),
+            backoff: None,
+        },
+    );
+    let (tx, mut rx) = mpsc::channel(4);
+    watch_signals(tx.clone(), true)?;
+    if let Err(e) = control::serve(Path::new(control::DEFAULT_SOCKET), Arc::clone(&sup), tx) {
+        tracing::error!(error = %e, "control socket unavailable");
+    }
+    sup.start();
+    logging::stop_kmsg();
+    let action = rx.recv().await.unwrap_or(PowerAction::Halt);
+    tracing::info!(?action, "shutting down");
+    sup.shutdown().await;
+    power::kill_all(&reaper, Duration::from_secs(3)).await;
+    let (unmounted, read_only) = power::unmount_all();
+    tracing::info!(unmounted, read_only, "filesystems synced and unmounted");
+    let e = power::finish(action);
+    tracing::error!(error = %e, "reboot(2) failed");
+    Ok(())
+}
+
+fn supervisor_only(args: Args) -> anyhow::Result<()> {
+    logging::init(args.log_level);
+    install_panic_hook();
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    let rt = runtime().context("build the runtime")?;
+    rt.block_on(async move {
+        let reaper = Arc::new(Reaper::new());
+        tokio::spawn(Arc::clone(&reaper).run());
+        let loaded = config::load_dir(&args.services).context("load services")?;
+        let sup = Supervisor::new(
+            loaded,
+            Arc::clone(&reaper),
+            Options {
+                log_dir: args.log_dir.clone(),
+                backoff: None,
+            },
+        );
+        let (tx, mut rx) = mpsc::channel(4);
+        watch_signals(tx.clone(), false)?;
+        sup.start();
+        control::serve(&args.socket, Arc::clone(&sup), tx)?;
+        let action = rx.recv().await.unwrap_or(PowerAction::Halt);
+        tracing::info!(?action, "stopping (supervisor-only: no reboot)");
+        sup.shutdown().await;
+        let _ = std::fs::remove_file(&args.socket);
+        Ok(())
+    })
+}

@@ -1,0 +1,191 @@
+//! Unit tests of the pure logic: dependency planning, backoff, log ring, module index.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gridinit::backoff::Backoff;
+use gridinit::graph::plan;
+use gridinit::kmod::{glob_match, module_name, ModuleIndex};
+use gridinit::ring::LogRing;
+
+fn deps(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    list.iter()
+        .map(|(n, a)| (n.to_string(), a.iter().map(|s| s.to_string()).collect()))
+        .collect()
+}
+
+#[test]
+fn dependencies_come_first() {
+    let d = deps(&[
+        ("agent", &["network", "storage"]),
+        ("network", &[]),
+        ("storage", &["network"]),
+        ("log", &[]),
+    ]);
+    let p = plan(&d, &BTreeMap::new());
+    assert!(p.blocked.is_empty());
+    let pos = |n: &str| p.order.iter().position(|x| x == n).expect(n);
+    assert!(pos("network") < pos("storage"));
+    assert!(pos("storage") < pos("agent"));
+    assert_eq!(p.order.len(), 4);
+    let stop = p.stop_order();
+    assert_eq!(stop.first().map(String::as_str), Some("agent"));
+}
+
+#[test]
+fn cycles_hold_back_only_the_affected_services() {
+    let d = deps(&[
+        ("a", &["b"]),
+        ("b", &["c"]),
+        ("c", &["a"]),
+        ("d", &["a"]),
+        ("e", &[]),
+        ("f", &["e"]),
+    ]);
+    let p = plan(&d, &BTreeMap::new());
+    assert_eq!(p.order, ["e", "f"]);
+    for n in ["a", "b", "c"] {
+        assert_eq!(p.blocked[n], "dependency cycle among a, b, c");
+    }
+    assert_eq!(p.blocked["d"], "dependency a is held back");
+}
+
+#[test]
+fn unknown_and_bad_dependencies_are_reported() {
+    let d = deps(&[
+        ("a", &["ghost"]),
+        ("b", &["broken"]),
+        ("c", &["b"]),
+        ("ok", &[]),
+    ]);
+    let bad = BTreeMap::from([("broken".to_string(), "invalid yaml".to_string())]);
+    let p = plan(&d, &bad);
+    assert_eq!(p.order, ["ok"]);
+    assert_eq!(p.blocked["a"], "unknown dependency ghost");
+    assert_eq!(p.blocked["b"], "dependency broken has a bad service file");
+    assert_eq!(p.blocked["c"], "dependency b is held back");
+    assert!(p.blocked["broken"].starts_with("bad service file"));
+}
+
+#[test]
+fn large_chain_plans_quickly() {
+    let names: Vec<String> = (0..500).map(|i| format!("s{i:03}")).collect();
+    let d: BTreeMap<String, Vec<String>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let after = if i == 0 {
+                vec![]
+            } else {
+                vec![names[i - 1].clone()]
+            };
+            (n.clone(), after)
+        })
+        .collect();
+    let p = plan(&d, &BTreeMap::new());
+    assert_eq!(p.order, names);
+}
+
+#[test]
+fn backoff_doubles_caps_and_resets() {
+    let mut b = Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    );
+    let got: Vec<u64> = (0..6)
+        .map(|_| b.next_delay(Duration::ZERO).as_millis() as u64)
+        .collect();
+    assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
+    for _ in 0..100 {
+        assert!(b.next_delay(Duration::ZERO) <= Duration::from_secs(1));
+    }
+    assert_eq!(
+        b.next_delay(Duration::from_secs(10)),
+        Duration::from_millis(100)
+    );
+    b.reset();
+    assert_eq!(b.failures(), 0);
+}
+
+#[test]
+fn ring_is_bounded_and_followable() {
+    let mut r = LogRing::new(3, 1 << 20);
+    for i in 0..5 {
+        r.push(&format!("line {i}"));
+    }
+    assert_eq!(r.len(), 3);
+    let (lines, next) = r.since(0);
+    assert_eq!(lines, ["line 2", "line 3", "line 4"]);
+    assert_eq!(next, 5);
+    r.push("line 5");
+    assert_eq!(r.since(next).0, ["line 5"]);
+    assert!(r.since(100).0.is_empty());
+    let mut small = LogRing::new(1000, 8192);
+    for _ in 0..100 {
+        small.push(&"x".repeat(10_000));
+    }
+    assert!(small.bytes() <= 8192);
+    small.push("é".repeat(5000).as_str());
+    assert!(small
+        .since(0)
+        .0
+        .iter()
+        .all(|l| l.len() <= gridinit::ring::MAX_LINE));
+}
+
+#[test]
+fn glob_matching_like_fnmatch() {
+    assert!(glob_match(
+        "pci:v00001AF4d00001000sv*sd*bc*sc*i*",
+        "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
+    ));
+    assert!(glob_match(
+        "virtio:d00000001v*",
+        "virtio:d00000001v00001AF4"
+    ));
+    assert!(!glob_match(
+        "virtio:d00000002v*",
+        "virtio:d00000001v00001AF4"
+    ));
+    assert!(glob_match("acpi*:PNP0C0C:*", "acpi:PNP0C0C:"));
+    assert!(glob_match("a?c", "abc"));
+    assert!(glob_match("x[0-9]y", "x5y"));
+    assert!(!glob_match("x[!0-9]y", "x5y"));
+    assert!(glob_match("x[]]y", "x]y"));
+    assert!(glob_match("x[ab", "x[ab"));
+    assert!(!glob_match("abc", "abcd"));
+    assert!(glob_match("*", ""));
+    // Pathological pattern stays linear-ish and terminates.
+    let text = "a".repeat(2000);
+    assert!(!glob_match(&format!("{}b", "*a".repeat(50)), &text));
+}
+
+#[test]
+fn module_index_resolves_and_orders_dependencies() {
+    let alias = "# Aliases\nalias virtio:d00000001v* virtio_net\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\nalias fs-btrfs btrfs\n";
+    let dep = "kernel/drivers/net/virtio_net.ko.zst: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
+               kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+               kernel/net/core/failover.ko:\n\
+               kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko\n";
+    let builtin = "kernel/drivers/virtio/virtio.ko\n";
+    let idx = ModuleIndex::parse(alias, dep, builtin);
+    assert_eq!(
+        idx.resolve("virtio:d00000001v00001AF4")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["virtio_net"]
+    );
+    assert_eq!(
+        idx.load_order("virtio_net"),
+        [
+            "kernel/net/core/failover.ko",
+            "kernel/drivers/net/net_failover.ko",
+            "kernel/drivers/net/virtio_net.ko.zst"
+        ]
+    );
+    assert!(idx.is_builtin("virtio"));
+    assert!(idx.load_order("virtio").is_empty());
+    assert!(idx.load_order("nonexistent").is_empty());
+    assert_eq!(module_name("kernel/x/snd-hda-intel.ko.xz"), "snd_hda_intel");
+}
