@@ -50,7 +50,9 @@ fmt:
 
 ## Benchmarks behind BENCHMARKS.md.
 bench:
-	tests/with-postgres.sh $(CARGO) run --release -p gridos-perf -- all
+	$(CARGO) build --release -p grid-registry -p gridos-perf
+	@mkdir -p $(BUILD)
+	tests/with-postgres.sh target/release/gridos-perf --out $(BUILD)/bench.json all
 
 clean:
 	$(CARGO) clean
