@@ -13,7 +13,8 @@ build:
 	$(CARGO) build --release --workspace
 
 ## Start a registry on an embedded SQLite file and print how to talk to it.
-run: build
+run:
+	$(CARGO) build --release -p grid-registry -p grid-cli
 	@mkdir -p $(BUILD)
 	@echo "== grid registry on http://$(REGISTRY_LISTEN) with $(REGISTRY_DB)"
 	@echo "== in another terminal, for example:"

@@ -12,7 +12,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The registry could not be reached at all.
-    #[error("cannot reach the registry at {url}: {source} (is `grid-registry serve` running there? set --registry)")]
+    #[error("cannot reach the registry at {url} (is `grid-registry serve` running there? set --registry)")]
     Unreachable {
         /// URL tried.
         url: String,

@@ -5,7 +5,7 @@ mod keyfile;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gridtypes::{Envelope, Payload, Resources, GIB};
 use serde_json::{json, Value};
@@ -170,6 +170,15 @@ fn print(json_mode: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
+/// A JSON scalar as plain text (`Value`'s own Display ignores width and quotes strings).
+fn txt(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
 fn gib(v: &Value) -> String {
     format!("{:.1}", v.as_f64().unwrap_or(0.0) / GIB as f64)
 }
@@ -243,10 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for f in v.as_array().into_iter().flatten() {
                     out += &format!(
                         "{:>6}  {:<24} {:>6}  {:>6}\n",
-                        f["id"],
-                        f["name"].as_str().unwrap_or(""),
-                        f["twin_id"],
-                        f["nodes"]
+                        txt(&f["id"]),
+                        txt(&f["name"]),
+                        txt(&f["twin_id"]),
+                        txt(&f["nodes"])
                     );
                 }
                 out
@@ -291,10 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let c = &n["capacity"];
                     out += &format!(
                         "{:>6} {:>5} {:<5} {:>4} {:>8} {:>9} {:>9} {:>8.2} {:>8.2}\n",
-                        n["id"],
-                        n["farm_id"],
-                        n["status"].as_str().unwrap_or(""),
-                        c["cru"],
+                        txt(&n["id"]),
+                        txt(&n["farm_id"]),
+                        txt(&n["status"]),
+                        txt(&c["cru"]),
                         gib(&c["mru"]),
                         gib(&c["sru"]),
                         gib(&c["hru"]),
@@ -337,9 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for r in n["reports"].as_array().into_iter().flatten() {
                     out += &format!(
                         "  #{:<8} {:<12} signed {} {}\n",
-                        r["id"],
-                        r["kind"].as_str().unwrap_or(""),
-                        r["signed_at"],
+                        txt(&r["id"]),
+                        txt(&r["kind"]),
+                        txt(&r["signed_at"]),
                         if r["verified"] == true {
                             "signature ok"
                         } else {
@@ -410,7 +419,7 @@ async fn all_pages(
             Some(a) => format!("{path}after={a}"),
             None => path.trim_end_matches(['?', '&']).to_string(),
         };
-        let page = client.get(&url).await.context("listing failed")?;
+        let page = client.get(&url).await?;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
         match page["next"].as_i64() {
             Some(n) if all => after = Some(n),
