@@ -110,7 +110,7 @@ const SECS: Duration = Duration::from_secs(10);
 async fn starts_in_dependency_order_and_stops_in_reverse() {
     let svc = |name: &str, after: &str| {
         format!(
-            "exec: sh -c 'echo start-{name} >> $DIR/order; trap \"echo stop-{name} >> $DIR/order; exit 0\" TERM; while :; do sleep 0.05; done'\nafter: [{after}]\ntest: test -f $DIR/order\n"
+            "exec: sh -c 'echo start-{name} >> $DIR/order; trap \"echo stop-{name} >> $DIR/order; exit 0\" TERM; while :; do sleep 0.05; done'\nafter: [{after}]\ntest: grep -q start-{name} $DIR/order\n"
         )
     };
     let (a, b, c) = (svc("a", ""), svc("b", "a"), svc("c", "b"));
