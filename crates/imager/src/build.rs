@@ -1,5 +1,6 @@
 //! One image build: kernel → modules → binaries → helpers → files → compressed cpio in `out/`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,8 @@ pub struct Options {
     pub source_date_epoch: u32,
     /// More directories copied verbatim into the image after the profile's (tests add services).
     pub overlays: Vec<PathBuf>,
+    /// Kernel command-line words appended to the profile's (e.g. `gridos.farm=7`).
+    pub cmdline_append: Vec<String>,
     /// Fail when any listed binary or helper is missing, required or not.
     pub strict: bool,
     /// No progress bar, even on a terminal.
@@ -65,7 +68,7 @@ pub enum BuildError {
         path: PathBuf,
     },
     /// Writing an output failed.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The output.
         path: PathBuf,
@@ -111,6 +114,32 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Adds libraries not yet in the tree. A file already placed under another name (the
+/// interpreter is both `/lib64/ld-linux-x86-64.so.2` and a `DT_NEEDED` of libc) becomes a
+/// symlink to the first copy instead of a second copy.
+fn add_libs(
+    tree: &mut Tree,
+    libs: &[elf::Placed],
+    placed: &mut BTreeMap<PathBuf, String>,
+    listed: &mut Vec<String>,
+) -> Result<(), BuildError> {
+    for p in libs {
+        if tree.contains(&p.dest) {
+            continue;
+        }
+        let canonical = std::fs::canonicalize(&p.source).unwrap_or_else(|_| p.source.clone());
+        match placed.get(&canonical) {
+            Some(first) => tree.insert(&p.dest, 0o777, Kind::Symlink(first.clone()))?,
+            None => {
+                tree.add_file(&p.dest, &p.source, 0o755)?;
+                placed.insert(canonical, p.dest.clone());
+            }
+        }
+        listed.push(p.dest.clone());
+    }
+    Ok(())
 }
 
 /// Builds the image described by `opts`.
@@ -213,6 +242,7 @@ fn build_with(
     progress.step("gridos binaries");
     let mut binaries = Vec::new();
     let mut helper_files = Vec::new();
+    let mut placed = BTreeMap::new();
     for b in &profile.binaries {
         let src = opts.bin_dir.join(&b.name);
         if !src.is_file() {
@@ -227,10 +257,8 @@ fn build_with(
                 "warning: {} is dynamically linked; adding its libraries",
                 b.name
             ));
-            for p in elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)? {
-                tree.add_file(&p.dest, &p.source, 0o755)?;
-                helper_files.push(p.dest);
-            }
+            let libs = elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)?;
+            add_libs(&mut tree, &libs, &mut placed, &mut helper_files)?;
         }
     }
 
@@ -245,12 +273,8 @@ fn build_with(
         let dest = h.dest.clone().unwrap_or_else(|| h.path.clone());
         tree.add_file(&dest, &src, 0o755)?;
         helper_files.push(dest);
-        for p in elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)? {
-            if !tree.contains(&p.dest) {
-                tree.add_file(&p.dest, &p.source, 0o755)?;
-                helper_files.push(p.dest);
-            }
-        }
+        let libs = elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)?;
+        add_libs(&mut tree, &libs, &mut placed, &mut helper_files)?;
     }
     helper_files.sort();
     helper_files.dedup();
@@ -296,16 +320,18 @@ fn build_with(
     write_atomic(&opts.out.join("initramfs.img"), &packed)?;
 
     // 7. Kernel and command line.
+    let cmdline = std::iter::once(profile.cmdline.trim())
+        .chain(opts.cmdline_append.iter().map(|s| s.trim()))
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     progress.step("kernel and command line");
     let vmlinuz = std::fs::read(&kernel.vmlinuz).map_err(|source| BuildError::Write {
         path: kernel.vmlinuz.clone(),
         source,
     })?;
     write_atomic(&opts.out.join("vmlinuz"), &vmlinuz)?;
-    write_atomic(
-        &opts.out.join("cmdline"),
-        format!("{}\n", profile.cmdline.trim()).as_bytes(),
-    )?;
+    write_atomic(&opts.out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
 
     let report = Report {
         modules: selection.paths().iter().map(|s| s.to_string()).collect(),
@@ -313,7 +339,7 @@ fn build_with(
         binaries,
         skipped,
         helper_files,
-        cmdline: profile.cmdline.trim().to_string(),
+        cmdline,
         compression: profile.compression,
         source_date_epoch: opts.source_date_epoch,
         entries: tree.len(),

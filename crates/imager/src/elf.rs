@@ -23,7 +23,7 @@ pub const DEFAULT_LIB_DIRS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -27,7 +27,7 @@ pub enum KernelError {
         reason: String,
     },
     /// Creating or moving a cache folder failed.
-    #[error("{path}: {source}")]
+    #[error("creating {path}")]
     Io {
         /// The path.
         path: PathBuf,

@@ -4,6 +4,7 @@
 //! to the kernel and its default command line.
 
 pub mod build;
+pub mod cli;
 pub mod cpio;
 pub mod elf;
 pub mod kernel;

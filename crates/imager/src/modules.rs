@@ -14,7 +14,7 @@ use object::Endianness;
 #[derive(Debug, thiserror::Error)]
 pub enum ModulesError {
     /// A directory or file of the kernel tree could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The path.
         path: PathBuf,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// The file could not be read.
-    #[error("reading profile {path}: {source}")]
+    #[error("reading profile {path}")]
     Read {
         /// The profile path.
         path: PathBuf,
@@ -17,7 +17,7 @@ pub enum ProfileError {
         source: std::io::Error,
     },
     /// The YAML is malformed or has unknown fields.
-    #[error("profile {path}: {source}")]
+    #[error("profile {path}")]
     Parse {
         /// The profile path.
         path: PathBuf,

@@ -27,7 +27,7 @@ pub enum TreeError {
         existing: &'static str,
     },
     /// A source file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The source path.
         path: std::path::PathBuf,

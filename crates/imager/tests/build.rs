@@ -91,6 +91,7 @@ fn fixture(dir: &Path) -> Options {
         kernel_root: None,
         source_date_epoch: 1_700_000_000,
         overlays: vec![],
+        cmdline_append: vec![],
         strict: false,
         quiet: true,
     }
@@ -218,4 +219,27 @@ fn strict_and_required_fail_on_missing_binaries() {
         err.to_string().contains("gridos binary init not found"),
         "{err}"
     );
+}
+
+#[test]
+fn interpreter_is_stored_once_and_cmdline_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = fixture(dir.path());
+    opts.cmdline_append = vec!["gridos.farm=7".into()];
+    let r = gridos_imager::build(&opts).unwrap();
+    assert_eq!(r.cmdline, "console=ttyS0 quiet gridos.farm=7");
+    assert_eq!(
+        std::fs::read_to_string(opts.out.join("cmdline")).unwrap(),
+        "console=ttyS0 quiet gridos.farm=7\n"
+    );
+    let entries = unpack(&opts.out.join("initramfs.img"));
+    let interp: Vec<&cpio::ParsedEntry> = entries
+        .iter()
+        .filter(|e| e.entry.path.ends_with("/ld-linux-x86-64.so.2"))
+        .collect();
+    let files = interp
+        .iter()
+        .filter(|e| matches!(e.entry.kind, Kind::File(_)))
+        .count();
+    assert_eq!(files, 1, "{interp:?}");
 }
