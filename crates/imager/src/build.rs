@@ -194,15 +194,11 @@ fn build_with(
         tree.add_file(&format!("{kbase}/{p}"), &mdir.join(p), 0o644)?;
     }
     let index = selection.index();
+    let selected: std::collections::BTreeSet<&str> = selection.paths().into_iter().collect();
     let order: String = std::fs::read_to_string(mdir.join("modules.order"))
         .unwrap_or_default()
         .lines()
-        .filter(|l| {
-            selection
-                .paths()
-                .iter()
-                .any(|p| p == l || p.strip_suffix(".ko").is_some_and(|s| l.starts_with(s)))
-        })
+        .filter(|l| selected.contains(l))
         .map(|l| format!("{l}\n"))
         .collect();
     let builtin = std::fs::read(mdir.join("modules.builtin")).unwrap_or_default();

@@ -58,7 +58,7 @@ fn fixture(dir: &Path) -> Options {
     );
     write(
         &m.join("modules.order"),
-        b"kernel/drivers/gpu/big.ko\nkernel/net/core/failover.ko\nkernel/drivers/net/net_failover.ko\nkernel/drivers/net/virtio_net.ko\n",
+        b"kernel/drivers/gpu/big.ko\nkernel/net/core/failover.ko\nkernel/drivers/net/net_failover.ko\nkernel/drivers/net/virtio_net.ko\nkernel/drivers/net/virtio_net_extra.ko\n",
     );
     let bins = dir.join("bins");
     write(&bins.join("init"), b"static init");
