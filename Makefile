@@ -4,8 +4,12 @@ CARGO      ?= cargo
 BUILD      ?= $(CURDIR)/build
 REGISTRY_DB     ?= sqlite://$(BUILD)/registry.db
 REGISTRY_LISTEN ?= 127.0.0.1:8480
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+# Every initramfs entry gets this mtime: the last commit's time, so a commit always gives the same image.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
 
-.PHONY: all build run test test-unit test-boot-init lint fmt bench clean init
+.PHONY: all build run test test-unit test-boot-init test-image lint fmt bench clean init image
 
 all: build
 
@@ -29,7 +33,7 @@ run:
 
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
 ## and PID 1 booted in QEMU with Debian's kernel.
-test: lint test-unit test-boot-init
+test: lint test-unit test-boot-init test-image
 
 test-unit:
 	tests/with-postgres.sh $(CARGO) test --workspace
@@ -37,10 +41,21 @@ test-unit:
 test-boot-init:
 	bash tests/boot-init/run.sh
 
+## The image built twice (same bytes) and booted in QEMU to "all services started" and poweroff.
+test-image:
+	bash tests/image/run.sh
+
 ## The static init and gridctl, as they go into the initramfs.
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
 		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl
+
+## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
+## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.
+image: init
+	$(CARGO) build -q -p gridos-imager
+	$(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
+		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
 lint:
 	$(CARGO) fmt --all -- --check

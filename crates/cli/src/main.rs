@@ -55,6 +55,15 @@ enum Command {
     Stats,
     /// Compute CU and SU from raw resources with the grid's formulas.
     Units(UnitsArgs),
+    /// Build the node image (kernel, initramfs, command line) with gridos-imager.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the image of image/profile.yaml into out/ (see docs/image.md).
+    Build(gridos_imager::cli::BuildArgs),
 }
 
 #[derive(Subcommand)]
@@ -198,6 +207,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.registry);
     let j = cli.json;
     match cli.command {
+        Command::Image(ImageCmd::Build(a)) => {
+            let opts = a.options();
+            let r = tokio::task::spawn_blocking(move || gridos_imager::build(&opts)).await??;
+            print(j, &serde_json::to_value(&r)?, |_| {
+                gridos_imager::cli::summary(&r, &a.out)
+            });
+        }
         Command::Key(KeyCmd::New { force }) => {
             let key = keyfile::create(&key_path, force)?;
             let v = json!({ "public_key": hex::encode(key.verifying_key().as_bytes()), "path": key_path });
