@@ -3,6 +3,7 @@
 //! Settings come from the kernel command line (`gridos.farm=`, `gridos.registry=`,
 //! `gridos.log=`), parsed by the same code PID 1 uses; flags and environment override them.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +86,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .with_writer(std::io::stderr)
+        // Under PID 1 stderr is a pipe into the service log: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     for w in &warnings {
         tracing::warn!("kernel command line: {w}");
