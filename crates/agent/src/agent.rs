@@ -56,6 +56,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where and how to probe.
     pub probe: Probe,
+    /// File the storage service writes when the cache is on tmpfs (nothing survives a reboot).
+    pub tmpfs_marker: PathBuf,
 }
 
 impl Config {
@@ -73,6 +75,7 @@ impl Config {
             http_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             probe: Probe::default(),
+            tmpfs_marker: PathBuf::from("/run/gridos/storage-tmpfs"),
         }
     }
 
@@ -204,6 +207,12 @@ impl Agent {
     }
 
     fn enqueue_uptime(&mut self) -> Result<(), AgentError> {
+        if let Ok(why) = std::fs::read_to_string(&self.cfg.tmpfs_marker) {
+            tracing::warn!(
+                reason = why.trim(),
+                "the cache is on tmpfs: the node key and queued reports will not survive a reboot"
+            );
+        }
         match read_uptime(&self.cfg.probe.proc) {
             Some(uptime_secs) => self.enqueue(Report::Uptime { uptime_secs }),
             None => {
