@@ -1,0 +1,502 @@
+//! The agent's life: probe, register, then report uptime and capacity changes through the
+//! durable queue until told to stop, with a last uptime report on the way out.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gridtypes::{NodeRegistration, Report, Resources};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client::{now, Client, Outcome};
+use crate::identity::{self, IdentityError, KEY_FILE};
+use crate::probe::{Hardware, Probe, ProbeError};
+use crate::queue::{Entry, Queue, QueueError};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The report queue could not be used.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The hardware could not be probed.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// A blocking probe task died.
+    #[error("probe task failed: {0}")]
+    Task(String),
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Registry base URL.
+    pub registry: String,
+    /// The farm this node belongs to.
+    pub farm: u64,
+    /// Where the key (`identity/node.key`) and the queue (`queue/`) live.
+    pub state_dir: PathBuf,
+    /// Time between uptime reports.
+    pub uptime_interval: Duration,
+    /// Time between capacity probes (a change is reported at once).
+    pub probe_interval: Duration,
+    /// First retry delay after the registry was unreachable; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    /// Longest retry delay while the registry is unreachable.
+    pub retry_max: Duration,
+    /// Retry delay while the registry refuses the registration (e.g. unknown farm).
+    pub refused_retry: Duration,
+    /// HTTP timeout per request.
+    pub http_timeout: Duration,
+    /// How long to try to deliver the last reports on shutdown.
+    pub shutdown_grace: Duration,
+    /// Where and how to probe.
+    pub probe: Probe,
+    /// File the storage service writes when the cache is on tmpfs (nothing survives a reboot).
+    pub tmpfs_marker: PathBuf,
+}
+
+impl Config {
+    /// Defaults for a real node: 40 min uptime reports, a probe every 5 min.
+    pub fn new(registry: String, farm: u64, state_dir: PathBuf) -> Config {
+        Config {
+            registry,
+            farm,
+            state_dir,
+            uptime_interval: Duration::from_secs(40 * 60),
+            probe_interval: Duration::from_secs(5 * 60),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            refused_retry: Duration::from_secs(300),
+            http_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            probe: Probe::default(),
+            tmpfs_marker: PathBuf::from("/run/gridos/storage-tmpfs"),
+        }
+    }
+
+    /// The node key's path.
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join("identity").join(KEY_FILE)
+    }
+
+    /// The report queue's directory.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.state_dir.join("queue")
+    }
+}
+
+/// What the agent is doing, for tests and `--json` status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The registry's id for this node once registered.
+    pub node_id: Option<i64>,
+    /// The node's public key (hex).
+    pub public_key: String,
+    /// Reports waiting in the queue.
+    pub queued: usize,
+    /// Reports the registry took (or already had) since start.
+    pub delivered: u64,
+    /// Last problem talking to the registry, cleared on success.
+    pub last_error: Option<String>,
+    /// Last capacity probed.
+    pub capacity: Resources,
+}
+
+/// Exponential backoff between `min` and `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    /// Starts at `min`.
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: None,
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles it up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next.unwrap_or(self.min);
+        self.next = Some(d.saturating_mul(2).min(self.max));
+        d
+    }
+
+    /// True while failures are being backed off.
+    pub fn active(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+/// Seconds since boot from `/proc/uptime`.
+pub fn read_uptime(proc: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(proc.join("uptime")).ok()?;
+    let first = text.split_whitespace().next()?;
+    let secs: f64 = first.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then_some(secs as u64)
+}
+
+async fn probe(p: &Probe) -> Result<Hardware, AgentError> {
+    let p = p.clone();
+    tokio::task::spawn_blocking(move || p.hardware())
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))?
+        .map_err(AgentError::from)
+}
+
+/// The running agent's state between events.
+struct Agent {
+    cfg: Config,
+    client: Client,
+    queue: Queue,
+    hw: Hardware,
+    status: watch::Sender<Status>,
+    backoff: Backoff,
+    next_attempt: Option<Instant>,
+}
+
+/// What one delivery pass ended with.
+enum Pass {
+    /// Nothing left to do until something new is queued.
+    Idle,
+    /// Try again at this time.
+    RetryAt(Instant),
+}
+
+impl Agent {
+    fn registration(&self) -> NodeRegistration {
+        NodeRegistration {
+            farm_id: self.cfg.farm,
+            capacity: self.hw.capacity,
+            serial: self.hw.serial.clone(),
+            virtualized: self.hw.virtualized,
+            interfaces: self.hw.interfaces.clone(),
+            agent_version: Some(concat!("gridos-agent ", env!("CARGO_PKG_VERSION")).into()),
+        }
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        self.status.send_modify(|s| s.last_error = e);
+    }
+
+    fn enqueue(&mut self, report: Report) -> Result<(), AgentError> {
+        let kind = report.kind().as_str();
+        self.queue.push(&Entry::new(report, now()))?;
+        tracing::debug!(kind, queued = self.queue.len(), "report queued");
+        let queued = self.queue.len();
+        self.status.send_modify(|s| s.queued = queued);
+        if !self.backoff.active() {
+            self.next_attempt = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn enqueue_uptime(&mut self) -> Result<(), AgentError> {
+        if let Ok(why) = std::fs::read_to_string(&self.cfg.tmpfs_marker) {
+            tracing::warn!(
+                reason = why.trim(),
+                "the cache is on tmpfs: the node key and queued reports will not survive a reboot"
+            );
+        }
+        match read_uptime(&self.cfg.probe.proc) {
+            Some(uptime_secs) => self.enqueue(Report::Uptime { uptime_secs }),
+            None => {
+                tracing::error!(
+                    "cannot read {}/uptime: no uptime report",
+                    self.cfg.probe.proc.display()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn unreachable(&mut self, what: &str, e: &str) -> Pass {
+        let delay = self.backoff.next_delay();
+        tracing::warn!(
+            registry = %self.cfg.registry,
+            error = %e,
+            retry_in_secs = delay.as_secs_f32(),
+            queued = self.queue.len(),
+            "registry unreachable while {what}; will retry"
+        );
+        self.set_error(Some(format!(
+            "registry {} unreachable: {e}",
+            self.cfg.registry
+        )));
+        Pass::RetryAt(Instant::now() + delay)
+    }
+
+    async fn register(&mut self) -> Pass {
+        let reg = self.registration();
+        match self.client.register(&reg).await {
+            Outcome::Accepted(id) => {
+                let units = reg.capacity.farming_units();
+                tracing::info!(
+                    node_id = id,
+                    farm = self.cfg.farm,
+                    registry = %self.cfg.registry,
+                    cru = reg.capacity.cru,
+                    mru_gib = format!("{:.2}", reg.capacity.mru_gib()),
+                    sru_gib = format!("{:.2}", reg.capacity.sru_gib()),
+                    hru_gib = format!("{:.2}", reg.capacity.hru_gib()),
+                    cu = format!("{:.3}", units.cu),
+                    su = format!("{:.3}", units.su),
+                    virtualized = reg.virtualized,
+                    "registered"
+                );
+                self.backoff.reset();
+                self.set_error(None);
+                self.status.send_modify(|s| s.node_id = Some(id));
+                Pass::RetryAt(Instant::now())
+            }
+            Outcome::Refused {
+                status,
+                code,
+                message,
+            } => {
+                let retry = self.cfg.refused_retry;
+                let why = match code.as_str() {
+                    "unknown_farm" => format!(
+                        "farm {} does not exist on registry {}: check gridos.farm= on the kernel command line",
+                        self.cfg.farm, self.cfg.registry
+                    ),
+                    "stale_timestamp" => format!(
+                        "the node clock is more than 300 s away from the registry's: {message}"
+                    ),
+                    _ => format!("registry {} refused the registration (HTTP {status} {code}): {message}", self.cfg.registry),
+                };
+                tracing::error!(retry_in_secs = retry.as_secs(), "{why}");
+                self.set_error(Some(why));
+                Pass::RetryAt(Instant::now() + retry)
+            }
+            Outcome::Replay => Pass::RetryAt(Instant::now()),
+            Outcome::Unavailable(e) => self.unreachable("registering", &e),
+        }
+    }
+
+    /// Sends queued reports oldest first until the queue is empty or the registry fails.
+    async fn flush(&mut self) -> Result<Pass, AgentError> {
+        while let Some((seq, entry)) = self.queue.front() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e @ QueueError::Corrupt { .. }) => {
+                    tracing::error!(seq, error = %e, "dropping a corrupt queue entry");
+                    self.queue.pop()?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let kind = entry.report.kind().as_str();
+            match self.client.report(&entry).await {
+                Outcome::Accepted(id) => {
+                    tracing::debug!(seq, kind, report_id = id, "report delivered");
+                }
+                Outcome::Replay => {
+                    tracing::info!(seq, kind, "registry already had this report; dropping it");
+                }
+                Outcome::Refused { code, .. } if code == "unknown_signer" => {
+                    tracing::warn!(
+                        "registry {} does not know this node: registering again",
+                        self.cfg.registry
+                    );
+                    self.status.send_modify(|s| s.node_id = None);
+                    return Ok(Pass::RetryAt(Instant::now()));
+                }
+                Outcome::Refused { code, message, .. } if code == "stale_timestamp" => {
+                    // The clock can be fixed (NTP); the report is still worth keeping.
+                    let retry = self.cfg.refused_retry;
+                    tracing::error!(retry_in_secs = retry.as_secs(),
+                        "registry refused a report: the node clock is more than 300 s off: {message}");
+                    self.set_error(Some(format!("clock: {message}")));
+                    return Ok(Pass::RetryAt(Instant::now() + retry));
+                }
+                Outcome::Refused {
+                    status,
+                    code,
+                    message,
+                } => {
+                    tracing::error!(
+                        seq,
+                        kind,
+                        status,
+                        code,
+                        message,
+                        "registry refused a report for good; dropping it"
+                    );
+                }
+                Outcome::Unavailable(e) => return Ok(self.unreachable("sending reports", &e)),
+            }
+            self.queue.pop()?;
+            self.backoff.reset();
+            let queued = self.queue.len();
+            self.status.send_modify(|s| {
+                s.queued = queued;
+                s.delivered += 1;
+                s.last_error = None;
+            });
+        }
+        Ok(Pass::Idle)
+    }
+
+    /// One delivery attempt: register first if needed, then drain the queue.
+    async fn attempt(&mut self) -> Result<(), AgentError> {
+        let pass = if self.status.borrow().node_id.is_none() {
+            self.register().await
+        } else {
+            self.flush().await?
+        };
+        self.next_attempt = match pass {
+            Pass::Idle => None,
+            Pass::RetryAt(t) => Some(t),
+        };
+        Ok(())
+    }
+
+    async fn reprobe(&mut self) -> Result<(), AgentError> {
+        let hw = match probe(&self.cfg.probe).await {
+            Ok(hw) => hw,
+            Err(e) => {
+                tracing::warn!(error = %e, "capacity probe failed; keeping the last result");
+                return Ok(());
+            }
+        };
+        if hw.capacity != self.hw.capacity {
+            tracing::info!(old = ?self.hw.capacity, new = ?hw.capacity, "capacity changed: reporting it");
+            let capacity = hw.capacity;
+            self.status.send_modify(|s| s.capacity = capacity);
+            self.hw = hw;
+            self.enqueue(Report::Capacity { capacity })?;
+        } else {
+            self.hw = hw;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; `status` follows what it does.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<Status>,
+) -> Result<(), AgentError> {
+    let key_path = cfg.key_path();
+    let (key, created) = identity::load_or_create(&key_path)?;
+    let client = Client::new(&cfg.registry, key, cfg.http_timeout);
+    tracing::info!(
+        key = %key_path.display(),
+        public_key = %client.public_key(),
+        created,
+        "node identity"
+    );
+    let queue = Queue::open(&cfg.queue_dir())?;
+    if !queue.is_empty() {
+        tracing::info!(
+            queued = queue.len(),
+            "reports from before the restart are waiting"
+        );
+    }
+    let hw = probe(&cfg.probe).await?;
+    for d in &hw.disks {
+        tracing::info!(disk = %d.name, size = d.size, kind = ?d.kind, rotational = d.rotational, seek_micros = ?d.seek_micros, "disk");
+    }
+    let public_key = client.public_key();
+    let capacity = hw.capacity;
+    let queued = queue.len();
+    status.send_modify(|s| {
+        s.public_key = public_key;
+        s.capacity = capacity;
+        s.queued = queued;
+    });
+    let mut agent = Agent {
+        backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
+        cfg,
+        client,
+        queue,
+        hw,
+        status,
+        next_attempt: Some(Instant::now()),
+    };
+    let mut uptime = tokio::time::interval(agent.cfg.uptime_interval);
+    uptime.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reprobe = tokio::time::interval_at(
+        Instant::now() + agent.cfg.probe_interval,
+        agent.cfg.probe_interval,
+    );
+    reprobe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let wake = agent.next_attempt;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = uptime.tick() => agent.enqueue_uptime()?,
+            _ = reprobe.tick() => agent.reprobe().await?,
+            _ = sleep_until(wake) => agent.attempt().await?,
+        }
+    }
+    // Planned shutdown: a last uptime report, so the registry sees the node was up until now.
+    agent.enqueue_uptime()?;
+    if agent.status.borrow().node_id.is_some() {
+        let grace = agent.cfg.shutdown_grace;
+        match tokio::time::timeout(grace, agent.flush()).await {
+            Ok(Ok(Pass::Idle)) => tracing::info!("last uptime report delivered; stopping"),
+            Ok(Ok(Pass::RetryAt(_))) | Err(_) => tracing::warn!(
+                queued = agent.queue.len(),
+                "registry did not take the last reports before shutdown; they stay queued"
+            ),
+            Ok(Err(e)) => return Err(e),
+        }
+    } else {
+        tracing::warn!(
+            queued = agent.queue.len(),
+            "stopping before registration; reports stay queued"
+        );
+    }
+    Ok(())
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        assert!(!b.active());
+        let d: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 5, 5]);
+        assert!(b.active());
+        b.reset();
+        assert_eq!(b.next_delay().as_secs(), 1);
+    }
+
+    #[test]
+    fn uptime_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("uptime"), "350735.47 234388.90\n").unwrap();
+        assert_eq!(read_uptime(dir.path()), Some(350735));
+        std::fs::write(dir.path().join("uptime"), "nan 1\n").unwrap();
+        assert_eq!(read_uptime(dir.path()), None);
+    }
+}

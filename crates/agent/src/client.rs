@@ -1,0 +1,192 @@
+//! The registry client: signs payloads with the node key and sorts the answers into
+//! "taken", "already taken", "refused for good" and "try again later".
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use gridtypes::{Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+use rand::RngCore;
+
+use crate::queue::Entry;
+
+/// How a registry answered one signed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored; the registry's id for the node or report.
+    Accepted(i64),
+    /// `409 replay`: the registry already holds this (signer, nonce): it was delivered before.
+    Replay,
+    /// A 4xx answer: this exact message can never succeed.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The registry's `error.code`, e.g. `unknown_farm`.
+        code: String,
+        /// The registry's `error.message`.
+        message: String,
+    },
+    /// Network error, timeout or 5xx: try again later.
+    Unavailable(String),
+}
+
+/// A queued report is signed with the time it describes when that is still inside the
+/// registry's window; older ones get the oldest timestamp that is safely accepted.
+/// 60 s of the 300 s window are kept for clock skew between node and registry.
+pub const RESIGN_WINDOW_SECS: i64 = MAX_CLOCK_SKEW_SECS - 60;
+
+/// The timestamp a queued report measured at `measured_at` is signed with at `now`.
+pub fn sign_time(measured_at: i64, now: i64) -> i64 {
+    measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
+}
+
+/// Seconds since the Unix epoch by the node's clock.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Talks to one registry as one node.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    key: SigningKey,
+}
+
+/// Sorts an HTTP answer into an [`Outcome`].
+pub fn classify(status: u16, body: &str) -> Outcome {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if (200..300).contains(&status) {
+        return Outcome::Accepted(v["id"].as_i64().unwrap_or(0));
+    }
+    let code = v["error"]["code"].as_str().unwrap_or("").to_string();
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    if status == 409 && code == "replay" {
+        return Outcome::Replay;
+    }
+    if (400..500).contains(&status) {
+        return Outcome::Refused {
+            status,
+            code,
+            message,
+        };
+    }
+    Outcome::Unavailable(format!("HTTP {status}: {message}"))
+}
+
+impl Client {
+    /// A client for the registry at `base` (e.g. `http://10.0.2.2:8080`) signing with `key`.
+    pub fn new(base: &str, key: SigningKey, timeout: Duration) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            key,
+        }
+    }
+
+    /// The node's public key as hex, as the registry names it.
+    pub fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// Registers (or re-registers) the node.
+    pub async fn register(&self, reg: &NodeRegistration) -> Outcome {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let env = Envelope::seal(&self.key, &Payload::RegisterNode(reg.clone()), now(), nonce);
+        self.post("/api/v1/nodes", env).await
+    }
+
+    /// Sends one queued report, signed now with its own nonce.
+    pub async fn report(&self, entry: &Entry) -> Outcome {
+        let Some(nonce) = entry.nonce_bytes() else {
+            return Outcome::Refused {
+                status: 0,
+                code: "bad_nonce".into(),
+                message: format!("queued nonce {:?} is not 32 hex digits", entry.nonce),
+            };
+        };
+        let ts = sign_time(entry.measured_at, now());
+        let env = Envelope::seal(&self.key, &Payload::Report(entry.report.clone()), ts, nonce);
+        self.post("/api/v1/reports", env).await
+    }
+
+    async fn post(&self, path: &str, env: Envelope) -> Outcome {
+        let url = format!("{}{path}", self.base);
+        let resp = match self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(env.to_json())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Outcome::Unavailable(format!("{url}: {}", error_chain(&e))),
+        };
+        let status = resp.status().as_u16();
+        match resp.text().await {
+            Ok(body) => classify(status, &body),
+            Err(e) => Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
+        }
+    }
+}
+
+/// An error with its causes, so "connection refused" is not hidden behind "error sending request".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        assert_eq!(
+            classify(201, r#"{"id":7,"created":true}"#),
+            Outcome::Accepted(7)
+        );
+        assert_eq!(
+            classify(409, r#"{"error":{"code":"replay","message":"x"}}"#),
+            Outcome::Replay
+        );
+        assert!(matches!(
+            classify(422, r#"{"error":{"code":"unknown_farm","message":"farm 9"}}"#),
+            Outcome::Refused { status: 422, ref code, .. } if code == "unknown_farm"
+        ));
+        // A 409 that is not a replay (e.g. conflict) is a refusal.
+        assert!(matches!(
+            classify(409, r#"{"error":{"code":"conflict","message":""}}"#),
+            Outcome::Refused { .. }
+        ));
+        assert!(matches!(classify(503, "busy"), Outcome::Unavailable(_)));
+        assert!(matches!(classify(500, ""), Outcome::Unavailable(_)));
+    }
+
+    #[test]
+    fn queued_reports_keep_their_time_while_the_registry_accepts_it() {
+        assert_eq!(sign_time(1000, 1010), 1000);
+        assert_eq!(sign_time(1000, 1000 + RESIGN_WINDOW_SECS), 1000);
+        assert_eq!(sign_time(1000, 5000), 5000 - RESIGN_WINDOW_SECS);
+        // A measurement "from the future" (clock stepped back) is signed now.
+        assert_eq!(sign_time(2000, 1000), 1000);
+    }
+}

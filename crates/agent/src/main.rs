@@ -1,0 +1,164 @@
+//! `gridos-agent`: the capacity agent, run by PID 1 as the `agent` service.
+//!
+//! Settings come from the kernel command line (`gridos.farm=`, `gridos.registry=`,
+//! `gridos.log=`), parsed by the same code PID 1 uses; flags and environment override them.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use gridagent::probe::{DiskKind, Probe};
+use gridagent::{Config, Status};
+
+#[derive(Debug, Parser)]
+#[command(name = "gridos-agent", version, about = "The gridos capacity agent")]
+struct Args {
+    /// Kernel command line to read `gridos.*` settings from.
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// Registry base URL (overrides `gridos.registry=`).
+    #[arg(long, env = "GRIDOS_REGISTRY")]
+    registry: Option<String>,
+    /// Farm id (overrides `gridos.farm=`).
+    #[arg(long, env = "GRIDOS_FARM")]
+    farm: Option<u64>,
+    /// Where the node key and the report queue live (the cache partition).
+    #[arg(long, env = "GRIDOS_STATE_DIR", default_value = "/var/cache/gridos")]
+    state_dir: PathBuf,
+    /// Seconds between uptime reports.
+    #[arg(long, default_value_t = 2400)]
+    uptime_interval: u64,
+    /// Seconds between capacity probes; a change is reported at once.
+    #[arg(long, default_value_t = 300)]
+    probe_interval: u64,
+    /// Longest wait (seconds) between retries while the registry is unreachable.
+    #[arg(long, default_value_t = 60)]
+    retry_max: u64,
+    /// Wait (seconds) between retries while the registry refuses the registration.
+    #[arg(long, default_value_t = 300)]
+    refused_retry: u64,
+    /// A disk never counted (the boot medium); repeatable.
+    #[arg(long = "skip-disk", env = "GRIDOS_BOOT_DISK", value_delimiter = ',')]
+    skip_disks: Vec<String>,
+    /// sysfs root (tests point it at a fake tree).
+    #[arg(long, default_value = "/sys", hide = true)]
+    sysfs: PathBuf,
+    /// procfs root.
+    #[arg(long, default_value = "/proc", hide = true)]
+    procfs: PathBuf,
+    /// Device directory for the seek test.
+    #[arg(long, default_value = "/dev", hide = true)]
+    devfs: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register and report until SIGTERM (the default).
+    Run,
+    /// Probe the hardware once, print it and exit.
+    Probe {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn probe_of(args: &Args) -> Probe {
+    Probe {
+        sys: args.sysfs.clone(),
+        proc: args.procfs.clone(),
+        dev: args.devfs.clone(),
+        skip_disks: args.skip_disks.clone(),
+        ..Probe::default()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let (settings, warnings) = gridinit::cmdline::parse(&line);
+    let level = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| settings.log.as_tracing().to_string().to_lowercase());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        // Under PID 1 stderr is a pipe into the service log: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    for w in &warnings {
+        tracing::warn!("kernel command line: {w}");
+    }
+    let probe = probe_of(&args);
+    if let Some(Command::Probe { json }) = args.command {
+        let hw = probe.hardware().context("probing the hardware")?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&hw)?);
+        } else {
+            let c = &hw.capacity;
+            let u = c.farming_units();
+            println!(
+                "cru {}  mru {:.2} GiB  sru {:.2} GiB  hru {:.2} GiB  cu {:.3}  su {:.3}  virtualized {}  serial {}",
+                c.cru, c.mru_gib(), c.sru_gib(), c.hru_gib(), u.cu, u.su, hw.virtualized,
+                hw.serial.as_deref().unwrap_or("-")
+            );
+            for d in &hw.disks {
+                let kind = if d.kind == DiskKind::Ssd {
+                    "SSD"
+                } else {
+                    "HDD"
+                };
+                println!(
+                    "disk {} {} bytes {kind} (rotational {}, seek {:?} µs)",
+                    d.name, d.size, d.rotational, d.seek_micros
+                );
+            }
+            for i in &hw.interfaces {
+                println!(
+                    "iface {} {} {}",
+                    i.name,
+                    i.mac.as_deref().unwrap_or("-"),
+                    i.ips.join(" ")
+                );
+            }
+        }
+        return Ok(());
+    }
+    let registry = match args.registry.clone().or(settings.registry) {
+        Some(r) => r,
+        None => bail!(
+            "no registry: set gridos.registry=<url> on the kernel command line or pass --registry"
+        ),
+    };
+    let farm = match args.farm.or(settings.farm.map(u64::from)) {
+        Some(f) if f > 0 => f,
+        _ => bail!("no farm: set gridos.farm=<id> on the kernel command line or pass --farm"),
+    };
+    let mut cfg = Config::new(registry, farm, args.state_dir.clone());
+    cfg.uptime_interval = Duration::from_secs(args.uptime_interval.max(1));
+    cfg.probe_interval = Duration::from_secs(args.probe_interval.max(1));
+    cfg.retry_max = Duration::from_secs(args.retry_max.max(1));
+    cfg.refused_retry = Duration::from_secs(args.refused_retry.max(1));
+    cfg.probe = probe;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: planned shutdown"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            }
+        };
+        let (tx, _rx) = tokio::sync::watch::channel(Status::default());
+        gridagent::run(cfg, shutdown, tx)
+            .await
+            .context("agent failed")
+    })
+}

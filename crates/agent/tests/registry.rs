@@ -1,0 +1,407 @@
+//! "A farmer boots a node and it registers": the agent against a real registry on 127.0.0.1
+//! (SQLite in a tempdir), including an outage of the registry and a restart of the agent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use gridagent::probe::Probe;
+use gridagent::{Config, Status};
+use gridtypes::{Envelope, Payload, GIB, NONCE_LEN};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+
+/// A registry that can be stopped and started again on the same address and database.
+struct Registry {
+    addr: SocketAddr,
+    db_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("registry.db").display());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Registry {
+            addr: listener.local_addr().unwrap(),
+            db_url,
+            stop: None,
+            task: None,
+            _dir: dir,
+        };
+        r.serve(listener).await;
+        r
+    }
+
+    async fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let db = grid_registry::Db::connect(&self.db_url).await.unwrap();
+        let (tx, rx) = oneshot::channel();
+        self.task = Some(tokio::spawn(async move {
+            grid_registry::serve(listener, db, Default::default(), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        }));
+        self.stop = Some(tx);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn halt(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener).await;
+    }
+
+    async fn post(&self, path: &str, key: &SigningKey, payload: &Payload) -> Value {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let env = Envelope::seal(key, payload, gridagent::client::now(), nonce);
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.url()))
+            .body(env.to_json())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A twin creates a farm, as `grid farm create` does; returns the farm id.
+    async fn farm(&self, name: &str) -> u64 {
+        let twin = SigningKey::generate(&mut OsRng);
+        self.post("/api/v1/twins", &twin, &Payload::RegisterTwin {})
+            .await;
+        let v = self
+            .post(
+                "/api/v1/farms",
+                &twin,
+                &Payload::CreateFarm { name: name.into() },
+            )
+            .await;
+        v["id"].as_u64().unwrap()
+    }
+
+    /// All uptime reports of a node, oldest first, as (uptime_secs, signed_at).
+    async fn uptimes(&self, node: i64) -> Vec<(u64, i64)> {
+        let v = self
+            .get(&format!(
+                "/api/v1/nodes/{node}/reports?kind=uptime&limit=1000"
+            ))
+            .await;
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
+                let p: Value = serde_json::from_slice(&env.payload).unwrap();
+                (
+                    p["uptime_secs"].as_u64().unwrap(),
+                    r["signed_at"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn put(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// A fake /sys with 4 CPUs, a 100 GiB SSD and a 1 TiB HDD; /proc is the host's (read only).
+fn fake_sys(root: &Path) -> PathBuf {
+    let sys = root.join("sys");
+    put(&sys, "devices/system/cpu/online", "0-3\n");
+    put(&sys, "block/sda/size", &format!("{}\n", 100 * GIB / 512));
+    put(&sys, "block/sda/queue/rotational", "0\n");
+    put(&sys, "block/sdb/size", &format!("{}\n", 1024 * GIB / 512));
+    put(&sys, "block/sdb/queue/rotational", "1\n");
+    sys
+}
+
+fn config(reg: &Registry, farm: u64, state: &Path, sys: &Path) -> Config {
+    let mut cfg = Config::new(reg.url(), farm, state.to_path_buf());
+    cfg.uptime_interval = Duration::from_secs(1);
+    cfg.probe_interval = Duration::from_secs(3600);
+    cfg.retry_min = Duration::from_millis(200);
+    cfg.retry_max = Duration::from_secs(1);
+    cfg.refused_retry = Duration::from_secs(1);
+    cfg.http_timeout = Duration::from_secs(2);
+    cfg.probe = Probe {
+        sys: sys.to_path_buf(),
+        // The seek test finds no device here and trusts queue/rotational.
+        dev: sys.join("no-dev"),
+        addresses: false,
+        ..Probe::default()
+    };
+    cfg
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    status: watch::Receiver<Status>,
+    task: tokio::task::JoinHandle<Result<(), gridagent::AgentError>>,
+}
+
+fn spawn(cfg: Config) -> Running {
+    let (tx, rx) = watch::channel(Status::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(gridagent::run(
+        cfg,
+        async {
+            let _ = stopped.await;
+        },
+        tx,
+    ));
+    Running {
+        stop,
+        status: rx,
+        task,
+    }
+}
+
+impl Running {
+    async fn until(&mut self, what: &str, f: impl Fn(&Status) -> bool) -> Status {
+        let r = tokio::time::timeout(Duration::from_secs(30), self.status.wait_for(|s| f(s)))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match r {
+            Ok(Ok(s)) => s,
+            _ => panic!("timed out waiting for {what}: {:?}", *self.status.borrow()),
+        }
+    }
+
+    async fn shutdown(self) -> Status {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+        let s = self.status.borrow().clone();
+        s
+    }
+}
+
+fn uptime_files(state: &Path) -> usize {
+    std::fs::read_dir(state.join("queue")).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
+    let mut reg = Registry::start().await;
+    let farm = reg.farm("farm-one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+
+    let mut agent = spawn(config(&reg, farm, &state, &sys));
+    let s = agent.until("registration", |s| s.node_id.is_some()).await;
+    let node = s.node_id.unwrap();
+    let v = reg.get(&format!("/api/v1/nodes/{node}")).await;
+    assert_eq!(v["farm_id"].as_u64(), Some(farm));
+    assert_eq!(v["public_key"].as_str(), Some(s.public_key.as_str()));
+    assert_eq!(v["capacity"]["cru"], 4);
+    assert_eq!(v["capacity"]["sru"].as_u64(), Some(100 * GIB));
+    assert_eq!(v["capacity"]["hru"].as_u64(), Some(1024 * GIB));
+    assert!(v["capacity"]["mru"].as_u64().unwrap() > 0);
+    agent
+        .until("two uptime reports", |s| s.delivered >= 2)
+        .await;
+
+    // The registry goes away: reports pile up on disk.
+    reg.halt().await;
+    let s = agent.until("three queued reports", |s| s.queued >= 3).await;
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{s:?}"
+    );
+    assert!(uptime_files(&state) >= 3);
+    let queued_in_outage = s.queued as u64;
+    let delivered_before = s.delivered;
+
+    // It comes back on the same database: every queued report arrives.
+    reg.resume().await;
+    agent
+        .until("the queue to drain", |s| {
+            s.queued == 0 && s.delivered >= delivered_before + queued_in_outage
+        })
+        .await;
+    let s = agent.shutdown().await;
+    assert_eq!(s.queued, 0);
+    assert_eq!(uptime_files(&state), 0);
+
+    // Nothing lost, nothing doubled, in order; the last one is the shutdown report.
+    let ups = reg.uptimes(node).await;
+    assert_eq!(ups.len() as u64, s.delivered, "{ups:?}");
+    assert!(ups.len() >= 6, "{ups:?}");
+    assert!(
+        ups.windows(2).all(|w| w[0].0 <= w[1].0),
+        "uptime order: {ups:?}"
+    );
+    assert!(
+        ups.windows(2).all(|w| w[0].1 <= w[1].1),
+        "timestamp order: {ups:?}"
+    );
+
+    // The agent restarts (same state dir): same key, same node, reports continue.
+    let before = ups.len();
+    let mut agent = spawn(config(&reg, farm, &state, &sys));
+    let s2 = agent
+        .until("re-registration", |s| s.node_id.is_some())
+        .await;
+    assert_eq!(s2.node_id, Some(node));
+    assert_eq!(s2.public_key, s.public_key);
+    agent.until("a report", |s| s.delivered >= 1).await;
+    agent.shutdown().await;
+    assert!(reg.uptimes(node).await.len() > before);
+    reg.halt().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
+    let mut reg = Registry::start().await;
+    let farm = reg.farm("farm-two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+
+    let mut agent = spawn(config(&reg, farm, &state, &sys));
+    let node = agent
+        .until("registration", |s| s.node_id.is_some())
+        .await
+        .node_id
+        .unwrap();
+    agent.until("a report", |s| s.delivered >= 1).await;
+    reg.halt().await;
+    agent.until("two queued", |s| s.queued >= 2).await;
+    // Planned shutdown while the registry is away: the last report is queued too.
+    let s = agent.shutdown().await;
+    let left = uptime_files(&state);
+    // Two queued during the outage plus the last one written on the way out.
+    assert_eq!(left, s.queued, "{s:?}");
+    assert!(left >= 3, "{s:?}");
+    let delivered_first_run = s.delivered;
+
+    reg.resume().await;
+    let mut agent = spawn(config(&reg, farm, &state, &sys));
+    agent
+        .until("the old queue to drain", |s| s.delivered >= left as u64)
+        .await;
+    let s2 = agent.shutdown().await;
+    let ups = reg.uptimes(node).await;
+    assert_eq!(
+        ups.len() as u64,
+        delivered_first_run + s2.delivered,
+        "{ups:?}"
+    );
+    assert!(ups.windows(2).all(|w| w[0].0 <= w[1].0), "{ups:?}");
+    reg.halt().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_farm_is_a_clear_error_and_the_agent_keeps_trying() {
+    let mut reg = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+    let mut agent = spawn(config(&reg, 2, &state, &sys));
+    let s = agent
+        .until("the unknown farm error", |s| s.last_error.is_some())
+        .await;
+    let err = s.last_error.unwrap();
+    assert!(
+        err.contains("farm 2 does not exist") && err.contains("gridos.farm"),
+        "{err}"
+    );
+    assert_eq!(s.node_id, None);
+    assert_eq!(s.delivered, 0);
+    // The farmer creates the farm later; the agent, still retrying slowly, registers.
+    assert_eq!(reg.farm("first").await, 1);
+    assert_eq!(reg.farm("second").await, 2);
+    let s = agent.until("registration", |s| s.node_id.is_some()).await;
+    let v = reg
+        .get(&format!("/api/v1/nodes/{}", s.node_id.unwrap()))
+        .await;
+    assert_eq!(v["farm_id"], 2);
+    agent.shutdown().await;
+    reg.halt().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
+    use gridagent::client::{Client, Outcome};
+    use gridagent::queue::Entry;
+    use gridtypes::{NodeRegistration, Report, Resources};
+
+    let mut reg = Registry::start().await;
+    let farm = reg.farm("farm-replay").await;
+    let key = SigningKey::generate(&mut OsRng);
+    let client = Client::new(&reg.url(), key, Duration::from_secs(2));
+    let registration = NodeRegistration {
+        farm_id: farm,
+        capacity: Resources::from_gib(1, 1.0, 0.0, 0.0),
+        serial: None,
+        virtualized: false,
+        interfaces: vec![],
+        agent_version: None,
+    };
+    let node = match client.register(&registration).await {
+        Outcome::Accepted(id) => id,
+        other => panic!("{other:?}"),
+    };
+    // Delivered, then the agent crashed before removing it from the queue: sent again.
+    let entry = Entry::new(
+        Report::Uptime { uptime_secs: 77 },
+        gridagent::client::now() - 30,
+    );
+    assert!(matches!(client.report(&entry).await, Outcome::Accepted(_)));
+    assert_eq!(client.report(&entry).await, Outcome::Replay);
+    let ups = reg.uptimes(node).await;
+    assert_eq!(ups.len(), 1);
+    // Still inside the registry's window, the report is signed with the time it describes.
+    assert_eq!(ups[0].1, entry.measured_at);
+    // An unregistered key is refused for good (not retried as if the registry were down).
+    let stranger = Client::new(
+        &reg.url(),
+        SigningKey::generate(&mut OsRng),
+        Duration::from_secs(2),
+    );
+    assert!(matches!(
+        stranger.report(&entry).await,
+        Outcome::Refused { status: 401, ref code, .. } if code == "unknown_signer"
+    ));
+    reg.halt().await;
+    assert!(matches!(
+        client.report(&entry).await,
+        Outcome::Unavailable(_)
+    ));
+}
