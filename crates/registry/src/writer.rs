@@ -548,25 +548,17 @@ async fn register_node(
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let v = &job.verified;
-    let used = existing.as_ref().map(|n| n.used).unwrap_or_default();
-    let free = reg.capacity.saturating_sub(&used);
-    let units = reg.capacity.farming_units();
     let interfaces = serde_json::to_string(&reg.interfaces).unwrap_or_else(|_| "[]".into());
-    let c = &reg.capacity;
+    // Identity first (a new node starts empty), then capacity the same way a capacity report
+    // sets it, keeping whatever workloads already use.
     let row = sqlx::query(
         "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
             cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
             registered_at, updated_at, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-            $18, $18, $18) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, $7, $7, $7) \
          ON CONFLICT (public_key) DO UPDATE SET farm_id = excluded.farm_id, \
             serial = excluded.serial, virtualized = excluded.virtualized, \
-            interfaces = excluded.interfaces, agent_version = excluded.agent_version, \
-            cru = excluded.cru, mru = excluded.mru, \
-            sru = excluded.sru, hru = excluded.hru, ipv4 = excluded.ipv4, \
-            free_cru = excluded.free_cru, free_mru = excluded.free_mru, \
-            free_sru = excluded.free_sru, free_hru = excluded.free_hru, cu = excluded.cu, \
-            su = excluded.su, updated_at = excluded.updated_at, last_seen = excluded.last_seen \
+            interfaces = excluded.interfaces, agent_version = excluded.agent_version \
          RETURNING id",
     )
     .bind(&v.signer_hex)
@@ -575,37 +567,41 @@ async fn register_node(
     .bind(reg.virtualized as i64)
     .bind(interfaces)
     .bind(reg.agent_version.as_deref())
-    .bind(c.cru as i64)
-    .bind(c.mru as i64)
-    .bind(c.sru as i64)
-    .bind(c.hru as i64)
-    .bind(c.ipv4 as i64)
-    .bind(free.cru as i64)
-    .bind(free.mru as i64)
-    .bind(free.sru as i64)
-    .bind(free.hru as i64)
-    .bind(units.cu)
-    .bind(units.su)
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
     let id: i64 = row.try_get(0)?;
+    let used = existing.as_ref().map(|n| n.used).unwrap_or_default();
+    set_resources(conn, id, &reg.capacity, &used, now).await?;
     // The signed registration is kept with the reports, so its history can be audited too.
-    sqlx::query(
-        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
-         VALUES ($1, 'registration', $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(v.timestamp)
-    .bind(now)
-    .bind(&v.nonce)
-    .bind(job.raw.as_slice())
-    .execute(&mut *conn)
-    .await?;
+    insert_report(conn, id, "registration", job, now).await?;
     Ok(Ok(Written {
         id,
         created: existing.is_none(),
     }))
+}
+
+/// Stores one signed message of a node verbatim; returns its report id.
+async fn insert_report(
+    conn: &mut AnyConnection,
+    node: i64,
+    kind: &str,
+    job: &Job,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(node)
+    .bind(kind)
+    .bind(job.verified.timestamp)
+    .bind(now)
+    .bind(&job.verified.nonce)
+    .bind(job.raw.as_slice())
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)
 }
 
 async fn store_report(
@@ -615,20 +611,7 @@ async fn store_report(
     report: &Report,
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
-    let v = &job.verified;
-    let row = sqlx::query(
-        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(node.id)
-    .bind(report.kind().as_str())
-    .bind(v.timestamp)
-    .bind(now)
-    .bind(&v.nonce)
-    .bind(job.raw.as_slice())
-    .fetch_one(&mut *conn)
-    .await?;
-    let report_id: i64 = row.try_get(0)?;
+    let report_id = insert_report(conn, node.id, report.kind().as_str(), job, now).await?;
     match report {
         Report::Uptime { uptime_secs } => {
             sqlx::query("UPDATE nodes SET uptime_secs = $1, last_seen = $2 WHERE id = $3")

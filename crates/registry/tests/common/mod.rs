@@ -117,19 +117,24 @@ impl Harness {
         self.boot().await;
     }
 
-    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+    /// Sends a request; returns the status and the body as JSON (or as a string if it is not).
+    async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, v)
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        Self::send(
+            self.client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, env: &Envelope) -> (u16, Value) {
@@ -137,16 +142,7 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
+        Self::send(self.client.get(format!("{}{path}", self.base))).await
     }
 
     /// Counts of everything the registry stores, to prove a refused request changed nothing.
