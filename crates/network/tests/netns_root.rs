@@ -1,6 +1,7 @@
 //! Root test: two network namespaces made by the test, a veth pair between them, dnsmasq
 //! as the DHCP server in one and `gridos-network` in the other. Asserts address, default
-//! route, resolv.conf (a temp path), the IPv6 RA sysctl, renewal at T1, then a static
+//! route, resolv.conf (a temp path), the IPv6 RA sysctl, retry while no server answers,
+//! renewal at T1, then a static
 //! config. Nothing touches the host's own network. Skipped unless root with `ip` and dnsmasq.
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,14 @@ fn dhcp_then_static_in_namespaces() {
     ip(&["-n", &c, "link", "set", "lo", "up"]);
 
     let dir = tempfile::tempdir().unwrap();
+    // The service starts before any DHCP server exists: it must say so and keep retrying.
+    let started = Instant::now();
+    let log = service(&mut lab, dir.path(), "dhcp", &[]);
+    wait_for("the no-offer warning", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("no DHCP offer; retrying"))
+    });
+    eprintln!("no-offer warning after {:?}", started.elapsed());
+
     let dns_log = dir.path().join("dnsmasq.log");
     let server = Command::new("ip")
         .args(["netns", "exec", &s])
@@ -118,6 +127,7 @@ fn dhcp_then_static_in_namespaces() {
             "--interface=vs0",
             "--bind-interfaces",
             "--dhcp-authoritative",
+            "--no-ping",
             "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
             "--dhcp-option=option:router,10.77.0.1",
             "--dhcp-option=option:dns-server,10.77.0.53",
@@ -139,8 +149,9 @@ fn dhcp_then_static_in_namespaces() {
         .unwrap();
     lab.children.push(server);
 
-    let started = Instant::now();
-    let log = service(&mut lab, dir.path(), "dhcp", &[]);
+    wait_for("dnsmasq", Duration::from_secs(10), || {
+        std::fs::read_to_string(&dns_log).is_ok_and(|l| l.contains("DHCP, IP range"))
+    });
     wait_for("DHCP readiness", Duration::from_secs(40), || {
         ready(&dir.path().join("dhcp"))
     });
@@ -168,6 +179,10 @@ fn dhcp_then_static_in_namespaces() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP lease renewed"))
     });
     eprintln!("renewed after {:?}", started.elapsed());
+    eprintln!(
+        "--- gridos-network log\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     for mut ch in lab.children.drain(..) {
         let _ = ch.kill();
         let _ = ch.wait();

@@ -101,6 +101,17 @@ fn probe(cfg: &Config, disk: Disk) -> Result<Option<Candidate>> {
     }))
 }
 
+/// Finds a helper in `PATH` or the usual sbin/bin folders: init may start services with no
+/// `PATH`, and the default search path has no sbin.
+pub fn find_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
     use std::io::Write;
     let fail = |reason: String| Error::Command {
@@ -108,7 +119,7 @@ fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
         args: args.join(" "),
         reason,
     };
-    let mut child = Command::new(program)
+    let mut child = Command::new(find_tool(program))
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -289,6 +300,15 @@ pub fn run(cfg: &Config) -> Result<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_are_found_without_path() {
+        assert!(find_tool("sh").is_absolute());
+        assert_eq!(
+            find_tool("no-such-tool-here"),
+            PathBuf::from("no-such-tool-here")
+        );
+    }
 
     #[test]
     fn partition_names() {
