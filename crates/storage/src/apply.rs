@@ -63,13 +63,29 @@ fn has_cache_label(dev: &Path) -> bool {
     ok.is_ok() && signature::btrfs_label(&buf).as_deref() == Some(CACHE_LABEL)
 }
 
-fn probe(cfg: &Config, disk: Disk) -> Result<Option<Candidate>> {
+fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
     let dev = cfg.dev.join(&disk.name);
     let (head, tail) = head_tail(&dev, disk.size_bytes)?;
     let sig = signature::detect(&head, &tail);
     if sig == Some(signature::Signature::Iso9660) {
         tracing::info!(disk = %disk.name, "skipping disk: ISO 9660 image (boot medium)");
         return Ok(None);
+    }
+    if sig == Some(signature::Signature::Gpt) && disk.partitions.is_empty() {
+        // A partition table the kernel did not parse (no GPT support built in, or a loop
+        // device): add its partitions from user space so a cache partition is not missed.
+        let dev_s = dev.to_string_lossy().into_owned();
+        match run_cmd("partx", &["--add", &dev_s], None) {
+            Ok(()) => {
+                std::thread::sleep(Duration::from_millis(200));
+                disk.partitions = disks::partitions_of(&cfg.sys_block.join(&disk.name));
+                tracing::info!(disk = %disk.name, partitions = ?disk.partitions, "partitions added with partx");
+            }
+            Err(e) => tracing::warn!(disk = %disk.name, error = %e, "partx --add failed"),
+        }
+        for p in &disk.partitions {
+            wait_for(&cfg.dev.join(p), Duration::from_secs(5));
+        }
     }
     let cache_partition = disk
         .partitions

@@ -40,15 +40,7 @@ pub fn scan(sys_block: &Path) -> Result<Vec<Disk>> {
         let sectors: u64 = read_trim(&dir.join("size"))?.parse().unwrap_or(0);
         let rotational = read_trim(&dir.join("queue/rotational")).is_ok_and(|v| v == "1");
         let removable = read_trim(&dir.join("removable")).is_ok_and(|v| v == "1");
-        let mut partitions: Vec<String> = std::fs::read_dir(&dir)
-            .map(|it| {
-                it.flatten()
-                    .filter(|e| e.path().join("partition").exists())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        partitions.sort();
+        let partitions = partitions_of(&dir);
         disks.push(Disk {
             name,
             size_bytes: sectors.saturating_mul(512),
@@ -59,6 +51,20 @@ pub fn scan(sys_block: &Path) -> Result<Vec<Disk>> {
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(disks)
+}
+
+/// The partitions sysfs shows under one disk's directory, sorted.
+pub fn partitions_of(disk_dir: &Path) -> Vec<String> {
+    let mut partitions: Vec<String> = std::fs::read_dir(disk_dir)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.path().join("partition").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    partitions.sort();
+    partitions
 }
 
 /// Why a disk is left alone, or `None` if storage may consider it.

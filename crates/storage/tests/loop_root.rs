@@ -135,7 +135,18 @@ fn cache_on_loop_devices() {
     assert!(ok.success());
     nix::mount::umount(&mnt).unwrap();
 
-    // "Reboot": the cache partition is found and mounted, not formatted, even under none.
+    // "Reboot": detach and re-attach the disk; the cache partition is found and mounted,
+    // not formatted, even under none.
+    let st = Command::new("losetup").args(["-d", &a]).status().unwrap();
+    assert!(st.success());
+    loops.devs.retain(|d| *d != a);
+    let a = attach(&blank);
+    loops.devs.push(a.clone());
+    let an = a.trim_start_matches("/dev/").to_string();
+    let both = format!("{an},{bn}");
+    // The seek test works on a real block device (O_DIRECT, aligned buffer).
+    let lat = gridstorage::seek::measure(Path::new(&a), 256 << 20).unwrap();
+    assert!(lat < std::time::Duration::from_secs(1), "{lat:?}");
     let mut args = base.to_vec();
     args.extend(["--wipe", "none", "--only-devices", &both]);
     let s = storage(&args);
