@@ -45,10 +45,10 @@ test-boot-init:
 test-image:
 	bash tests/image/run.sh
 
-## The static init and gridctl, as they go into the initramfs.
+## The static gridos binaries (init, gridctl, agent, network, storage), as they go into the initramfs.
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
-		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl -p gridos-agent
+		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl -p gridos-agent -p gridos-network -p gridos-storage
 
 ## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.

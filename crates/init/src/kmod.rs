@@ -316,6 +316,38 @@ impl Loader {
     }
 }
 
+/// Loads `module` and its dependencies by name, as `modprobe NAME` would, from the running
+/// kernel's tree under `/lib/modules`. For modules no device asks for (btrfs before a mount,
+/// overlay, wireguard): the kernel's own `request_module` has no `modprobe` to call on a node.
+/// Returns the modules newly loaded; one already in the kernel (or built in) is not an error.
+pub fn load_module(module: &str) -> Result<Vec<String>, KmodError> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = Path::new("/lib/modules").join(release);
+    load_module_from(&ModuleIndex::load(&root)?, &root, module)
+}
+
+/// [`load_module`] over a given index and module tree.
+pub fn load_module_from(
+    index: &ModuleIndex,
+    root: &Path,
+    module: &str,
+) -> Result<Vec<String>, KmodError> {
+    let mut loaded = Vec::new();
+    for file in index.load_order(module) {
+        match load_file(&root.join(&file)) {
+            Ok(()) => loaded.push(module_name(&file)),
+            Err(KmodError::Load {
+                source: nix::Error::EEXIST,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(loaded)
+}
+
 /// Loads one module file: plain with `finit_module`; `.xz`/`.zst` by the kernel if it can, else decompressed here.
 pub fn load_file(path: &Path) -> Result<(), KmodError> {
     let load_err = |source| KmodError::Load {

@@ -1,0 +1,349 @@
+//! The I/O half: reads disk headers, measures, partitions, formats and mounts.
+
+use crate::disks::{self, Disk};
+use crate::plan::{self, Candidate, Plan};
+use crate::seek::{self, Kind};
+use crate::signature::{self, PROBE_BYTES};
+use crate::state::{self, Backing, State};
+use crate::{Error, Result, CACHE_LABEL};
+use gridinit::cmdline::WipePolicy;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where storage looks and what it may do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `/sys/block`.
+    pub sys_block: PathBuf,
+    /// `/dev`.
+    pub dev: PathBuf,
+    /// Where the cache is mounted.
+    pub mountpoint: PathBuf,
+    /// Where the state file and tmpfs marker go.
+    pub run_dir: PathBuf,
+    /// The `gridos.wipe` policy.
+    pub policy: WipePolicy,
+    /// Test-only: use exactly these disks (loop devices allowed), ignore all others.
+    pub only: Option<Vec<String>>,
+}
+
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads the first and last [`PROBE_BYTES`] of a block device (or less if it is smaller).
+fn head_tail(dev: &Path, size: u64) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut f = std::fs::File::open(dev).map_err(read_err(dev))?;
+    let n = (PROBE_BYTES as u64).min(size);
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head).map_err(read_err(dev))?;
+    let mut tail = vec![0u8; n as usize];
+    f.seek(SeekFrom::Start(size - n)).map_err(read_err(dev))?;
+    f.read_exact(&mut tail).map_err(read_err(dev))?;
+    Ok((head, tail))
+}
+
+/// The first partition's name: `sda` → `sda1`, `nvme0n1` → `nvme0n1p1`, `loop3` → `loop3p1`.
+pub fn first_partition(disk: &str) -> String {
+    if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("{disk}p1")
+    } else {
+        format!("{disk}1")
+    }
+}
+
+fn has_cache_label(dev: &Path) -> bool {
+    let mut buf = vec![0u8; 0x10000 + 4096];
+    let ok = std::fs::File::open(dev).and_then(|mut f| f.read_exact(&mut buf));
+    ok.is_ok() && signature::btrfs_label(&buf).as_deref() == Some(CACHE_LABEL)
+}
+
+fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
+    let dev = cfg.dev.join(&disk.name);
+    let (head, tail) = head_tail(&dev, disk.size_bytes)?;
+    let sig = signature::detect(&head, &tail);
+    if sig == Some(signature::Signature::Iso9660) {
+        tracing::info!(disk = %disk.name, "skipping disk: ISO 9660 image (boot medium)");
+        return Ok(None);
+    }
+    if sig == Some(signature::Signature::Gpt) && disk.partitions.is_empty() {
+        // A partition table the kernel did not parse (no GPT support built in, or a loop
+        // device): add its partitions from user space so a cache partition is not missed.
+        let dev_s = dev.to_string_lossy().into_owned();
+        match run_cmd("partx", &["--add", &dev_s], None) {
+            Ok(()) => {
+                std::thread::sleep(Duration::from_millis(200));
+                disk.partitions = disks::partitions_of(&cfg.sys_block.join(&disk.name));
+                tracing::info!(disk = %disk.name, partitions = ?disk.partitions, "partitions added with partx");
+            }
+            Err(e) => tracing::warn!(disk = %disk.name, error = %e, "partx --add failed"),
+        }
+        for p in &disk.partitions {
+            wait_for(&cfg.dev.join(p), Duration::from_secs(5));
+        }
+    }
+    let cache_partition = disk
+        .partitions
+        .iter()
+        .find(|p| has_cache_label(&cfg.dev.join(p)))
+        .cloned();
+    let latency = if disk.rotational {
+        None
+    } else {
+        match seek::measure(&dev, disk.size_bytes) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(disk = %disk.name, error = %e, "seek test failed; trusting queue/rotational");
+                None
+            }
+        }
+    };
+    let kind = seek::classify(disk.rotational, latency);
+    if !disk.rotational && kind == Kind::Hdd {
+        tracing::warn!(disk = %disk.name, ?latency, "disk claims to be an SSD but seeks like an HDD; counted as HDD");
+    }
+    tracing::info!(disk = %disk.name, size = disk.size_bytes, ?kind, ?latency, signature = ?sig,
+        cache = ?cache_partition, "disk found");
+    Ok(Some(Candidate {
+        disk,
+        kind,
+        signature: sig,
+        cache_partition,
+    }))
+}
+
+/// Finds a helper in `PATH` or the usual sbin/bin folders: init may start services with no
+/// `PATH`, and the default search path has no sbin.
+pub fn find_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn run_cmd(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let fail = |reason: String| Error::Command {
+        program: program.to_string(),
+        args: args.join(" "),
+        reason,
+    };
+    let mut child = Command::new(find_tool(program))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn is_mountpoint(target: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let t = target.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == t))
+}
+
+fn mount(what: &Path, fstype: &str, target: &Path, data: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(target).map_err(|source| Error::Write {
+        path: target.display().to_string(),
+        source,
+    })?;
+    if is_mountpoint(target) {
+        tracing::info!(target = %target.display(), "already mounted; leaving it");
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some(what),
+        target,
+        Some(fstype),
+        nix::mount::MsFlags::MS_NOATIME,
+        data,
+    )
+    .map_err(|source| Error::Mount {
+        what: what.display().to_string(),
+        target: target.display().to_string(),
+        source,
+    })
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// GPT partition type "Linux filesystem".
+const LINUX_FS_GUID: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
+    let dev = cfg.dev.join(disk);
+    let dev_s = dev.to_string_lossy().into_owned();
+    if wipe {
+        tracing::warn!(disk, "gridos.wipe=all: erasing every signature on the disk");
+        run_cmd("wipefs", &["--all", "--force", &dev_s], None)?;
+    }
+    let script = format!("label: gpt\nsize=+, type={LINUX_FS_GUID}, name=\"{CACHE_LABEL}\"\n");
+    run_cmd(
+        "sfdisk",
+        &[
+            "--quiet",
+            "--wipe",
+            "always",
+            "--wipe-partitions",
+            "always",
+            &dev_s,
+        ],
+        Some(&script),
+    )?;
+    let part = cfg.dev.join(first_partition(disk));
+    if !wait_for(&part, Duration::from_secs(3)) {
+        // Some kernels (no GPT parser built in) do not pick the table up on re-read;
+        // partx reads it in user space and adds the partition with BLKPG.
+        tracing::info!(disk, "partition not visible yet; adding it with partx");
+        if let Err(e) = run_cmd("partx", &["--add", &dev_s], None) {
+            tracing::warn!(disk, error = %e, "partx --add failed");
+        }
+        if !wait_for(&part, Duration::from_secs(10)) {
+            return Err(Error::NoPartition(part.display().to_string()));
+        }
+    }
+    run_cmd(
+        "mkfs.btrfs",
+        &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
+        None,
+    )?;
+    Ok(part)
+}
+
+/// Finds the disks, decides, and makes the cache available at `cfg.mountpoint`.
+/// Falls back to tmpfs (with a loud warning) when no disk can be used.
+pub fn run(cfg: &Config) -> Result<State> {
+    let mut cands = Vec::new();
+    for disk in disks::scan(&cfg.sys_block)? {
+        if let Some(why) = disks::skip_reason(&disk, cfg.only.as_deref()) {
+            tracing::debug!(disk = %disk.name, why, "skipping disk");
+            continue;
+        }
+        let name = disk.name.clone();
+        match probe(cfg, disk) {
+            Ok(Some(c)) => cands.push(c),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(disk = %name, error = %e, "cannot read disk; skipping it"),
+        }
+    }
+    let (plan, refused) = plan::decide(&cands, cfg.policy);
+    for (disk, why) in &refused {
+        tracing::warn!(disk, why, "not formatting disk");
+    }
+    let mut state = State {
+        backing: Backing::Tmpfs,
+        mountpoint: cfg.mountpoint.clone(),
+        device: None,
+        warning: None,
+        disks: cands,
+    };
+    let on_disk = match plan {
+        Plan::Reuse { disk, partition } => {
+            tracing::info!(
+                disk,
+                partition,
+                "re-using the existing gridos cache partition"
+            );
+            state.backing = Backing::Reused;
+            Some(cfg.dev.join(partition))
+        }
+        Plan::Create { disk, wipe } => {
+            tracing::info!(disk, "creating the gridos cache partition");
+            state.backing = Backing::Created;
+            Some(create(cfg, &disk, wipe)?)
+        }
+        Plan::Tmpfs { reason } => {
+            tracing::error!(
+                reason,
+                "NO CACHE DISK: the cache is on tmpfs and is lost at reboot; the node gets a new identity every boot"
+            );
+            state.warning = Some(format!("cache on tmpfs: {reason}"));
+            None
+        }
+    };
+    match &on_disk {
+        Some(part) => {
+            // Nothing else loads btrfs: no device asks for it. Its checksum driver is a soft
+            // dependency (crypto "crc32c") the kernel would ask modprobe for, so it goes first.
+            for module in ["crc32c_generic", "btrfs"] {
+                match gridinit::kmod::load_module(module) {
+                    Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(module, error = %e, "cannot load module; mounting anyway")
+                    }
+                }
+            }
+            mount(part, "btrfs", &cfg.mountpoint, None)?
+        }
+        None => mount(
+            Path::new("tmpfs"),
+            "tmpfs",
+            &cfg.mountpoint,
+            Some("mode=0700"),
+        )?,
+    }
+    state.device = on_disk;
+    state::save(&cfg.run_dir, &state)?;
+    tracing::info!(mountpoint = %cfg.mountpoint.display(), backing = ?state.backing, "cache ready");
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_are_found_without_path() {
+        assert!(find_tool("sh").is_absolute());
+        assert_eq!(
+            find_tool("no-such-tool-here"),
+            PathBuf::from("no-such-tool-here")
+        );
+    }
+
+    #[test]
+    fn partition_names() {
+        assert_eq!(first_partition("sda"), "sda1");
+        assert_eq!(first_partition("nvme0n1"), "nvme0n1p1");
+        assert_eq!(first_partition("loop7"), "loop7p1");
+        assert_eq!(first_partition("vdb"), "vdb1");
+    }
+}
