@@ -3,7 +3,6 @@
 //! Settings come from the kernel command line (`gridos.farm=`, `gridos.registry=`,
 //! `gridos.log=`), parsed by the same code PID 1 uses; flags and environment override them.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -81,14 +80,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
     let (settings, warnings) = gridinit::cmdline::parse(&line);
-    let level = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| settings.log.as_tracing().to_string().to_lowercase());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stderr)
-        // Under PID 1 stderr is a pipe into the service log: no colour codes there.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    svclog::init(&settings.log.as_tracing().to_string().to_lowercase());
     for w in &warnings {
         tracing::warn!("kernel command line: {w}");
     }

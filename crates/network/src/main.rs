@@ -55,14 +55,7 @@ fn mode(args: &Args) -> Mode {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    svclog::init("info");
     let args = Args::parse();
     if args.check {
         std::process::exit(if gridnet::state::is_ready(&args.run_dir) {

@@ -57,14 +57,7 @@ fn policy(args: &Args) -> anyhow::Result<WipePolicy> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    svclog::init("info");
     let args = Args::parse();
     if args.check {
         let ready = args.run_dir.join(gridstorage::state::STATE_FILE).exists();
