@@ -36,20 +36,12 @@ async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let db = grid_registry::Db::connect(&format!("sqlite://{}", dir.path().join("r.db").display()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grid_registry::serve(
-        listener,
-        db,
-        Default::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let server =
+        grid_registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
+            .await
+            .unwrap();
+    let url = server.url();
     let twin = SigningKey::generate(&mut OsRng);
     post(&url, "/api/v1/twins", &twin, &Payload::RegisterTwin {}).await;
     let farm = post(

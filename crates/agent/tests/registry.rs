@@ -18,8 +18,7 @@ use tokio::sync::{oneshot, watch};
 struct Registry {
     addr: SocketAddr,
     db_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Option<grid_registry::Background>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,29 +26,19 @@ impl Registry {
     async fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("registry.db").display());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut r = Registry {
-            addr: listener.local_addr().unwrap(),
+        let server = grid_registry::Background::start(
+            &db_url,
+            ([127, 0, 0, 1], 0).into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        Registry {
+            addr: server.addr(),
             db_url,
-            stop: None,
-            task: None,
+            server: Some(server),
             _dir: dir,
-        };
-        r.serve(listener).await;
-        r
-    }
-
-    async fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let db = grid_registry::Db::connect(&self.db_url).await.unwrap();
-        let (tx, rx) = oneshot::channel();
-        self.task = Some(tokio::spawn(async move {
-            grid_registry::serve(listener, db, Default::default(), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        }));
-        self.stop = Some(tx);
+        }
     }
 
     fn url(&self) -> String {
@@ -57,17 +46,16 @@ impl Registry {
     }
 
     async fn halt(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
+        if let Some(mut s) = self.server.take() {
+            s.stop().await.unwrap();
         }
     }
 
     async fn resume(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener).await;
+        let server = grid_registry::Background::start(&self.db_url, self.addr, Default::default())
+            .await
+            .unwrap();
+        self.server = Some(server);
     }
 
     async fn post(&self, path: &str, key: &SigningKey, payload: &Payload) -> Value {

@@ -9,29 +9,20 @@ use serde_json::Value;
 
 struct Registry {
     url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: grid_registry::Background,
     _dir: tempfile::TempDir,
 }
 
 async fn registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
-    let db = grid_registry::Db::connect(&format!("sqlite://{}", dir.path().join("r.db").display()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(grid_registry::serve(
-        listener,
-        db,
-        Default::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let server =
+        grid_registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
+            .await
+            .unwrap();
     Registry {
-        url,
-        _stop: tx,
+        url: server.url(),
+        _server: server,
         _dir: dir,
     }
 }

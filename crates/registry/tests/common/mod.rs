@@ -5,13 +5,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use grid_registry::{Config, Db};
+use grid_registry::{Background, Config};
 use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde_json::Value;
 use sqlx::Connection;
-use tokio::sync::oneshot;
 
 /// Which database a test runs against.
 #[derive(Debug, Clone, Copy)]
@@ -25,8 +24,7 @@ pub struct Harness {
     pub client: reqwest::Client,
     pub db_url: String,
     pub config: Config,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Option<Background>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -82,7 +80,6 @@ impl Harness {
             client: reqwest::Client::new(),
             db_url,
             config,
-            stop: None,
             server: None,
             _dir: dir,
         };
@@ -91,28 +88,21 @@ impl Harness {
     }
 
     async fn boot(&mut self) {
-        let db = Db::connect(&self.db_url).await.expect("open database");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel();
-        let config = self.config.clone();
-        self.server = Some(tokio::spawn(async move {
-            grid_registry::serve(listener, db, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        }));
-        self.stop = Some(tx);
+        let server = Background::start(
+            &self.db_url,
+            ([127, 0, 0, 1], 0).into(),
+            self.config.clone(),
+        )
+        .await
+        .expect("start registry");
+        self.base = server.url();
+        self.server = Some(server);
     }
 
     /// Stops the server and starts a new one on the same database.
     pub async fn restart(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(s) = self.server.take() {
-            s.await.unwrap();
+        if let Some(mut s) = self.server.take() {
+            s.stop().await.unwrap();
         }
         self.boot().await;
     }
@@ -191,14 +181,6 @@ impl Harness {
     pub async fn report(&self, key: &SigningKey, report: Report) -> (u16, Value) {
         self.post("/api/v1/reports", &seal(key, &Payload::Report(report)))
             .await
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
