@@ -2,38 +2,28 @@
 
 CARGO      ?= cargo
 BUILD      ?= $(CURDIR)/build
-REGISTRY_DB     ?= sqlite://$(BUILD)/registry.db
-REGISTRY_LISTEN ?= 127.0.0.1:8480
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 # Every initramfs entry gets this mtime: the last commit's time, so a commit always gives the same image.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
-.PHONY: all build run test test-unit test-boot-init test-image lint fmt bench clean init image
+.PHONY: all build run test test-unit test-boot-init test-image test-e2e lint fmt bench boot-bench baseline-image clean init image
 
 all: build
 
 build:
 	$(CARGO) build --release --workspace
 
-## Start a registry on an embedded SQLite file and print how to talk to it.
-run:
-	$(CARGO) build --release -p grid-registry -p grid-cli
-	@mkdir -p $(BUILD)
-	@echo "== grid registry on http://$(REGISTRY_LISTEN) with $(REGISTRY_DB)"
-	@echo "== in another terminal, for example:"
-	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) key new"
-	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) twin register"
-	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) farm create my-farm"
-	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) nodes list"
-	@echo "     target/release/grid --registry http://$(REGISTRY_LISTEN) stats"
-	@echo "     curl http://$(REGISTRY_LISTEN)/api/v1/stats"
-	@echo "== Ctrl-C stops it"
-	exec target/release/grid-registry serve --db $(REGISTRY_DB) --listen $(REGISTRY_LISTEN)
+## The main job: build the image, start a registry on 127.0.0.1:8480 (SQLite in build/run),
+## create a farm, boot one node in QEMU against it; the console streams here and the node list
+## is printed once the node registers. Ctrl-C shuts the node down in order.
+run: image
+	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
+	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release
 
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
-## and PID 1 booted in QEMU with Debian's kernel.
-test: lint test-unit test-boot-init test-image
+## PID 1 booted in QEMU with Debian's kernel, the image test and the end-to-end test.
+test: lint test-unit test-boot-init test-image test-e2e
 
 test-unit:
 	tests/with-postgres.sh $(CARGO) test --workspace
@@ -44,6 +34,10 @@ test-boot-init:
 ## The image built twice (same bytes) and booted in QEMU to "all services started" and poweroff.
 test-image:
 	bash tests/image/run.sh
+
+## A node in QEMU registers, reboots as the same node, and loses no report during an outage.
+test-e2e:
+	bash tests/e2e/run.sh
 
 ## The static gridos binaries (init, gridctl, agent, network, storage), as they go into the initramfs.
 init:
@@ -63,6 +57,20 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## The minimal PID 1 (mounts, DHCP, one POST) that boot-bench compares gridos against.
+baseline-image:
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-baseline-init
+	$(CARGO) build -q -p gridos-imager
+	$(TARGET_DIR)/debug/gridos-imager build --profile bench/baseline/profile.yaml --out $(BUILD)/baseline-image \
+		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
+
+## Guest-clock time from PID 1 to "registered": gridos against the baseline init (BENCHMARKS.md).
+boot-bench: image baseline-image
+	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
+	$(TARGET_DIR)/release/gridos-lab boot-bench --image out --baseline $(BUILD)/baseline-image \
+		--work $(BUILD)/boot-bench --bin-dir $(TARGET_DIR)/release --out $(BUILD)/boot-bench.json
 
 ## Benchmarks behind BENCHMARKS.md.
 bench:

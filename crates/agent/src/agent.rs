@@ -291,6 +291,8 @@ impl Agent {
 
     /// Sends queued reports oldest first until the queue is empty or the registry fails.
     async fn flush(&mut self) -> Result<Pass, AgentError> {
+        let recovering = self.backoff.active();
+        let mut sent = 0u64;
         while let Some((seq, entry)) = self.queue.front() {
             let entry = match entry {
                 Ok(e) => e,
@@ -342,6 +344,7 @@ impl Agent {
                 Outcome::Unavailable(e) => return Ok(self.unreachable("sending reports", &e)),
             }
             self.queue.pop()?;
+            sent += 1;
             self.backoff.reset();
             let queued = self.queue.len();
             self.status.send_modify(|s| {
@@ -349,6 +352,12 @@ impl Agent {
                 s.delivered += 1;
                 s.last_error = None;
             });
+        }
+        if recovering {
+            tracing::info!(
+                delivered = sent,
+                "registry reachable again: every queued report delivered"
+            );
         }
         Ok(Pass::Idle)
     }

@@ -26,9 +26,9 @@ struct Args {
     /// Where the node key and the report queue live (the cache partition).
     #[arg(long, env = "GRIDOS_STATE_DIR", default_value = "/var/cache/gridos")]
     state_dir: PathBuf,
-    /// Seconds between uptime reports.
-    #[arg(long, default_value_t = 2400)]
-    uptime_interval: u64,
+    /// Seconds between uptime reports (overrides `gridos.report_interval=`; default 2400).
+    #[arg(long)]
+    uptime_interval: Option<u64>,
     /// Seconds between capacity probes; a change is reported at once.
     #[arg(long, default_value_t = 300)]
     probe_interval: u64,
@@ -130,9 +130,16 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("no farm: set gridos.farm=<id> on the kernel command line or pass --farm"),
     };
     let mut cfg = Config::new(registry, farm, args.state_dir.clone());
-    cfg.uptime_interval = Duration::from_secs(args.uptime_interval.max(1));
+    if let Some(secs) = args
+        .uptime_interval
+        .or(settings.report_interval.map(u64::from))
+    {
+        cfg.uptime_interval = Duration::from_secs(secs.max(1));
+    }
     cfg.probe_interval = Duration::from_secs(args.probe_interval.max(1));
-    cfg.retry_max = Duration::from_secs(args.retry_max.max(1));
+    // Waiting longer than one report interval between retries would let the queue grow
+    // behind a registry that is already back.
+    cfg.retry_max = Duration::from_secs(args.retry_max.max(1)).min(cfg.uptime_interval);
     cfg.refused_retry = Duration::from_secs(args.refused_retry.max(1));
     cfg.probe = probe;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -78,6 +78,9 @@ pub struct Settings {
     pub wipe: WipePolicy,
     /// Hostname (`gridos.hostname`), default `gridos`.
     pub hostname: String,
+    /// Seconds between the agent's uptime reports (`gridos.report_interval`); `None` keeps the
+    /// agent's default (40 min). Test rigs set a few seconds to watch reports flow.
+    pub report_interval: Option<u32>,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             log: LogLevel::default(),
             wipe: WipePolicy::default(),
             hostname: "gridos".to_string(),
+            report_interval: None,
         }
     }
 }
@@ -113,6 +117,10 @@ impl fmt::Display for Warning {
         )
     }
 }
+
+/// Longest uptime-report interval: a day. A node silent for longer than that looks dead to the
+/// registry, so a larger value can only be a typo.
+const MAX_REPORT_INTERVAL: u32 = 86_400;
 
 /// Longest value accepted for any key; longer ones are rejected as malformed.
 const MAX_VALUE: usize = 1024;
@@ -248,6 +256,12 @@ pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
                     bad("expected 1-63 letters, digits or '-'");
                 }
             }
+            "gridos.report_interval" => match value.parse::<u32>() {
+                Ok(secs) if (1..=MAX_REPORT_INTERVAL).contains(&secs) => {
+                    s.report_interval = Some(secs)
+                }
+                _ => bad("expected seconds between 1 and 86400"),
+            },
             _ => {}
         }
     }

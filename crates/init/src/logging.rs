@@ -4,26 +4,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::FormatTime;
-
-/// Seconds since boot (`CLOCK_MONOTONIC`), the clock the kernel log uses too.
-pub fn boot_seconds() -> f64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9,
-        Err(_) => 0.0,
-    }
-}
-
-/// Formats timestamps like the kernel log: `[    1.234567]`.
-#[derive(Debug, Clone, Copy)]
-struct BootClock;
-
-impl FormatTime for BootClock {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        write!(w, "[{:12.6}]", boot_seconds())
-    }
-}
+pub use svclog::boot_seconds;
+use svclog::BootClock;
 
 static KMSG_ON: AtomicBool = AtomicBool::new(false);
 static KMSG: Mutex<Option<std::fs::File>> = Mutex::new(None);

@@ -19,7 +19,7 @@ fn cmdline_defaults_when_empty() {
 fn cmdline_valid_keys() {
     let line = "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet gridos.farm=42 \
         gridos.registry=https://registry.example/api gridos.net=eth0:10.0.0.5/24:10.0.0.1 \
-        gridos.log=debug gridos.wipe=all gridos.hostname=node-1\n";
+        gridos.log=debug gridos.wipe=all gridos.hostname=node-1 gridos.report_interval=5\n";
     let (s, w) = cmdline::parse(line);
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(s.farm, Some(42));
@@ -35,6 +35,7 @@ fn cmdline_valid_keys() {
     assert_eq!(s.log, LogLevel::Debug);
     assert_eq!(s.wipe, WipePolicy::All);
     assert_eq!(s.hostname, "node-1");
+    assert_eq!(s.report_interval, Some(5));
 }
 
 #[test]
@@ -49,7 +50,8 @@ fn cmdline_unknown_keys_ignored_and_quotes_honoured() {
 #[test]
 fn cmdline_malformed_values_are_reported_and_defaulted() {
     let line = "gridos.farm=abc gridos.farm=0 gridos.registry=ftp://x gridos.net=eth0:10.0.0.5/40:10.0.0.1 \
-        gridos.net=eth0:10.0.0.5/24:fe80::1 gridos.log=loud gridos.wipe=everything gridos.hostname=-bad";
+        gridos.net=eth0:10.0.0.5/24:fe80::1 gridos.log=loud gridos.wipe=everything gridos.hostname=-bad \
+        gridos.report_interval=0 gridos.report_interval=86401 gridos.report_interval=1m";
     let (s, w) = cmdline::parse(line);
     assert_eq!(s, cmdline::Settings::default());
     let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
@@ -63,7 +65,10 @@ fn cmdline_malformed_values_are_reported_and_defaulted() {
             "gridos.net",
             "gridos.log",
             "gridos.wipe",
-            "gridos.hostname"
+            "gridos.hostname",
+            "gridos.report_interval",
+            "gridos.report_interval",
+            "gridos.report_interval"
         ]
     );
     assert!(w[0].to_string().contains("using the default"));

@@ -1,18 +1,44 @@
 //! Logging set-up shared by the node services that PID 1 supervises (agent, network, storage),
-//! so they all log the same way into init's per-service log.
+//! so they all log the same way into init's per-service log, on the clock init and the kernel
+//! use: one console where every line can be ordered against every other.
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::EnvFilter;
 
+/// Seconds since boot (`CLOCK_MONOTONIC`), the clock the kernel log uses too.
+pub fn boot_seconds() -> f64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9,
+        Err(_) => 0.0,
+    }
+}
+
+/// Formats timestamps like the kernel log: `[    1.234567]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootClock;
+
+impl FormatTime for BootClock {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        write!(w, "[{:12.6}]", boot_seconds())
+    }
+}
+
 /// Logs to stderr at `RUST_LOG` if set, else at `default_level`.
+///
+/// Under PID 1 (stderr not a terminal) lines carry the boot clock and no colour codes; run by
+/// hand on a terminal they carry wall-clock time and colour.
 pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Under PID 1 stderr is a pipe into the service log: no colour codes there.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.with_ansi(false).with_timer(BootClock).init();
+    }
 }

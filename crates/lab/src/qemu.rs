@@ -1,0 +1,285 @@
+//! One gridos node in QEMU: user networking (the host's loopback is 10.0.2.2 to the guest),
+//! an SSD and an HDD as sparse files on virtio-scsi, the serial console in a file and the
+//! monitor on a unix socket for Ctrl-Alt-Del.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A disk given to the guest.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// Sparse image file.
+    pub path: PathBuf,
+    /// Size in bytes (the file is created or grown to it).
+    pub size: u64,
+    /// SCSI `rotation_rate`: 1 = SSD, 7200 = HDD.
+    pub rotation_rate: u32,
+}
+
+impl Disk {
+    /// Creates the sparse file if missing; an existing one keeps its data (a reboot).
+    pub fn ensure(&self) -> anyhow::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .with_context(|| format!("creating {}", self.path.display()))?;
+        if f.metadata()?.len() != self.size {
+            f.set_len(self.size)?;
+        }
+        Ok(())
+    }
+}
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Folder with `vmlinuz`, `initramfs.img` and `cmdline` (from `make image`).
+    pub image: PathBuf,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<Disk>,
+    /// Appended to the image's default command line.
+    pub append: String,
+    /// Serial console file.
+    pub serial: PathBuf,
+    /// Monitor socket.
+    pub monitor: PathBuf,
+}
+
+/// `kvm` when a probe guest really boots with it, else `tcg`: `/dev/kvm` exists on hosts
+/// where KVM guests still fail, and a test must not depend on that.
+pub fn pick_accel(image: &Path, work: &Path) -> String {
+    if std::env::var_os("GRIDOS_NO_KVM").is_some()
+        || std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        return "tcg".into();
+    }
+    let log = work.join("kvm-probe.log");
+    let _ = std::fs::remove_file(&log);
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-machine", "q35", "-m", "256", "-display", "none",
+        ])
+        .args(["-nodefaults", "-no-reboot", "-serial"])
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(image.join("vmlinuz"))
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut c) = child {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(8) {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // No initramfs: a kernel that got as far as looking for a root filesystem booted fine.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if text.contains("Kernel panic") || text.contains("VFS:") {
+        "kvm".into()
+    } else {
+        "tcg".into()
+    }
+}
+
+/// A running guest.
+pub struct Guest {
+    child: Option<Child>,
+    monitor: PathBuf,
+    pub serial: PathBuf,
+}
+
+impl Machine {
+    /// The kernel command line: the image's default, then ours, then `console=ttyS0` last so
+    /// the serial port is `/dev/console` (the default also names tty0, absent without a display).
+    pub fn cmdline(&self) -> anyhow::Result<String> {
+        let base = std::fs::read_to_string(self.image.join("cmdline"))
+            .with_context(|| format!("reading {}/cmdline", self.image.display()))?;
+        Ok(format!(
+            "{} {} console=ttyS0 panic=-1",
+            base.trim(),
+            self.append
+        ))
+    }
+
+    /// Starts QEMU. `-no-reboot`: a guest reboot ends the process, so a "reboot" is two boots
+    /// on the same disks, each with its own console file.
+    pub fn boot(&self) -> anyhow::Result<Guest> {
+        for d in &self.disks {
+            d.ensure()?;
+        }
+        let _ = std::fs::remove_file(&self.serial);
+        let _ = std::fs::remove_file(&self.monitor);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", &self.accel, "-machine", "q35", "-cpu", "max"])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-display", "none", "-nodefaults", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial.display()))
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.monitor.display()
+            ))
+            .args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ])
+            .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        for (i, d) in self.disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=d{i},file={},format=raw,cache=unsafe",
+                    d.path.display()
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "scsi-hd,drive=d{i},bus=scsi0.0,rotation_rate={},serial=gridos-disk{i}",
+                    d.rotation_rate
+                ));
+        }
+        cmd.arg("-kernel")
+            .arg(self.image.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(self.image.join("initramfs.img"))
+            .arg("-append")
+            .arg(self.cmdline()?)
+            .stdin(Stdio::null());
+        // Own process group: Ctrl-C on the terminal reaches us, and we shut the guest down in order.
+        cmd.process_group(0);
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Guest {
+            child: Some(child),
+            monitor: self.monitor.clone(),
+            serial: self.serial.clone(),
+        })
+    }
+}
+
+impl Guest {
+    /// Presses Ctrl-Alt-Del on the guest's keyboard: PID 1 stops every service in order and
+    /// reboots, which ends QEMU (`-no-reboot`).
+    pub fn ctrl_alt_del(&self) -> anyhow::Result<()> {
+        self.monitor_command("sendkey ctrl-alt-delete")
+    }
+
+    fn monitor_command(&self, cmd: &str) -> anyhow::Result<()> {
+        let mut s = UnixStream::connect(&self.monitor).with_context(|| {
+            format!("connecting to the QEMU monitor {}", self.monitor.display())
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(format!("{cmd}\n").as_bytes())?;
+        // Wait for the monitor to echo the command back before closing.
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        let t0 = Instant::now();
+        while !seen.contains(cmd) && t0.elapsed() < Duration::from_secs(2) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let t0 = Instant::now();
+        let Some(c) = self.child.as_mut() else {
+            bail!("qemu already reaped");
+        };
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if t0.elapsed() > timeout {
+                bail!("qemu still running after {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until the console shows a line containing every one of `needles`, and returns it.
+    /// Fails early if QEMU exits first.
+    pub async fn wait_line(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.serial).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Ok(l.to_string());
+            }
+            if !self.running() {
+                bail!("qemu exited before the console showed {needles:?}");
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "the console did not show {needles:?} within {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Kills QEMU (the end of `make run`, or a failed test).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The guest-clock seconds of a console line: the first `[   12.345678]` in it (init's own
+/// lines start with it; a service's lines carry it after the `[agent]` prefix).
+pub fn boot_clock(line: &str) -> Option<f64> {
+    line.split('[')
+        .skip(1)
+        .filter_map(|part| part.split_once(']'))
+        .find_map(|(inside, _)| inside.trim().parse().ok())
+}
+
+/// The last `n` lines of the console, for a failure message.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,141 @@
+//! `make run`: a registry on 127.0.0.1:8480, the farmer's key and farm, and one node booted in
+//! QEMU against it; the console streams to the terminal and the node list is shown once the
+//! node registers. The disks and the registry file stay in the work folder, so the next run is
+//! the same node rebooting.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::e2e::{disks, CPUS, MEMORY_MIB};
+use crate::qemu::{self, Machine};
+use crate::registry::{self, Registry};
+
+/// Flags of `gridos-lab run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Image folder from `make image`.
+    #[arg(long, default_value = "out")]
+    pub image: PathBuf,
+    /// Work folder: registry file, farmer key, node disks (kept between runs).
+    #[arg(long, default_value = "build/run")]
+    pub work: PathBuf,
+    /// Folder with the `grid-registry` and `grid` binaries.
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// Registry port on 127.0.0.1.
+    #[arg(long, default_value_t = 8480)]
+    pub port: u16,
+    /// Seconds between the node's uptime reports.
+    #[arg(long, default_value_t = 60)]
+    pub report_interval: u64,
+}
+
+/// Copies what the guest writes to its console file onto stdout until told to stop.
+fn follow(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            if f.seek(SeekFrom::Start(pos)).is_ok() {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pos += n as u64;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.work)
+        .with_context(|| format!("creating {}", args.work.display()))?;
+    let work = args.work.canonicalize()?;
+    let accel = qemu::pick_accel(&args.image, &work);
+    let mut reg = Registry::start(
+        &args.bin_dir,
+        &work.join("registry.db"),
+        ([127, 0, 0, 1], args.port).into(),
+        &work.join("registry.log"),
+    )
+    .await
+    .with_context(|| format!("is another registry on port {}? try --port", args.port))?;
+    let farm = registry::setup_farm(
+        &args.bin_dir,
+        &reg.url(),
+        &work.join("farmer.key"),
+        "my-farm",
+    )?;
+    eprintln!(
+        "== registry {} (SQLite {}), farm {farm}; log in {}",
+        reg.url(),
+        work.join("registry.db").display(),
+        work.join("registry.log").display()
+    );
+    let machine = Machine {
+        image: args.image.clone(),
+        accel: accel.clone(),
+        cpus: CPUS,
+        memory_mib: MEMORY_MIB,
+        disks: disks(&work),
+        append: format!(
+            "gridos.farm={farm} gridos.registry={} gridos.report_interval={}",
+            reg.guest_url(),
+            args.report_interval
+        ),
+        serial: work.join("console.log"),
+        monitor: work.join("monitor.sock"),
+    };
+    eprintln!(
+        "== booting the node in QEMU ({accel}, {CPUS} CPUs, {MEMORY_MIB} MiB, 20 GB SSD + 50 GB HDD); Ctrl-C shuts it down"
+    );
+    let mut guest = machine.boot()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tail = {
+        let (path, stop) = (machine.serial.clone(), stop.clone());
+        std::thread::spawn(move || follow(path, stop))
+    };
+    let mut shown = false;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                eprintln!("\n== Ctrl-C: ordered shutdown of the node (Ctrl-Alt-Del)");
+                if guest.ctrl_alt_del().is_err() || guest.wait(Duration::from_secs(60)).is_err() {
+                    guest.kill();
+                }
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if !guest.running() {
+                    eprintln!("== the node stopped");
+                    break;
+                }
+                if !shown {
+                    let n = reg.get(&format!("/api/v1/nodes?farm={farm}")).await;
+                    if n.is_ok_and(|v| v["items"].as_array().is_some_and(|a| !a.is_empty())) {
+                        shown = true;
+                        eprintln!(
+                            "\n== grid nodes list (target/release/grid --registry {} nodes list):\n{}",
+                            reg.url(),
+                            registry::nodes_table(&args.bin_dir, &reg.url())
+                        );
+                    }
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = tail.join();
+    eprintln!("{}", registry::nodes_table(&args.bin_dir, &reg.url()));
+    reg.stop()?;
+    Ok(())
+}
