@@ -5,6 +5,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Errors reading the module index or loading a module.
 #[derive(Debug, thiserror::Error)]
@@ -261,8 +263,9 @@ impl Loader {
         }
     }
 
-    /// Loads every module matching `modalias` (once per modalias); returns the names newly loaded.
-    pub fn load_alias(&mut self, modalias: &str) -> Vec<String> {
+    /// Marks `modalias` seen and returns the module files it needs, dependencies first; empty
+    /// when it was seen before or no module matches.
+    fn plan(&mut self, modalias: &str) -> Vec<String> {
         if !self.seen.insert(modalias.to_string()) {
             return Vec::new();
         }
@@ -287,33 +290,58 @@ impl Loader {
         if temporary {
             self.release_index();
         }
-        let mut new = Vec::new();
-        for file in files {
-            let name = module_name(&file);
-            if self.loaded.contains(&name) || self.failed.contains(&name) {
-                continue;
+        files
+    }
+
+    /// True when `name` is neither loaded nor known to fail.
+    fn pending(&self, name: &str) -> bool {
+        !self.loaded.contains(name) && !self.failed.contains(name)
+    }
+}
+
+fn lock(loader: &Mutex<Loader>) -> std::sync::MutexGuard<'_, Loader> {
+    loader.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads every module matching `modalias` (once per modalias); returns the names newly loaded.
+///
+/// The lock is held only to plan and to record, never across `finit_module`: the kernel itself
+/// serialises loads of one module (a second load of a module still initialising waits for it,
+/// then gets `EEXIST`), so threads may load different devices' drivers at once and a slow
+/// probe (AHCI waiting for its ports) does not hold back the network card.
+pub fn load_alias(loader: &Mutex<Loader>, modalias: &str) -> Vec<String> {
+    let (root, files) = {
+        let mut l = lock(loader);
+        let files = l.plan(modalias);
+        (l.root.clone(), files)
+    };
+    let mut new = Vec::new();
+    for file in files {
+        let name = module_name(&file);
+        if !lock(loader).pending(&name) {
+            continue;
+        }
+        let result = load_file(&root.join(&file));
+        let mut l = lock(loader);
+        match result {
+            Ok(()) => {
+                tracing::info!(module = %name, file = %file, modalias, "loaded module");
+                l.loaded.insert(name.clone());
+                new.push(name);
             }
-            let path = self.root.join(&file);
-            match load_file(&path) {
-                Ok(()) => {
-                    tracing::info!(module = %name, file = %file, modalias, "loaded module");
-                    self.loaded.insert(name.clone());
-                    new.push(name);
-                }
-                Err(KmodError::Load {
-                    source: nix::Error::EEXIST,
-                    ..
-                }) => {
-                    self.loaded.insert(name);
-                }
-                Err(e) => {
-                    tracing::warn!(module = %name, error = %e, "module not loaded");
-                    self.failed.insert(name);
-                }
+            Err(KmodError::Load {
+                source: nix::Error::EEXIST,
+                ..
+            }) => {
+                l.loaded.insert(name);
+            }
+            Err(e) => {
+                tracing::warn!(module = %name, error = %e, "module not loaded");
+                l.failed.insert(name);
             }
         }
-        new
     }
+    new
 }
 
 /// Loads `module` and its dependencies by name, as `modprobe NAME` would, from the running
@@ -431,21 +459,44 @@ pub fn modaliases(sys: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Loads modules for every device present, repeating while new devices appear (at most 5 passes).
-pub fn coldplug(loader: &mut Loader, sys: &Path) -> Vec<String> {
+/// Loads modules for every device present on `workers` threads, repeating while new devices
+/// appear (at most 5 passes).
+pub fn coldplug(loader: &Mutex<Loader>, sys: &Path, workers: usize) -> Vec<String> {
     let mut all = Vec::new();
     for _ in 0..5 {
-        let aliases: Vec<String> = modaliases(sys)
-            .into_iter()
-            .filter(|a| !loader.seen.contains(a))
-            .collect();
+        let aliases: Vec<String> = {
+            let l = lock(loader);
+            modaliases(sys)
+                .into_iter()
+                .filter(|a| !l.seen.contains(a))
+                .collect()
+        };
         if aliases.is_empty() {
             break;
         }
-        for a in aliases {
-            all.extend(loader.load_alias(&a));
-        }
+        let next = AtomicUsize::new(0);
+        let found = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..workers.clamp(1, aliases.len()) {
+                scope.spawn(|| {
+                    while let Some(a) = aliases.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let new = load_alias(loader, a);
+                        found.lock().unwrap_or_else(|p| p.into_inner()).extend(new);
+                    }
+                });
+            }
+        });
+        all.extend(found.into_inner().unwrap_or_else(|p| p.into_inner()));
     }
-    loader.release_index();
+    lock(loader).release_index();
     all
+}
+
+/// Module names from a `modules-load` file: one per line, `#` comments and blanks skipped.
+pub fn parse_load_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty() && l.len() <= 64 && !l.contains('/'))
+        .map(normalize)
+        .collect()
 }

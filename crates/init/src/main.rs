@@ -146,6 +146,38 @@ fn watch_signals(tx: mpsc::Sender<PowerAction>, pid1: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// Modules no device asks for but a service will need (btrfs for the cache partition).
+const MODULES_LOAD: &str = "/etc/gridos/modules-load";
+/// Threads loading drivers at once; they mostly wait for device probes in the kernel.
+const COLDPLUG_WORKERS: usize = 4;
+
+/// Loads the modules of `list` on a thread of their own, not waited for: btrfs takes most of a
+/// second to initialise (RAID6 self-benchmark) and would otherwise sit on the boot's critical
+/// path when the storage service asks for it. A service loading the same module meanwhile
+/// just waits in the kernel for this load to finish.
+fn preload(list: &Path) {
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return;
+    };
+    let modules = kmod::parse_load_list(&text);
+    if modules.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("modules-load".into())
+        .spawn(move || {
+            for m in modules {
+                match kmod::load_module(&m) {
+                    Ok(loaded) => tracing::info!(module = %m, ?loaded, "preloaded module"),
+                    Err(e) => tracing::warn!(module = %m, error = %e, "preload failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no modules-load thread");
+    }
+}
+
 async fn drivers() {
     let started = std::time::Instant::now();
     let root = PathBuf::from("/lib/modules").join(boot::kernel_release());
@@ -156,6 +188,7 @@ async fn drivers() {
             return;
         }
     };
+    preload(Path::new(MODULES_LOAD));
     let loader = Arc::new(Mutex::new(kmod::Loader::new(index)));
     match uevent::open() {
         Ok(fd) => {
@@ -171,8 +204,7 @@ async fn drivers() {
     }
     let l = Arc::clone(&loader);
     let loaded = tokio::task::spawn_blocking(move || {
-        let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
-        kmod::coldplug(&mut l, Path::new("/sys/devices"))
+        kmod::coldplug(&l, Path::new("/sys/devices"), COLDPLUG_WORKERS)
     })
     .await
     .unwrap_or_default();

@@ -81,8 +81,7 @@ pub fn listen(fd: std::os::fd::OwnedFd, loader: Arc<Mutex<Loader>>) {
             continue;
         }
         if let Some(alias) = ev.modalias {
-            let mut l = loader.lock().unwrap_or_else(|p| p.into_inner());
-            let new = l.load_alias(&alias);
+            let new = crate::kmod::load_alias(&loader, &alias);
             if !new.is_empty() {
                 tracing::info!(devpath = %ev.devpath, modules = ?new, "hot-plug");
             }

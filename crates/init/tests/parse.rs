@@ -281,3 +281,11 @@ fn supervisor_only_arguments() {
         Err(ArgsError::Unknown(_))
     ));
 }
+
+#[test]
+fn modules_load_list() {
+    use gridinit::kmod::parse_load_list;
+    let text = "# cache partition\nbtrfs\n\n  wire-guard  # comment\n../../evil\n";
+    assert_eq!(parse_load_list(text), ["btrfs", "wire_guard"]);
+    assert!(parse_load_list(&"x".repeat(100)).is_empty());
+}
