@@ -132,7 +132,7 @@ impl Client {
             .await
         {
             Ok(r) => r,
-            Err(e) => return Outcome::Unavailable(format!("{url}: {}", error_chain(&e))),
+            Err(e) => return Outcome::Unavailable(format!("{url}: {}", svclog::error_chain(&e))),
         };
         let status = resp.status().as_u16();
         match resp.text().await {
@@ -140,18 +140,6 @@ impl Client {
             Err(e) => Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
         }
     }
-}
-
-/// An error with its causes, so "connection refused" is not hidden behind "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

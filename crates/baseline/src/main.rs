@@ -194,21 +194,9 @@ async fn register(registry: &str, key: &SigningKey, reg: &NodeRegistration) -> R
                 tracing::debug!("{url}: {e}; retrying");
                 tokio::time::sleep(RETRY).await;
             }
-            Err(e) => return Err(format!("{url}: {}", error_chain(&e))),
+            Err(e) => return Err(format!("{url}: {}", svclog::error_chain(&e))),
         }
     }
-}
-
-/// An error with its causes, so "connection refused" is not hidden behind "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// PID 1 must not exit (the kernel would panic): sync, power off, or sleep forever if refused.

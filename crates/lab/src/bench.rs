@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::e2e::{disks, CPUS, MEMORY_MIB};
-use crate::qemu::{self, Guest, Machine};
-use crate::registry::{self, Registry};
+use crate::qemu::{self, disks, Guest, Machine};
+use crate::registry;
 
 /// Flags of `gridos-lab boot-bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,25 +59,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let work = args.work.canonicalize()?;
     let accel = qemu::pick_accel(&args.image, &work);
-    let port = registry::free_port()?;
-    let mut reg = Registry::start(
-        &args.bin_dir,
-        &work.join("registry.db"),
-        ([127, 0, 0, 1], port).into(),
-        &work.join("registry.log"),
-    )
-    .await?;
-    let farm = registry::setup_farm(&args.bin_dir, &reg.url(), &work.join("farmer.key"), "bench")?;
+    let (mut reg, farm) = registry::with_farm(&args.bin_dir, &work, 0, "bench").await?;
     let append = format!("gridos.farm={farm} gridos.registry={}", reg.guest_url());
-    let machine = |image: &PathBuf, name: &str| Machine {
-        image: image.clone(),
-        accel: accel.clone(),
-        cpus: CPUS,
-        memory_mib: MEMORY_MIB,
-        disks: disks(&work),
-        append: append.clone(),
-        serial: work.join(format!("console-{name}.log")),
-        monitor: work.join("monitor.sock"),
+    let machine = |image: &PathBuf, name: &str| {
+        Machine::node(
+            image,
+            &accel,
+            &work,
+            append.clone(),
+            &format!("console-{name}.log"),
+        )
     };
     let (mut base, mut first, mut again) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context};
 use gridtypes::{Envelope, Payload, Report};
 use serde_json::Value;
 
-use crate::qemu::{self, Disk, Guest, Machine};
+use crate::qemu::{self, Guest, Machine, CPUS, HDD_BYTES, MEMORY_MIB, SSD_BYTES};
 use crate::registry::{self, Registry};
 
 /// Test settings (flags of `gridos-lab e2e`).
@@ -36,29 +36,9 @@ pub struct E2eArgs {
 }
 
 const GIB: u64 = 1 << 30;
-pub const CPUS: u32 = 2;
-pub const MEMORY_MIB: u64 = 2048;
-pub const SSD_BYTES: u64 = 20_000_000_000;
-pub const HDD_BYTES: u64 = 50_000_000_000;
 /// The memory the OS keeps for itself (DESIGN.md: "1 GiB of memory is kept for the OS"); the
 /// kernel's own share of what QEMU gives must fit in it.
 const OS_RESERVE: u64 = GIB;
-
-/// The node's two disks in `work`.
-pub fn disks(work: &std::path::Path) -> Vec<Disk> {
-    vec![
-        Disk {
-            path: work.join("ssd.img"),
-            size: SSD_BYTES,
-            rotation_rate: 1,
-        },
-        Disk {
-            path: work.join("hdd.img"),
-            size: HDD_BYTES,
-            rotation_rate: 7200,
-        },
-    ]
-}
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -228,36 +208,15 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let accel = qemu::pick_accel(&args.image, &work);
     step(&format!("accelerator: {accel}"));
 
-    let port = registry::free_port()?;
-    let mut reg = Registry::start(
-        &args.bin_dir,
-        &work.join("registry.db"),
-        ([127, 0, 0, 1], port).into(),
-        &work.join("registry.log"),
-    )
-    .await?;
-    let farm = registry::setup_farm(
-        &args.bin_dir,
-        &reg.url(),
-        &work.join("farmer.key"),
-        "e2e-farm",
-    )?;
+    let (mut reg, farm) = registry::with_farm(&args.bin_dir, &work, 0, "e2e-farm").await?;
     step(&format!("registry on {} (SQLite), farm {farm}", reg.url()));
 
-    let mut machine = Machine {
-        image: args.image.clone(),
-        accel,
-        cpus: CPUS,
-        memory_mib: MEMORY_MIB,
-        disks: disks(&work),
-        append: format!(
-            "gridos.farm={farm} gridos.registry={} gridos.report_interval={} gridos.hostname=e2e-node",
-            reg.guest_url(),
-            args.report_interval
-        ),
-        serial: work.join("console-boot1.log"),
-        monitor: work.join("monitor.sock"),
-    };
+    let append = format!(
+        "gridos.farm={farm} gridos.registry={} gridos.report_interval={} gridos.hostname=e2e-node",
+        reg.guest_url(),
+        args.report_interval
+    );
+    let mut machine = Machine::node(&args.image, &accel, &work, append, "console-boot1.log");
     let result = scenario(&args, &mut reg, &mut machine, farm).await;
     if result.is_err() {
         eprintln!(

@@ -11,6 +11,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// The lab node: what QEMU gives it, as the issue and the end-to-end test state it.
+pub const CPUS: u32 = 2;
+pub const MEMORY_MIB: u64 = 2048;
+pub const SSD_BYTES: u64 = 20_000_000_000;
+pub const HDD_BYTES: u64 = 50_000_000_000;
+/// The node's two disks in `work`.
+pub fn disks(work: &std::path::Path) -> Vec<Disk> {
+    vec![
+        Disk {
+            path: work.join("ssd.img"),
+            size: SSD_BYTES,
+            rotation_rate: 1,
+        },
+        Disk {
+            path: work.join("hdd.img"),
+            size: HDD_BYTES,
+            rotation_rate: 7200,
+        },
+    ]
+}
+
 /// A disk given to the guest.
 #[derive(Debug, Clone)]
 pub struct Disk {
@@ -109,6 +130,21 @@ pub struct Guest {
 }
 
 impl Machine {
+    /// The lab node booting `image` with `append` on the kernel command line: [`CPUS`],
+    /// [`MEMORY_MIB`], the [`disks`] of `work`, console in `work/console`, monitor in `work`.
+    pub fn node(image: &Path, accel: &str, work: &Path, append: String, console: &str) -> Machine {
+        Machine {
+            image: image.to_path_buf(),
+            accel: accel.to_string(),
+            cpus: CPUS,
+            memory_mib: MEMORY_MIB,
+            disks: disks(work),
+            append,
+            serial: work.join(console),
+            monitor: work.join("monitor.sock"),
+        }
+    }
+
     /// The kernel command line: the image's default, then ours, then `console=ttyS0` last so
     /// the serial port is `/dev/console` (the default also names tty0, absent without a display).
     pub fn cmdline(&self) -> anyhow::Result<String> {

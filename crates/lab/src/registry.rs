@@ -178,6 +178,26 @@ pub fn setup_farm(bin_dir: &Path, registry: &str, key: &Path, name: &str) -> any
     v["id"].as_u64().context("farm create answered no id")
 }
 
+/// What every lab job starts with: a registry on 127.0.0.1:`port` (0: a free one) with its
+/// SQLite file and log in `work`, and the farm `farm_name` of the key `work/farmer.key`.
+pub async fn with_farm(
+    bin_dir: &Path,
+    work: &Path,
+    port: u16,
+    farm_name: &str,
+) -> anyhow::Result<(Registry, u64)> {
+    let port = if port == 0 { free_port()? } else { port };
+    let reg = Registry::start(
+        bin_dir,
+        &work.join("registry.db"),
+        ([127, 0, 0, 1], port).into(),
+        &work.join("registry.log"),
+    )
+    .await?;
+    let farm = setup_farm(bin_dir, &reg.url(), &work.join("farmer.key"), farm_name)?;
+    Ok((reg, farm))
+}
+
 /// `grid nodes list` as a farmer sees it, for the console.
 pub fn nodes_table(bin_dir: &Path, registry: &str) -> String {
     match Command::new(bin_dir.join("grid"))

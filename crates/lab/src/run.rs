@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::e2e::{disks, CPUS, MEMORY_MIB};
-use crate::qemu::{self, Machine};
-use crate::registry::{self, Registry};
+use crate::qemu::{self, Machine, CPUS, MEMORY_MIB};
+use crate::registry;
 
 /// Flags of `gridos-lab run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,40 +59,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.work.display()))?;
     let work = args.work.canonicalize()?;
     let accel = qemu::pick_accel(&args.image, &work);
-    let mut reg = Registry::start(
-        &args.bin_dir,
-        &work.join("registry.db"),
-        ([127, 0, 0, 1], args.port).into(),
-        &work.join("registry.log"),
-    )
-    .await
-    .with_context(|| format!("is another registry on port {}? try --port", args.port))?;
-    let farm = registry::setup_farm(
-        &args.bin_dir,
-        &reg.url(),
-        &work.join("farmer.key"),
-        "my-farm",
-    )?;
+    let (mut reg, farm) = registry::with_farm(&args.bin_dir, &work, args.port, "my-farm")
+        .await
+        .with_context(|| format!("is another registry on port {}? try --port", args.port))?;
     eprintln!(
         "== registry {} (SQLite {}), farm {farm}; log in {}",
         reg.url(),
         work.join("registry.db").display(),
         work.join("registry.log").display()
     );
-    let machine = Machine {
-        image: args.image.clone(),
-        accel: accel.clone(),
-        cpus: CPUS,
-        memory_mib: MEMORY_MIB,
-        disks: disks(&work),
-        append: format!(
-            "gridos.farm={farm} gridos.registry={} gridos.report_interval={}",
-            reg.guest_url(),
-            args.report_interval
-        ),
-        serial: work.join("console.log"),
-        monitor: work.join("monitor.sock"),
-    };
+    let append = format!(
+        "gridos.farm={farm} gridos.registry={} gridos.report_interval={}",
+        reg.guest_url(),
+        args.report_interval
+    );
+    let machine = Machine::node(&args.image, &accel, &work, append, "console.log");
     eprintln!(
         "== booting the node in QEMU ({accel}, {CPUS} CPUs, {MEMORY_MIB} MiB, 20 GB SSD + 50 GB HDD); Ctrl-C shuts it down"
     );

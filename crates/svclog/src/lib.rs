@@ -26,6 +26,19 @@ impl FormatTime for BootClock {
     }
 }
 
+/// An error with its causes, for a log line: "error sending request" alone hides the
+/// "connection refused" under it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Logs to stderr at `RUST_LOG` if set, else at `default_level`.
 ///
 /// Under PID 1 (stderr not a terminal) lines carry the boot clock and no colour codes; run by
