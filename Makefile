@@ -39,10 +39,11 @@ test-image:
 test-e2e:
 	bash tests/e2e/run.sh
 
-## The static gridos binaries (init, gridctl, agent, network, storage), as they go into the initramfs.
+## The static node executables as they go into the initramfs: `init` (PID 1) and the
+## multi-call `gridos` (gridctl, agent, network, storage; crates/node).
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
-		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl -p gridos-agent -p gridos-network -p gridos-storage
+		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridos-node
 
 ## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.

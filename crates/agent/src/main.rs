@@ -76,7 +76,7 @@ fn probe_of(args: &Args) -> Probe {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
     let (settings, warnings) = gridinit::cmdline::parse(&line);

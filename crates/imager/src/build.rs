@@ -247,6 +247,9 @@ fn build_with(
         }
         let n = tree.add_file(&b.dest, &src, 0o755)?;
         binaries.push((b.dest.clone(), n));
+        for link in &b.links {
+            tree.insert(link, 0o777, Kind::Symlink(b.dest.clone()))?;
+        }
         // gridos binaries are meant to be static; if one is not, carry its libraries along.
         if elf::dyn_info(&src).is_ok_and(|i| i.interpreter.is_some()) {
             progress.line(&format!(

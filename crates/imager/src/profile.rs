@@ -95,6 +95,9 @@ pub struct Binary {
     /// Missing and required: the build fails. Missing and not required: an error line, and the build goes on.
     #[serde(default)]
     pub required: bool,
+    /// More absolute paths made symlinks to `dest`: a multi-call binary answers to each name.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// One host helper program.

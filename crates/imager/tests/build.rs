@@ -77,7 +77,7 @@ fn fixture(dir: &Path) -> Options {
         &profile,
         format!(
             "kernel: {{path: kernel}}\ncmdline: console=ttyS0 quiet\nmodules: [virtio_net, loop]\n\
-             binaries:\n  - {{name: init, dest: /init, required: true}}\n  - {{name: gridctl, dest: /usr/bin/gridctl}}\n  - {{name: not-built-yet, dest: /usr/bin/later}}\n\
+             binaries:\n  - {{name: init, dest: /init, required: true, links: [/usr/bin/gridos-agent]}}\n  - {{name: gridctl, dest: /usr/bin/gridctl}}\n  - {{name: not-built-yet, dest: /usr/bin/later}}\n\
              helpers:\n  - {{path: {host_true}, dest: /usr/bin/true}}\n  - {{path: /nonexistent/mkfs.none}}\n\
              files: [files]\ndirs: [proc, sys]\n"
         ),
@@ -130,6 +130,10 @@ fn build_contains_what_the_profile_asks_for() {
     };
     assert_eq!(get("init").entry.kind, Kind::File(b"static init".to_vec()));
     assert_eq!(get("init").entry.perm, 0o755);
+    assert_eq!(
+        get("usr/bin/gridos-agent").entry.kind,
+        Kind::Symlink("/init".into())
+    );
     assert_eq!(get("dev/console").entry.kind, Kind::CharDev(5, 1));
     assert_eq!(
         get("usr/bin/gridctl").entry.kind,

@@ -54,7 +54,7 @@ fn mode(args: &Args) -> Mode {
     mode
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     svclog::init("info");
     let args = Args::parse();
     if args.check {

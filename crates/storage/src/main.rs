@@ -56,7 +56,7 @@ fn policy(args: &Args) -> anyhow::Result<WipePolicy> {
     Ok(settings.wipe)
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     svclog::init("info");
     let args = Args::parse();
     if args.check {
