@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gridtypes::{NodeRegistration, Report, Resources};
+use gridtypes::{NodeRegistration, Report, Resources, MAX_TEXT};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -187,6 +187,28 @@ impl Agent {
             virtualized: self.hw.virtualized,
             interfaces: self.hw.interfaces.clone(),
             agent_version: Some(concat!("gridos-agent ", env!("CARGO_PKG_VERSION")).into()),
+            warnings: self.warnings(),
+        }
+    }
+
+    /// What the registry must hear in every message while it lasts: with the cache on tmpfs
+    /// (no disk, or none the wipe policy allowed), a reboot makes this a new node and loses
+    /// every queued report.
+    fn warnings(&self) -> Vec<String> {
+        match std::fs::read_to_string(&self.cfg.tmpfs_marker) {
+            Ok(why) => {
+                let mut w = format!(
+                    "cache on tmpfs, lost at reboot with the node key and queued reports: {}",
+                    why.trim()
+                );
+                let mut end = w.len().min(MAX_TEXT);
+                while !w.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.truncate(end);
+                vec![w]
+            }
+            Err(_) => Vec::new(),
         }
     }
 
@@ -207,14 +229,15 @@ impl Agent {
     }
 
     fn enqueue_uptime(&mut self) -> Result<(), AgentError> {
-        if let Ok(why) = std::fs::read_to_string(&self.cfg.tmpfs_marker) {
-            tracing::warn!(
-                reason = why.trim(),
-                "the cache is on tmpfs: the node key and queued reports will not survive a reboot"
-            );
+        let warnings = self.warnings();
+        for w in &warnings {
+            tracing::warn!("{w} (sent with every report)");
         }
         match read_uptime(&self.cfg.probe.proc) {
-            Some(uptime_secs) => self.enqueue(Report::Uptime { uptime_secs }),
+            Some(uptime_secs) => self.enqueue(Report::Uptime {
+                uptime_secs,
+                warnings,
+            }),
             None => {
                 tracing::error!(
                     "cannot read {}/uptime: no uptime report",
@@ -389,7 +412,8 @@ impl Agent {
             let capacity = hw.capacity;
             self.status.send_modify(|s| s.capacity = capacity);
             self.hw = hw;
-            self.enqueue(Report::Capacity { capacity })?;
+            let warnings = self.warnings();
+            self.enqueue(Report::Capacity { capacity, warnings })?;
         } else {
             self.hw = hw;
         }

@@ -190,14 +190,14 @@ mod tests {
     use super::*;
 
     fn up(n: u64) -> Entry {
-        Entry::new(Report::Uptime { uptime_secs: n }, 1000 + n as i64)
+        Entry::new(Report::uptime(n), 1000 + n as i64)
     }
 
     fn drain(q: &mut Queue) -> Vec<u64> {
         let mut out = Vec::new();
         while let Some((_, e)) = q.front() {
             match e.unwrap().report {
-                Report::Uptime { uptime_secs } => out.push(uptime_secs),
+                Report::Uptime { uptime_secs, .. } => out.push(uptime_secs),
                 other => panic!("{other:?}"),
             }
             q.pop().unwrap();

@@ -144,6 +144,8 @@ fn config(reg: &Registry, farm: u64, state: &Path, sys: &Path) -> Config {
     cfg.retry_max = Duration::from_secs(1);
     cfg.refused_retry = Duration::from_secs(1);
     cfg.http_timeout = Duration::from_secs(2);
+    // Never the host's own /run: the marker exists only where a test writes it.
+    cfg.tmpfs_marker = state.with_file_name("storage-tmpfs");
     cfg.probe = Probe {
         sys: sys.to_path_buf(),
         // The seek test finds no device here and trusts queue/rotational.
@@ -361,16 +363,14 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         virtualized: false,
         interfaces: vec![],
         agent_version: None,
+        warnings: Vec::new(),
     };
     let node = match client.register(&registration).await {
         Outcome::Accepted(id) => id,
         other => panic!("{other:?}"),
     };
     // Delivered, then the agent crashed before removing it from the queue: sent again.
-    let entry = Entry::new(
-        Report::Uptime { uptime_secs: 77 },
-        gridagent::client::now() - 30,
-    );
+    let entry = Entry::new(Report::uptime(77), gridagent::client::now() - 30);
     assert!(matches!(client.report(&entry).await, Outcome::Accepted(_)));
     assert_eq!(client.report(&entry).await, Outcome::Replay);
     let ups = reg.uptimes(node).await;
@@ -392,4 +392,41 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         client.report(&entry).await,
         Outcome::Unavailable(_)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_tmpfs_is_a_warning_in_every_message() {
+    let reg = Registry::start().await;
+    let farm = reg.farm("farm-tmpfs").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+    let cfg = config(&reg, farm, &state, &sys);
+    // What the storage service writes when it found no disk it may use.
+    std::fs::write(&cfg.tmpfs_marker, "no disk found\n").unwrap();
+
+    let mut agent = spawn(cfg);
+    let s = agent
+        .until("two uptime reports", |s| s.delivered >= 2)
+        .await;
+    let node = s.node_id.unwrap();
+    let all = reg
+        .get(&format!("/api/v1/nodes/{node}/reports?limit=1000"))
+        .await;
+    let items = all["items"].as_array().unwrap();
+    assert!(items.len() >= 3, "{all}");
+    for r in items {
+        let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
+        let warnings = match Payload::from_bytes(&env.payload).unwrap() {
+            Payload::RegisterNode(reg) => reg.warnings,
+            Payload::Report(gridtypes::Report::Uptime { warnings, .. }) => warnings,
+            other => panic!("unexpected message {other:?}"),
+        };
+        assert_eq!(warnings.len(), 1, "{} without the warning", r["kind"]);
+        assert!(
+            warnings[0].starts_with("cache on tmpfs") && warnings[0].ends_with("no disk found"),
+            "{warnings:?}"
+        );
+    }
+    agent.shutdown().await;
 }

@@ -135,6 +135,7 @@ async fn online_and_register(registry: &str, farm: u32) -> Result<(), String> {
             .is_ok_and(|c| c.contains(" hypervisor")),
         interfaces: Vec::new(),
         agent_version: Some(concat!("gridos-baseline-init ", env!("CARGO_PKG_VERSION")).into()),
+        warnings: Vec::new(),
     };
     let id = register(registry, &key, &reg).await?;
     tracing::info!(node_id = id, farm, "baseline registered");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gridtypes::{Envelope, Payload, Resources, GIB};
+use gridtypes::{Envelope, Payload, Report, Resources, GIB};
 use serde_json::{json, Value};
 
 use client::Client;
@@ -168,6 +168,18 @@ async fn main() {
     if let Err(e) = run(cli).await {
         eprintln!("grid: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The warnings a node put in a signed registration, uptime or capacity message; `None` for
+/// other messages and for envelopes that do not decode.
+fn message_warnings(envelope: &Value) -> Option<Vec<String>> {
+    let env: Envelope = serde_json::from_value(envelope.clone()).ok()?;
+    match Payload::from_bytes(&env.payload).ok()? {
+        Payload::RegisterNode(reg) => Some(reg.warnings),
+        Payload::Report(Report::Uptime { warnings, .. })
+        | Payload::Report(Report::Capacity { warnings, .. }) => Some(warnings),
+        _ => None,
     }
 }
 
@@ -335,8 +347,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let key = v["public_key"].as_str().unwrap_or("").to_string();
             // Auditors should not have to trust the registry: check every signature here.
             let mut bad = 0;
+            let mut current = None;
             if let Some(reports) = v["reports"].as_array_mut() {
-                for r in reports {
+                for r in reports.iter_mut() {
                     let ok = serde_json::from_value::<Envelope>(r["envelope"].clone())
                         .ok()
                         .and_then(|e| e.verify_signature().ok())
@@ -346,7 +359,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     r["verified"] = json!(ok);
                 }
+                // The node repeats its warnings in every message: the newest verified one says
+                // what holds now.
+                current = reports
+                    .iter()
+                    .filter(|r| r["verified"] == true)
+                    .find_map(|r| message_warnings(&r["envelope"]));
             }
+            v["warnings"] = json!(current.unwrap_or_default());
             print(j, &v, |n| {
                 let c = &n["capacity"];
                 let f = &n["free"];
@@ -359,6 +379,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     n["units"]["cu"].as_f64().unwrap_or(0.0), n["units"]["su"].as_f64().unwrap_or(0.0),
                     n["uptime_secs"], n["last_seen"],
                 );
+                let warnings = n["warnings"].as_array().cloned().unwrap_or_default();
+                if !warnings.is_empty() {
+                    let mut head = String::new();
+                    for w in warnings {
+                        head += &format!("WARNING    {}\n", w.as_str().unwrap_or(""));
+                    }
+                    out = head + &out;
+                }
                 for r in n["reports"].as_array().into_iter().flatten() {
                     out += &format!(
                         "  #{:<8} {:<12} signed {} {}\n",

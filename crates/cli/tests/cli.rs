@@ -117,6 +117,7 @@ async fn farmer_and_auditor_session() {
         virtualized: true,
         interfaces: vec![],
         agent_version: None,
+        warnings: Vec::new(),
     });
     let n = post(
         &reg.url,
@@ -125,7 +126,10 @@ async fn farmer_and_auditor_session() {
     )
     .await;
     let node_id = n["id"].as_i64().unwrap();
-    let up = Payload::Report(Report::Uptime { uptime_secs: 9 });
+    let up = Payload::Report(Report::Uptime {
+        uptime_secs: 9,
+        warnings: vec!["cache on tmpfs: no disk".into()],
+    });
     post(
         &reg.url,
         "/api/v1/reports",
@@ -160,6 +164,15 @@ async fn farmer_and_auditor_session() {
     let id = node_id.to_string();
     let shown = ok_json(run(&["--json", "nodes", "show", &id]).await.unwrap());
     assert_eq!(shown["reports"][0]["verified"], true);
+    // The newest signed message's warnings, shown loudly to the farmer.
+    assert_eq!(
+        shown["warnings"],
+        serde_json::json!(["cache on tmpfs: no disk"])
+    );
+    let human = run(&["nodes", "show", &id]).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&human.stdout).starts_with("WARNING    cache on tmpfs: no disk\n")
+    );
     assert_eq!(
         shown["units"]["su"].as_f64().unwrap(),
         capacity.farming_units().su

@@ -215,7 +215,7 @@ mod tests {
     }
 
     fn uptime(secs: u64) -> Payload {
-        Payload::Report(Report::Uptime { uptime_secs: secs })
+        Payload::Report(Report::uptime(secs))
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod units;
 
 pub use envelope::{Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 pub use payload::{
-    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind,
+    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind, MAX_TEXT,
+    MAX_WARNINGS,
 };
 pub use units::{Resources, Units, GIB};

@@ -61,6 +61,9 @@ pub struct NodeRegistration {
     /// Agent version that sent this.
     #[serde(default)]
     pub agent_version: Option<String>,
+    /// Conditions the farmer and auditors must see, as in [`Report::Uptime`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A network interface of a node.
@@ -85,11 +88,18 @@ pub enum Report {
     Uptime {
         /// Seconds since boot.
         uptime_secs: u64,
+        /// Conditions the farmer and auditors must see (e.g. the cache is on tmpfs: nothing
+        /// the node keeps survives a reboot); repeated in every report while they last.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// The node's total capacity changed (a disk appeared or died).
     Capacity {
         /// Total raw capacity now.
         capacity: Resources,
+        /// As in [`Report::Uptime`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// What workloads reserve and the public traffic they moved.
     Consumption(Consumption),
@@ -103,6 +113,34 @@ pub struct Consumption {
     pub used: Resources,
     /// Public traffic in bytes since the previous consumption report.
     pub traffic_bytes: u64,
+}
+
+impl Report {
+    /// An uptime report without warnings.
+    pub fn uptime(uptime_secs: u64) -> Report {
+        Report::Uptime {
+            uptime_secs,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// At most this many warnings in one message, each at most [`MAX_TEXT`] bytes.
+pub const MAX_WARNINGS: usize = 8;
+
+fn check_warnings(warnings: &[String]) -> Result<(), PayloadError> {
+    if warnings.len() > MAX_WARNINGS {
+        return Err(PayloadError::Invalid(format!(
+            "{} warnings, at most {MAX_WARNINGS}",
+            warnings.len()
+        )));
+    }
+    if warnings.iter().any(|w| w.len() > MAX_TEXT) {
+        return Err(PayloadError::Invalid(format!(
+            "warning longer than {MAX_TEXT} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// The kind of a report, as stored and filtered by the registry.
@@ -206,15 +244,21 @@ impl Payload {
                         "more than {MAX_INTERFACES} addresses on one interface"
                     )));
                 }
-                Ok(())
+                check_warnings(&reg.warnings)
             }
-            Payload::Report(Report::Uptime { uptime_secs }) => {
+            Payload::Report(Report::Uptime {
+                uptime_secs,
+                warnings,
+            }) => {
                 if *uptime_secs > i64::MAX as u64 {
                     return Err(invalid("uptime_secs out of range".into()));
                 }
-                Ok(())
+                check_warnings(warnings)
             }
-            Payload::Report(Report::Capacity { capacity }) => capacity.validate().map_err(invalid),
+            Payload::Report(Report::Capacity { capacity, warnings }) => {
+                capacity.validate().map_err(invalid)?;
+                check_warnings(warnings)
+            }
             Payload::Report(Report::Consumption(c)) => {
                 c.used.validate().map_err(invalid)?;
                 if c.traffic_bytes > i64::MAX as u64 {
@@ -232,11 +276,13 @@ mod tests {
 
     #[test]
     fn wire_format_is_tagged_by_kind() {
-        let p = Payload::Report(Report::Uptime { uptime_secs: 5 });
+        let p = Payload::Report(Report::uptime(5));
         let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
         assert_eq!(v["kind"], "report");
         assert_eq!(v["report"], "uptime");
         assert_eq!(v["uptime_secs"], 5);
+        // No warnings: the field is left out, so reports read the same as before it existed.
+        assert!(v.get("warnings").is_none());
         let p = Payload::CreateFarm { name: "f1".into() };
         assert_eq!(
             String::from_utf8(p.to_bytes()).unwrap(),
@@ -257,6 +303,7 @@ mod tests {
                 ips: vec!["10.0.2.15/24".into()],
             }],
             agent_version: Some("0.1.0".into()),
+            warnings: Vec::new(),
         };
         for p in [
             Payload::RegisterTwin {},
@@ -264,9 +311,10 @@ mod tests {
                 name: "farm-1".into(),
             },
             Payload::RegisterNode(reg),
-            Payload::Report(Report::Uptime { uptime_secs: 1 }),
+            Payload::Report(Report::uptime(1)),
             Payload::Report(Report::Capacity {
                 capacity: Resources::from_gib(1, 1.0, 1.0, 1.0),
+                warnings: vec!["cache on tmpfs".into()],
             }),
             Payload::Report(Report::Consumption(Consumption {
                 used: Resources::from_gib(1, 1.0, 0.0, 0.0),
@@ -309,8 +357,24 @@ mod tests {
             virtualized: false,
             interfaces: vec![],
             agent_version: None,
+            warnings: Vec::new(),
         });
         assert!(zero_farm.validate().is_err());
+        let many = Payload::Report(Report::Uptime {
+            uptime_secs: 1,
+            warnings: vec!["w".into(); MAX_WARNINGS + 1],
+        });
+        assert!(many.validate().is_err());
+        let long = Payload::Report(Report::Uptime {
+            uptime_secs: 1,
+            warnings: vec!["w".repeat(MAX_TEXT + 1)],
+        });
+        assert!(long.validate().is_err());
+        let fine = Payload::Report(Report::Uptime {
+            uptime_secs: 1,
+            warnings: vec!["w".repeat(MAX_TEXT); MAX_WARNINGS],
+        });
+        assert!(fine.validate().is_ok());
         let huge = r#"{"kind":"report","report":"uptime","uptime_secs":18446744073709551615}"#;
         assert!(matches!(
             Payload::from_bytes(huge.as_bytes()),

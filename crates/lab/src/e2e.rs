@@ -113,7 +113,8 @@ async fn uptimes(reg: &Registry, node: i64, public_key: &str) -> anyhow::Result<
             continue;
         }
         let env: Envelope = serde_json::from_value(r["envelope"].clone())?;
-        if let Payload::Report(Report::Uptime { uptime_secs }) = Payload::from_bytes(&env.payload)?
+        if let Payload::Report(Report::Uptime { uptime_secs, .. }) =
+            Payload::from_bytes(&env.payload)?
         {
             out.push(Uptime {
                 id: r["id"].as_i64().context("report id")?,
@@ -338,8 +339,9 @@ async fn scenario(
         console_count(&guest, "registry unreachable") > unreachable_before,
         "the agent never noticed the registry was down"
     );
-    reg.restart().await?;
+    // Taken before the restart: the agent may deliver in the moment the server comes up.
     let restarted_at = unix_now();
+    reg.restart().await?;
     guest
         .wait_line(&["registry reachable again"], Duration::from_secs(120))
         .await?;

@@ -98,12 +98,8 @@ fn verify_ceiling(secs: f64) -> Value {
                 let total = total.clone();
                 std::thread::spawn(move || {
                     let key = SigningKey::generate(&mut OsRng);
-                    let env = Envelope::seal(
-                        &key,
-                        &Payload::Report(Report::Uptime { uptime_secs: 1 }),
-                        now(),
-                        nonce(),
-                    );
+                    let env =
+                        Envelope::seal(&key, &Payload::Report(Report::uptime(1)), now(), nonce());
                     let mut n = 0u64;
                     while Instant::now() < deadline {
                         for _ in 0..64 {
@@ -311,6 +307,7 @@ async fn seed_nodes(
             virtualized: false,
             interfaces: vec![],
             agent_version: None,
+            warnings: Vec::new(),
         });
         bodies.push(Envelope::seal(&key, &reg, now(), nonce()).to_json());
         keys.push(key);
@@ -328,9 +325,7 @@ async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<
     let bodies: Vec<Vec<u8>> = (0..reports)
         .map(|i| {
             let key = &keys[i % keys.len()];
-            let p = Payload::Report(Report::Uptime {
-                uptime_secs: i as u64,
-            });
+            let p = Payload::Report(Report::uptime(i as u64));
             Envelope::seal(key, &p, now(), nonce()).to_json()
         })
         .collect();

@@ -146,7 +146,7 @@ async fn apply_all(
     let mut uptimes = Vec::new();
     for (i, job) in batch.iter().enumerate() {
         match &job.verified.payload {
-            Payload::Report(Report::Uptime { uptime_secs }) => uptimes.push((i, *uptime_secs)),
+            Payload::Report(Report::Uptime { uptime_secs, .. }) => uptimes.push((i, *uptime_secs)),
             _ => results[i] = Some(apply(&mut tx, job, now).await?),
         }
     }
@@ -613,7 +613,7 @@ async fn store_report(
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let report_id = insert_report(conn, node.id, report.kind().as_str(), job, now).await?;
     match report {
-        Report::Uptime { uptime_secs } => {
+        Report::Uptime { uptime_secs, .. } => {
             sqlx::query("UPDATE nodes SET uptime_secs = $1, last_seen = $2 WHERE id = $3")
                 .bind(*uptime_secs as i64)
                 .bind(now)
@@ -621,7 +621,7 @@ async fn store_report(
                 .execute(&mut *conn)
                 .await?;
         }
-        Report::Capacity { capacity } => {
+        Report::Capacity { capacity, .. } => {
             set_resources(conn, node.id, capacity, &node.used, now).await?;
         }
         Report::Consumption(c) => {

@@ -130,10 +130,18 @@ async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
     let farm = h.farm("f").await;
     let (key, id) = h.node(farm, cap(8, 64.0, 1000.0, 0.0)).await;
 
-    let (s, v) = h.report(&key, Report::Uptime { uptime_secs: 120 }).await;
+    let (s, v) = h.report(&key, Report::uptime(120)).await;
     assert_eq!(s, 201, "{v}");
     let bigger = cap(8, 64.0, 1000.0, 4000.0);
-    let (s, _) = h.report(&key, Report::Capacity { capacity: bigger }).await;
+    let (s, _) = h
+        .report(
+            &key,
+            Report::Capacity {
+                capacity: bigger,
+                warnings: vec![],
+            },
+        )
+        .await;
     assert_eq!(s, 201);
     let used = cap(2, 4.0, 100.0, 0.0);
     let (s, _) = h
@@ -275,7 +283,7 @@ async fn node_goes_down_when_reports_stop(engine: Engine) {
         (Some(0), Some(1))
     );
     // A report brings it back up.
-    let (s, _) = h.report(&key, Report::Uptime { uptime_secs: 10 }).await;
+    let (s, _) = h.report(&key, Report::uptime(10)).await;
     assert_eq!(s, 201);
     let (_, v) = h.get(&format!("/api/v1/nodes/{id}")).await;
     assert_eq!(v["status"], "up");
@@ -360,16 +368,13 @@ async fn bad_signature_is_refused(engine: Engine) {
     let (key, _) = h.node(farm, cap(1, 2.0, 60.0, 0.0)).await;
     let before = h.snapshot().await;
     // Tampered payload.
-    let mut env = seal(&key, &Payload::Report(Report::Uptime { uptime_secs: 1 }));
-    env.payload = Payload::Report(Report::Uptime {
-        uptime_secs: 999_999,
-    })
-    .to_bytes();
+    let mut env = seal(&key, &Payload::Report(Report::uptime(1)));
+    env.payload = Payload::Report(Report::uptime(999_999)).to_bytes();
     let (s, v) = h.post("/api/v1/reports", &env).await;
     assert_eq!((s, error_code(&v)), (401, "bad_signature"), "{v}");
     // Signed by another key in the node's name.
     let thief = SigningKey::generate(&mut OsRng);
-    let mut env = seal(&thief, &Payload::Report(Report::Uptime { uptime_secs: 1 }));
+    let mut env = seal(&thief, &Payload::Report(Report::uptime(1)));
     env.signer = hex::encode(key.verifying_key().as_bytes());
     let (s, v) = h.post("/api/v1/reports", &env).await;
     assert_eq!((s, error_code(&v)), (401, "bad_signature"), "{v}");
@@ -387,7 +392,7 @@ async fn unknown_signer_is_refused(engine: Engine) {
     };
     let before = h.snapshot().await;
     let stranger = SigningKey::generate(&mut OsRng);
-    let (s, v) = h.report(&stranger, Report::Uptime { uptime_secs: 1 }).await;
+    let (s, v) = h.report(&stranger, Report::uptime(1)).await;
     assert_eq!((s, error_code(&v)), (401, "unknown_signer"), "{v}");
     let (s, v) = h
         .post(
@@ -460,7 +465,7 @@ async fn replayed_nonce_is_refused(engine: Engine) {
     };
     let farm = h.farm("f").await;
     let (key, id) = h.node(farm, cap(1, 2.0, 60.0, 0.0)).await;
-    let env = seal(&key, &Payload::Report(Report::Uptime { uptime_secs: 5 }));
+    let env = seal(&key, &Payload::Report(Report::uptime(5)));
     assert_eq!(h.post("/api/v1/reports", &env).await.0, 201);
     let before = h.snapshot().await;
     let (s, v) = h.post("/api/v1/reports", &env).await;
@@ -468,7 +473,7 @@ async fn replayed_nonce_is_refused(engine: Engine) {
     // Same nonce, new content, new signature: still a replay.
     let again = Envelope::seal(
         &key,
-        &Payload::Report(Report::Uptime { uptime_secs: 6 }),
+        &Payload::Report(Report::uptime(6)),
         env.timestamp,
         hex::decode(&env.nonce).unwrap().try_into().unwrap(),
     );
@@ -550,7 +555,7 @@ async fn concurrent_reports_all_land(engine: Engine) {
     for (key, _) in &nodes {
         for i in 0..30u64 {
             let h = h.clone();
-            let env = seal(key, &Payload::Report(Report::Uptime { uptime_secs: i }));
+            let env = seal(key, &Payload::Report(Report::uptime(i)));
             tasks.push(tokio::spawn(async move {
                 let (s, v) = h.post("/api/v1/reports", &env).await;
                 (s, v["id"].as_i64(), env.nonce)
@@ -601,7 +606,7 @@ async fn data_survives_a_restart(engine: Engine) {
     };
     let farm = h.farm("f").await;
     let (key, id) = h.node(farm, cap(2, 4.0, 100.0, 0.0)).await;
-    let env = seal(&key, &Payload::Report(Report::Uptime { uptime_secs: 77 }));
+    let env = seal(&key, &Payload::Report(Report::uptime(77)));
     assert_eq!(h.post("/api/v1/reports", &env).await.0, 201);
     let before = h.snapshot().await;
     h.restart().await;
@@ -621,7 +626,7 @@ async fn concurrent_replays_land_once(engine: Engine) {
     let (key, id) = h.node(farm, cap(2, 4.0, 100.0, 0.0)).await;
     let h = std::sync::Arc::new(h);
     // The same signed report sent 40 times at once: the writer may see copies in one batch.
-    let env = seal(&key, &Payload::Report(Report::Uptime { uptime_secs: 3 }));
+    let env = seal(&key, &Payload::Report(Report::uptime(3)));
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let (h, env) = (h.clone(), env.clone());

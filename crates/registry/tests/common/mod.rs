@@ -206,6 +206,7 @@ pub fn registration(farm: i64, capacity: Resources) -> Payload {
             ips: vec!["10.0.2.15/24".into()],
         }],
         agent_version: Some("test".into()),
+        warnings: Vec::new(),
     })
 }
 
