@@ -17,9 +17,10 @@ build:
 ## The main job: build the image, start a registry on 127.0.0.1:8480 (SQLite in build/run),
 ## create a farm, boot one node in QEMU against it; the console streams here and the node list
 ## is printed once the node registers. Ctrl-C shuts the node down in order.
+## RUN_ARGS="--port 8481 --report-interval 10" passes flags (gridos-lab run --help).
 run: image
 	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
-	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release
+	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release $(RUN_ARGS)
 
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
 ## PID 1 booted in QEMU with Debian's kernel, the image test and the end-to-end test.
