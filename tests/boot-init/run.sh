@@ -98,14 +98,8 @@ log "modules in initramfs: $(cd "$root/lib/modules/$kver" && find kernel -name '
 log "initramfs $(du -h "$out/initramfs.img" | cut -f1)"
 
 # 5. Accelerator: KVM only if a probe guest really boots with it.
-accel=tcg
-if [ -w /dev/kvm ] && [ -z "${BOOT_TEST_NO_KVM:-}" ]; then
-    rm -f "$out/kvm-probe.log"
-    timeout 8 qemu-system-x86_64 -accel kvm -machine q35 -m 256 -display none -nodefaults \
-        -no-reboot -serial "file:$out/kvm-probe.log" -kernel "$vmlinuz" \
-        -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
-    if grep -q "Kernel panic\|VFS:" "$out/kvm-probe.log" 2>/dev/null; then accel=kvm; fi
-fi
+. "$repo/tests/lib/qemu.sh"
+accel=$(pick_accel "$vmlinuz" "$out")
 log "accelerator: $accel"
 
 # 6. Boot. The NIC is user-mode with restrict=on: the guest can reach nothing.

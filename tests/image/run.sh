@@ -54,14 +54,8 @@ grep -q '"package": "linux-image-6' "$img/build.json" || [ -n "${GRIDOS_KERNEL_R
     || fail "build.json does not record the concrete kernel package"
 
 # 2. Accelerator: KVM only if a probe guest really boots with it.
-accel=tcg
-if [ -w /dev/kvm ] && [ -z "${BOOT_TEST_NO_KVM:-}" ]; then
-    rm -f "$out/kvm-probe.log"
-    timeout 8 qemu-system-x86_64 -accel kvm -machine q35 -m 256 -display none -nodefaults \
-        -no-reboot -serial "file:$out/kvm-probe.log" -kernel "$img/vmlinuz" \
-        -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
-    if grep -q "Kernel panic\|VFS:" "$out/kvm-probe.log" 2>/dev/null; then accel=kvm; fi
-fi
+. "$repo/tests/lib/qemu.sh"
+accel=$(pick_accel "$img/vmlinuz" "$out")
 log "accelerator: $accel"
 
 # 3. Boot. User networking with restrict=on: the guest reaches nothing.
