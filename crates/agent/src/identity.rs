@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use rand::rngs::OsRng;
 
-use crate::fsutil::write_atomic;
-
 /// Why the node key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -55,7 +53,7 @@ pub fn load_or_create(path: &Path) -> Result<(SigningKey, bool), IdentityError> 
             }
             let key = SigningKey::generate(&mut OsRng);
             let text = format!("{}\n", hex::encode(key.to_bytes()));
-            write_atomic(path, text.as_bytes(), 0o600).map_err(io(path))?;
+            atomicfile::write(path, text.as_bytes(), 0o600).map_err(io(path))?;
             Ok((key, true))
         }
         Err(e) => Err(io(path)(e)),

@@ -6,7 +6,6 @@
 
 pub mod agent;
 pub mod client;
-pub mod fsutil;
 pub mod identity;
 pub mod probe;
 pub mod queue;

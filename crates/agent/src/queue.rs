@@ -1,7 +1,7 @@
 //! The durable report queue: reports wait on disk, in order, until the registry has them.
 //!
 //! Each entry is one file `<seq>.json` (20 digits, so names sort like numbers) written with
-//! [`write_atomic`]: after a crash a file is either complete or absent, and a half-written
+//! [`atomicfile::write`]: after a crash a file is either complete or absent, and a half-written
 //! temp file is ignored and removed on the next open. An entry holds the report, the time it
 //! describes and the nonce it will be signed with; it is signed only when sent (see
 //! `docs/agent.md`), because the registry refuses envelopes more than 300 s old. The nonce is
@@ -16,7 +16,7 @@ use gridtypes::{Report, NONCE_LEN};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{sync_dir, write_atomic, TEMP_PREFIX};
+use atomicfile::{sync_dir, TEMP_PREFIX};
 
 /// Why the queue could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,8 @@ impl Queue {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        write_atomic(&path, &bytes, 0o600).map_err(|source| QueueError::Io { path, source })?;
+        atomicfile::write(&path, &bytes, 0o600)
+            .map_err(|source| QueueError::Io { path, source })?;
         self.next += 1;
         self.seqs.push_back(seq);
         Ok(seq)
@@ -232,7 +233,7 @@ mod tests {
         let mut q = Queue::open(dir.path()).unwrap();
         q.push(&up(1)).unwrap();
         drop(q);
-        // A crash in the middle of write_atomic leaves only a temp file behind.
+        // A crash in the middle of atomicfile::write leaves only a temp file behind.
         let tmp = dir.path().join(format!("{TEMP_PREFIX}{:020}.json", 1));
         fs::write(&tmp, b"{\"measured_at\":").unwrap();
         fs::write(dir.path().join("README"), b"not an entry").unwrap();

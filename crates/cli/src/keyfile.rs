@@ -1,8 +1,6 @@
 //! The user's ed25519 key on disk: created once, written atomically, readable only by its owner.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -71,28 +69,15 @@ pub fn create(path: &Path, force: bool) -> Result<SigningKey, KeyError> {
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let key = SigningKey::generate(&mut OsRng);
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io(&tmp))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes())).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    atomicfile::write(path, text.as_bytes(), 0o600).map_err(io(path))?;
     Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn create_load_and_refuse_overwrite() {

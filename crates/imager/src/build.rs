@@ -111,9 +111,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
         path: path.into(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    atomicfile::write(path, data, 0o644).map_err(err)
 }
 
 /// Adds libraries not yet in the tree. A file already placed under another name (the

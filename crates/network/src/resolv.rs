@@ -17,23 +17,17 @@ pub fn render(servers: &[IpAddr]) -> String {
     out
 }
 
-/// Writes `text` to `path` through a temp file and rename, so readers never see half a file.
+/// Writes `text` to `path` (mode 0644) so readers never see half a file, creating the
+/// directory if needed.
 pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    use std::io::Write;
     let err = |source| Error::Io {
         path: path.display().to_string(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let mut name = path.as_os_str().to_owned();
-    name.push(".gridos-tmp");
-    let tmp = std::path::PathBuf::from(name);
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(text).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    atomicfile::write(path, text, 0o644).map_err(err)
 }
 
 #[cfg(test)]

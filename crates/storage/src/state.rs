@@ -36,21 +36,16 @@ pub struct State {
     pub disks: Vec<Candidate>,
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+/// Writes `bytes` to `path` (mode 0644) atomically, creating the directory if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
     let err = |source| Error::Write {
         path: path.display().to_string(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    atomicfile::write(path, bytes, 0o644).map_err(err)
 }
 
 /// Records the state, and the tmpfs marker when the cache is not on a disk.
