@@ -1,16 +1,17 @@
 //! `gridos-baseline-init`: the floor the real image's boot time is measured against.
 //!
-//! A static PID 1 that does only what registration strictly needs — mount, load the NIC
-//! driver, DHCP (with gridnet, the code the real image runs), one signed `POST /api/v1/nodes`
-//! — then powers off. No supervisor, no services, no storage, no persistent key.
+//! A static PID 1 that does only what registration strictly needs — mount (init's early
+//! mounts), load the NIC driver, DHCP (gridnet), one signed `POST /api/v1/nodes` (the agent's
+//! client), the same code the real image runs — then powers off. No supervisor, no services,
+//! no storage, no persistent key.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, NodeRegistration, Payload, Resources, NONCE_LEN};
-use nix::mount::{mount, MsFlags};
-use rand::RngCore;
+use gridagent::client::{Client, Outcome};
+use gridagent::probe::Probe;
+use gridtypes::{NodeRegistration, Resources};
 
 /// Where gridnet writes `network.json`; only read back through `gridnet::state::is_ready`.
 const RUN_DIR: &str = "/run/gridos";
@@ -18,7 +19,7 @@ const RUN_DIR: &str = "/run/gridos";
 const WAIT: Duration = Duration::from_secs(60);
 /// Polling interval for readiness: short, so the baseline does not add its own latency.
 const POLL: Duration = Duration::from_millis(10);
-/// Pause between attempts while the registry refuses connections.
+/// Pause between attempts while the registry cannot be reached.
 const RETRY: Duration = Duration::from_millis(200);
 
 fn main() {
@@ -36,7 +37,12 @@ fn main() {
 
 /// Everything between the first log line and power-off; any error ends the run early.
 fn run() -> Result<(), String> {
-    mount_early();
+    // The same early mounts as gridos's PID 1.
+    for m in gridinit::boot::mount_all() {
+        if let Err(e) = m {
+            tracing::error!("{e}");
+        }
+    }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
     let (settings, warnings) = gridinit::cmdline::parse(&cmdline);
@@ -68,24 +74,6 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the tokio runtime: {e}"))?;
     rt.block_on(online_and_register(&registry, farm))
-}
-
-/// Mounts what gridnet and the capacity read need; "already mounted" (EBUSY) is fine.
-fn mount_early() {
-    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let mounts = [
-        ("proc", "/proc", nosuid_nodev | MsFlags::MS_NOEXEC, None),
-        ("sysfs", "/sys", nosuid_nodev | MsFlags::MS_NOEXEC, None),
-        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("tmpfs", "/run", nosuid_nodev, Some("mode=0755")),
-    ];
-    for (fstype, target, flags, data) in mounts {
-        let _ = std::fs::create_dir_all(target);
-        match mount(Some(fstype), target, Some(fstype), flags, data) {
-            Ok(()) | Err(nix::Error::EBUSY) => {}
-            Err(e) => tracing::error!("mount {fstype} on {target}: {e}"),
-        }
-    }
 }
 
 /// Polls `f` every [`POLL`] until it yields a value or `limit` passes (blocking: before tokio).
@@ -131,71 +119,49 @@ async fn online_and_register(registry: &str, farm: u32) -> Result<(), String> {
         farm_id: farm.into(),
         capacity: capacity(),
         serial: None,
-        virtualized: std::fs::read_to_string("/proc/cpuinfo")
-            .is_ok_and(|c| c.contains(" hypervisor")),
+        virtualized: Probe::default().virtualized(),
         interfaces: Vec::new(),
         agent_version: Some(concat!("gridos-baseline-init ", env!("CARGO_PKG_VERSION")).into()),
         warnings: Vec::new(),
     };
-    let id = register(registry, &key, &reg).await?;
+    let id = register(registry, key, &reg).await?;
     tracing::info!(node_id = id, farm, "baseline registered");
     Ok(())
 }
 
-/// CRU from the CPUs we may run on, MRU from MemTotal; disks and IPv4 are not probed here.
+/// CRU and MRU as the agent measures them; disks and IPv4 are not probed here.
 fn capacity() -> Resources {
-    let cru = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let mru = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024);
+    let probe = Probe::default();
     Resources {
-        cru,
-        mru,
+        cru: probe.cru().unwrap_or(1),
+        mru: probe.mru().unwrap_or(0),
         ..Resources::default()
     }
 }
 
-/// One registration as the agent sends it, re-sealed per attempt (fresh nonce and time) and
-/// retried only while the registry cannot be reached; returns the registry's node id.
-async fn register(registry: &str, key: &SigningKey, reg: &NodeRegistration) -> Result<i64, String> {
-    let url = format!("{}/api/v1/nodes", registry.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("building the HTTP client: {e}"))?;
+/// One registration through the agent's own client, retried only while the registry cannot be
+/// reached (each attempt is sealed anew: fresh nonce and time); returns the registry's node id.
+async fn register(registry: &str, key: SigningKey, reg: &NodeRegistration) -> Result<i64, String> {
+    let client = Client::new(registry, key, Duration::from_secs(10));
     let start = Instant::now();
     loop {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let env = Envelope::seal(key, &Payload::RegisterNode(reg.clone()), now, nonce);
-        let sent = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(env.to_json())
-            .send()
-            .await;
-        match sent {
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                return match v["id"].as_i64() {
-                    Some(id) if status.is_success() => Ok(id),
-                    _ => Err(format!("{url}: HTTP {status}: {body}")),
-                };
-            }
-            Err(e) if e.is_connect() && start.elapsed() < WAIT => {
-                tracing::debug!("{url}: {e}; retrying");
+        match client.register(reg).await {
+            Outcome::Accepted(id) => return Ok(id),
+            Outcome::Unavailable(e) if start.elapsed() < WAIT => {
+                tracing::debug!("{e}; retrying");
                 tokio::time::sleep(RETRY).await;
             }
-            Err(e) => return Err(format!("{url}: {}", svclog::error_chain(&e))),
+            Outcome::Unavailable(e) => return Err(e),
+            Outcome::Replay => return Err("registry answered replay to a fresh nonce".into()),
+            Outcome::Refused {
+                status,
+                code,
+                message,
+            } => {
+                return Err(format!(
+                    "registry refused (HTTP {status} {code}): {message}"
+                ))
+            }
         }
     }
 }
