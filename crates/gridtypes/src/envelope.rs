@@ -39,8 +39,8 @@ pub enum EnvelopeError {
         timestamp: i64,
         /// The receiver's clock.
         now: i64,
-        /// `timestamp - now`.
-        skew: i64,
+        /// `timestamp - now`, exact (it does not fit 64 bits for extreme timestamps).
+        skew: i128,
     },
     /// The payload bytes are not a valid payload.
     #[error(transparent)]
@@ -48,19 +48,23 @@ pub enum EnvelopeError {
 }
 
 /// A payload with the signer's key, time and nonce, and an ed25519 signature over all of them.
+///
+/// `signer`, `nonce` and `signature` must be lowercase hex: each byte string has exactly one
+/// accepted spelling, so a registry that keys on the text can never see one key or nonce
+/// twice under two names (upper-casing a letter was a replay and a cloned node).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
-    /// Signer's ed25519 public key, lowercase hex.
+    /// Signer's ed25519 public key, lowercase hex (the only spelling accepted).
     pub signer: String,
     /// Seconds since the Unix epoch when the signer sealed it.
     pub timestamp: i64,
-    /// Random nonce, hex; a registry accepts each (signer, nonce) once.
+    /// Random nonce, lowercase hex; a registry accepts each (signer, nonce) once.
     pub nonce: String,
     /// The exact payload bytes, base64.
     #[serde(with = "b64")]
     pub payload: Vec<u8>,
-    /// ed25519 signature, hex.
+    /// ed25519 signature, lowercase hex.
     pub signature: String,
 }
 
@@ -69,13 +73,13 @@ pub struct Envelope {
 pub struct Verified {
     /// The key that signed it.
     pub signer: VerifyingKey,
-    /// The signer key as lowercase hex (the phonebook's key).
+    /// The signer key as lowercase hex (the phonebook's key), re-encoded from the key bytes.
     pub signer_hex: String,
     /// The decoded payload.
     pub payload: Payload,
     /// The sender's timestamp.
     pub timestamp: i64,
-    /// The sender's nonce (hex).
+    /// The sender's nonce as lowercase hex, re-encoded from its bytes.
     pub nonce: String,
 }
 
@@ -122,45 +126,56 @@ impl Envelope {
 
     /// Checks the signature only (no clock): what an auditor does with a stored report.
     pub fn verify_signature(&self) -> Result<VerifyingKey, EnvelopeError> {
-        let signer_bytes: [u8; 32] = decode_fixed(&self.signer).ok_or_else(|| {
-            EnvelopeError::BadSigner(format!("{:?} is not 64 hex digits", self.signer))
-        })?;
-        let signer = VerifyingKey::from_bytes(&signer_bytes).map_err(|_| {
-            EnvelopeError::BadSigner(format!("{} is not a curve point", self.signer))
-        })?;
+        self.verify_parts().map(|(signer, _)| signer)
+    }
+
+    /// Checks the signature; returns the signer and the nonce as bytes.
+    fn verify_parts(&self) -> Result<(VerifyingKey, [u8; NONCE_LEN]), EnvelopeError> {
+        let signer = parse_public_key(&self.signer)?;
         let nonce: [u8; NONCE_LEN] = decode_fixed(&self.nonce).ok_or_else(|| {
-            EnvelopeError::Malformed(format!("nonce must be {} hex digits", NONCE_LEN * 2))
+            EnvelopeError::Malformed(format!(
+                "nonce must be {} lowercase hex digits",
+                NONCE_LEN * 2
+            ))
         })?;
-        let sig_bytes: [u8; 64] = decode_fixed(&self.signature)
-            .ok_or_else(|| EnvelopeError::Malformed("signature must be 128 hex digits".into()))?;
+        let sig_bytes: [u8; 64] = decode_fixed(&self.signature).ok_or_else(|| {
+            EnvelopeError::Malformed("signature must be 128 lowercase hex digits".into())
+        })?;
         let signature = Signature::from_bytes(&sig_bytes);
         let msg = signed_message(signer.as_bytes(), self.timestamp, &nonce, &self.payload);
         signer
             .verify_strict(&msg, &signature)
             .map_err(|_| EnvelopeError::BadSignature(self.signer.clone()))?;
-        Ok(signer)
+        Ok((signer, nonce))
     }
 
     /// Verifies the signature, the timestamp against `now` and decodes the payload.
     pub fn open(&self, now: i64) -> Result<Verified, EnvelopeError> {
-        let signer = self.verify_signature()?;
-        let skew = self.timestamp.saturating_sub(now);
-        if skew.abs() > MAX_CLOCK_SKEW_SECS {
-            return Err(EnvelopeError::StaleTimestamp {
-                timestamp: self.timestamp,
-                now,
-                skew,
-            });
-        }
+        let (signer, nonce) = self.verify_parts()?;
+        check_clock(self.timestamp, now)?;
         let payload = Payload::from_bytes(&self.payload)?;
         Ok(Verified {
             signer,
-            signer_hex: self.signer.clone(),
+            signer_hex: hex::encode(signer.as_bytes()),
             payload,
             timestamp: self.timestamp,
-            nonce: self.nonce.clone(),
+            nonce: hex::encode(nonce),
         })
     }
+}
+
+/// Refuses a timestamp more than [`MAX_CLOCK_SKEW_SECS`] from `now`, for every pair of
+/// `i64`s (the difference is taken in 128 bits: it cannot overflow or wrap into the window).
+pub fn check_clock(timestamp: i64, now: i64) -> Result<(), EnvelopeError> {
+    let skew = i128::from(timestamp) - i128::from(now);
+    if skew.abs() > i128::from(MAX_CLOCK_SKEW_SECS) {
+        return Err(EnvelopeError::StaleTimestamp {
+            timestamp,
+            now,
+            skew,
+        });
+    }
+    Ok(())
 }
 
 /// The exact bytes an envelope signature covers.
@@ -174,17 +189,21 @@ pub fn signed_message(signer: &[u8; 32], timestamp: i64, nonce: &[u8], payload: 
     msg
 }
 
-/// Decodes lowercase or uppercase hex into exactly `N` bytes.
-fn decode_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
+/// Decodes exactly `N` bytes from lowercase hex: the one spelling accepted anywhere on the
+/// wire, so equal bytes are always equal text.
+pub fn decode_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
     let mut out = [0u8; N];
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
-/// Parses a public key given as hex (the phonebook's format).
+/// Parses a public key given as lowercase hex (the phonebook's format).
 pub fn parse_public_key(s: &str) -> Result<VerifyingKey, EnvelopeError> {
     let bytes: [u8; 32] = decode_fixed(s)
-        .ok_or_else(|| EnvelopeError::BadSigner(format!("{s:?} is not 64 hex digits")))?;
+        .ok_or_else(|| EnvelopeError::BadSigner(format!("{s:?} is not 64 lowercase hex digits")))?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|_| EnvelopeError::BadSigner(format!("{s} is not a curve point")))
 }
@@ -292,6 +311,136 @@ mod tests {
         let mut env = Envelope::seal(&k, &uptime(1), 1000, [1; NONCE_LEN]);
         env.signature = "00".into();
         assert!(matches!(env.open(1000), Err(EnvelopeError::Malformed(_))));
+    }
+
+    #[test]
+    fn only_lowercase_hex_is_accepted() {
+        let k = key();
+        let env = Envelope::seal(&k, &uptime(1), 1000, [0xab; NONCE_LEN]);
+        assert!(env.open(1000).is_ok());
+        // Every other spelling of the same bytes: upper case, one letter re-cased, mixed.
+        let recase = |s: &str, i: usize| {
+            let mut b = s.as_bytes().to_vec();
+            let j = b
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_ascii_alphabetic())
+                .nth(i);
+            if let Some((j, _)) = j {
+                b[j] = b[j].to_ascii_uppercase();
+            }
+            String::from_utf8(b).unwrap()
+        };
+        for i in 0..3 {
+            let mut e = env.clone();
+            e.nonce = recase(&env.nonce, i);
+            assert!(
+                matches!(e.open(1000), Err(EnvelopeError::Malformed(_))),
+                "nonce {i}"
+            );
+            let mut e = env.clone();
+            e.signer = recase(&env.signer, i);
+            assert!(
+                matches!(e.open(1000), Err(EnvelopeError::BadSigner(_))),
+                "signer {i}"
+            );
+            let mut e = env.clone();
+            e.signature = recase(&env.signature, i);
+            assert!(
+                matches!(e.open(1000), Err(EnvelopeError::Malformed(_))),
+                "sig {i}"
+            );
+        }
+        let mut e = env.clone();
+        e.signer = env.signer.to_uppercase();
+        assert!(e.open(1000).is_err());
+        // Other junk that hex decoders sometimes take: prefixes, whitespace, signs.
+        for bad in [
+            format!("0x{}", &env.nonce[2..]),
+            format!(" {}", &env.nonce[1..]),
+            format!("+{}", &env.nonce[1..]),
+        ] {
+            let mut e = env.clone();
+            e.nonce = bad.clone();
+            assert!(e.open(1000).is_err(), "{bad}");
+        }
+        // What open() hands on is re-encoded from bytes, whatever the text was.
+        let v = env.open(1000).unwrap();
+        assert_eq!(v.signer_hex, hex::encode(k.verifying_key().as_bytes()));
+        assert_eq!(v.nonce, "ab".repeat(NONCE_LEN));
+    }
+
+    #[test]
+    fn non_canonical_base64_payload_is_refused() {
+        let k = key();
+        let env = Envelope::seal(&k, &uptime(1), 1000, [1; NONCE_LEN]);
+        let mut v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+        let b64 = v["payload"].as_str().unwrap().to_string();
+        for bad in [
+            b64.trim_end_matches('=').to_string(),
+            format!("{b64}="),
+            b64.replace('=', "") + "==",
+            format!(" {b64}"),
+        ] {
+            if bad == b64 {
+                continue;
+            }
+            v["payload"] = serde_json::json!(bad);
+            assert!(
+                Envelope::from_json(&serde_json::to_vec(&v).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_envelope_fields_are_refused() {
+        let k = key();
+        let env = Envelope::seal(&k, &uptime(1), 1000, [1; NONCE_LEN]);
+        let json = String::from_utf8(env.to_json()).unwrap();
+        let dup = json.replacen(
+            '{',
+            &format!("{{\"nonce\":\"{}\",", "00".repeat(NONCE_LEN)),
+            1,
+        );
+        assert!(Envelope::from_json(dup.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn clock_check_at_the_extremes() {
+        for (ts, now, ok) in [
+            (i64::MIN, 1_700_000_000, false),
+            (i64::MAX, 1_700_000_000, false),
+            (i64::MIN, i64::MAX, false),
+            (i64::MAX, i64::MIN, false),
+            (i64::MIN, i64::MIN, true),
+            (i64::MAX, i64::MAX - MAX_CLOCK_SKEW_SECS, true),
+            (i64::MIN + MAX_CLOCK_SKEW_SECS, i64::MIN, true),
+            (i64::MIN + MAX_CLOCK_SKEW_SECS + 1, i64::MIN, false),
+        ] {
+            assert_eq!(check_clock(ts, now).is_ok(), ok, "{ts} vs {now}");
+        }
+        // The signed path too: a message dated i64::MIN is refused as stale, not accepted.
+        let env = Envelope::seal(&key(), &uptime(1), i64::MIN, [1; NONCE_LEN]);
+        assert!(matches!(
+            env.open(1_700_000_000),
+            Err(EnvelopeError::StaleTimestamp { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn clock_check_matches_exact_arithmetic(ts in proptest::num::i64::ANY, now in proptest::num::i64::ANY) {
+            let exact = (ts as i128 - now as i128).abs() <= MAX_CLOCK_SKEW_SECS as i128;
+            proptest::prop_assert_eq!(check_clock(ts, now).is_ok(), exact);
+        }
+
+        #[test]
+        fn clock_check_near_now(now in proptest::num::i64::ANY, d in -1000i64..1000) {
+            let ts = now.saturating_add(d);
+            let exact = (ts as i128 - now as i128).abs() <= MAX_CLOCK_SKEW_SECS as i128;
+            proptest::prop_assert_eq!(check_clock(ts, now).is_ok(), exact);
+        }
     }
 
     #[test]

@@ -8,9 +8,12 @@ pub mod envelope;
 pub mod payload;
 pub mod units;
 
-pub use envelope::{Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
-pub use payload::{
-    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind, MAX_TEXT,
-    MAX_WARNINGS,
+pub use envelope::{
+    check_clock, parse_public_key, Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS,
+    NONCE_LEN,
 };
-pub use units::{Resources, Units, GIB};
+pub use payload::{
+    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind,
+    MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
+};
+pub use units::{ResourceTotals, Resources, Units, GIB, MAX_CRU, MAX_DISK, MAX_IPV4, MAX_MRU};

@@ -12,6 +12,13 @@ pub const MAX_FARM_NAME: usize = 64;
 pub const MAX_INTERFACES: usize = 64;
 /// Longest free-text field (serial, agent version, interface name or address).
 pub const MAX_TEXT: usize = 128;
+/// Largest uptime a node may claim: 2^32 s, about 136 years.
+pub const MAX_UPTIME_SECS: u64 = 1 << 32;
+/// Most public traffic one consumption report may claim: 2^50 bytes (1 PiB; 400 Gbit/s
+/// for more than five hours). The registry adds reports up saturating, never wrapping.
+pub const MAX_TRAFFIC_BYTES: u64 = 1 << 50;
+/// Largest payload of any kind, checked before the bytes are parsed.
+pub const MAX_PAYLOAD_BYTES: usize = 32 * 1024;
 
 /// Why payload bytes were refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +29,16 @@ pub enum PayloadError {
     /// Well-formed but out of range.
     #[error("invalid payload: {0}")]
     Invalid(String),
+    /// Larger than any honest message of its kind (whitespace padding included).
+    #[error("{kind} payload is {len} bytes, more than the {max} bytes allowed for its kind")]
+    TooLarge {
+        /// The payload's kind, or `payload` when it was refused before parsing.
+        kind: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit for that kind.
+        max: usize,
+    },
 }
 
 /// Every message a node or twin can sign.
@@ -184,12 +201,48 @@ impl Payload {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Decodes and validates payload bytes.
+    /// Decodes and validates payload bytes, refusing more bytes than the kind needs.
     pub fn from_bytes(bytes: &[u8]) -> Result<Payload, PayloadError> {
+        let too_large = |kind, max| PayloadError::TooLarge {
+            kind,
+            len: bytes.len(),
+            max,
+        };
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Err(too_large("payload", MAX_PAYLOAD_BYTES));
+        }
         let p: Payload =
             serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+        let max = p.max_len();
+        if bytes.len() > max {
+            return Err(too_large(p.kind_name(), max));
+        }
         p.validate()?;
         Ok(p)
+    }
+
+    /// The most bytes an honest message of this kind takes, with room for pretty-printing:
+    /// what a stored message can cost the registry and every auditor who reads it.
+    pub fn max_len(&self) -> usize {
+        match self {
+            Payload::RegisterTwin {} | Payload::CreateFarm { .. } => 512,
+            // 8 warnings of 128 bytes even if every byte is escaped as \u00XX, plus the numbers.
+            Payload::Report(Report::Uptime { .. } | Report::Capacity { .. }) => 8192,
+            Payload::Report(Report::Consumption(_)) => 1024,
+            Payload::RegisterNode(_) => MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// The payload's kind, with the report's own kind for reports (for messages).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Payload::Report(r) => match r.kind() {
+                ReportKind::Uptime => "uptime report",
+                ReportKind::Capacity => "capacity report",
+                ReportKind::Consumption => "consumption report",
+            },
+            other => other.kind(),
+        }
     }
 
     /// The payload's kind as written on the wire.
@@ -250,8 +303,10 @@ impl Payload {
                 uptime_secs,
                 warnings,
             }) => {
-                if *uptime_secs > i64::MAX as u64 {
-                    return Err(invalid("uptime_secs out of range".into()));
+                if *uptime_secs > MAX_UPTIME_SECS {
+                    return Err(invalid(format!(
+                        "uptime_secs = {uptime_secs} is larger than the maximum {MAX_UPTIME_SECS}"
+                    )));
                 }
                 check_warnings(warnings)
             }
@@ -261,8 +316,11 @@ impl Payload {
             }
             Payload::Report(Report::Consumption(c)) => {
                 c.used.validate().map_err(invalid)?;
-                if c.traffic_bytes > i64::MAX as u64 {
-                    return Err(invalid("traffic_bytes out of range".into()));
+                if c.traffic_bytes > MAX_TRAFFIC_BYTES {
+                    return Err(invalid(format!(
+                        "traffic_bytes = {} is larger than the maximum {MAX_TRAFFIC_BYTES} per report",
+                        c.traffic_bytes
+                    )));
                 }
                 Ok(())
             }
@@ -375,10 +433,120 @@ mod tests {
             warnings: vec!["w".repeat(MAX_TEXT); MAX_WARNINGS],
         });
         assert!(fine.validate().is_ok());
+        for (what, bad) in [
+            (
+                "uptime",
+                format!(
+                    r#"{{"kind":"report","report":"uptime","uptime_secs":{}}}"#,
+                    MAX_UPTIME_SECS + 1
+                ),
+            ),
+            (
+                "traffic",
+                format!(
+                    r#"{{"kind":"report","report":"consumption","used":{{"cru":0,"mru":0,"sru":0,"hru":0}},"traffic_bytes":{}}}"#,
+                    i64::MAX
+                ),
+            ),
+            (
+                "capacity",
+                format!(
+                    r#"{{"kind":"report","report":"capacity","capacity":{{"cru":{},"mru":0,"sru":0,"hru":0}}}}"#,
+                    i64::MAX
+                ),
+            ),
+        ] {
+            assert!(
+                matches!(
+                    Payload::from_bytes(bad.as_bytes()),
+                    Err(PayloadError::Invalid(_))
+                ),
+                "{what}"
+            );
+        }
         let huge = r#"{"kind":"report","report":"uptime","uptime_secs":18446744073709551615}"#;
         assert!(matches!(
             Payload::from_bytes(huge.as_bytes()),
             Err(PayloadError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn padding_beyond_the_kind_limit_is_refused() {
+        // The same report padded with JSON whitespace: valid JSON, but no honest node sends it.
+        let honest = Payload::Report(Report::uptime(5)).to_bytes();
+        let mut padded = honest.clone();
+        padded.splice(1..1, std::iter::repeat_n(b' ', 8192));
+        assert!(Payload::from_bytes(&honest).is_ok());
+        assert!(matches!(
+            Payload::from_bytes(&padded),
+            Err(PayloadError::TooLarge {
+                kind: "uptime report",
+                max: 8192,
+                ..
+            })
+        ));
+        let twin = br#"{"kind":"register_twin"}"#.to_vec();
+        let mut padded = twin.clone();
+        padded.splice(1..1, std::iter::repeat_n(b'\n', 600));
+        assert!(matches!(
+            Payload::from_bytes(&padded),
+            Err(PayloadError::TooLarge {
+                kind: "register_twin",
+                ..
+            })
+        ));
+        // Too large for any kind: refused before parsing.
+        let junk = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert!(matches!(
+            Payload::from_bytes(&junk),
+            Err(PayloadError::TooLarge {
+                kind: "payload",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_largest_honest_messages_fit_their_kind() {
+        // Control characters: each byte is written as \u00XX, the worst case for JSON.
+        let w = vec!["\u{1}".repeat(MAX_TEXT); MAX_WARNINGS];
+        let full = Resources {
+            cru: crate::units::MAX_CRU,
+            mru: crate::units::MAX_MRU,
+            sru: crate::units::MAX_DISK,
+            hru: crate::units::MAX_DISK,
+            ipv4: crate::units::MAX_IPV4,
+        };
+        for p in [
+            Payload::Report(Report::Uptime {
+                uptime_secs: MAX_UPTIME_SECS,
+                warnings: w.clone(),
+            }),
+            Payload::Report(Report::Capacity {
+                capacity: full,
+                warnings: w.clone(),
+            }),
+            Payload::Report(Report::Consumption(Consumption {
+                used: full,
+                traffic_bytes: MAX_TRAFFIC_BYTES,
+            })),
+            Payload::CreateFarm {
+                name: "f".repeat(MAX_FARM_NAME),
+            },
+        ] {
+            let bytes = p.to_bytes();
+            assert!(Payload::from_bytes(&bytes).is_ok(), "{}", p.kind_name());
+        }
+    }
+
+    #[test]
+    fn duplicate_fields_are_refused() {
+        for bad in [
+            r#"{"kind":"report","report":"uptime","uptime_secs":1,"uptime_secs":2}"#,
+            r#"{"kind":"create_farm","name":"a","name":"b"}"#,
+        ] {
+            assert!(Payload::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

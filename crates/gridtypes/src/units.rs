@@ -11,8 +11,20 @@ pub const GIB: u64 = 1 << 30;
 /// Memory (GiB) a node keeps for its own OS and never sells (the `- 1` in farming CU).
 pub const OS_RESERVED_MRU_GIB: f64 = 1.0;
 
-/// Upper bound on any single raw count, so every value fits a signed 64-bit column.
-pub const MAX_RAW: u64 = i64::MAX as u64;
+/// Most logical cores one node may claim: 65,536 (today's largest servers have 2,048
+/// threads; the headroom is for the future, not for a lying node).
+pub const MAX_CRU: u64 = 1 << 16;
+/// Most memory one node may claim: 256 TiB (today's largest servers hold 32 TiB).
+pub const MAX_MRU: u64 = 1 << 48;
+/// Most SSD or HDD storage one node may claim: 16 PiB each (several hundred of today's
+/// largest drives behind one machine).
+pub const MAX_DISK: u64 = 1 << 54;
+/// Most public IPv4 addresses one node may claim: a /16.
+pub const MAX_IPV4: u64 = 1 << 16;
+
+// Every bound is far below 2^63, so a value fits a signed 64-bit column, and the sum of
+// 2^9 of them still does; sums over many nodes are taken in 128 bits (see `ResourceTotals`).
+const _: () = assert!(MAX_DISK < (1 << 62) && MAX_MRU < MAX_DISK && MAX_CRU < MAX_MRU);
 
 /// Raw resources of a node or of a reservation, as measured (bytes for memory and disks).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,17 +56,19 @@ impl Resources {
         }
     }
 
-    /// Rejects counts that cannot be stored or are physically absurd, naming the field.
+    /// Rejects counts beyond the physical maxima ([`MAX_CRU`], [`MAX_MRU`], [`MAX_DISK`],
+    /// [`MAX_IPV4`]), naming the field: a signer cannot make the registry store, sum or
+    /// display an absurd number.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [
-            ("cru", self.cru),
-            ("mru", self.mru),
-            ("sru", self.sru),
-            ("hru", self.hru),
-            ("ipv4", self.ipv4),
+        for (name, v, max) in [
+            ("cru", self.cru, MAX_CRU),
+            ("mru", self.mru, MAX_MRU),
+            ("sru", self.sru, MAX_DISK),
+            ("hru", self.hru, MAX_DISK),
+            ("ipv4", self.ipv4, MAX_IPV4),
         ] {
-            if v > MAX_RAW {
-                return Err(format!("{name} = {v} is larger than {MAX_RAW}"));
+            if v > max {
+                return Err(format!("{name} = {v} is larger than the maximum {max}"));
             }
         }
         Ok(())
@@ -117,6 +131,22 @@ impl Resources {
 /// Converts bytes to GiB.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / GIB as f64
+}
+
+/// Raw resources added up over many nodes: 128-bit, so no number of nodes can overflow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceTotals {
+    /// Logical CPU cores.
+    pub cru: u128,
+    /// Memory in bytes.
+    pub mru: u128,
+    /// SSD storage in bytes.
+    pub sru: u128,
+    /// HDD storage in bytes.
+    pub hru: u128,
+    /// Public IPv4 addresses.
+    pub ipv4: u128,
 }
 
 /// Compute and storage units derived from raw resources.
@@ -249,13 +279,55 @@ mod tests {
     }
 
     #[test]
-    fn validate_rejects_values_that_do_not_fit_a_column() {
-        let r = Resources {
-            mru: u64::MAX,
-            ..Default::default()
+    fn validate_rejects_values_beyond_physical_maxima() {
+        for (field, r) in [
+            (
+                "cru",
+                Resources {
+                    cru: MAX_CRU + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "mru",
+                Resources {
+                    mru: MAX_MRU + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "sru",
+                Resources {
+                    sru: MAX_DISK + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "hru",
+                Resources {
+                    hru: u64::MAX,
+                    ..Default::default()
+                },
+            ),
+            (
+                "ipv4",
+                Resources {
+                    ipv4: i64::MAX as u64,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let err = r.validate().unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
+        let max = Resources {
+            cru: MAX_CRU,
+            mru: MAX_MRU,
+            sru: MAX_DISK,
+            hru: MAX_DISK,
+            ipv4: MAX_IPV4,
         };
-        let err = r.validate().unwrap_err();
-        assert!(err.contains("mru"), "{err}");
+        assert!(max.validate().is_ok());
         assert!(Resources::from_gib(1, 1.0, 1.0, 1.0).validate().is_ok());
     }
 

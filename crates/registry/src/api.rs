@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Path, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gridtypes::{Envelope, Resources, Units, Verified};
+use futures_util::TryStreamExt;
+use gridtypes::{Envelope, ResourceTotals, Resources, Units, Verified};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -17,6 +19,7 @@ use sqlx::Row;
 
 use crate::db::{resources, Db};
 use crate::error::ApiError;
+use crate::limits::{ip_layer, KeyLimiter};
 use crate::writer::{Writer, Written};
 use crate::{now, Config};
 
@@ -26,6 +29,10 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 /// Reports shown inline with one node.
 const INLINE_REPORTS: i64 = 20;
+/// Stored bytes one page of reports or nodes may carry; a page stops early (with `next`)
+/// when it is reached, so a read costs at most this much whatever was stored before
+/// per-kind limits existed. A page always holds at least one item.
+pub const PAGE_BYTES: usize = 1 << 20;
 
 /// Shared state of all handlers.
 #[derive(Debug)]
@@ -34,6 +41,8 @@ pub struct AppState {
     pub db: Db,
     /// The single writer.
     pub writer: Writer,
+    /// Per-key write limits.
+    pub keys: KeyLimiter,
     /// Server settings.
     pub config: Config,
 }
@@ -43,10 +52,18 @@ type S = State<Arc<AppState>>;
 
 /// Builds the API router.
 pub fn router(state: Arc<AppState>) -> Router {
+    let rate = state.config.rate;
+    let new_identities = ip_layer(rate.new_identities_per_ip, "new twins and farms");
     Router::new()
-        .route("/api/v1/twins", post(register_twin).get(list_twins))
+        .route(
+            "/api/v1/twins",
+            post(register_twin.layer(new_identities.clone())).get(list_twins),
+        )
         .route("/api/v1/twins/{id}", get(get_twin))
-        .route("/api/v1/farms", post(create_farm).get(list_farms))
+        .route(
+            "/api/v1/farms",
+            post(create_farm.layer(new_identities)).get(list_farms),
+        )
         .route("/api/v1/farms/{id}", get(get_farm))
         .route("/api/v1/nodes", post(register_node).get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
@@ -55,15 +72,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        // Every write, whatever its kind: counted per client address before any work.
+        .layer(ip_layer(rate.per_ip, "writes"))
         .with_state(state)
 }
 
-/// Reads, verifies and kind-checks a signed request body.
+/// Refuses a write whose body is not declared as JSON (`application/json`, any parameters).
+fn require_json(headers: &HeaderMap) -> AppResult<()> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let essence = ct.map(|c| c.split(';').next().unwrap_or("").trim());
+    match essence {
+        Some(e) if e.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "writes must be sent with Content-Type: application/json, got {}",
+            ct.map_or("none".to_string(), |c| format!("{c:?}"))
+        ))),
+    }
+}
+
+/// Reads, verifies and kind-checks a signed request body, then charges the signer's quota.
 async fn open_signed(
     state: &AppState,
+    headers: &HeaderMap,
     body: Body,
     expected: &'static str,
 ) -> AppResult<(Verified, Vec<u8>)> {
+    require_json(headers)?;
     let limit = state.config.body_limit;
     let bytes = to_bytes(body, limit)
         .await
@@ -74,15 +110,18 @@ async fn open_signed(
     if got != expected {
         return Err(ApiError::WrongKind { expected, got });
     }
+    // Only a verified signature spends a key's quota: a forger cannot starve a real node.
+    state.keys.check(verified.signer.as_bytes())?;
     Ok((verified, bytes.to_vec()))
 }
 
 async fn signed_write(
     state: &AppState,
+    headers: &HeaderMap,
     body: Body,
     kind: &'static str,
 ) -> AppResult<(StatusCode, Json<Written>)> {
-    let (verified, raw) = open_signed(state, body, kind).await?;
+    let (verified, raw) = open_signed(state, headers, body, kind).await?;
     let written = state.writer.write(verified, raw).await?;
     let status = if written.created {
         StatusCode::CREATED
@@ -92,20 +131,36 @@ async fn signed_write(
     Ok((status, Json(written)))
 }
 
-async fn register_twin(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
-    signed_write(&s, body, "register_twin").await
+async fn register_twin(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "register_twin").await
 }
 
-async fn create_farm(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
-    signed_write(&s, body, "create_farm").await
+async fn create_farm(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "create_farm").await
 }
 
-async fn register_node(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
-    signed_write(&s, body, "register_node").await
+async fn register_node(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "register_node").await
 }
 
-async fn post_report(State(s): S, body: Body) -> AppResult<(StatusCode, Json<Written>)> {
-    signed_write(&s, body, "report").await
+async fn post_report(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "report").await
 }
 
 /// Query string extractor that answers bad or unknown parameters with a JSON error.
@@ -121,11 +176,46 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Q<T> {
     }
 }
 
+/// Parses an id in its one spelling (decimal digits, no sign, no leading zero), so one
+/// resource has one URL.
 fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
+    let canonical =
+        !raw.is_empty() && !raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
+    canonical
+        .then(|| raw.parse::<i64>().ok())
+        .flatten()
         .ok_or_else(|| ApiError::Malformed(format!("{what} id {raw:?} is not a positive integer")))
+}
+
+/// Runs `q` and collects up to `limit` rows, stopping early once the rows' sizes (as `size`
+/// reckons them) pass [`PAGE_BYTES`]; the page's `next` cursor then continues after them.
+async fn bounded_page<'q, T>(
+    db: &Db,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    limit: i64,
+    view: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
+    size: impl Fn(&T) -> usize,
+    id: impl Fn(&T) -> i64,
+) -> AppResult<Page<T>> {
+    let mut rows = q.fetch(&db.pool);
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut full = false;
+    while let Some(row) = rows.try_next().await? {
+        let item = view(&row)?;
+        bytes += size(&item);
+        items.push(item);
+        if bytes >= PAGE_BYTES && (items.len() as i64) < limit {
+            full = true;
+            break;
+        }
+    }
+    drop(rows);
+    let mut page = page(items, limit, &id);
+    if full {
+        page.next = page.items.last().map(&id);
+    }
+    Ok(page)
 }
 
 fn page_limit(limit: Option<i64>) -> AppResult<i64> {
@@ -411,12 +501,23 @@ async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<Nod
     for a in args {
         q = q.bind(a);
     }
-    let rows = q.fetch_all(&s.db.pool).await?;
-    let items = rows
-        .iter()
-        .map(|r| node_view(r, up_since))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, limit, |n| n.id)))
+    let page = bounded_page(
+        &s.db,
+        q,
+        limit,
+        |r| node_view(r, up_since),
+        node_size,
+        |n| n.id,
+    )
+    .await?;
+    Ok(Json(page))
+}
+
+/// What a node costs in a response: its free-text fields and a fixed part for the numbers.
+fn node_size(n: &NodeView) -> usize {
+    512 + n.interfaces.to_string().len()
+        + n.serial.as_ref().map_or(0, String::len)
+        + n.agent_version.as_ref().map_or(0, String::len)
 }
 
 async fn get_node(State(s): S, Path(id): Path<String>) -> AppResult<Json<NodeView>> {
@@ -540,12 +641,16 @@ async fn list_reports(
     if let Some(kind) = f.kind {
         q = q.bind(kind.as_str());
     }
-    let rows = q.fetch_all(&s.db.pool).await?;
-    let items = rows
-        .iter()
-        .map(report_view)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(page(items, limit, |r| r.id)))
+    let page = bounded_page(
+        &s.db,
+        q,
+        limit,
+        report_view,
+        |r| 128 + r.envelope.get().len(),
+        |r| r.id,
+    )
+    .await?;
+    Ok(Json(page))
 }
 
 // ---- stats ----
@@ -555,8 +660,8 @@ async fn list_reports(
 pub struct Totals {
     /// Number of nodes.
     pub nodes: i64,
-    /// Summed raw capacity.
-    pub capacity: Resources,
+    /// Summed raw capacity (128-bit: no number of nodes overflows it).
+    pub capacity: ResourceTotals,
     /// Summed farming units (each node's CU/SU, added up).
     pub units: Units,
 }
@@ -578,21 +683,46 @@ pub struct Stats {
     pub all: Totals,
 }
 
+/// SQL for summing a column that holds values in `0..2^63` without overflowing 64 bits:
+/// the high and low 32 bits are summed apart (each sum fits for up to 2^31 rows) and joined
+/// in 128 bits by [`wide_sum`]. Both engines divide integers exactly.
+fn split_sum(col: &str) -> String {
+    format!(
+        "CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
+         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+    )
+}
+
+fn wide_sum(r: &AnyRow, col: &str) -> Result<u128, sqlx::Error> {
+    let hi: i64 = r.try_get(format!("{col}_hi").as_str())?;
+    let lo: i64 = r.try_get(format!("{col}_lo").as_str())?;
+    Ok((u128::from(hi.max(0) as u64) << 32) + u128::from(lo.max(0) as u64))
+}
+
+const CAPACITY_COLUMNS: [&str; 5] = ["cru", "mru", "sru", "hru", "ipv4"];
+
 async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
-    let sql = "SELECT COUNT(*) AS nodes, \
-        CAST(COALESCE(SUM(cru), 0) AS BIGINT) AS cru, CAST(COALESCE(SUM(mru), 0) AS BIGINT) AS mru, \
-        CAST(COALESCE(SUM(sru), 0) AS BIGINT) AS sru, CAST(COALESCE(SUM(hru), 0) AS BIGINT) AS hru, \
-        CAST(COALESCE(SUM(ipv4), 0) AS BIGINT) AS ipv4, \
-        CAST(COALESCE(SUM(cu), 0.0) AS DOUBLE PRECISION) AS cu, \
-        CAST(COALESCE(SUM(su), 0.0) AS DOUBLE PRECISION) AS su \
-        FROM nodes WHERE last_seen >= $1";
-    let r = sqlx::query(sql)
+    let sums: Vec<String> = CAPACITY_COLUMNS.iter().map(|c| split_sum(c)).collect();
+    let sql = format!(
+        "SELECT COUNT(*) AS nodes, {}, \
+         CAST(COALESCE(SUM(cu), 0.0) AS DOUBLE PRECISION) AS cu, \
+         CAST(COALESCE(SUM(su), 0.0) AS DOUBLE PRECISION) AS su \
+         FROM nodes WHERE last_seen >= $1",
+        sums.join(", ")
+    );
+    let r = sqlx::query(&sql)
         .bind(up_since.unwrap_or(i64::MIN))
         .fetch_one(&db.pool)
         .await?;
     Ok(Totals {
         nodes: r.try_get("nodes")?,
-        capacity: resources(&r, "")?,
+        capacity: ResourceTotals {
+            cru: wide_sum(&r, "cru")?,
+            mru: wide_sum(&r, "mru")?,
+            sru: wide_sum(&r, "sru")?,
+            hru: wide_sum(&r, "hru")?,
+            ipv4: wide_sum(&r, "ipv4")?,
+        },
         units: Units {
             cu: r.try_get("cu")?,
             su: r.try_get("su")?,

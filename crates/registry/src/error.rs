@@ -1,9 +1,9 @@
 //! Errors the registry answers with: a stable code, an HTTP status and a message that names the input.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gridtypes::EnvelopeError;
+use gridtypes::{EnvelopeError, PayloadError};
 use serde_json::json;
 
 /// Everything that can go wrong handling a request.
@@ -18,6 +18,29 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// The signed payload is larger than its kind allows.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A write without `Content-Type: application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The key already has the other role (a key is a twin or a node, never both).
+    #[error("{0}")]
+    RoleConflict(String),
+    /// Too many requests from this address or this key: come back after `retry_after` s.
+    #[error("{what}: retry after {retry_after} s")]
+    RateLimited {
+        /// Which limit was hit.
+        what: String,
+        /// Seconds until the next request can succeed (the `Retry-After` header).
+        retry_after: u64,
+    },
+    /// The writer's queue holds as many bytes as it may: come back in a second.
+    #[error("the registry's write queue is full: retry after 1 s")]
+    Busy,
+    /// The request took longer than the request timeout (e.g. a body that never finishes).
+    #[error("request not completed within {0} s")]
+    Timeout(u64),
     /// The signature does not verify, or the signer is not a valid key.
     #[error("{0}")]
     BadSignature(String),
@@ -61,11 +84,25 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Seconds a client should wait before trying again, for the `Retry-After` header.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::Busy | ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Malformed(_) => "malformed",
-            ApiError::TooLarge { .. } => "too_large",
+            ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RoleConflict(_) => "role_conflict",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Busy => "busy",
+            ApiError::Timeout(_) => "timeout",
             ApiError::BadSignature(_) => "bad_signature",
             ApiError::UnknownSigner(_) => "unknown_signer",
             ApiError::StaleTimestamp(_) => "stale_timestamp",
@@ -83,7 +120,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Malformed(_) | ApiError::WrongKind { .. } => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RoleConflict(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadSignature(_)
             | ApiError::UnknownSigner(_)
             | ApiError::StaleTimestamp(_) => StatusCode::UNAUTHORIZED,
@@ -99,6 +143,9 @@ impl ApiError {
 impl From<EnvelopeError> for ApiError {
     fn from(e: EnvelopeError) -> Self {
         match e {
+            EnvelopeError::Payload(PayloadError::TooLarge { .. }) => {
+                ApiError::PayloadTooLarge(e.to_string())
+            }
             EnvelopeError::Malformed(_) | EnvelopeError::Payload(_) => {
                 ApiError::Malformed(e.to_string())
             }
@@ -116,6 +163,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %e, "database error");
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }

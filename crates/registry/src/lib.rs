@@ -7,24 +7,42 @@
 pub mod api;
 pub mod db;
 pub mod error;
+pub mod limits;
+pub mod server;
 pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
 
 pub use db::{Backend, Db, DbError};
 pub use error::ApiError;
+pub use limits::{Rate, RateLimits};
 
-/// Server settings.
+/// Server settings; each has a `grid-registry serve` flag (see docs/registry.md).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// A node that has not reported for this long counts as down.
     pub up_window_secs: i64,
+    /// Time to deliver a complete request head after connecting or after the previous
+    /// response (closes idle keep-alive connections and slow-header clients).
+    pub header_timeout: Duration,
+    /// Time from a request's head to its answer, body upload included.
+    pub request_timeout: Duration,
+    /// Client connections served at once (lowered to what the file-descriptor limit allows).
+    pub max_connections: usize,
+    /// Bytes of accepted writes that may wait for the writer; beyond it writes get 503 `busy`.
+    pub write_queue_bytes: usize,
+    /// Write rate limits per client address and per key.
+    pub rate: RateLimits,
 }
 
 impl Default for Config {
@@ -33,6 +51,11 @@ impl Default for Config {
             body_limit: 64 * 1024,
             // Two report intervals (40 min each): one lost report does not mark a node down.
             up_window_secs: 2 * 40 * 60,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 8192,
+            write_queue_bytes: 64 << 20,
+            rate: RateLimits::default(),
         }
     }
 }
@@ -45,11 +68,32 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Builds the full application for an open database.
+/// Builds the full application for an open database (needs a tokio runtime: the writer and
+/// the rate limiters' clean-up run as tasks).
 pub fn app(db: Db, config: Config) -> Router {
-    let writer = writer::Writer::spawn(db.clone());
-    let state = Arc::new(api::AppState { db, writer, config });
-    api::router(state).layer(tower_http::trace::TraceLayer::new_for_http())
+    let writer = writer::Writer::spawn(db.clone(), config.write_queue_bytes);
+    let keys = limits::KeyLimiter::new(config.rate.per_key);
+    let timeout = config.request_timeout;
+    let state = Arc::new(api::AppState {
+        db,
+        writer,
+        keys,
+        config,
+    });
+    api::router(state)
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            request_timeout,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Answers 408 `timeout` when a request (body upload included) outlives `limit`.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout(limit.as_secs()).into_response(),
+    }
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves.
@@ -59,13 +103,11 @@ pub async fn serve(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(db, config);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = server::ConnLimits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    };
+    server::run(listener, app(db, config), limits, shutdown).await
 }
 
 /// Why a [`Background`] registry could not start.

@@ -1,10 +1,11 @@
 //! `grid-registry`: runs the grid registry server.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use grid_registry::{db, Config, Db};
+use clap::{Args, Parser, Subcommand};
+use grid_registry::{db, Config, Db, Rate, RateLimits};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
         /// Seconds without a report after which a node counts as down.
         #[arg(long, default_value_t = Config::default().up_window_secs)]
         up_window: i64,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Create or migrate the database, then exit.
     Migrate {
@@ -49,6 +52,88 @@ enum Command {
         )]
         db: String,
     },
+}
+
+/// Server limits (docs/registry.md, "Limits"). Defaults: `Config::default()`.
+#[derive(Args)]
+struct Limits {
+    /// Seconds a client has to send a complete request head, from connecting or from the
+    /// previous response (closes idle keep-alive connections and slow-header clients).
+    #[arg(long, default_value_t = Config::default().header_timeout.as_secs())]
+    header_timeout: u64,
+    /// Seconds from a request's head to its answer, body upload included (408 after).
+    #[arg(long, default_value_t = Config::default().request_timeout.as_secs())]
+    request_timeout: u64,
+    /// Client connections served at once (lowered to what the file-descriptor limit allows).
+    #[arg(long, default_value_t = Config::default().max_connections)]
+    max_connections: usize,
+    /// Bytes of writes that may wait for the database writer (503 `busy` beyond).
+    #[arg(long, default_value_t = Config::default().write_queue_bytes)]
+    write_queue_bytes: usize,
+    /// Writes per minute from one client address (429 with Retry-After beyond).
+    #[arg(long, default_value_t = RateLimits::default().per_ip.per_minute)]
+    ip_writes_per_min: u32,
+    /// Writes one client address may send at once.
+    #[arg(long, default_value_t = RateLimits::default().per_ip.burst)]
+    ip_write_burst: u32,
+    /// New twins and farms per minute from one client address.
+    #[arg(long, default_value_t = RateLimits::default().new_identities_per_ip.per_minute)]
+    ip_new_identities_per_min: u32,
+    /// New twins and farms one client address may create at once.
+    #[arg(long, default_value_t = RateLimits::default().new_identities_per_ip.burst)]
+    ip_new_identity_burst: u32,
+    /// Writes per minute signed by one key.
+    #[arg(long, default_value_t = RateLimits::default().per_key.per_minute)]
+    key_writes_per_min: u32,
+    /// Writes one key may send at once.
+    #[arg(long, default_value_t = RateLimits::default().per_key.burst)]
+    key_write_burst: u32,
+}
+
+impl Limits {
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        for (name, v) in [
+            ("--header-timeout", self.header_timeout),
+            ("--request-timeout", self.request_timeout),
+            ("--max-connections", self.max_connections as u64),
+            ("--ip-writes-per-min", self.ip_writes_per_min.into()),
+            ("--ip-write-burst", self.ip_write_burst.into()),
+            (
+                "--ip-new-identities-per-min",
+                self.ip_new_identities_per_min.into(),
+            ),
+            ("--ip-new-identity-burst", self.ip_new_identity_burst.into()),
+            ("--key-writes-per-min", self.key_writes_per_min.into()),
+            ("--key-write-burst", self.key_write_burst.into()),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be at least 1");
+        }
+        anyhow::ensure!(
+            self.write_queue_bytes >= config.body_limit,
+            "--write-queue-bytes ({}) must hold at least one body (--body-limit {})",
+            self.write_queue_bytes,
+            config.body_limit
+        );
+        config.header_timeout = Duration::from_secs(self.header_timeout);
+        config.request_timeout = Duration::from_secs(self.request_timeout);
+        config.max_connections = self.max_connections;
+        config.write_queue_bytes = self.write_queue_bytes;
+        config.rate = RateLimits {
+            per_ip: Rate {
+                burst: self.ip_write_burst,
+                per_minute: self.ip_writes_per_min,
+            },
+            new_identities_per_ip: Rate {
+                burst: self.ip_new_identity_burst,
+                per_minute: self.ip_new_identities_per_min,
+            },
+            per_key: Rate {
+                burst: self.key_write_burst,
+                per_minute: self.key_writes_per_min,
+            },
+        };
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -68,12 +153,19 @@ async fn main() -> anyhow::Result<()> {
             listen,
             body_limit,
             up_window,
+            limits,
         } => {
             anyhow::ensure!(
                 body_limit >= 1024,
                 "--body-limit must be at least 1024 bytes"
             );
             anyhow::ensure!(up_window > 0, "--up-window must be positive");
+            let mut config = Config {
+                body_limit,
+                up_window_secs: up_window,
+                ..Config::default()
+            };
+            limits.apply(&mut config)?;
             let database = Db::connect(&db).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -84,10 +176,6 @@ async fn main() -> anyhow::Result<()> {
                 "grid-registry listening on http://{addr} (database {})",
                 db::redact(&db)
             );
-            let config = Config {
-                body_limit,
-                up_window_secs: up_window,
-            };
             grid_registry::serve(listener, database, config, shutdown_signal())
                 .await
                 .context("server failed")?;

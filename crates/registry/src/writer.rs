@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use gridtypes::{NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
 use sqlx::{AnyConnection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::db::{resources, Backend, Db};
 use crate::error::ApiError;
@@ -17,7 +19,8 @@ use crate::now;
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Requests waiting for the writer before handlers get back-pressure.
+/// Requests waiting for the writer before handlers get back-pressure (the queue is bounded
+/// in bytes too, by the writer's semaphore).
 const QUEUE_DEPTH: usize = 8192;
 /// How often stale nonces are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -35,30 +38,46 @@ struct Job {
     verified: Verified,
     raw: Vec<u8>,
     reply: oneshot::Sender<Result<Written, ApiError>>,
+    /// The job's bytes in the queue's budget, given back when the job is dropped.
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Handle to the writer task.
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    /// One permit per byte of request that may wait for the writer.
+    bytes: Arc<Semaphore>,
 }
 
 impl Writer {
-    /// Starts the writer task on `db`.
-    pub fn spawn(db: Db) -> Writer {
+    /// Starts the writer task on `db`, holding at most `queue_bytes` of waiting requests.
+    pub fn spawn(db: Db, queue_bytes: usize) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run(db, rx));
-        Writer { tx }
+        let permits = queue_bytes.min(Semaphore::MAX_PERMITS);
+        Writer {
+            tx,
+            bytes: Arc::new(Semaphore::new(permits)),
+        }
     }
 
-    /// Applies a verified request and waits until it is committed.
+    /// Applies a verified request and waits until it is committed; answers `busy` at once
+    /// when the queue already holds its budget of bytes.
     pub async fn write(&self, verified: Verified, raw: Vec<u8>) -> Result<Written, ApiError> {
+        let n = u32::try_from(raw.len().max(1)).map_err(|_| ApiError::Busy)?;
+        let permit = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::Busy)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
                 verified,
                 raw,
                 reply,
+                _bytes: permit,
             })
             .await
             .map_err(|_| ApiError::Unavailable("writer stopped".into()))?;
@@ -389,9 +408,13 @@ async fn apply(
         Node(Option<NodeState>),
     }
     let ctx = match &v.payload {
-        Payload::RegisterTwin {} => Ctx::Nothing,
+        Payload::RegisterTwin {} => {
+            check!(not_in(conn, "nodes", &v.signer_hex, "node", "twin"));
+            Ctx::Nothing
+        }
         Payload::CreateFarm { .. } => Ctx::Twin(check!(twin_id(conn, &v.signer_hex))),
         Payload::RegisterNode(reg) => {
+            check!(not_in(conn, "twins", &v.signer_hex, "twin", "node"));
             check!(farm_exists(conn, reg.farm_id as i64));
             Ctx::Node(node_by_key(conn, &v.signer_hex).await?.ok())
         }
@@ -441,6 +464,28 @@ async fn twin_id(
         Some(r) => Ok(r.try_get(0)?),
         None => Err(ApiError::UnknownSigner(format!(
             "{key} is not a registered twin: run `grid twin register` first"
+        ))),
+    })
+}
+
+/// Refuses a key that `table` already holds: a key is a twin or a node, never both, so one
+/// stolen or shared key cannot act in two roles.
+async fn not_in(
+    conn: &mut AnyConnection,
+    table: &str,
+    key: &str,
+    is: &str,
+    wants: &str,
+) -> Result<Result<(), ApiError>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT id FROM {table} WHERE public_key = $1"))
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        None => Ok(()),
+        Some(r) => Err(ApiError::RoleConflict(format!(
+            "key {key} is already {is} {}: a key is a twin or a node, never both; use a new key for the {wants}",
+            r.try_get::<i64, _>(0)?
         ))),
     })
 }
@@ -521,7 +566,7 @@ async fn create_farm(
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO farms (name, twin_id, envelope, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (name) DO NOTHING RETURNING id",
+         ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(name)
     .bind(twin)
@@ -535,7 +580,7 @@ async fn create_farm(
             created: true,
         }),
         None => Err(ApiError::Conflict(format!(
-            "farm name {name:?} is already taken"
+            "farm name {name:?} is already taken (names are unique regardless of case)"
         ))),
     })
 }
@@ -626,11 +671,17 @@ async fn store_report(
         }
         Report::Consumption(c) => {
             set_resources(conn, node.id, &node.capacity, &c.used, now).await?;
-            sqlx::query("UPDATE nodes SET traffic_bytes = traffic_bytes + $1 WHERE id = $2")
-                .bind(c.traffic_bytes as i64)
-                .bind(node.id)
-                .execute(&mut *conn)
-                .await?;
+            // Saturating: a total can never leave the 64-bit integer range (on SQLite it
+            // would silently turn into a REAL and break every read of the row).
+            sqlx::query(
+                "UPDATE nodes SET traffic_bytes = CASE WHEN traffic_bytes > $1 - $2 THEN $1 \
+                 ELSE traffic_bytes + $2 END WHERE id = $3",
+            )
+            .bind(i64::MAX)
+            .bind(c.traffic_bytes as i64)
+            .bind(node.id)
+            .execute(&mut *conn)
+            .await?;
         }
     }
     Ok(Ok(Written {
