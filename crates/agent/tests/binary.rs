@@ -25,6 +25,7 @@ async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Val
     let env = Envelope::seal(key, payload, gridagent::client::now(), nonce);
     let r = reqwest::Client::new()
         .post(format!("{url}{path}"))
+        .header("content-type", "application/json")
         .body(env.to_json())
         .send()
         .await

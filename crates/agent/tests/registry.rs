@@ -64,6 +64,7 @@ impl Registry {
         let env = Envelope::seal(key, payload, gridagent::client::now(), nonce);
         let r = reqwest::Client::new()
             .post(format!("{}{path}", self.url()))
+            .header("content-type", "application/json")
             .body(env.to_json())
             .send()
             .await

@@ -345,6 +345,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(NodesCmd::Show { id }) => {
             let mut v = client.get(&format!("/api/v1/nodes/{id}")).await?;
             let key = v["public_key"].as_str().unwrap_or("").to_string();
+            // Compared as key bytes, never as text: a registry that answered another spelling
+            // of the key must not make a valid report look forged, or the reverse.
+            let node_key = gridtypes::parse_public_key(&key).ok();
             // Auditors should not have to trust the registry: check every signature here.
             let mut bad = 0;
             let mut current = None;
@@ -353,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let ok = serde_json::from_value::<Envelope>(r["envelope"].clone())
                         .ok()
                         .and_then(|e| e.verify_signature().ok())
-                        .is_some_and(|k| hex::encode(k.as_bytes()) == key);
+                        .is_some_and(|k| Some(k) == node_key);
                     if !ok {
                         bad += 1;
                     }

@@ -57,6 +57,7 @@ fn now() -> i64 {
 async fn post(url: &str, path: &str, env: &Envelope) -> Value {
     let r = reqwest::Client::new()
         .post(format!("{url}{path}"))
+        .header("content-type", "application/json")
         .body(env.to_json())
         .send()
         .await

@@ -131,7 +131,14 @@ impl Envelope {
 
     /// Checks the signature; returns the signer and the nonce as bytes.
     fn verify_parts(&self) -> Result<(VerifyingKey, [u8; NONCE_LEN]), EnvelopeError> {
-        let signer = parse_public_key(&self.signer)?;
+        // A spelling other than lowercase hex is malformed; 32 bytes that are not a curve
+        // point are a bad signer.
+        let signer_bytes: [u8; 32] = decode_fixed(&self.signer).ok_or_else(|| {
+            EnvelopeError::Malformed("signer must be 64 lowercase hex digits".into())
+        })?;
+        let signer = VerifyingKey::from_bytes(&signer_bytes).map_err(|_| {
+            EnvelopeError::BadSigner(format!("{} is not a curve point", self.signer))
+        })?;
         let nonce: [u8; NONCE_LEN] = decode_fixed(&self.nonce).ok_or_else(|| {
             EnvelopeError::Malformed(format!(
                 "nonce must be {} lowercase hex digits",
@@ -304,7 +311,7 @@ mod tests {
         let k = key();
         let mut env = Envelope::seal(&k, &uptime(1), 1000, [1; NONCE_LEN]);
         env.signer = "zz".into();
-        assert!(matches!(env.open(1000), Err(EnvelopeError::BadSigner(_))));
+        assert!(matches!(env.open(1000), Err(EnvelopeError::Malformed(_))));
         let mut env = Envelope::seal(&k, &uptime(1), 1000, [1; NONCE_LEN]);
         env.nonce = "00".into();
         assert!(matches!(env.open(1000), Err(EnvelopeError::Malformed(_))));
@@ -341,7 +348,7 @@ mod tests {
             let mut e = env.clone();
             e.signer = recase(&env.signer, i);
             assert!(
-                matches!(e.open(1000), Err(EnvelopeError::BadSigner(_))),
+                matches!(e.open(1000), Err(EnvelopeError::Malformed(_))),
                 "signer {i}"
             );
             let mut e = env.clone();

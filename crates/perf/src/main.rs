@@ -26,6 +26,9 @@ struct Cli {
     /// Write the JSON report here as well as to stdout.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// The `grid-registry` to measure (default: the one next to this binary).
+    #[arg(long, global = true)]
+    registry_bin: Option<std::path::PathBuf>,
     #[command(subcommand)]
     test: Test,
 }
@@ -60,6 +63,20 @@ enum Test {
         nodes: usize,
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+    },
+    /// Ingest with two registry binaries, interleaved run by run: `--baseline-bin` (e.g. an
+    /// older commit's build) against `--registry-bin`; medians and their ratio.
+    IngestCompare {
+        #[arg(long)]
+        baseline_bin: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 60_000)]
+        reports: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Everything, in the order BENCHMARKS.md reports it.
     All {
@@ -175,20 +192,56 @@ async fn fresh_db(kind: DbKind) -> anyhow::Result<(String, Option<tempfile_dir::
     }
 }
 
-async fn start_registry(kind: DbKind, up_window: i64) -> anyhow::Result<Registry> {
+/// The registry binary chosen with `--registry-bin`, or the one next to this binary.
+static REGISTRY_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn registry_bin() -> anyhow::Result<std::path::PathBuf> {
+    match REGISTRY_BIN.get() {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("grid-registry")),
+    }
+}
+
+/// Flags that lift the registry's write rate limits, when the binary has them: the load
+/// comes from one address and a few keys, and the limiter's cost is still paid per request.
+fn unlimited_rates(exe: &std::path::Path) -> Vec<String> {
+    let help = Command::new(exe)
+        .args(["serve", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !help.contains("--ip-writes-per-min") {
+        return Vec::new();
+    }
+    let big = "1000000000".to_string();
+    [
+        "--ip-writes-per-min",
+        "--ip-write-burst",
+        "--key-writes-per-min",
+        "--key-write-burst",
+    ]
+    .iter()
+    .flat_map(|f| [f.to_string(), big.clone()])
+    .collect()
+}
+
+async fn start_registry(
+    kind: DbKind,
+    up_window: i64,
+    exe: &std::path::Path,
+) -> anyhow::Result<Registry> {
     let (db, dir) = fresh_db(kind).await?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let exe = std::env::current_exe()?.with_file_name("grid-registry");
     if !exe.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p grid-registry`",
             exe.display()
         );
     }
-    let child = Command::new(&exe)
+    let child = Command::new(exe)
         .args([
             "serve",
             "--db",
@@ -197,6 +250,7 @@ async fn start_registry(kind: DbKind, up_window: i64) -> anyhow::Result<Registry
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--up-window", &up_window.to_string()])
+        .args(unlimited_rates(exe))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -222,7 +276,12 @@ async fn start_registry(kind: DbKind, up_window: i64) -> anyhow::Result<Registry
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-    let r = http.post(url).body(body).send().await?;
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
     let status = r.status();
     let v: Value = r.json().await?;
     if !status.is_success() {
@@ -317,7 +376,16 @@ async fn seed_nodes(
 }
 
 async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<Value> {
-    let reg = start_registry(kind, 4800).await?;
+    ingest_with(&registry_bin()?, kind, clients, reports).await
+}
+
+async fn ingest_with(
+    exe: &std::path::Path,
+    kind: DbKind,
+    clients: usize,
+    reports: usize,
+) -> anyhow::Result<Value> {
+    let reg = start_registry(kind, 4800, exe).await?;
     let http = reqwest::Client::new();
     let farm = farm(&http, &reg.url).await?;
     let (keys, _) = seed_nodes(&reg.url, farm, 1000, clients).await?;
@@ -348,6 +416,48 @@ async fn ingest(kind: DbKind, clients: usize, reports: usize) -> anyhow::Result<
         "reports_per_sec": (reports as f64 / secs).round(),
         "server_cpu_us_per_report": (server_cpu * 1e6 / reports as f64).round(),
         "client_cpu_us_per_report": (client_cpu * 1e6 / reports as f64).round(),
+    }))
+}
+
+/// Runs ingest `rounds` times with each binary, alternating, and compares the medians.
+async fn ingest_compare(
+    baseline: std::path::PathBuf,
+    db: DbKind,
+    clients: usize,
+    reports: usize,
+    rounds: usize,
+) -> anyhow::Result<Value> {
+    let current = registry_bin()?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut runs = json!({"baseline": [], "current": []});
+    let (mut rate, mut cpu) = ([vec![], vec![]], [vec![], vec![]]);
+    for round in 0..rounds {
+        for (i, (name, bin)) in [("baseline", &baseline), ("current", &current)]
+            .into_iter()
+            .enumerate()
+        {
+            let r = ingest_with(bin, db, clients, reports).await?;
+            eprintln!("round {round} {name}: {r}");
+            rate[i].push(r["reports_per_sec"].as_f64().unwrap_or(0.0));
+            cpu[i].push(r["server_cpu_us_per_report"].as_f64().unwrap_or(0.0));
+            if let Some(a) = runs[name].as_array_mut() {
+                a.push(r);
+            }
+        }
+    }
+    let [rb, rc] = rate.map(median);
+    let [cb, cc] = cpu.map(median);
+    Ok(json!({
+        "test": "ingest-compare",
+        "db": format!("{db:?}").to_lowercase(),
+        "baseline_bin": baseline.display().to_string(),
+        "current_bin": current.display().to_string(),
+        "median_reports_per_sec": {"baseline": rb, "current": rc, "ratio": rc / rb.max(1.0)},
+        "median_server_cpu_us_per_report": {"baseline": cb, "current": cc, "ratio": cc / cb.max(1.0)},
+        "runs": runs,
     }))
 }
 
@@ -384,7 +494,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result<Value> {
-    let reg = start_registry(kind, 4800).await?;
+    let reg = start_registry(kind, 4800, &registry_bin()?).await?;
     let http = reqwest::Client::new();
     let mut farms = vec![];
     for _ in 0..10 {
@@ -454,7 +564,17 @@ async fn farm_named(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(bin) = cli.registry_bin.clone() {
+        let _ = REGISTRY_BIN.set(bin);
+    }
     let results = match cli.test {
+        Test::IngestCompare {
+            baseline_bin,
+            db,
+            clients,
+            reports,
+            rounds,
+        } => vec![ingest_compare(baseline_bin, db, clients, reports, rounds).await?],
         Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
         Test::Ingest {
             db,

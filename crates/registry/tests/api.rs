@@ -378,9 +378,17 @@ async fn bad_signature_is_refused(engine: Engine) {
     env.signer = hex::encode(key.verifying_key().as_bytes());
     let (s, v) = h.post("/api/v1/reports", &env).await;
     assert_eq!((s, error_code(&v)), (401, "bad_signature"), "{v}");
-    // Signer that is not a key at all.
+    // Signer that is not hex at all.
     let mut env = seal(&thief, &Payload::RegisterTwin {});
     env.signer = "00".repeat(31) + "zz";
+    let (s, v) = h.post("/api/v1/twins", &env).await;
+    assert_eq!((s, error_code(&v)), (400, "malformed"), "{v}");
+    // 32 bytes that are not a point on the curve.
+    let not_a_point = (0u8..=255)
+        .map(|b| [b; 32])
+        .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+        .unwrap();
+    env.signer = hex::encode(not_a_point);
     let (s, v) = h.post("/api/v1/twins", &env).await;
     assert_eq!((s, error_code(&v)), (401, "bad_signature"), "{v}");
     assert_eq!(h.snapshot().await, before);

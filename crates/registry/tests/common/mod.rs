@@ -107,8 +107,29 @@ impl Harness {
         self.boot().await;
     }
 
+    /// The address the registry listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("base URL is http://ADDR")
+    }
+
+    /// Runs `sql` on the registry's database directly: how a test plants rows that an older
+    /// registry (before a fix) could have stored.
+    pub async fn sql(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db_url)
+            .await
+            .expect("open the test database");
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// Sends a request; returns the status and the body as JSON (or as a string if it is not).
-    async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
