@@ -8,6 +8,10 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde_json::Value;
 
+/// Largest answer read from a registry. The registry's own pages stop at about 1 MiB; a
+/// registry (or something posing as one) that sends more is cut off, not buffered.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +32,12 @@ pub enum ClientError {
         code: String,
         /// The registry's message.
         message: String,
+    },
+    /// The answer was larger than [`MAX_RESPONSE_BYTES`].
+    #[error("registry at {url} answered with more than {MAX_RESPONSE_BYTES} bytes: not read")]
+    TooLarge {
+        /// URL asked.
+        url: String,
     },
     /// The answer was not JSON.
     #[error("registry at {url} answered {status} with something that is not JSON: {body}")]
@@ -70,10 +80,18 @@ impl Client {
             source,
         })?;
         let status = r.status().as_u16();
-        let text = r.text().await.map_err(|source| ClientError::Unreachable {
+        let mut r = r;
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(|source| ClientError::Unreachable {
             url: url.clone(),
             source,
-        })?;
+        })? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(ClientError::TooLarge { url });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&body);
         let v: Value = serde_json::from_str(&text).map_err(|_| ClientError::NotJson {
             url: url.clone(),
             status,
