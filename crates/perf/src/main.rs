@@ -78,6 +78,27 @@ enum Test {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Peak registry RSS while `clients` readers page through 1,000 stored 47 KB reports at
+    /// once (what a node could store before per-kind payload limits).
+    ReadsRss {
+        #[arg(long, default_value_t = 30)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// `/healthz` latency while the registry holds more and more idle connections.
+    IdleConns {
+        /// Idle connections held at each step.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2000,4000,8000,8191,9000"
+        )]
+        steps: Vec<usize>,
+        /// `/healthz` requests per step, each on a new connection.
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+    },
     /// Everything, in the order BENCHMARKS.md reports it.
     All {
         #[arg(long, default_value_t = 64)]
@@ -148,6 +169,7 @@ fn verify_ceiling(secs: f64) -> Value {
 struct Registry {
     child: Child,
     url: String,
+    db: String,
     _dir: Option<tempfile_dir::Dir>,
 }
 
@@ -229,6 +251,7 @@ async fn start_registry(
     kind: DbKind,
     up_window: i64,
     exe: &std::path::Path,
+    extra: &[&str],
 ) -> anyhow::Result<Registry> {
     let (db, dir) = fresh_db(kind).await?;
     let port = {
@@ -251,6 +274,7 @@ async fn start_registry(
         ])
         .args(["--up-window", &up_window.to_string()])
         .args(unlimited_rates(exe))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -258,6 +282,7 @@ async fn start_registry(
     let reg = Registry {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        db,
         _dir: dir,
     };
     let http = reqwest::Client::new();
@@ -385,7 +410,7 @@ async fn ingest_with(
     clients: usize,
     reports: usize,
 ) -> anyhow::Result<Value> {
-    let reg = start_registry(kind, 4800, exe).await?;
+    let reg = start_registry(kind, 4800, exe, &[]).await?;
     let http = reqwest::Client::new();
     let farm = farm(&http, &reg.url).await?;
     let (keys, _) = seed_nodes(&reg.url, farm, 1000, clients).await?;
@@ -461,6 +486,164 @@ async fn ingest_compare(
     }))
 }
 
+/// A `/proc/PID/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
+    let exe = registry_bin()?;
+    let reg = start_registry(DbKind::Sqlite, 4800, &exe, &[]).await?;
+    let http = reqwest::Client::new();
+    let farm = farm(&http, &reg.url).await?;
+    let (keys, _) = seed_nodes(&reg.url, farm, 1, 1).await?;
+    let env = Envelope::seal(
+        &keys[0],
+        &Payload::Report(Report::uptime(1)),
+        now(),
+        nonce(),
+    );
+    post(&http, &format!("{}/api/v1/reports", reg.url), env.to_json()).await?;
+    // The stored envelopes are planted in the database: the same rows for any registry
+    // version, including one that still accepts 47 KB payloads over the API.
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&reg.db).await?;
+    sqlx::raw_sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
+         SELECT 1, 'uptime', 0, 0, 'pad' || i, \
+                CAST('{\"pad\":\"' || hex(randomblob(23500)) || '\"}' AS BLOB) FROM n",
+    )
+    .execute(&mut conn)
+    .await?;
+    drop(conn);
+    let pid = reg.child.id();
+    let rss_before = status_kb(pid, "VmRSS:");
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let pages = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for _ in 0..clients {
+        let (http, url, pages, bytes) =
+            (http.clone(), reg.url.clone(), pages.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut after = 0i64;
+            while Instant::now() < deadline {
+                let r = http
+                    .get(format!(
+                        "{url}/api/v1/nodes/1/reports?limit=1000&after={after}"
+                    ))
+                    .send()
+                    .await?;
+                let body = r.bytes().await?;
+                bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                pages.fetch_add(1, Ordering::Relaxed);
+                let v: Value = serde_json::from_slice(&body)?;
+                after = v["next"].as_i64().unwrap_or(0);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut rss_max = 0;
+    while Instant::now() < deadline {
+        rss_max = rss_max.max(status_kb(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let pages = pages.load(Ordering::Relaxed);
+    Ok(json!({
+        "test": "reads-rss",
+        "registry": exe.display().to_string(),
+        "clients": clients,
+        "stored_reports_bytes": 1000 * 47_000,
+        "pages": pages,
+        "mean_page_bytes": bytes.load(Ordering::Relaxed) / pages.max(1),
+        "rss_before_mib": rss_before as f64 / 1024.0,
+        "rss_sampled_max_mib": rss_max as f64 / 1024.0,
+        "peak_rss_mib": status_kb(pid, "VmHWM:") as f64 / 1024.0,
+    }))
+}
+
+/// One `/healthz` on a fresh connection; its round trip, or None past `timeout`.
+async fn healthz_once(addr: &str, timeout: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        out.starts_with(b"HTTP/1.1 200").then_some(())
+    };
+    tokio::time::timeout(timeout, probe).await.ok().flatten()?;
+    Some(t.elapsed())
+}
+
+async fn idle_conns(steps: &[usize], probes: usize) -> anyhow::Result<Value> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    let exe = registry_bin()?;
+    // Idle connections are closed after --header-timeout; a long one measures capacity.
+    // (A registry without the flag keeps idle connections forever anyway.)
+    let help = Command::new(&exe).args(["serve", "--help"]).output()?;
+    let extra: &[&str] = if String::from_utf8_lossy(&help.stdout).contains("--header-timeout") {
+        &["--header-timeout", "600"]
+    } else {
+        &[]
+    };
+    let reg = start_registry(DbKind::Sqlite, 4800, &exe, extra).await?;
+    let addr = reg.url.trim_start_matches("http://").to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", reg.child.id()))?;
+    let fd_limit = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_string())
+        .unwrap_or_default();
+    let mut held = Vec::new();
+    let mut rows = vec![];
+    for &target in steps {
+        while held.len() < target {
+            held.push(tokio::net::TcpStream::connect(&addr).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut lat = vec![];
+        let mut failed = 0;
+        for _ in 0..probes {
+            match healthz_once(&addr, Duration::from_secs(2)).await {
+                Some(d) => lat.push(d.as_secs_f64() * 1000.0),
+                None => failed += 1,
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        let row = json!({
+            "idle_connections": target,
+            "healthz_ok": lat.len(),
+            "healthz_failed_2s": failed,
+            "p50_ms": percentile(&lat, 0.5),
+            "p99_ms": percentile(&lat, 0.99),
+            "server_rss_mib": status_kb(reg.child.id(), "VmRSS:") as f64 / 1024.0,
+        });
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    Ok(json!({
+        "test": "idle-conns",
+        "registry": exe.display().to_string(),
+        "server_fd_limit": fd_limit,
+        "steps": rows,
+    }))
+}
+
 /// Signed messages the registry has stored so far.
 async fn stored_reports(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
     let stats: Value = http
@@ -494,7 +677,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result<Value> {
-    let reg = start_registry(kind, 4800, &registry_bin()?).await?;
+    let reg = start_registry(kind, 4800, &registry_bin()?, &[]).await?;
     let http = reqwest::Client::new();
     let mut farms = vec![];
     for _ in 0..10 {
@@ -576,6 +759,8 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => vec![ingest_compare(baseline_bin, db, clients, reports, rounds).await?],
         Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
+        Test::ReadsRss { clients, secs } => vec![reads_rss(clients, secs).await?],
+        Test::IdleConns { steps, probes } => vec![idle_conns(&steps, probes).await?],
         Test::Ingest {
             db,
             clients,

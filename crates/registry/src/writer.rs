@@ -256,18 +256,24 @@ async fn bulk_uptime(
         }
     }
 
-    // 2. Nonces used before (almost always none: nonces are 128 random bits).
+    // 2. Nonces used before (almost always none: nonces are 128 random bits). A replay
+    //    carries the signed timestamp of the original, so the lookup is by the whole key.
     let sql = format!(
-        "SELECT signer, nonce FROM nonces WHERE nonce IN {}",
-        values(backend, 1, chunk.len(), 1)
+        "SELECT ts, signer, nonce FROM nonces WHERE (ts, signer, nonce) IN (VALUES {})",
+        values(backend, chunk.len(), 3, 1)
     );
     let mut q = sqlx::query(&sql);
     for (i, _) in chunk {
-        q = q.bind(&batch[*i].verified.nonce);
+        let v = &batch[*i].verified;
+        q = q.bind(v.timestamp).bind(&v.signer_hex).bind(&v.nonce);
     }
     let mut used = HashSet::new();
     for row in q.fetch_all(&mut *conn).await? {
-        used.insert((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+        used.insert((
+            row.try_get::<i64, _>(0)?,
+            row.try_get::<String, _>(1)?,
+            row.try_get::<String, _>(2)?,
+        ));
     }
 
     // 3. Refuse unknown signers and replays, including copies inside this batch.
@@ -282,7 +288,7 @@ async fn bulk_uptime(
                 ))))
             }
             Some(&node) => {
-                if used.insert((v.signer_hex.clone(), v.nonce.clone())) {
+                if used.insert((v.timestamp, v.signer_hex.clone(), v.nonce.clone())) {
                     live.push((i, node, uptime));
                 } else {
                     results[i] = replay(v);

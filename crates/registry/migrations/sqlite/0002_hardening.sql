@@ -50,3 +50,17 @@ END;
 
 -- Farm names are unique whatever their case: "acme" and "ACME" would be one farm to a person.
 CREATE UNIQUE INDEX farms_name_nocase ON farms(lower(name));
+
+-- Replay protection keyed time first. A replay is the same signed bytes, so it carries the
+-- same timestamp: (ts, signer, nonce) finds it exactly, and new rows land at the right edge
+-- of the B-tree (ts is within 300 s of now) instead of on a random page each, which cut the
+-- pages every ingest batch rewrites. Pruning takes the left edge.
+CREATE TABLE nonces_by_time (
+    ts      INTEGER NOT NULL,
+    signer  TEXT    NOT NULL,
+    nonce   TEXT    NOT NULL,
+    PRIMARY KEY (ts, signer, nonce)
+) WITHOUT ROWID;
+INSERT INTO nonces_by_time (ts, signer, nonce) SELECT ts, signer, nonce FROM nonces;
+DROP TABLE nonces;
+ALTER TABLE nonces_by_time RENAME TO nonces;
