@@ -3,11 +3,12 @@
 CARGO      ?= cargo
 BUILD      ?= $(CURDIR)/build
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
-# Every initramfs entry gets this mtime: the last commit's time, so a commit always gives the same image.
+# Every initramfs entry gets this mtime: the last commit's time, so a commit always gives the
+# same image. Given only to the imager: exported to cargo it would change build-script inputs
+# and rebuild ring and libsqlite3-sys on every make call.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-export SOURCE_DATE_EPOCH
 
-.PHONY: all build run test test-unit test-boot-init test-image test-e2e lint fmt bench boot-bench baseline-image clean init image
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt bench boot-bench baseline-image clean init image
 
 all: build
 
@@ -18,13 +19,26 @@ build:
 ## create a farm, boot one node in QEMU against it; the console streams here and the node list
 ## is printed once the node registers. Ctrl-C shuts the node down in order.
 ## RUN_ARGS="--port 8481 --report-interval 10" passes flags (gridos-lab run --help).
-run: image
+run: deps-run image
 	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
 	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release $(RUN_ARGS)
 
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
 ## PID 1 booted in QEMU with Debian's kernel, the image test and the end-to-end test.
-test: lint test-unit test-boot-init test-image test-e2e
+test: deps-test test-packages lint test-unit test-boot-init test-image test-e2e
+
+## The Debian packages each job needs (tools/packages.txt): installed when missing as root,
+## otherwise named with the exact `sudo apt-get install` line.
+deps-image:
+	@tools/need-packages.sh image
+deps-run:
+	@tools/need-packages.sh image run
+deps-test:
+	@tools/need-packages.sh image run test
+
+## The package check itself, against a fake dpkg-query/apt-get.
+test-packages:
+	bash tests/packages/run.sh
 
 test-unit:
 	tests/with-postgres.sh $(CARGO) test --workspace
@@ -48,9 +62,9 @@ init:
 
 ## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.
-image: init
+image: deps-image init
 	$(CARGO) build -q -p gridos-imager
-	$(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
 lint:
@@ -65,7 +79,7 @@ baseline-image:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
 		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-baseline-init
 	$(CARGO) build -q -p gridos-imager
-	$(TARGET_DIR)/debug/gridos-imager build --profile bench/baseline/profile.yaml --out $(BUILD)/baseline-image \
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile bench/baseline/profile.yaml --out $(BUILD)/baseline-image \
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
 ## Guest-clock time from PID 1 to "registered": gridos against the baseline init (BENCHMARKS.md).
