@@ -228,7 +228,8 @@ impl Agent {
         Ok(())
     }
 
-    fn enqueue_uptime(&mut self) -> Result<(), AgentError> {
+    /// Queues an uptime report; `stopping` marks the last one before an ordered shutdown.
+    fn enqueue_uptime(&mut self, stopping: bool) -> Result<(), AgentError> {
         let warnings = self.warnings();
         for w in &warnings {
             tracing::warn!("{w} (sent with every report)");
@@ -236,6 +237,7 @@ impl Agent {
         match read_uptime(&self.cfg.probe.proc) {
             Some(uptime_secs) => self.enqueue(Report::Uptime {
                 uptime_secs,
+                stopping,
                 warnings,
             }),
             None => {
@@ -476,13 +478,14 @@ pub async fn run(
         let wake = agent.next_attempt;
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = uptime.tick() => agent.enqueue_uptime()?,
+            _ = uptime.tick() => agent.enqueue_uptime(false)?,
             _ = reprobe.tick() => agent.reprobe().await?,
             _ = sleep_until(wake) => agent.attempt().await?,
         }
     }
-    // Planned shutdown: a last uptime report, so the registry sees the node was up until now.
-    agent.enqueue_uptime()?;
+    // Planned shutdown: a last uptime report, so the registry sees the node was up until now
+    // and shows it stopped at once.
+    agent.enqueue_uptime(true)?;
     if agent.status.borrow().node_id.is_some() {
         let grace = agent.cfg.shutdown_grace;
         match tokio::time::timeout(grace, agent.flush()).await {

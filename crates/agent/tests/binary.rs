@@ -141,6 +141,14 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
         .await
         .unwrap();
     assert!(count(&after) > count(&before));
+    // The last report said the node is stopping: the registry shows it stopped at once.
+    let node: Value = reqwest::get(format!("{url}/api/v1/nodes/1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node["status"], "stopped", "{node}");
 }
 
 #[test]

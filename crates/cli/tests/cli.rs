@@ -129,6 +129,7 @@ async fn farmer_and_auditor_session() {
     let node_id = n["id"].as_i64().unwrap();
     let up = Payload::Report(Report::Uptime {
         uptime_secs: 9,
+        stopping: false,
         warnings: vec!["cache on tmpfs: no disk".into()],
     });
     post(

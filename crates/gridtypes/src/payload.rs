@@ -105,6 +105,11 @@ pub enum Report {
     Uptime {
         /// Seconds since boot.
         uptime_secs: u64,
+        /// The node's last report before an ordered shutdown or reboot: the registry shows it
+        /// `stopped` at once instead of `up` until the up window runs out. Left out when false,
+        /// so ordinary reports keep their bytes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stopping: bool,
         /// Conditions the farmer and auditors must see (e.g. the cache is on tmpfs: nothing
         /// the node keeps survives a reboot); repeated in every report while they last.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,6 +142,7 @@ impl Report {
     pub fn uptime(uptime_secs: u64) -> Report {
         Report::Uptime {
             uptime_secs,
+            stopping: false,
             warnings: Vec::new(),
         }
     }
@@ -302,6 +308,7 @@ impl Payload {
             Payload::Report(Report::Uptime {
                 uptime_secs,
                 warnings,
+                ..
             }) => {
                 if *uptime_secs > MAX_UPTIME_SECS {
                     return Err(invalid(format!(
@@ -420,16 +427,19 @@ mod tests {
         assert!(zero_farm.validate().is_err());
         let many = Payload::Report(Report::Uptime {
             uptime_secs: 1,
+            stopping: false,
             warnings: vec!["w".into(); MAX_WARNINGS + 1],
         });
         assert!(many.validate().is_err());
         let long = Payload::Report(Report::Uptime {
             uptime_secs: 1,
+            stopping: false,
             warnings: vec!["w".repeat(MAX_TEXT + 1)],
         });
         assert!(long.validate().is_err());
         let fine = Payload::Report(Report::Uptime {
             uptime_secs: 1,
+            stopping: false,
             warnings: vec!["w".repeat(MAX_TEXT); MAX_WARNINGS],
         });
         assert!(fine.validate().is_ok());
@@ -521,6 +531,7 @@ mod tests {
         for p in [
             Payload::Report(Report::Uptime {
                 uptime_secs: MAX_UPTIME_SECS,
+                stopping: false,
                 warnings: w.clone(),
             }),
             Payload::Report(Report::Capacity {

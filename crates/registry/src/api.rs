@@ -362,8 +362,10 @@ async fn get_farm(State(s): S, Path(id): Path<String>) -> AppResult<Json<FarmVie
 pub enum Status {
     /// Last report within the up window.
     Up,
-    /// No report within the up window.
+    /// No report within the up window (as a filter: every node that is not up).
     Down,
+    /// Its last message said it was shutting down in order.
+    Stopped,
 }
 
 /// A node as auditors see it.
@@ -410,7 +412,7 @@ pub struct NodeView {
 
 const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
     agent_version, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
-    cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen";
+    cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen, stopping";
 
 fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
     let capacity = resources(r, "")?;
@@ -421,7 +423,9 @@ fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
         id: r.try_get("id")?,
         public_key: r.try_get("public_key")?,
         farm_id: r.try_get("farm_id")?,
-        status: if last_seen >= up_since {
+        status: if r.try_get::<i64, _>("stopping")? != 0 {
+            Status::Stopped
+        } else if last_seen >= up_since {
             Status::Up
         } else {
             Status::Down
@@ -473,16 +477,19 @@ async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<Nod
     let up_since = now() - s.config.up_window_secs;
     let mut sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id > $1");
     let mut args: Vec<i64> = vec![f.after.unwrap_or(0)];
+    // `cond` has one `?` where the argument's placeholder goes.
     let mut push = |cond: &str, v: i64| {
         args.push(v);
-        sql.push_str(&format!(" AND {cond} ${}", args.len()));
+        sql.push_str(" AND ");
+        sql.push_str(&cond.replace('?', &format!("${}", args.len())));
     };
     if let Some(farm) = f.farm {
-        push("farm_id =", farm);
+        push("farm_id = ?", farm);
     }
     match f.status {
-        Some(Status::Up) => push("last_seen >=", up_since),
-        Some(Status::Down) => push("last_seen <", up_since),
+        Some(Status::Up) => push("last_seen >= ? AND stopping = 0", up_since),
+        Some(Status::Down) => push("(last_seen < ? OR stopping = 1)", up_since),
+        Some(Status::Stopped) => push("stopping = ?", 1),
         None => {}
     }
     for (col, v) in [
@@ -492,7 +499,7 @@ async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<Nod
         ("free_hru", f.min_hru),
     ] {
         if let Some(v) = v {
-            push(&format!("{col} >="), v);
+            push(&format!("{col} >= ?"), v);
         }
     }
     args.push(limit);
@@ -707,8 +714,13 @@ async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
         "SELECT COUNT(*) AS nodes, {}, \
          CAST(COALESCE(SUM(cu), 0.0) AS DOUBLE PRECISION) AS cu, \
          CAST(COALESCE(SUM(su), 0.0) AS DOUBLE PRECISION) AS su \
-         FROM nodes WHERE last_seen >= $1",
-        sums.join(", ")
+         FROM nodes WHERE last_seen >= $1{}",
+        sums.join(", "),
+        if up_since.is_some() {
+            " AND stopping = 0"
+        } else {
+            ""
+        }
     );
     let r = sqlx::query(&sql)
         .bind(up_since.unwrap_or(i64::MIN))

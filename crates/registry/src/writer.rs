@@ -165,7 +165,11 @@ async fn apply_all(
     let mut uptimes = Vec::new();
     for (i, job) in batch.iter().enumerate() {
         match &job.verified.payload {
-            Payload::Report(Report::Uptime { uptime_secs, .. }) => uptimes.push((i, *uptime_secs)),
+            Payload::Report(Report::Uptime {
+                uptime_secs,
+                stopping,
+                ..
+            }) => uptimes.push((i, *uptime_secs, *stopping)),
             _ => results[i] = Some(apply(&mut tx, job, now).await?),
         }
     }
@@ -222,7 +226,7 @@ async fn bulk_uptime(
     backend: Backend,
     node_ids: &mut NodeIds,
     batch: &[Job],
-    chunk: &[(usize, u64)],
+    chunk: &[(usize, u64, bool)],
     now: i64,
     results: &mut [Option<Result<Written, ApiError>>],
 ) -> Result<(), sqlx::Error> {
@@ -237,7 +241,7 @@ async fn bulk_uptime(
     // 1. Which signers are registered nodes (asking the database only for keys not seen yet).
     let keys: Vec<&str> = chunk
         .iter()
-        .map(|(i, _)| batch[*i].verified.signer_hex.as_str())
+        .map(|(i, _, _)| batch[*i].verified.signer_hex.as_str())
         .filter(|k| !node_ids.contains_key(*k))
         .collect::<HashSet<_>>()
         .into_iter()
@@ -263,7 +267,7 @@ async fn bulk_uptime(
         values(backend, chunk.len(), 3, 1)
     );
     let mut q = sqlx::query(&sql);
-    for (i, _) in chunk {
+    for (i, _, _) in chunk {
         let v = &batch[*i].verified;
         q = q.bind(v.timestamp).bind(&v.signer_hex).bind(&v.nonce);
     }
@@ -278,7 +282,7 @@ async fn bulk_uptime(
 
     // 3. Refuse unknown signers and replays, including copies inside this batch.
     let mut live = Vec::with_capacity(chunk.len());
-    for &(i, uptime) in chunk {
+    for &(i, uptime, stopping) in chunk {
         let v = &batch[i].verified;
         match node_ids.get(&v.signer_hex) {
             None => {
@@ -289,7 +293,7 @@ async fn bulk_uptime(
             }
             Some(&node) => {
                 if used.insert((v.timestamp, v.signer_hex.clone(), v.nonce.clone())) {
-                    live.push((i, node, uptime));
+                    live.push((i, node, (uptime, stopping)));
                 } else {
                     results[i] = replay(v);
                 }
@@ -368,24 +372,28 @@ async fn bulk_uptime(
         )));
     }
 
-    // 5. Each node's latest uptime and last-seen time.
-    let mut latest: HashMap<i64, u64> = HashMap::new();
+    // 5. Each node's latest uptime, whether it said it is stopping, and last-seen time.
+    let mut latest: HashMap<i64, (u64, bool)> = HashMap::new();
     for ((i, node, uptime), id) in live.iter().zip(ids) {
         latest.insert(*node, *uptime);
         results[*i] = Some(Ok(Written { id, created: true }));
     }
     let sql = format!(
-        "WITH v(id, up) AS (VALUES {}) \
-         UPDATE nodes SET uptime_secs = v.up, last_seen = {} FROM v WHERE nodes.id = v.id",
-        values(backend, latest.len(), 2, 1),
+        "WITH v(id, up, stop) AS (VALUES {}) \
+         UPDATE nodes SET uptime_secs = v.up, stopping = v.stop, last_seen = {} \
+         FROM v WHERE nodes.id = v.id",
+        values(backend, latest.len(), 3, 1),
         match backend {
             Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${}", 2 * latest.len() + 1),
+            Backend::Postgres => format!("${}", 3 * latest.len() + 1),
         }
     );
     let mut q = sqlx::query(&sql);
-    for (node, uptime) in &latest {
-        q = q.bind(*node).bind(*uptime as i64);
+    for (node, (uptime, stopping)) in &latest {
+        q = q
+            .bind(*node)
+            .bind(*uptime as i64)
+            .bind(i64::from(*stopping));
     }
     q.bind(now).execute(&mut *conn).await?;
     Ok(())
@@ -664,13 +672,20 @@ async fn store_report(
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let report_id = insert_report(conn, node.id, report.kind().as_str(), job, now).await?;
     match report {
-        Report::Uptime { uptime_secs, .. } => {
-            sqlx::query("UPDATE nodes SET uptime_secs = $1, last_seen = $2 WHERE id = $3")
-                .bind(*uptime_secs as i64)
-                .bind(now)
-                .bind(node.id)
-                .execute(&mut *conn)
-                .await?;
+        Report::Uptime {
+            uptime_secs,
+            stopping,
+            ..
+        } => {
+            sqlx::query(
+                "UPDATE nodes SET uptime_secs = $1, stopping = $2, last_seen = $3 WHERE id = $4",
+            )
+            .bind(*uptime_secs as i64)
+            .bind(i64::from(*stopping))
+            .bind(now)
+            .bind(node.id)
+            .execute(&mut *conn)
+            .await?;
         }
         Report::Capacity { capacity, .. } => {
             set_resources(conn, node.id, capacity, &node.used, now).await?;
@@ -709,7 +724,7 @@ async fn set_resources(
         "UPDATE nodes SET cru = $1, mru = $2, sru = $3, hru = $4, ipv4 = $5, \
             used_cru = $6, used_mru = $7, used_sru = $8, used_hru = $9, used_ipv4 = $10, \
             free_cru = $11, free_mru = $12, free_sru = $13, free_hru = $14, cu = $15, su = $16, \
-            updated_at = $17, last_seen = $17 WHERE id = $18",
+            updated_at = $17, last_seen = $17, stopping = 0 WHERE id = $18",
     )
     .bind(capacity.cru as i64)
     .bind(capacity.mru as i64)

@@ -14,6 +14,7 @@ on_both_databases!(
     node_reports_are_stored_verbatim_and_reverify,
     node_list_filters_and_pages,
     node_goes_down_when_reports_stop,
+    node_stopped_in_order_is_not_up_at_once,
     malformed_json_is_refused,
     unknown_fields_are_refused,
     bad_signature_is_refused,
@@ -284,6 +285,52 @@ async fn node_goes_down_when_reports_stop(engine: Engine) {
     );
     // A report brings it back up.
     let (s, _) = h.report(&key, Report::uptime(10)).await;
+    assert_eq!(s, 201);
+    let (_, v) = h.get(&format!("/api/v1/nodes/{id}")).await;
+    assert_eq!(v["status"], "up");
+}
+
+async fn node_stopped_in_order_is_not_up_at_once(engine: Engine) {
+    let Some(h) = harness(engine).await else {
+        return;
+    };
+    let farm = h.farm("f").await;
+    let (key, id) = h.node(farm, cap(1, 2.0, 60.0, 0.0)).await;
+    let (other, _) = h.node(farm, cap(1, 2.0, 60.0, 0.0)).await;
+    let (s, _) = h.report(&other, Report::uptime(5)).await;
+    assert_eq!(s, 201);
+    // The agent's last report before an ordered shutdown.
+    let last = Report::Uptime {
+        uptime_secs: 100,
+        stopping: true,
+        warnings: vec![],
+    };
+    let (s, v) = h.report(&key, last).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = h.get(&format!("/api/v1/nodes/{id}")).await;
+    assert_eq!(v["status"], "stopped", "{v}");
+    assert_eq!(v["uptime_secs"], 100);
+    let ids = |v: &Value| -> Vec<i64> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, up) = h.get("/api/v1/nodes?status=up").await;
+    assert!(!ids(&up).contains(&id), "{up}");
+    let (_, down) = h.get("/api/v1/nodes?status=down").await;
+    assert_eq!(ids(&down), vec![id], "{down}");
+    let (_, stopped) = h.get("/api/v1/nodes?status=stopped").await;
+    assert_eq!(ids(&stopped), vec![id], "{stopped}");
+    let (_, st) = h.get("/api/v1/stats").await;
+    assert_eq!(
+        (st["up"]["nodes"].as_i64(), st["all"]["nodes"].as_i64()),
+        (Some(1), Some(2))
+    );
+    // The next boot's first message brings it back.
+    let (s, _) = h.report(&key, Report::uptime(3)).await;
     assert_eq!(s, 201);
     let (_, v) = h.get(&format!("/api/v1/nodes/{id}")).await;
     assert_eq!(v["status"], "up");

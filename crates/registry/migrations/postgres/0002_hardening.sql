@@ -14,3 +14,7 @@ CREATE TABLE nonces_by_time (
 INSERT INTO nonces_by_time (ts, signer, nonce) SELECT ts, signer, nonce FROM nonces;
 DROP TABLE nonces;
 ALTER TABLE nonces_by_time RENAME TO nonces;
+
+-- 1 while the node's latest message was its last report before an ordered shutdown: it shows
+-- `stopped` at once instead of `up` until the up window runs out. Any later message clears it.
+ALTER TABLE nodes ADD COLUMN stopping BIGINT NOT NULL DEFAULT 0;
