@@ -593,11 +593,11 @@ async fn idle_conns(steps: &[usize], probes: usize) -> anyhow::Result<Value> {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     let exe = registry_bin()?;
-    // Idle connections are closed after --header-timeout; a long one measures capacity.
+    // Idle connections are closed after --idle-timeout; a long one measures capacity.
     // (A registry without the flag keeps idle connections forever anyway.)
     let help = Command::new(&exe).args(["serve", "--help"]).output()?;
-    let extra: &[&str] = if String::from_utf8_lossy(&help.stdout).contains("--header-timeout") {
-        &["--header-timeout", "600"]
+    let extra: &[&str] = if String::from_utf8_lossy(&help.stdout).contains("--idle-timeout") {
+        &["--idle-timeout", "600"]
     } else {
         &[]
     };

@@ -32,9 +32,11 @@ pub struct Config {
     pub body_limit: usize,
     /// A node that has not reported for this long counts as down.
     pub up_window_secs: i64,
-    /// Time to deliver a complete request head after connecting or after the previous
-    /// response (closes idle keep-alive connections and slow-header clients).
+    /// Time from the first byte of a request head to its end (slow-header clients).
     pub header_timeout: Duration,
+    /// Time a connection may wait for its next request, from connecting or from the previous
+    /// response (idle keep-alive connections).
+    pub idle_timeout: Duration,
     /// Time from a request's head to its answer, body upload included.
     pub request_timeout: Duration,
     /// Client connections served at once (lowered to what the file-descriptor limit allows).
@@ -52,6 +54,7 @@ impl Default for Config {
             // Two report intervals (40 min each): one lost report does not mark a node down.
             up_window_secs: 2 * 40 * 60,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             max_connections: 8192,
             write_queue_bytes: 64 << 20,
@@ -105,6 +108,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = server::ConnLimits {
         header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
     };
     server::run(listener, app(db, config), limits, shutdown).await

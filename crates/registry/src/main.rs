@@ -57,10 +57,13 @@ enum Command {
 /// Server limits (docs/registry.md, "Limits"). Defaults: `Config::default()`.
 #[derive(Args)]
 struct Limits {
-    /// Seconds a client has to send a complete request head, from connecting or from the
-    /// previous response (closes idle keep-alive connections and slow-header clients).
+    /// Seconds from the first byte of a request head to its end (slow-header clients).
     #[arg(long, default_value_t = Config::default().header_timeout.as_secs())]
     header_timeout: u64,
+    /// Seconds a connection may wait for its next request, from connecting or from the
+    /// previous response (idle keep-alive connections); at least --header-timeout.
+    #[arg(long, default_value_t = Config::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
     /// Seconds from a request's head to its answer, body upload included (408 after).
     #[arg(long, default_value_t = Config::default().request_timeout.as_secs())]
     request_timeout: u64,
@@ -94,6 +97,7 @@ impl Limits {
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         for (name, v) in [
             ("--header-timeout", self.header_timeout),
+            ("--idle-timeout", self.idle_timeout),
             ("--request-timeout", self.request_timeout),
             ("--max-connections", self.max_connections as u64),
             ("--ip-writes-per-min", self.ip_writes_per_min.into()),
@@ -109,12 +113,19 @@ impl Limits {
             anyhow::ensure!(v > 0, "{name} must be at least 1");
         }
         anyhow::ensure!(
+            self.idle_timeout >= self.header_timeout,
+            "--idle-timeout ({} s) must be at least --header-timeout ({} s): it covers the head too",
+            self.idle_timeout,
+            self.header_timeout
+        );
+        anyhow::ensure!(
             self.write_queue_bytes >= config.body_limit,
             "--write-queue-bytes ({}) must hold at least one body (--body-limit {})",
             self.write_queue_bytes,
             config.body_limit
         );
         config.header_timeout = Duration::from_secs(self.header_timeout);
+        config.idle_timeout = Duration::from_secs(self.idle_timeout);
         config.request_timeout = Duration::from_secs(self.request_timeout);
         config.max_connections = self.max_connections;
         config.write_queue_bytes = self.write_queue_bytes;

@@ -1,10 +1,18 @@
-//! The HTTP/1.1 accept loop: a bounded number of connections, each with a deadline for its
-//! request head, so idle, slow and abandoned clients cannot hold the server's file descriptors.
+//! The HTTP/1.1 accept loop: a bounded number of connections, each with deadlines for going
+//! idle and for sending a request head, so idle, slow and abandoned clients cannot hold the
+//! server's file descriptors.
 //!
 //! `axum::serve` has no header timeout and no connection cap, hence this loop over hyper's
-//! own connection builder.
+//! own connection builder. hyper's one timer (`header_read_timeout`) runs from the moment a
+//! connection waits for a request until that request's head is complete: it serves as the
+//! idle timeout. The shorter head deadline starts at the first byte of a head; it is kept by
+//! [`Tracked`], which sees the bytes, and [`Activity`], which the service marks busy.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -14,8 +22,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
 /// File descriptors kept for everything but client connections (database pool, SQLite's
@@ -28,9 +37,12 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Connection limits of the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
-    /// Time a connection has to deliver a complete request head, counted from when it opened
-    /// or its previous response went out: it also closes idle keep-alive connections.
+    /// Time from the first byte of a request head to its end (slow-header clients).
     pub header_timeout: Duration,
+    /// Time a connection may wait for its next request, head included, from when it opened
+    /// or its previous response went out (idle keep-alive connections). At least
+    /// `header_timeout`.
+    pub idle_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
 }
@@ -68,13 +80,18 @@ pub async fn run(
     } else {
         limits.max_connections
     };
-    tracing::info!(max_connections = max, header_timeout = ?limits.header_timeout, "accepting connections");
+    tracing::info!(
+        max_connections = max,
+        header_timeout = ?limits.header_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        "accepting connections"
+    );
     let permits = Arc::new(Semaphore::new(max));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(limits.idle_timeout.max(limits.header_timeout))
         // Heads larger than this are refused with 431: nothing the registry takes needs more.
         .max_buf_size(64 * 1024);
     let mut last_error_log: Option<Instant> = None;
@@ -104,16 +121,34 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            req
-        });
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let activity = Arc::new(Activity::new());
+        let (on_request, on_response) = (activity.clone(), activity.clone());
+        let service = app
+            .clone()
+            .map_request(move |mut req: Request<Incoming>| {
+                on_request.request_started();
+                req.extensions_mut().insert(ConnectInfo(remote));
+                req
+            })
+            .map_response(move |res| {
+                on_response.request_done();
+                res
+            });
+        let io = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                },
+                _ = activity.head_overdue(header_timeout) => {
+                    tracing::debug!(%remote, "request head not complete in {header_timeout:?}: closed");
+                }
             }
             drop(permit);
         });
@@ -126,4 +161,117 @@ pub async fn run(
         tracing::warn!("connections still open after {DRAIN:?}: closing them");
     }
     Ok(())
+}
+
+/// What a connection is doing, as far as the head deadline cares.
+struct Activity {
+    opened: Instant,
+    /// A request is being handled (its head is complete).
+    busy: AtomicBool,
+    /// When the first byte of the current head arrived, in ms after `opened` plus one; 0 when
+    /// no head is in progress.
+    head_started: AtomicU64,
+    armed: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            busy: AtomicBool::new(false),
+            head_started: AtomicU64::new(0),
+            armed: Notify::new(),
+        }
+    }
+
+    /// Bytes arrived: between requests, they start a head and its deadline.
+    fn bytes_read(&self) {
+        if self.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        if self
+            .head_started
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.armed.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.busy.store(true, Ordering::Release);
+        self.head_started.store(0, Ordering::Release);
+    }
+
+    fn request_done(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Resolves once a head has been in progress for longer than `limit`.
+    async fn head_overdue(&self, limit: Duration) {
+        loop {
+            let started = self.head_started.load(Ordering::Acquire);
+            if started == 0 {
+                self.armed.notified().await;
+                continue;
+            }
+            let deadline = self.opened + Duration::from_millis(started - 1) + limit;
+            tokio::time::sleep_until(deadline.into()).await;
+            if self.head_started.load(Ordering::Acquire) == started {
+                return;
+            }
+        }
+    }
+}
+
+/// A client connection that tells its [`Activity`] when bytes arrive.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

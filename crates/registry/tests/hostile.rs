@@ -725,6 +725,7 @@ fn read_to_close(mut s: TcpStream) -> (String, Duration) {
 async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     let config = Config {
         header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(4),
         request_timeout: Duration::from_secs(2),
         max_connections: 32,
         ..Config::default()
@@ -734,59 +735,75 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     };
     let before = state(&h).await;
     let addr = h.addr();
-    let h2 = h.base.clone();
+    let base = h.base.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        // 1. More idle connections than the server serves at once.
-        let idle: Vec<TcpStream> = (0..100)
-            .map(|_| {
-                let s = TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                s
-            })
-            .collect();
-        // 2. A slowloris: one header line at a time, never the end of the head.
-        let mut slow = TcpStream::connect(addr).unwrap();
-        slow.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let open = || {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+            s
+        };
+        // 1. A slowloris (one header line at a time, never the end of the head) next to an
+        //    idle keep-alive connection: the head deadline closes the first long before the
+        //    idle timeout closes the second.
+        let idle = open();
+        let mut slow = open();
+        slow.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
         let t = Instant::now();
         let mut slow_closed = None;
         while t.elapsed() < Duration::from_secs(15) {
-            if slow.write_all(b"X-a: b\r\n").is_err() {
+            let mut b = [0u8; 64];
+            let gone = slow.write_all(b"X-a: b\r\n").is_err()
+                || match slow.read(&mut b) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                };
+            if gone {
                 slow_closed = Some(t.elapsed());
                 break;
             }
-            let mut b = [0u8; 64];
-            match slow.read(&mut b) {
-                Ok(0) => {
-                    slow_closed = Some(t.elapsed());
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    slow_closed = Some(t.elapsed());
-                    break;
-                }
-            }
         }
-        // 3. A body that never finishes.
-        let mut body = TcpStream::connect(addr).unwrap();
-        body.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        idle.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let idle_open_then = matches!(
+            (&idle).read(&mut b),
+            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        idle.set_nonblocking(false).unwrap();
+        let (_, idle_life) = read_to_close(idle);
+        // 2. A body that never finishes.
+        let mut body = open();
         body.write_all(
             b"POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"sig",
         )
         .unwrap();
         let (answer, _) = read_to_close(body);
-        // Every idle connection is closed by the server, not kept forever.
-        let closed = idle.into_iter().map(read_to_close).filter(|(_, d)| *d < Duration::from_secs(19)).count();
-        (slow_closed, answer, closed)
+        // 3. More idle connections than the server serves at once: every one is closed by
+        //    the server, none kept forever.
+        let flood: Vec<TcpStream> = (0..100).map(|_| open()).collect();
+        let closed = flood
+            .into_iter()
+            .map(read_to_close)
+            .filter(|(_, d)| *d < Duration::from_secs(39))
+            .count();
+        (slow_closed, idle_open_then, idle_life, answer, closed)
     })
     .await
     .unwrap();
-    let (slow_closed, answer, closed) = outcome;
+    let (slow_closed, idle_open_then, idle_life, answer, closed) = outcome;
+    let slow_closed = slow_closed.expect("slowloris connection still open after 15 s");
     assert!(
-        slow_closed.is_some(),
-        "slowloris connection still open after 15 s"
+        slow_closed < Duration::from_secs(4),
+        "slowloris lived {slow_closed:?}: the idle timeout closed it, not the head deadline"
+    );
+    assert!(
+        idle_open_then,
+        "an idle connection was closed by the head deadline"
+    );
+    assert!(
+        idle_life < Duration::from_secs(39),
+        "idle connection never closed"
     );
     assert!(
         answer.starts_with("HTTP/1.1 408"),
@@ -794,13 +811,14 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     );
     assert!(answer.contains("\"timeout\""), "{answer}");
     assert_eq!(closed, 100, "idle connections left open");
-    let (s, _) = Harness::send(h.client.get(format!("{h2}/healthz"))).await;
+    let (s, _) = Harness::send(h.client.get(format!("{base}/healthz"))).await;
     assert_eq!(s, 200);
     assert_eq!(state(&h).await, before);
 }
 
 /// The real binary under a 256-descriptor limit, flooded with 600 idle connections: it keeps
-/// its descriptors for the database and answers `/healthz` once the idle ones time out.
+/// its descriptors for the database and answers `/healthz` once the idle ones ahead of it
+/// time out.
 #[test]
 fn descriptor_flood_does_not_starve_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -823,6 +841,8 @@ fn descriptor_flood_does_not_starve_the_server() {
             "--listen",
             &addr,
             "--header-timeout",
+            "1",
+            "--idle-timeout",
             "2",
         ])
         .stdout(log.try_clone().unwrap())
