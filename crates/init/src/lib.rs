@@ -1,10 +1,9 @@
 //! gridos PID 1: early boot, drivers, service supervisor, control socket and shutdown.
 //!
-//! Pure logic (`cmdline`, `config`, `graph`, `backoff`, `ring`, module-index parsing)
+//! Pure logic (`cmdline`, `config`, `graph`, `ring`, module-index parsing)
 //! is kept apart from the I/O so most of it is tested without root.
 
 pub mod args;
-pub mod backoff;
 pub mod boot;
 pub mod cmdline;
 pub mod config;

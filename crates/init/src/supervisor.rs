@@ -17,12 +17,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
-use crate::backoff::Backoff;
 use crate::config::{Loaded, Service};
 use crate::graph::{self, Plan};
 use crate::logsink::LogSink;
 use crate::reaper::{Exit, Reaper};
 use crate::ring::LogRing;
+use gridbackoff::Backoff;
 
 /// What a service is doing now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,12 +174,19 @@ pub enum SupervisorError {
     ShuttingDown,
 }
 
+/// Restart delays: 0.5 s doubling to 30 s (each jittered into its upper half), forgotten after
+/// a run of 60 s.
+pub fn default_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+        .reset_after(Duration::from_secs(60))
+}
+
 /// Settings of the supervisor that are not in the service files.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Where `log: file` services write; `None` falls back to the ring only.
     pub log_dir: Option<PathBuf>,
-    /// Restart backoff template.
+    /// Restart backoff template; `None` is [`default_backoff`].
     pub backoff: Option<Backoff>,
 }
 
@@ -352,7 +359,7 @@ impl Supervisor {
             return;
         };
         let mut want = unit.want.subscribe();
-        let mut backoff = self.opts.backoff.clone().unwrap_or_default();
+        let mut backoff = self.opts.backoff.clone().unwrap_or_else(default_backoff);
         loop {
             let wanted = *want.borrow_and_update();
             if !wanted {
@@ -405,7 +412,7 @@ impl Supervisor {
         if !wanted {
             return;
         }
-        let delay = backoff.next_delay(ran_for);
+        let delay = backoff.next_delay_after(ran_for);
         unit.restarts.fetch_add(1, Ordering::SeqCst);
         unit.set(name, State::Backoff);
         tracing::info!(
