@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end test (issue 5): the real image (make image) boots in QEMU with 2 CPUs, 2 GiB,
-# a 20 GB SSD and a 50 GB HDD (sparse files), registers with a grid-registry on 127.0.0.1
-# (SQLite), reports the capacity QEMU gave it, comes back as the same node after Ctrl-Alt-Del
-# on the same disks, and delivers every report queued while the registry was stopped.
+# End-to-end test: the real image (make image) boots in QEMU in a fixed list of machine shapes
+# (default CPU model and -cpu max; 1, 2 and 4 vCPUs; SSD only, HDD only, SSD+HDD, no disk, a disk
+# hot-added after boot), two at a time, each registering with its own grid-registry on
+# 127.0.0.1 (SQLite); each checks the registered CRU/MRU/SRU/HRU and where the cache went. The
+# SSD+HDD shape also comes back as the same node after Ctrl-Alt-Del on the same disks and
+# delivers every report queued while the registry was stopped. docs/lab.md has the list.
 # The scenario is `gridos-lab e2e` (crates/lab/src/e2e.rs); this script builds what it needs.
 #
 # Env: SKIP_BUILD=1  use out/ and target/debug as they are
-#      E2E_ARGS="…"  extra flags for gridos-lab e2e (e.g. --outage 30)
+#      E2E_ARGS="…"  extra flags for gridos-lab e2e (e.g. --outage 30, --shapes max-1cpu-nodisk)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"

@@ -9,6 +9,8 @@ use gridtypes::{NodeRegistration, Report, Resources, MAX_TEXT};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use gridbackoff::Backoff;
+
 use crate::client::{now, Client, Outcome};
 use crate::identity::{self, IdentityError, KEY_FILE};
 use crate::probe::{Hardware, Probe, ProbeError};
@@ -44,7 +46,8 @@ pub struct Config {
     pub uptime_interval: Duration,
     /// Time between capacity probes (a change is reported at once).
     pub probe_interval: Duration,
-    /// First retry delay after the registry was unreachable; doubles up to `retry_max`.
+    /// First retry delay after the registry was unreachable; doubles up to `retry_max`, each
+    /// delay jittered (see `gridbackoff`) so nodes do not retry in lockstep.
     pub retry_min: Duration,
     /// Longest retry delay while the registry is unreachable.
     pub retry_max: Duration,
@@ -105,42 +108,6 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Last capacity probed.
     pub capacity: Resources,
-}
-
-/// Exponential backoff between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Option<Duration>,
-}
-
-impl Backoff {
-    /// Starts at `min`.
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max: max.max(min),
-            next: None,
-        }
-    }
-
-    /// The delay before the next attempt; each call doubles it up to `max`.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next.unwrap_or(self.min);
-        self.next = Some(d.saturating_mul(2).min(self.max));
-        d
-    }
-
-    /// True while failures are being backed off.
-    pub fn active(&self) -> bool {
-        self.next.is_some()
-    }
-
-    /// After a success.
-    pub fn reset(&mut self) {
-        self.next = None;
-    }
 }
 
 /// Seconds since boot from `/proc/uptime`.
@@ -266,6 +233,27 @@ impl Agent {
         Pass::RetryAt(Instant::now() + delay)
     }
 
+    /// The registry answered 429: nothing is dropped, and the same message is not tried again
+    /// before the registry's `Retry-After` (nor before the jittered backoff, whichever is later).
+    fn throttled(&mut self, what: &str, retry_after: Option<Duration>) -> Pass {
+        let delay = self
+            .backoff
+            .next_delay()
+            .max(retry_after.unwrap_or_default());
+        tracing::warn!(
+            registry = %self.cfg.registry,
+            retry_after_secs = retry_after.map(|d| d.as_secs()),
+            retry_in_secs = delay.as_secs_f32(),
+            queued = self.queue.len(),
+            "registry asks this node to slow down (HTTP 429) while {what}; will retry"
+        );
+        self.set_error(Some(format!(
+            "registry {} throttled the node (HTTP 429)",
+            self.cfg.registry
+        )));
+        Pass::RetryAt(Instant::now() + delay)
+    }
+
     async fn register(&mut self) -> Pass {
         let reg = self.registration();
         match self.client.register(&reg).await {
@@ -311,6 +299,7 @@ impl Agent {
             }
             Outcome::Replay => Pass::RetryAt(Instant::now()),
             Outcome::Unavailable(e) => self.unreachable("registering", &e),
+            Outcome::Throttled { retry_after } => self.throttled("registering", retry_after),
         }
     }
 
@@ -367,6 +356,9 @@ impl Agent {
                     );
                 }
                 Outcome::Unavailable(e) => return Ok(self.unreachable("sending reports", &e)),
+                Outcome::Throttled { retry_after } => {
+                    return Ok(self.throttled("sending reports", retry_after))
+                }
             }
             self.queue.pop()?;
             sent += 1;
@@ -447,7 +439,7 @@ pub async fn run(
     }
     let hw = probe(&cfg.probe).await?;
     for d in &hw.disks {
-        tracing::info!(disk = %d.name, size = d.size, kind = ?d.kind, rotational = d.rotational, seek_micros = ?d.seek_micros, "disk");
+        tracing::info!(disk = %d.disk.name, size = d.disk.size_bytes, kind = ?d.kind, rotational = ?d.disk.rotational, latency_us = ?d.latency_us, "disk");
     }
     let public_key = client.public_key();
     let capacity = hw.capacity;
@@ -473,6 +465,11 @@ pub async fn run(
         agent.cfg.probe_interval,
     );
     reprobe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Storage rewrites its measurements when a disk comes or goes after boot: a cheap look at
+    // the file every few seconds gets the new capacity reported without waiting for the probe.
+    let mut disks_changed = tokio::time::interval(MEASURED_POLL);
+    disks_changed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut measured_seen = file_stamp(&agent.cfg.probe.measured);
     tokio::pin!(shutdown);
     loop {
         let wake = agent.next_attempt;
@@ -480,6 +477,14 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = uptime.tick() => agent.enqueue_uptime(false)?,
             _ = reprobe.tick() => agent.reprobe().await?,
+            _ = disks_changed.tick() => {
+                let stamp = file_stamp(&agent.cfg.probe.measured);
+                if stamp != measured_seen {
+                    measured_seen = stamp;
+                    tracing::info!("storage published new disk measurements");
+                    agent.reprobe().await?;
+                }
+            }
             _ = sleep_until(wake) => agent.attempt().await?,
         }
     }
@@ -505,6 +510,15 @@ pub async fn run(
     Ok(())
 }
 
+/// How often the disk measurement file is looked at.
+const MEASURED_POLL: Duration = Duration::from_secs(2);
+
+/// Modification time and length of a file, to notice it was rewritten.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -515,17 +529,6 @@ async fn sleep_until(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
-        assert!(!b.active());
-        let d: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(d, vec![1, 2, 4, 5, 5]);
-        assert!(b.active());
-        b.reset();
-        assert_eq!(b.next_delay().as_secs(), 1);
-    }
 
     #[test]
     fn uptime_is_parsed() {

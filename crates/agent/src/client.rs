@@ -27,6 +27,20 @@ pub enum Outcome {
     },
     /// Network error, timeout or 5xx: try again later.
     Unavailable(String),
+    /// `429 Too Many Requests`: the registry asks this node to slow down. The message is
+    /// kept (it stays queued) and not sent again before `retry_after`, when the registry said.
+    Throttled {
+        /// From the `Retry-After` header (delay in seconds); `None` when absent or a date.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Reads a `Retry-After` value given in seconds. An HTTP date (the other allowed form) is not
+/// used by the registry and is treated as absent: the agent's own backoff applies then.
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    let secs: u64 = value?.trim().parse().ok()?;
+    // A day at most: a registry bug must not silence a node for months.
+    Some(Duration::from_secs(secs.min(86_400)))
 }
 
 /// A queued report is signed with the time it describes when that is still inside the
@@ -135,6 +149,15 @@ impl Client {
             Err(e) => return Outcome::Unavailable(format!("{url}: {}", svclog::error_chain(&e))),
         };
         let status = resp.status().as_u16();
+        if status == 429 {
+            let header = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            return Outcome::Throttled {
+                retry_after: parse_retry_after(header),
+            };
+        }
         match resp.text().await {
             Ok(body) => classify(status, &body),
             Err(e) => Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
@@ -167,6 +190,21 @@ mod tests {
         ));
         assert!(matches!(classify(503, "busy"), Outcome::Unavailable(_)));
         assert!(matches!(classify(500, ""), Outcome::Unavailable(_)));
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(parse_retry_after(Some("7")), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(Some(" 0 ")), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(Some("99999999")),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(parse_retry_after(None), None);
     }
 
     #[test]

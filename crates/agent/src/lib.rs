@@ -1,7 +1,7 @@
 //! The capacity agent of a 3Node: measures what the node can give, proves who it is, and
 //! tells the registry, without losing a report when the registry is away.
 //!
-//! `probe` and `seek` measure, `identity` keeps the node key, `queue` holds reports on disk,
+//! `probe` measures (disks as the storage service measured them, through `griddisks`), `identity` keeps the node key, `queue` holds reports on disk,
 //! `client` talks to the registry, and `agent` ties them together in one event loop.
 
 pub mod agent;
@@ -9,6 +9,5 @@ pub mod client;
 pub mod identity;
 pub mod probe;
 pub mod queue;
-pub mod seek;
 
 pub use agent::{run, AgentError, Config, Status};

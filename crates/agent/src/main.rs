@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use gridagent::probe::{DiskKind, Probe};
+use gridagent::probe::Probe;
 use gridagent::{Config, Status};
+use griddisks::Kind;
 
 #[derive(Debug, Parser)]
 #[command(name = "gridos-agent", version, about = "The gridos capacity agent")]
@@ -47,9 +48,9 @@ struct Args {
     /// procfs root.
     #[arg(long, default_value = "/proc", hide = true)]
     procfs: PathBuf,
-    /// Device directory for the seek test.
-    #[arg(long, default_value = "/dev", hide = true)]
-    devfs: PathBuf,
+    /// The storage service's disk measurements.
+    #[arg(long, default_value = griddisks::measured::MEASURED_FILE, hide = true)]
+    measured: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -70,7 +71,7 @@ fn probe_of(args: &Args) -> Probe {
     Probe {
         sys: args.sysfs.clone(),
         proc: args.procfs.clone(),
-        dev: args.devfs.clone(),
+        measured: args.measured.clone(),
         skip_disks: args.skip_disks.clone(),
         ..Probe::default()
     }
@@ -98,14 +99,10 @@ pub fn main() -> anyhow::Result<()> {
                 hw.serial.as_deref().unwrap_or("-")
             );
             for d in &hw.disks {
-                let kind = if d.kind == DiskKind::Ssd {
-                    "SSD"
-                } else {
-                    "HDD"
-                };
+                let kind = if d.kind == Kind::Ssd { "SSD" } else { "HDD" };
                 println!(
-                    "disk {} {} bytes {kind} (rotational {}, seek {:?} µs)",
-                    d.name, d.size, d.rotational, d.seek_micros
+                    "disk {} {} bytes {kind} (rotational {:?}, seek {:?} µs)",
+                    d.disk.name, d.disk.size_bytes, d.disk.rotational, d.latency_us
                 );
             }
             for i in &hw.interfaces {

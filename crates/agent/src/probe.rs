@@ -6,12 +6,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use griddisks::{Kind, Measured};
 use gridtypes::payload::{MAX_INTERFACES, MAX_TEXT};
 use gridtypes::{Interface, Resources};
-
-use crate::seek::{RandomRead, SeekTest};
 
 /// Why the probe could not measure something it must know.
 #[derive(Debug, thiserror::Error)]
@@ -34,38 +32,13 @@ pub enum ProbeError {
     },
 }
 
-/// Kind of storage a disk provides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskKind {
-    /// Solid state: counts as SRU.
-    Ssd,
-    /// Spinning disk: counts as HRU.
-    Hdd,
-}
-
-/// One whole disk the node can offer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Disk {
-    /// Kernel name, e.g. `sda`.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// SSD or HDD, after the seek check.
-    pub kind: DiskKind,
-    /// What the kernel's `queue/rotational` said.
-    pub rotational: bool,
-    /// Mean random 4K read latency, when the seek test ran.
-    pub seek_micros: Option<u64>,
-}
-
 /// Everything the agent tells the registry about the hardware.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Hardware {
     /// Raw capacity (memory and disks in bytes).
     pub capacity: Resources,
-    /// Disks counted in `capacity`.
-    pub disks: Vec<Disk>,
+    /// Disks counted in `capacity`, as storage measured them.
+    pub disks: Vec<Measured>,
     /// Network interfaces with a device behind them.
     pub interfaces: Vec<Interface>,
     /// DMI product serial, if the firmware has a meaningful one.
@@ -81,12 +54,10 @@ pub struct Probe {
     pub sys: PathBuf,
     /// procfs root (`/proc`).
     pub proc: PathBuf,
-    /// Device node directory (`/dev`), for the seek test.
-    pub dev: PathBuf,
+    /// The storage service's disk measurements ([`griddisks::measured`]).
+    pub measured: PathBuf,
     /// Disks never counted: the boot medium named by configuration.
     pub skip_disks: Vec<String>,
-    /// Mean random-read latency above which a disk is an HDD.
-    pub hdd_threshold: Duration,
     /// Whether to ask the kernel for interface addresses (`getifaddrs`); off in unit tests.
     pub addresses: bool,
 }
@@ -96,19 +67,12 @@ impl Default for Probe {
         Probe {
             sys: PathBuf::from("/sys"),
             proc: PathBuf::from("/proc"),
-            dev: PathBuf::from("/dev"),
+            measured: PathBuf::from(griddisks::measured::MEASURED_FILE),
             skip_disks: Vec::new(),
-            hdd_threshold: DEFAULT_HDD_THRESHOLD,
             addresses: true,
         }
     }
 }
-
-/// An SSD answers a random 4K read in well under 1 ms, a spinning disk needs a seek (4–15 ms).
-pub const DEFAULT_HDD_THRESHOLD: Duration = Duration::from_millis(2);
-
-/// Disk name prefixes that are never real storage.
-const VIRTUAL_DISKS: &[&str] = &["loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd"];
 
 /// Firmware strings that mean "this is a virtual machine".
 const HYPERVISOR_VENDORS: &[&str] = &[
@@ -218,91 +182,38 @@ impl Probe {
         })
     }
 
-    /// Whole disks worth counting, each classified SSD or HDD.
-    pub fn disks(&self, seek: &dyn SeekTest) -> Result<Vec<Disk>, ProbeError> {
+    /// Whole disks worth counting, each as the storage service measured it.
+    ///
+    /// The agent never runs its own seek test: one measurement per disk (storage's) decides
+    /// both where the cache goes and what is sold. A disk storage has not measured yet (it
+    /// appeared a moment ago) is counted once storage has published it.
+    pub fn disks(&self) -> Result<Vec<Measured>, ProbeError> {
         let dir = self.sys.join("block");
-        let entries = fs::read_dir(&dir).map_err(|source| ProbeError::Read {
+        let present = griddisks::scan(&dir).map_err(|e| ProbeError::Parse {
             path: dir.clone(),
-            source,
+            what: e.to_string(),
         })?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort();
+        let measured = griddisks::measured::read(&self.measured).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "disk measurements unreadable; counting no disk");
+            Vec::new()
+        });
         let mut disks = Vec::new();
-        for name in names {
-            if let Some(disk) = self.disk(&dir, &name, seek) {
-                disks.push(disk);
+        for disk in present {
+            if let Some(why) = griddisks::skip_reason(&disk, &self.skip_disks, None) {
+                tracing::debug!(disk = %disk.name, why, "not counted");
+                continue;
+            }
+            match measured
+                .iter()
+                .find(|m| m.disk.name == disk.name && m.disk.size_bytes == disk.size_bytes)
+            {
+                Some(m) => disks.push(m.clone()),
+                None => {
+                    tracing::info!(disk = %disk.name, "not measured by storage yet; not counted")
+                }
             }
         }
         Ok(disks)
-    }
-
-    fn disk(&self, dir: &Path, name: &str, seek: &dyn SeekTest) -> Option<Disk> {
-        let base = dir.join(name);
-        if VIRTUAL_DISKS.iter().any(|p| name.starts_with(p)) {
-            tracing::debug!(disk = name, "skipping virtual block device");
-            return None;
-        }
-        if self.skip_disks.iter().any(|s| s == name) {
-            tracing::info!(disk = name, "skipping the boot medium");
-            return None;
-        }
-        if base.join("partition").exists() {
-            return None;
-        }
-        if read_opt(&base.join("removable")).as_deref() == Some("1")
-            || read_opt(&base.join("ro")).as_deref() == Some("1")
-        {
-            tracing::info!(
-                disk = name,
-                "skipping removable or read-only disk (boot medium)"
-            );
-            return None;
-        }
-        let sectors: u64 = read_opt(&base.join("size"))?.parse().ok()?;
-        let size = sectors.checked_mul(512)?;
-        if size == 0 {
-            return None;
-        }
-        let rotational = read_opt(&base.join("queue/rotational")).as_deref() != Some("0");
-        if rotational {
-            // Nobody gains by claiming a disk is slower than it is: trust a rotational flag.
-            return Some(Disk {
-                name: name.to_string(),
-                size,
-                kind: DiskKind::Hdd,
-                rotational,
-                seek_micros: None,
-            });
-        }
-        let (kind, seek_micros) = match seek.mean_latency(&self.dev.join(name), size) {
-            Ok(mean) => {
-                let micros = u64::try_from(mean.as_micros()).unwrap_or(u64::MAX);
-                if mean > self.hdd_threshold {
-                    tracing::warn!(
-                        disk = name,
-                        micros,
-                        "disk says it is not rotational but seeks like a spinning disk: counting it as HDD"
-                    );
-                    (DiskKind::Hdd, Some(micros))
-                } else {
-                    (DiskKind::Ssd, Some(micros))
-                }
-            }
-            Err(e) => {
-                tracing::warn!(disk = name, error = %e, "seek test failed: trusting queue/rotational");
-                (DiskKind::Ssd, None)
-            }
-        };
-        Some(Disk {
-            name: name.to_string(),
-            size,
-            kind,
-            rotational,
-            seek_micros,
-        })
     }
 
     /// Network interfaces backed by a device (loopback and virtual links are left out).
@@ -367,20 +278,21 @@ impl Probe {
         firmware || cpu_flag
     }
 
-    /// Probes everything, running the real seek test on non-rotational disks.
+    /// Probes everything.
     pub fn hardware(&self) -> Result<Hardware, ProbeError> {
-        self.hardware_with(&RandomRead::default())
-    }
-
-    /// Probes everything with the given seek test (tests inject a fake one).
-    pub fn hardware_with(&self, seek: &dyn SeekTest) -> Result<Hardware, ProbeError> {
-        let disks = self.disks(seek)?;
-        let sum = |k: DiskKind| disks.iter().filter(|d| d.kind == k).map(|d| d.size).sum();
+        let disks = self.disks()?;
+        let sum = |k: Kind| {
+            disks
+                .iter()
+                .filter(|d| d.kind == k)
+                .map(|d| d.disk.size_bytes)
+                .sum()
+        };
         let capacity = Resources {
             cru: self.cru()?,
             mru: self.mru()?,
-            sru: sum(DiskKind::Ssd),
-            hru: sum(DiskKind::Hdd),
+            sru: sum(Kind::Ssd),
+            hru: sum(Kind::Hdd),
             ipv4: 0,
         };
         Ok(Hardware {

@@ -59,6 +59,14 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     put(&sys, "devices/system/cpu/online", "0-1\n");
     put(&sys, "block/vda/size", &format!("{}\n", 20 * GIB / 512));
     put(&sys, "block/vda/queue/rotational", "1\n");
+    // What the storage service would have published after measuring it.
+    let measured = dir.path().join("disks.json");
+    let disks = griddisks::scan(&sys.join("block")).unwrap();
+    let m: Vec<_> = disks
+        .into_iter()
+        .map(|d| griddisks::Measured::new(d, None))
+        .collect();
+    griddisks::measured::write(&measured, &m).unwrap();
     let cmdline = dir.path().join("cmdline");
     put(
         dir.path(),
@@ -72,6 +80,8 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
         .arg(dir.path().join("state"))
         .arg("--sysfs")
         .arg(&sys)
+        .arg("--measured")
+        .arg(&measured)
         .args(["--uptime-interval", "1"])
         .env_remove("RUST_LOG")
         .env_remove("GRIDOS_FARM")

@@ -1,27 +1,14 @@
 //! The probe against fake /sys and /proc trees: a node with the disks QEMU gives the e2e test,
-//! plus everything the probe must leave out. No host disk is opened.
+//! plus everything the probe must leave out, and the storage service's measurement file. No
+//! host disk is opened.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gridagent::probe::{DiskKind, Probe};
-use gridagent::seek::{SeekError, SeekTest};
+use gridagent::probe::Probe;
+use griddisks::{Kind, Measured};
 use gridtypes::GIB;
-
-/// Seek test that answers from a table instead of reading a device.
-struct FakeSeek(HashMap<String, Result<Duration, ()>>);
-
-impl SeekTest for FakeSeek {
-    fn mean_latency(&self, dev: &Path, _size: u64) -> Result<Duration, SeekError> {
-        let name = dev.file_name().unwrap().to_string_lossy().to_string();
-        match self.0.get(&name) {
-            Some(Ok(d)) => Ok(*d),
-            _ => Err(SeekError::TooSmall(dev.to_path_buf())),
-        }
-    }
-}
 
 fn put(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
@@ -48,6 +35,7 @@ struct Tree {
     _dir: tempfile::TempDir,
     sys: PathBuf,
     proc: PathBuf,
+    measured: PathBuf,
 }
 
 fn qemu_node() -> Tree {
@@ -89,44 +77,51 @@ fn qemu_node() -> Tree {
         "class/dmi/id/product_name",
         "Standard PC (Q35 + ICH9, 2009)\n",
     );
+    let measured = dir.path().join("run/disks.json");
     Tree {
         _dir: dir,
         sys,
         proc,
+        measured,
     }
+}
+
+/// Writes what storage would have measured: `latency_us` per name (`None`: rotational, unmeasured).
+fn storage_measured(t: &Tree, disks: &[(&str, Option<u64>)]) {
+    let all = griddisks::scan(&t.sys.join("block")).unwrap();
+    let m: Vec<Measured> = disks
+        .iter()
+        .map(|(name, lat)| {
+            let d = all.iter().find(|d| d.name == *name).unwrap().clone();
+            Measured::new(d, lat.map(Duration::from_micros))
+        })
+        .collect();
+    griddisks::measured::write(&t.measured, &m).unwrap();
 }
 
 fn probe(t: &Tree) -> Probe {
     Probe {
         sys: t.sys.clone(),
         proc: t.proc.clone(),
-        dev: t.sys.join("no-dev"),
+        measured: t.measured.clone(),
         addresses: false,
         ..Probe::default()
     }
 }
 
-fn fast(names: &[&str]) -> FakeSeek {
-    FakeSeek(
-        names
-            .iter()
-            .map(|n| (n.to_string(), Ok(Duration::from_micros(80))))
-            .collect(),
-    )
-}
-
 #[test]
 fn qemu_node_is_measured_like_the_e2e_test_expects() {
     let t = qemu_node();
-    let hw = probe(&t).hardware_with(&fast(&["sda"])).unwrap();
+    storage_measured(&t, &[("sda", Some(80)), ("sdb", None)]);
+    let hw = probe(&t).hardware().unwrap();
     assert_eq!(hw.capacity.cru, 2);
     assert_eq!(hw.capacity.mru, 2013512 * 1024);
     assert_eq!(hw.capacity.sru, 20 * GIB);
     assert_eq!(hw.capacity.hru, 50 * GIB);
     assert_eq!(hw.capacity.ipv4, 0);
-    let names: Vec<_> = hw.disks.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<_> = hw.disks.iter().map(|d| d.disk.name.as_str()).collect();
     assert_eq!(names, vec!["sda", "sdb"]);
-    assert_eq!(hw.disks[0].seek_micros, Some(80));
+    assert_eq!(hw.disks[0].latency_us, Some(80));
     assert_eq!(hw.serial.as_deref(), Some("QEMU-SERIAL-1"));
     assert!(hw.virtualized);
     assert_eq!(hw.interfaces.len(), 1, "{:?}", hw.interfaces);
@@ -137,32 +132,37 @@ fn qemu_node_is_measured_like_the_e2e_test_expects() {
 #[test]
 fn a_non_rotational_disk_that_seeks_slowly_is_an_hdd() {
     let t = qemu_node();
-    let seek = FakeSeek(
-        [("sda".to_string(), Ok(Duration::from_millis(9)))]
-            .into_iter()
-            .collect(),
-    );
-    let hw = probe(&t).hardware_with(&seek).unwrap();
-    assert_eq!(hw.disks[0].kind, DiskKind::Hdd);
-    assert!(!hw.disks[0].rotational);
+    storage_measured(&t, &[("sda", Some(9000)), ("sdb", None)]);
+    let hw = probe(&t).hardware().unwrap();
+    assert_eq!(hw.disks[0].kind, Kind::Hdd);
+    assert_eq!(hw.disks[0].disk.rotational, Some(false));
     assert_eq!(hw.capacity.sru, 0);
     assert_eq!(hw.capacity.hru, 70 * GIB);
 }
 
 #[test]
-fn a_failed_seek_test_trusts_the_kernel_flag() {
+fn a_disk_storage_has_not_measured_is_not_counted_yet() {
     let t = qemu_node();
-    let hw = probe(&t).hardware_with(&fast(&[])).unwrap();
-    assert_eq!(hw.disks[0].kind, DiskKind::Ssd);
-    assert_eq!(hw.disks[0].seek_micros, None);
+    let hw = probe(&t).hardware().unwrap();
+    assert!(hw.disks.is_empty());
+    assert_eq!((hw.capacity.sru, hw.capacity.hru), (0, 0));
+    // Hot-added: storage publishes it, the next probe counts it.
+    storage_measured(&t, &[("sda", Some(80))]);
+    let hw = probe(&t).hardware().unwrap();
+    assert_eq!((hw.capacity.sru, hw.capacity.hru), (20 * GIB, 0));
+    // A measurement of another disk under the same name (size differs) is not used.
+    put(&t.sys, "block/sda/size", &format!("{}\n", 40 * GIB / 512));
+    let hw = probe(&t).hardware().unwrap();
+    assert_eq!(hw.capacity.sru, 0);
 }
 
 #[test]
 fn configured_boot_disk_is_skipped() {
     let t = qemu_node();
+    storage_measured(&t, &[("sda", Some(80)), ("sdb", None)]);
     let mut p = probe(&t);
     p.skip_disks = vec!["sda".into()];
-    let hw = p.hardware_with(&fast(&["sda"])).unwrap();
+    let hw = p.hardware().unwrap();
     assert_eq!(hw.capacity.sru, 0);
     assert_eq!(hw.disks.len(), 1);
 }
@@ -178,7 +178,7 @@ fn bare_metal_without_serial_or_hypervisor() {
         "To Be Filled By O.E.M.\n",
     );
     put(&t.proc, "cpuinfo", "flags\t\t: fpu vme lm\n");
-    let hw = probe(&t).hardware_with(&fast(&["sda"])).unwrap();
+    let hw = probe(&t).hardware().unwrap();
     assert!(!hw.virtualized);
     assert_eq!(hw.serial, None);
 }
@@ -187,10 +187,10 @@ fn bare_metal_without_serial_or_hypervisor() {
 fn missing_essentials_are_named_errors() {
     let t = qemu_node();
     fs::remove_file(t.proc.join("meminfo")).unwrap();
-    let err = probe(&t).hardware_with(&fast(&[])).unwrap_err();
+    let err = probe(&t).hardware().unwrap_err();
     assert!(err.to_string().contains("meminfo"), "{err}");
     let t = qemu_node();
     put(&t.sys, "devices/system/cpu/online", "garbage\n");
-    let err = probe(&t).hardware_with(&fast(&[])).unwrap_err();
+    let err = probe(&t).hardware().unwrap_err();
     assert!(err.to_string().contains("online"), "{err}");
 }

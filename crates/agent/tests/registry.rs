@@ -134,6 +134,16 @@ fn fake_sys(root: &Path) -> PathBuf {
     put(&sys, "block/sda/queue/rotational", "0\n");
     put(&sys, "block/sdb/size", &format!("{}\n", 1024 * GIB / 512));
     put(&sys, "block/sdb/queue/rotational", "1\n");
+    // What the storage service would have measured: sda seeks like an SSD.
+    let m: Vec<_> = griddisks::scan(&sys.join("block"))
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            let lat = (d.name == "sda").then(|| Duration::from_micros(100));
+            griddisks::Measured::new(d, lat)
+        })
+        .collect();
+    griddisks::measured::write(&root.join("disks.json"), &m).unwrap();
     sys
 }
 
@@ -149,8 +159,7 @@ fn config(reg: &Registry, farm: u64, state: &Path, sys: &Path) -> Config {
     cfg.tmpfs_marker = state.with_file_name("storage-tmpfs");
     cfg.probe = Probe {
         sys: sys.to_path_buf(),
-        // The seek test finds no device here and trusts queue/rotational.
-        dev: sys.join("no-dev"),
+        measured: sys.with_file_name("disks.json"),
         addresses: false,
         ..Probe::default()
     };

@@ -152,6 +152,10 @@ async fn register(registry: &str, key: SigningKey, reg: &NodeRegistration) -> Re
                 tokio::time::sleep(RETRY).await;
             }
             Outcome::Unavailable(e) => return Err(e),
+            Outcome::Throttled { retry_after } if start.elapsed() < WAIT => {
+                tokio::time::sleep(retry_after.unwrap_or(RETRY)).await;
+            }
+            Outcome::Throttled { .. } => return Err("registry kept answering 429".into()),
             Outcome::Replay => return Err("registry answered replay to a fresh nonce".into()),
             Outcome::Refused {
                 status,

@@ -75,6 +75,26 @@ struct RawService {
     signal: Option<String>,
     #[serde(default)]
     shutdown_timeout: Option<u64>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    no_new_privs: bool,
+    #[serde(default)]
+    memory_max: Option<String>,
+    #[serde(default)]
+    pids_max: Option<u64>,
+    #[serde(default)]
+    state_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    readable: Vec<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A validated service definition.
@@ -98,6 +118,36 @@ pub struct Service {
     pub signal: nix::sys::signal::Signal,
     /// How long to wait after the stop signal before SIGKILL.
     pub shutdown_timeout: Duration,
+    /// User to run as (name in `/etc/passwd` or a number); `None` is root.
+    pub user: Option<String>,
+    /// Group to run as; `None` is the user's primary group.
+    pub group: Option<String>,
+    /// Capabilities kept (bounding set; ambient too for a non-root user); `None` keeps all.
+    pub capabilities: Option<u64>,
+    /// `PR_SET_NO_NEW_PRIVS` before exec (default on).
+    pub no_new_privs: bool,
+    /// The service cgroup's `memory.max` in bytes; `None` is unlimited.
+    pub memory_max: Option<u64>,
+    /// The service cgroup's `pids.max`; `None` is unlimited.
+    pub pids_max: Option<u64>,
+    /// Directories created if missing and given to the service's user before each start.
+    pub state_dirs: Vec<PathBuf>,
+    /// Root-only files the service must read (the agent's DMI serial): their group becomes
+    /// the service's and gains read permission, instead of the service getting a capability
+    /// that would let it read every file.
+    pub readable: Vec<PathBuf>,
+}
+
+/// Parses a size such as `64M`, `1G`, `512K` or `4096` (bytes).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Default grace period between the stop signal and SIGKILL.
@@ -188,6 +238,37 @@ pub fn parse_service(name: &str, path: &Path, text: &str) -> Result<Service, Con
         Some(s) => Duration::from_secs(s),
         None => DEFAULT_SHUTDOWN_TIMEOUT,
     };
+    let mut caps = None;
+    if let Some(names) = &raw.capabilities {
+        let mut mask = 0u64;
+        for n in names {
+            let bit = crate::privs::cap_number(n)
+                .ok_or_else(|| invalid(format!("unknown capability {n:?}")))?;
+            mask |= 1u64 << bit;
+        }
+        caps = Some(mask);
+    }
+    for (what, v) in [("user", &raw.user), ("group", &raw.group)] {
+        if let Some(v) = v {
+            if v.is_empty() || v.contains(':') || v.contains('\0') || v.len() > 32 {
+                return Err(invalid(format!("invalid {what} {v:?}")));
+            }
+        }
+    }
+    let memory_max = match &raw.memory_max {
+        Some(m) => Some(
+            parse_size(m).ok_or_else(|| invalid(format!("memory_max {m:?}: expected e.g. 64M")))?,
+        ),
+        None => None,
+    };
+    if raw.pids_max == Some(0) {
+        return Err(invalid("pids_max 0 would forbid the service itself".into()));
+    }
+    for d in raw.state_dirs.iter().chain(&raw.readable) {
+        if !d.is_absolute() {
+            return Err(invalid(format!("{} is not an absolute path", d.display())));
+        }
+    }
     let mut after = raw.after;
     after.sort();
     after.dedup();
@@ -201,6 +282,14 @@ pub fn parse_service(name: &str, path: &Path, text: &str) -> Result<Service, Con
         log: raw.log,
         signal,
         shutdown_timeout,
+        user: raw.user,
+        group: raw.group,
+        capabilities: caps,
+        no_new_privs: raw.no_new_privs,
+        memory_max,
+        pids_max: raw.pids_max,
+        state_dirs: raw.state_dirs,
+        readable: raw.readable,
     })
 }
 

@@ -1,5 +1,11 @@
 //! `/init`: PID 1 of a gridos node, or (`--supervisor-only`) the supervisor as an ordinary process.
 
+// PID 1 never panics on purpose.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +16,7 @@ use gridinit::config::{self, Loaded};
 use gridinit::control::{self, PowerAction};
 use gridinit::reaper::Reaper;
 use gridinit::supervisor::{Options, Supervisor};
-use gridinit::{boot, cmdline, kmod, logging, power, uevent};
+use gridinit::{boot, cmdline, entropy, kmod, logging, power, uevent};
 use tokio::sync::mpsc;
 
 mod nss_stubs;
@@ -45,7 +51,26 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Stops, reaps and powers off or reboots; never returns.
+///
+/// Everything PID 1 does, from the first mount to the power-off, runs inside one
+/// `catch_unwind`: a panic anywhere (mounts, command line, logging, hostname, the supervisor)
+/// is logged and PID 1 goes on reaping instead of exiting, which would panic the kernel.
 fn pid1() -> ! {
+    match std::panic::catch_unwind(pid1_main) {
+        Ok(Ok(())) => tracing::error!("reboot(2) returned; init idles"),
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "init failed; idling"),
+        Err(_) => tracing::error!("PID 1 panicked; idling"),
+    }
+    // PID 1 must never exit: keep reaping until the machine is switched off.
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+fn pid1_main() -> anyhow::Result<()> {
     let t0 = logging::boot_seconds();
     // The kernel starts init with almost no environment; services need a PATH.
     // Still single-threaded here, so changing the environment is sound.
@@ -64,6 +89,7 @@ fn pid1() -> ! {
         version = env!("CARGO_PKG_VERSION"),
         "gridos init started as PID 1"
     );
+    entropy::watch();
     for m in mounts {
         match m {
             Ok(target) => tracing::info!(target, "mounted"),
@@ -90,22 +116,8 @@ fn pid1() -> ! {
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
         tracing::warn!(error = %e, "cannot route Ctrl-Alt-Del to init");
     }
-    let result = std::panic::catch_unwind(|| match runtime() {
-        Ok(rt) => rt.block_on(pid1_async()),
-        Err(e) => Err(anyhow::Error::from(e).context("cannot build the runtime")),
-    });
-    match result {
-        Ok(Ok(())) => tracing::error!("reboot(2) returned; init idles"),
-        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "init failed; idling"),
-        Err(_) => tracing::error!("init's main loop panicked; idling"),
-    }
-    // PID 1 must never exit: keep reaping until the machine is switched off.
-    loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
-    }
+    let rt = runtime().context("cannot build the runtime")?;
+    rt.block_on(pid1_async())
 }
 
 fn load_services(dir: &Path) -> Loaded {
@@ -233,6 +245,8 @@ async fn pid1_async() -> anyhow::Result<()> {
         Options {
             log_dir: Some(PathBuf::from(LOG_DIR)),
             backoff: None,
+            cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
+            etc: None,
         },
     );
     let (tx, mut rx) = mpsc::channel(4);
@@ -268,6 +282,8 @@ fn supervisor_only(args: Args) -> anyhow::Result<()> {
             Options {
                 log_dir: args.log_dir.clone(),
                 backoff: None,
+                cgroup_root: None,
+                etc: None,
             },
         );
         let (tx, mut rx) = mpsc::channel(4);

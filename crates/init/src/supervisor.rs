@@ -17,12 +17,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
-use crate::backoff::Backoff;
 use crate::config::{Loaded, Service};
 use crate::graph::{self, Plan};
 use crate::logsink::LogSink;
+use crate::privs;
 use crate::reaper::{Exit, Reaper};
 use crate::ring::LogRing;
+use gridbackoff::Backoff;
 
 /// What a service is doing now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,13 +175,25 @@ pub enum SupervisorError {
     ShuttingDown,
 }
 
+/// Restart delays: 0.5 s doubling to 30 s (each jittered into its upper half), forgotten after
+/// a run of 60 s.
+pub fn default_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+        .reset_after(Duration::from_secs(60))
+}
+
 /// Settings of the supervisor that are not in the service files.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Where `log: file` services write; `None` falls back to the ring only.
     pub log_dir: Option<PathBuf>,
-    /// Restart backoff template.
+    /// Restart backoff template; `None` is [`default_backoff`].
     pub backoff: Option<Backoff>,
+    /// The cgroup2 mount under which each service gets `services/<name>`; `None` (an
+    /// ordinary process supervising, e.g. in tests) leaves services in the caller's cgroup.
+    pub cgroup_root: Option<PathBuf>,
+    /// Where `passwd` and `group` are read to resolve `user:` and `group:`; `None` is `/etc`.
+    pub etc: Option<PathBuf>,
 }
 
 /// All services, their plan, and the reaper shared with everything that spawns.
@@ -352,7 +365,7 @@ impl Supervisor {
             return;
         };
         let mut want = unit.want.subscribe();
-        let mut backoff = self.opts.backoff.clone().unwrap_or_default();
+        let mut backoff = self.opts.backoff.clone().unwrap_or_else(default_backoff);
         loop {
             let wanted = *want.borrow_and_update();
             if !wanted {
@@ -405,7 +418,7 @@ impl Supervisor {
         if !wanted {
             return;
         }
-        let delay = backoff.next_delay(ran_for);
+        let delay = backoff.next_delay_after(ran_for);
         unit.restarts.fetch_add(1, Ordering::SeqCst);
         unit.set(name, State::Backoff);
         tracing::info!(
@@ -516,8 +529,70 @@ impl Supervisor {
         }
     }
 
+    /// Resolves a service's user, group, capabilities, cgroup and state directories.
+    fn privileges(&self, cfg: &Service) -> Result<privs::Plan, privs::PrivError> {
+        let etc = self
+            .opts
+            .etc
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc"));
+        let read = |f: &str| std::fs::read_to_string(etc.join(f)).unwrap_or_default();
+        let unknown = |kind, name: &str, file: &str| privs::PrivError::Unknown {
+            kind,
+            name: name.to_string(),
+            file: etc.join(file).display().to_string(),
+        };
+        let mut ids = None;
+        if let Some(user) = &cfg.user {
+            let (uid, mut gid) = privs::lookup_user(&read("passwd"), user)
+                .ok_or_else(|| unknown("user", user, "passwd"))?;
+            if let Some(group) = &cfg.group {
+                gid = privs::lookup_group(&read("group"), group)
+                    .ok_or_else(|| unknown("group", group, "group"))?;
+            }
+            ids = Some((uid, gid));
+        } else if let Some(group) = &cfg.group {
+            let gid = privs::lookup_group(&read("group"), group)
+                .ok_or_else(|| unknown("group", group, "group"))?;
+            ids = Some((0, gid));
+        }
+        let (uid, gid) = ids.unwrap_or((0, 0));
+        privs::own_dirs(&cfg.state_dirs, uid, gid)?;
+        privs::grant_read(&cfg.readable, gid)?;
+        let cgroup_procs = match &self.opts.cgroup_root {
+            Some(root) => Some(privs::cgroup(
+                root,
+                &cfg.name,
+                cfg.memory_max,
+                cfg.pids_max,
+            )?),
+            None => None,
+        };
+        Ok(privs::Plan {
+            ids,
+            caps: cfg.capabilities,
+            last_cap: privs::last_cap(),
+            no_new_privs: cfg.no_new_privs,
+            cgroup_procs,
+        })
+    }
+
+    /// The command for `argv` of `cfg`, with the service's privileges applied in the child.
+    fn command(&self, cfg: &Service, argv: &[String]) -> std::io::Result<Command> {
+        let plan = self
+            .privileges(cfg)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut cmd = base_command(cfg, argv);
+        // SAFETY: `Plan::apply` only makes system calls (write, prctl, setgroups, setgid,
+        // setuid, capset) on data resolved before the fork; it neither allocates nor locks.
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+        Ok(cmd)
+    }
+
     async fn run_test(&self, cfg: &Service, test: &[String]) -> std::io::Result<bool> {
-        let mut cmd = base_command(cfg, test);
+        let mut cmd = self.command(cfg, test)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -537,8 +612,8 @@ impl Supervisor {
         unit: &Arc<Unit>,
         cfg: &Service,
     ) -> std::io::Result<(i32, oneshot::Receiver<Exit>)> {
+        let mut cmd = self.command(cfg, &cfg.exec)?;
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut cmd = base_command(cfg, &cfg.exec);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(write.try_clone()?))
             .stderr(Stdio::from(write));

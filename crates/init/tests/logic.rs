@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gridinit::backoff::Backoff;
 use gridinit::graph::plan;
 use gridinit::kmod::{glob_match, module_name, ModuleIndex};
 use gridinit::ring::LogRing;
+use gridinit::supervisor::default_backoff;
 
 fn deps(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
     list.iter()
@@ -87,23 +87,19 @@ fn large_chain_plans_quickly() {
 }
 
 #[test]
-fn backoff_doubles_caps_and_resets() {
-    let mut b = Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_secs(1),
-        Duration::from_secs(10),
-    );
-    let got: Vec<u64> = (0..6)
-        .map(|_| b.next_delay(Duration::ZERO).as_millis() as u64)
+fn restart_backoff_doubles_caps_jitters_and_resets() {
+    let mut b = default_backoff();
+    let nominal: Vec<u64> = (0..8)
+        .map(|_| {
+            let n = b.nominal();
+            let d = b.next_delay_after(Duration::ZERO);
+            assert!(d >= n / 2 && d <= n, "{d:?} outside [{:?}, {n:?}]", n / 2);
+            n.as_millis() as u64
+        })
         .collect();
-    assert_eq!(got, [100, 200, 400, 800, 1000, 1000]);
-    for _ in 0..100 {
-        assert!(b.next_delay(Duration::ZERO) <= Duration::from_secs(1));
-    }
-    assert_eq!(
-        b.next_delay(Duration::from_secs(10)),
-        Duration::from_millis(100)
-    );
+    assert_eq!(nominal, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+    // A run of a minute forgets the failures.
+    assert!(b.next_delay_after(Duration::from_secs(60)) <= Duration::from_millis(500));
     b.reset();
     assert_eq!(b.failures(), 0);
 }

@@ -426,3 +426,92 @@ async fn silent_clients_are_dropped_after_the_handshake_timeout() {
     drop(silent);
     assert_eq!(p.list().await.expect("list").len(), 1);
 }
+
+/// The log lines of `name` once one starts with `last`.
+async fn log_until(p: &InitProxy<'_>, name: &str, last: &str) -> Vec<String> {
+    let deadline = Instant::now() + SECS;
+    loop {
+        let (lines, _) = p.log(name, 0).await.expect("log");
+        if lines.iter().any(|l| l.starts_with(last)) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{name} log: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+#[tokio::test]
+async fn services_run_with_their_user_capabilities_and_no_new_privs() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && std::env::var_os("GRIDOS_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: not root and GRIDOS_SKIP_ROOT_TESTS is set");
+        return;
+    }
+    assert!(
+        root,
+        "switching users needs root (set GRIDOS_SKIP_ROOT_TESTS=1 to skip)"
+    );
+    let show = "exec: sh -c 'grep -E \"^(Uid|Gid|CapEff|CapBnd|CapAmb|NoNewPrivs)\" /proc/self/status; exec sleep 100'";
+    let h = Harness::start(&[
+        (
+            "confined",
+            &format!("{show}\nuser: \"65534\"\ngroup: \"65533\"\ncapabilities: [net_raw]\nstate_dirs: [$DIR/state]\n"),
+        ),
+        ("rootless-caps", &format!("{show}\ncapabilities: []\nno_new_privs: false\n")),
+    ]);
+    let p = h.client().await;
+    wait_state(&p, "confined", "running", SECS).await;
+    let lines = log_until(&p, "confined", "NoNewPrivs").await;
+    assert!(
+        field(&lines, "Uid:").starts_with("65534\t65534"),
+        "{lines:?}"
+    );
+    assert!(
+        field(&lines, "Gid:").starts_with("65533\t65533"),
+        "{lines:?}"
+    );
+    // CAP_NET_RAW is bit 13: the only capability left, kept across exec as an ambient one.
+    for key in ["CapBnd:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(&lines, key), "0000000000002000", "{key} {lines:?}");
+    }
+    assert_eq!(field(&lines, "NoNewPrivs:"), "1");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(h.path("state")).expect("state dir");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65533, 0o700)
+    );
+
+    wait_state(&p, "rootless-caps", "running", SECS).await;
+    let lines = log_until(&p, "rootless-caps", "NoNewPrivs").await;
+    assert!(field(&lines, "Uid:").starts_with("0\t0"), "{lines:?}");
+    for key in ["CapBnd:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(&lines, key), "0000000000000000", "{key} {lines:?}");
+    }
+    assert_eq!(field(&lines, "NoNewPrivs:"), "0");
+}
+
+#[tokio::test]
+async fn an_unknown_user_keeps_the_service_from_starting() {
+    let h = Harness::start(&[("ghost", "exec: sleep 100\nuser: no-such-user-here\n")]);
+    let p = h.client().await;
+    let deadline = Instant::now() + SECS;
+    loop {
+        let (st, pid, _) = state(&p, "ghost").await;
+        assert_eq!(pid, 0, "started without its user");
+        if st == "failed" || st == "backoff" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "state {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

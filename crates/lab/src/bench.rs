@@ -78,7 +78,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let t = measure(&mut g, "baseline init started as PID 1")
             .await
             .with_context(|| format!("baseline boot; console {}", m.serial.display()))?;
-        g.wait(Duration::from_secs(60))?;
+        g.wait(Duration::from_secs(60)).await?;
         base.push(t);
         // gridos on fresh disks (the cache partition is created), then again on the same disks.
         for d in disks(&work) {
@@ -91,7 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("gridos boot; console {}", m.serial.display()))?;
             g.ctrl_alt_del()?;
-            g.wait(Duration::from_secs(120))?;
+            g.wait(Duration::from_secs(120)).await?;
             out.push(t);
         }
         eprintln!(

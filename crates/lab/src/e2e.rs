@@ -2,7 +2,7 @@
 //! a real registry on 127.0.0.1, comes back as the same node after a reboot on the same disks,
 //! and loses no report while the registry is down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::qemu::{self, Guest, Machine, CPUS, HDD_BYTES, MEMORY_MIB, SSD_BYTES};
 use crate::registry::{self, Registry};
+use crate::shapes::{self, Shape, Timing, SHAPES};
 
 /// Test settings (flags of `gridos-lab e2e`).
 #[derive(Debug, Clone, clap::Args)]
@@ -33,12 +34,18 @@ pub struct E2eArgs {
     /// Longest wait for one boot to register (TCG is slow).
     #[arg(long, default_value_t = 600)]
     pub boot_timeout: u64,
+    /// Only these shapes (comma-separated names; see docs/lab.md); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub shapes: Vec<String>,
+    /// Guests booted at once (each TCG guest keeps about one host core busy).
+    #[arg(long, default_value_t = 2)]
+    pub parallel: usize,
 }
 
-const GIB: u64 = 1 << 30;
+pub(crate) const GIB: u64 = 1 << 30;
 /// The memory the OS keeps for itself (DESIGN.md: "1 GiB of memory is kept for the OS"); the
 /// kernel's own share of what QEMU gives must fit in it.
-const OS_RESERVE: u64 = GIB;
+pub(crate) const OS_RESERVE: u64 = GIB;
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -53,7 +60,7 @@ fn step(msg: &str) {
 
 /// Farming units, written out again from DESIGN.md rather than called from `gridtypes`, so a
 /// wrong formula there cannot agree with itself here.
-fn expected_units(cru: u64, mru: u64, sru: u64, hru: u64) -> (f64, f64) {
+pub(crate) fn expected_units(cru: u64, mru: u64, sru: u64, hru: u64) -> (f64, f64) {
     let gib = |b: u64| b as f64 / GIB as f64;
     let cu = (cru as f64 * 4.0 / 2.0)
         .min((gib(mru) - 1.0) / 4.0)
@@ -63,7 +70,7 @@ fn expected_units(cru: u64, mru: u64, sru: u64, hru: u64) -> (f64, f64) {
     (cu, su)
 }
 
-fn close(a: f64, b: f64) -> bool {
+pub(crate) fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * b.abs().max(1.0)
 }
 
@@ -159,7 +166,7 @@ async fn wait_uptimes(
 
 /// Waits for "registered node_id=N" on the console and returns N and the guest-clock seconds
 /// from PID 1 start to it.
-async fn registered(guest: &mut Guest, timeout: Duration) -> anyhow::Result<(i64, f64)> {
+pub(crate) async fn registered(guest: &mut Guest, timeout: Duration) -> anyhow::Result<(i64, f64)> {
     let line = guest
         .wait_line(&["registered", "node_id="], timeout)
         .await?;
@@ -183,7 +190,7 @@ async fn registered(guest: &mut Guest, timeout: Duration) -> anyhow::Result<(i64
 /// last uptime report delivered before QEMU ends.
 async fn reboot(guest: &mut Guest) -> anyhow::Result<()> {
     guest.ctrl_alt_del()?;
-    let st = guest.wait(Duration::from_secs(180))?;
+    let st = guest.wait(Duration::from_secs(180)).await?;
     ensure!(st.success(), "qemu ended with {st} after Ctrl-Alt-Del");
     let text = std::fs::read_to_string(&guest.serial)?;
     for needle in [
@@ -200,7 +207,7 @@ async fn reboot(guest: &mut Guest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the whole scenario; on failure the console tail is printed.
+/// Boots every selected shape, `--parallel` at a time, and fails if any shape failed.
 pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let work = &args.work;
     let _ = std::fs::remove_dir_all(work);
@@ -208,17 +215,85 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     let work = work.canonicalize()?;
     let accel = qemu::pick_accel(&args.image, &work);
     step(&format!("accelerator: {accel}"));
+    let shapes: Vec<Shape> = SHAPES
+        .iter()
+        .filter(|s| args.shapes.is_empty() || args.shapes.iter().any(|n| n == s.name))
+        .copied()
+        .collect();
+    if let Some(unknown) = args
+        .shapes
+        .iter()
+        .find(|n| !SHAPES.iter().any(|s| s.name == n.as_str()))
+    {
+        bail!("no shape named {unknown:?}");
+    }
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let t0 = Instant::now();
+    for shape in shapes.clone() {
+        let (args, accel, gate) = (args.clone(), accel.clone(), gate.clone());
+        let dir = work.join(shape.name);
+        tasks.spawn(async move {
+            let _permit = gate.acquire().await;
+            let started = Instant::now();
+            let r = if shape.full {
+                full(&args, &accel, &shape, &dir).await
+            } else {
+                shapes::check(&args, &accel, &shape, &dir).await
+            };
+            (shape.name, started.elapsed(), r)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (name, took, r) = joined.context("a shape's task died")?;
+        match &r {
+            Ok(_) => step(&format!(
+                "shape {name}: passed ({:.0} s wall)",
+                took.as_secs_f64()
+            )),
+            Err(e) => step(&format!("shape {name}: FAILED: {e:#}")),
+        }
+        results.push((name, r));
+    }
+    results.sort_by_key(|(n, _)| shapes.iter().position(|s| s.name == *n));
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    println!("e2e: shape                      PID1->registered  settle wait  CRNG ready");
+    for (name, r) in &results {
+        match r {
+            Ok(t) => println!(
+                "e2e: {name:<26} {:>8.2} s        {:>7}      {}",
+                t.registered_s,
+                t.settle_ms
+                    .map_or("-".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
+                t.crng_s.map_or("at start".into(), |s| format!("{s:.2} s"))
+            ),
+            Err(_) => println!("e2e: {name:<26} FAILED"),
+        }
+    }
+    println!(
+        "e2e: {} passed, {failed} failed ({} shapes, {:.0} s wall)",
+        results.len() - failed,
+        results.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    ensure!(failed == 0, "{failed} shape(s) failed");
+    Ok(())
+}
 
-    let (mut reg, farm) = registry::with_farm(&args.bin_dir, &work, 0, "e2e-farm").await?;
+/// The full scenario on one shape: register, capacity, cache placement, reboot → same node,
+/// registry outage → nothing lost. On failure the console tail is printed.
+async fn full(args: &E2eArgs, accel: &str, shape: &Shape, work: &Path) -> anyhow::Result<Timing> {
+    std::fs::create_dir_all(work)?;
+    let (mut reg, farm) = registry::with_farm(&args.bin_dir, work, 0, "e2e-farm").await?;
     step(&format!("registry on {} (SQLite), farm {farm}", reg.url()));
-
     let append = format!(
         "gridos.farm={farm} gridos.registry={} gridos.report_interval={} gridos.hostname=e2e-node",
         reg.guest_url(),
         args.report_interval
     );
-    let mut machine = Machine::node(&args.image, &accel, &work, append, "console-boot1.log");
-    let result = scenario(&args, &mut reg, &mut machine, farm).await;
+    let mut machine = shape.machine(&args.image, accel, work, append);
+    let result = scenario(args, &mut reg, &mut machine, farm, work).await;
     if result.is_err() {
         eprintln!(
             "e2e: last console lines ({}):\n{}",
@@ -234,7 +309,8 @@ async fn scenario(
     reg: &mut Registry,
     machine: &mut Machine,
     farm: u64,
-) -> anyhow::Result<()> {
+    work: &Path,
+) -> anyhow::Result<Timing> {
     let interval = args.report_interval as i64;
     let boot_timeout = Duration::from_secs(args.boot_timeout);
 
@@ -287,6 +363,9 @@ async fn scenario(
         node["virtualized"] == true,
         "a QEMU guest must say it is virtualised"
     );
+    let cache = shapes::check_cache(&mut guest, Some(shapes::DiskKind::Ssd)).await?;
+    step(&format!("boot 1: cache on the {cache}"));
+    let timing = shapes::timing(&guest.serial, guest_secs);
     step(&format!(
         "capacity: CRU {cru}, MRU {mru} B ({} MiB below what QEMU gave), SRU {sru} B, HRU {hru} B; CU {got_cu:.4} SU {got_su:.4} = formula",
         (given_mem - mru) >> 20
@@ -300,7 +379,7 @@ async fn scenario(
     step(&format!(
         "boot 1: ordered shutdown after Ctrl-Alt-Del, last report delivered ({count_boot1} uptime reports)"
     ));
-    machine.serial = args.work.canonicalize()?.join("console-boot2.log");
+    machine.serial = work.join("console-boot2.log");
     let mut guest = machine.boot()?;
     let (id2, guest_secs2) = registered(&mut guest, boot_timeout).await?;
     ensure!(
@@ -389,7 +468,7 @@ async fn scenario(
     );
     println!("boot1_pid1_to_registered_guest_s={guest_secs:.3}");
     println!("boot2_pid1_to_registered_guest_s={guest_secs2:.3}");
-    Ok(())
+    Ok(timing)
 }
 
 fn console_count(guest: &Guest, needle: &str) -> usize {

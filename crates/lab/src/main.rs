@@ -7,6 +7,7 @@ mod e2e;
 mod qemu;
 mod registry;
 mod run;
+mod shapes;
 
 use clap::{Parser, Subcommand};
 

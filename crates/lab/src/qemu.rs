@@ -66,6 +66,9 @@ pub struct Machine {
     pub image: PathBuf,
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// QEMU `-cpu` model: `max` (RDRAND and every feature TCG has) or `qemu64` (QEMU's
+    /// default: no RDRAND, like older servers).
+    pub cpu_model: String,
     pub cpus: u32,
     pub memory_mib: u64,
     pub disks: Vec<Disk>,
@@ -136,6 +139,7 @@ impl Machine {
         Machine {
             image: image.to_path_buf(),
             accel: accel.to_string(),
+            cpu_model: "max".into(),
             cpus: CPUS,
             memory_mib: MEMORY_MIB,
             disks: disks(work),
@@ -166,24 +170,31 @@ impl Machine {
         let _ = std::fs::remove_file(&self.serial);
         let _ = std::fs::remove_file(&self.monitor);
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", &self.accel, "-machine", "q35", "-cpu", "max"])
-            .args(["-smp", &self.cpus.to_string()])
-            .args(["-m", &self.memory_mib.to_string()])
-            .args(["-display", "none", "-nodefaults", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", self.serial.display()))
-            .arg("-monitor")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                self.monitor.display()
-            ))
-            .args([
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0",
-            ])
-            .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        cmd.args([
+            "-accel",
+            &self.accel,
+            "-machine",
+            "q35",
+            "-cpu",
+            &self.cpu_model,
+        ])
+        .args(["-smp", &self.cpus.to_string()])
+        .args(["-m", &self.memory_mib.to_string()])
+        .args(["-display", "none", "-nodefaults", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", self.serial.display()))
+        .arg("-monitor")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            self.monitor.display()
+        ))
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        .args(["-device", "virtio-scsi-pci,id=scsi0"]);
         for (i, d) in self.disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!(
@@ -221,6 +232,20 @@ impl Guest {
         self.monitor_command("sendkey ctrl-alt-delete")
     }
 
+    /// Plugs `disk` into the running guest's SCSI bus (QEMU monitor `drive_add` +
+    /// `device_add`), as a farmer adding a disk to a running machine would.
+    pub fn hot_add_disk(&self, disk: &Disk, id: &str) -> anyhow::Result<()> {
+        disk.ensure()?;
+        self.monitor_command(&format!(
+            "drive_add 0 if=none,id={id},file={},format=raw,cache=unsafe",
+            disk.path.display()
+        ))?;
+        self.monitor_command(&format!(
+            "device_add scsi-hd,drive={id},bus=scsi0.0,rotation_rate={},serial=gridos-{id}",
+            disk.rotation_rate
+        ))
+    }
+
     fn monitor_command(&self, cmd: &str) -> anyhow::Result<()> {
         let mut s = UnixStream::connect(&self.monitor).with_context(|| {
             format!("connecting to the QEMU monitor {}", self.monitor.display())
@@ -240,8 +265,8 @@ impl Guest {
         Ok(())
     }
 
-    /// Waits for QEMU to exit.
-    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    /// Waits for QEMU to exit (without blocking other guests' tasks).
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let t0 = Instant::now();
         let Some(c) = self.child.as_mut() else {
             bail!("qemu already reaped");
@@ -254,7 +279,7 @@ impl Guest {
             if t0.elapsed() > timeout {
                 bail!("qemu still running after {} s", timeout.as_secs());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -89,7 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut ctrl_c => {
                 eprintln!("\n== Ctrl-C: ordered shutdown of the node (Ctrl-Alt-Del)");
-                if guest.ctrl_alt_del().is_err() || guest.wait(Duration::from_secs(60)).is_err() {
+                if guest.ctrl_alt_del().is_err() || guest.wait(Duration::from_secs(60)).await.is_err() {
                     guest.kill();
                 }
                 break;

@@ -1,10 +1,9 @@
 //! The network service: DHCPv4 on every wired link with carrier (renewed at T1),
 //! IPv6 by router advertisement, or a static address from `gridos.net=`.
 //!
-//! Pure parts (`links` filtering, `dhcp` packets and leases, `config`, `resolv`, `backoff`)
+//! Pure parts (`links` filtering, `dhcp` packets and leases, `config`, `resolv`)
 //! are tested without root; `netlink` and `service` do the I/O.
 
-pub mod backoff;
 pub mod config;
 pub mod dhcp;
 pub mod links;

@@ -6,7 +6,8 @@ use crate::dhcp::{self, Lease, Reply};
 use crate::links::{self, Link};
 use crate::netlink::Net;
 use crate::state::{self, LinkState, State};
-use crate::{backoff, resolv, Error, Result};
+use crate::{resolv, Error, Result};
+use gridbackoff::Backoff;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -140,9 +141,10 @@ async fn exchange(
 
 const BROADCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
 
-/// DISCOVER → OFFER → REQUEST → ACK, retried with backoff until it succeeds.
+/// DISCOVER → OFFER → REQUEST → ACK, retried with jittered backoff (1 s doubling to 60 s)
+/// until it succeeds: nodes that lost their DHCP server together do not flood it together.
 async fn acquire(sock: &UdpSocket, link: &Link) -> Lease {
-    let mut attempt = 0;
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     loop {
         let xid = new_xid(&link.mac);
         let outcome = async {
@@ -165,10 +167,9 @@ async fn acquire(sock: &UdpSocket, link: &Link) -> Lease {
             Ok(Err(why)) => why.to_string(),
             Err(e) => e.to_string(),
         };
-        let delay = backoff::delay(attempt, MAX_BACKOFF);
-        tracing::warn!(iface = %link.name, retry_in_s = delay.as_secs(), "{why}; retrying");
+        let delay = backoff.next_delay();
+        tracing::warn!(iface = %link.name, retry_in_s = delay.as_secs_f32(), "{why}; retrying");
         sleep(delay).await;
-        attempt = attempt.saturating_add(1);
     }
 }
 

@@ -1,11 +1,11 @@
 //! The I/O half: reads disk headers, measures, partitions, formats and mounts.
 
-use crate::disks::{self, Disk};
 use crate::plan::{self, Candidate, Plan};
-use crate::seek::{self, Kind};
 use crate::signature::{self, PROBE_BYTES};
 use crate::state::{self, Backing, State};
 use crate::{Error, Result, CACHE_LABEL};
+use griddisks::settle::{self, UeventSocket};
+use griddisks::{Disk, Kind, Measured};
 use gridinit::cmdline::WipePolicy;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,14 @@ pub struct Config {
     pub policy: WipePolicy,
     /// Test-only: use exactly these disks (loop devices allowed), ignore all others.
     pub only: Option<Vec<String>>,
+    /// Disks known to be the boot medium: never used, never counted.
+    pub boot: Vec<String>,
+    /// Where the measurements are published for the agent.
+    pub measured: PathBuf,
+    /// `/proc/modules`, to see drivers still initialising.
+    pub proc_modules: PathBuf,
+    /// Quiet period and longest wait for the devices to settle; `None` decides at once.
+    pub settle: Option<(Duration, Duration)>,
 }
 
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -78,7 +86,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         match run_cmd("partx", &["--add", &dev_s], None) {
             Ok(()) => {
                 std::thread::sleep(Duration::from_millis(200));
-                disk.partitions = disks::partitions_of(&cfg.sys_block.join(&disk.name));
+                disk.partitions = griddisks::scan::partitions_of(&cfg.sys_block.join(&disk.name));
                 tracing::info!(disk = %disk.name, partitions = ?disk.partitions, "partitions added with partx");
             }
             Err(e) => tracing::warn!(disk = %disk.name, error = %e, "partx --add failed"),
@@ -92,26 +100,33 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         .iter()
         .find(|p| has_cache_label(&cfg.dev.join(p)))
         .cloned();
-    let latency = if disk.rotational {
-        None
-    } else {
-        match seek::measure(&dev, disk.size_bytes) {
+    let latency = if griddisks::class::needs_seek_test(disk.rotational) {
+        match griddisks::seek::measure(&dev, disk.size_bytes) {
             Ok(l) => Some(l),
             Err(e) => {
-                tracing::warn!(disk = %disk.name, error = %e, "seek test failed; trusting queue/rotational");
+                tracing::warn!(disk = %disk.name, error = %e, "seek test failed; counted as HDD");
                 None
             }
         }
+    } else {
+        None
     };
-    let kind = seek::classify(disk.rotational, latency);
-    if !disk.rotational && kind == Kind::Hdd {
-        tracing::warn!(disk = %disk.name, ?latency, "disk claims to be an SSD but seeks like an HDD; counted as HDD");
+    let claimed = disk.rotational;
+    let m = Measured::new(disk, latency);
+    if claimed != Some(true) && m.kind == Kind::Hdd && latency.is_some() {
+        tracing::warn!(disk = %m.disk.name, ?latency, "disk claims to be an SSD but seeks like an HDD; counted as HDD");
     }
-    tracing::info!(disk = %disk.name, size = disk.size_bytes, ?kind, ?latency, signature = ?sig,
-        cache = ?cache_partition, "disk found");
+    tracing::info!(disk = %m.disk.name, size = m.disk.size_bytes, kind = ?m.kind, rotational = ?claimed,
+        latency_us = ?m.latency_us, signature = ?sig, cache = ?cache_partition, "disk found");
+    let Measured {
+        disk,
+        kind,
+        latency_us,
+    } = m;
     Ok(Some(Candidate {
         disk,
         kind,
+        latency_us,
         signature: sig,
         cache_partition,
     }))
@@ -247,12 +262,14 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
     Ok(part)
 }
 
-/// Finds the disks, decides, and makes the cache available at `cfg.mountpoint`.
-/// Falls back to tmpfs (with a loud warning) when no disk can be used.
-pub fn run(cfg: &Config) -> Result<State> {
+/// Probes every usable disk whose name is not in `known`, in name order.
+fn candidates(cfg: &Config, known: &[String]) -> Result<Vec<Candidate>> {
     let mut cands = Vec::new();
-    for disk in disks::scan(&cfg.sys_block)? {
-        if let Some(why) = disks::skip_reason(&disk, cfg.only.as_deref()) {
+    for disk in griddisks::scan(&cfg.sys_block)? {
+        if known.contains(&disk.name) {
+            continue;
+        }
+        if let Some(why) = griddisks::skip_reason(&disk, &cfg.boot, cfg.only.as_deref()) {
             tracing::debug!(disk = %disk.name, why, "skipping disk");
             continue;
         }
@@ -263,18 +280,47 @@ pub fn run(cfg: &Config) -> Result<State> {
             Err(e) => tracing::warn!(disk = %name, error = %e, "cannot read disk; skipping it"),
         }
     }
-    let (plan, refused) = plan::decide(&cands, cfg.policy);
-    for (disk, why) in &refused {
-        tracing::warn!(disk, why, "not formatting disk");
+    Ok(cands)
+}
+
+/// Publishes what was measured, for the agent's capacity report.
+fn publish(cfg: &Config, cands: &[Candidate]) -> Result<()> {
+    let m: Vec<Measured> = cands
+        .iter()
+        .map(|c| Measured {
+            disk: c.disk.clone(),
+            kind: c.kind,
+            latency_us: c.latency_us,
+        })
+        .collect();
+    griddisks::measured::write(&cfg.measured, &m)?;
+    Ok(())
+}
+
+fn settle_devices(cfg: &Config, events: Option<&UeventSocket>) {
+    if let Some((quiet, max)) = cfg.settle {
+        settle::wait(&cfg.sys_block, &cfg.proc_modules, events, quiet, max);
     }
-    let mut state = State {
-        backing: Backing::Tmpfs,
-        mountpoint: cfg.mountpoint.clone(),
-        device: None,
-        warning: None,
-        disks: cands,
-    };
-    let on_disk = match plan {
+}
+
+/// Loads btrfs (and its checksum driver) before mounting a cache partition.
+fn load_btrfs() {
+    // Nothing else loads btrfs: no device asks for it. Its checksum driver is a soft
+    // dependency (crypto "crc32c") the kernel would ask modprobe for, so it goes first.
+    for module in ["crc32c_generic", "btrfs"] {
+        match gridinit::kmod::load_module(module) {
+            Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(module, error = %e, "cannot load module; mounting anyway")
+            }
+        }
+    }
+}
+
+/// Carries out a plan that puts the cache on a disk; returns the partition.
+fn prepare(cfg: &Config, plan: &Plan, state: &mut State) -> Result<Option<PathBuf>> {
+    Ok(match plan {
         Plan::Reuse { disk, partition } => {
             tracing::info!(
                 disk,
@@ -287,43 +333,118 @@ pub fn run(cfg: &Config) -> Result<State> {
         Plan::Create { disk, wipe } => {
             tracing::info!(disk, "creating the gridos cache partition");
             state.backing = Backing::Created;
-            Some(create(cfg, &disk, wipe)?)
+            Some(create(cfg, disk, *wipe)?)
         }
-        Plan::Tmpfs { reason } => {
-            tracing::error!(
-                reason,
-                "NO CACHE DISK: the cache is on tmpfs and is lost at reboot; the node gets a new identity every boot"
-            );
-            state.warning = Some(format!("cache on tmpfs: {reason}"));
-            None
-        }
+        Plan::Tmpfs { .. } => None,
+    })
+}
+
+fn log_placement(state: &State, plan: &Plan) {
+    let disk = match plan {
+        Plan::Reuse { disk, .. } | Plan::Create { disk, .. } => disk,
+        Plan::Tmpfs { .. } => return,
     };
+    if let Some(c) = state.disks.iter().find(|c| &c.disk.name == disk) {
+        tracing::info!(disk, kind = ?c.kind, size = c.disk.size_bytes, backing = ?state.backing,
+            "cache placed");
+    }
+}
+
+/// Waits for the devices to settle, finds the disks, decides, and makes the cache available
+/// at `cfg.mountpoint`. Falls back to tmpfs (with a loud warning) when no disk can be used.
+pub fn run(cfg: &Config, events: Option<&UeventSocket>) -> Result<State> {
+    settle_devices(cfg, events);
+    let cands = candidates(cfg, &[])?;
+    publish(cfg, &cands)?;
+    let (plan, refused) = plan::decide(&cands, cfg.policy);
+    for (disk, why) in &refused {
+        tracing::warn!(disk, why, "not formatting disk");
+    }
+    let mut state = State {
+        backing: Backing::Tmpfs,
+        mountpoint: cfg.mountpoint.clone(),
+        device: None,
+        warning: None,
+        disks: cands,
+    };
+    let on_disk = prepare(cfg, &plan, &mut state)?;
+    if let Plan::Tmpfs { reason } = &plan {
+        tracing::error!(
+            reason,
+            "NO CACHE DISK: the cache is on tmpfs and is lost at reboot; the node gets a new identity every boot"
+        );
+        state.warning = Some(format!("cache on tmpfs: {reason}"));
+    }
     match &on_disk {
         Some(part) => {
-            // Nothing else loads btrfs: no device asks for it. Its checksum driver is a soft
-            // dependency (crypto "crc32c") the kernel would ask modprobe for, so it goes first.
-            for module in ["crc32c_generic", "btrfs"] {
-                match gridinit::kmod::load_module(module) {
-                    Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(module, error = %e, "cannot load module; mounting anyway")
-                    }
-                }
-            }
+            load_btrfs();
             mount(part, "btrfs", &cfg.mountpoint, None)?
         }
         None => mount(
             Path::new("tmpfs"),
             "tmpfs",
             &cfg.mountpoint,
-            Some("mode=0700"),
+            Some("mode=0755"),
         )?,
     }
     state.device = on_disk;
+    log_placement(&state, &plan);
     state::save(&cfg.run_dir, &state)?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), backing = ?state.backing, "cache ready");
     Ok(state)
+}
+
+/// After boot: picks up disks that appear later (hot-plug, a slow controller). Each new disk
+/// is measured and published, so the agent reports the new capacity; while the cache is on
+/// tmpfs, the first disk the policy allows gets it and the tmpfs contents move there. A cache
+/// already on a disk never moves. Returns only if the uevent socket cannot be used.
+pub fn watch(cfg: &Config, mut state: State, events: &UeventSocket) -> Result<()> {
+    let mut names = griddisks::scan::names(&cfg.sys_block);
+    loop {
+        let evs = events.wait(Duration::from_secs(30));
+        let now = griddisks::scan::names(&cfg.sys_block);
+        if now == names && !evs.iter().any(|e| e.is_disk_added()) {
+            continue;
+        }
+        settle_devices(cfg, Some(events));
+        names = griddisks::scan::names(&cfg.sys_block);
+        // A failure here (a disk that cannot be partitioned) must not end the service: the
+        // cache it already provides stays, and the next disk event tries again.
+        if let Err(e) = absorb(cfg, &mut state, &names) {
+            tracing::error!(error = %e, "handling a disk added after boot failed");
+        }
+    }
+}
+
+fn absorb(cfg: &Config, state: &mut State, names: &[String]) -> Result<()> {
+    // Disks that went away are no longer counted.
+    state.disks.retain(|c| names.contains(&c.disk.name));
+    let known: Vec<String> = state.disks.iter().map(|c| c.disk.name.clone()).collect();
+    let new = candidates(cfg, &known)?;
+    for c in &new {
+        tracing::info!(disk = %c.disk.name, kind = ?c.kind, size = c.disk.size_bytes, "disk added after boot");
+    }
+    state.disks.extend(new);
+    state.disks.sort_by(|a, b| a.disk.name.cmp(&b.disk.name));
+    publish(cfg, &state.disks)?;
+    if state.backing == Backing::Tmpfs {
+        let (plan, refused) = plan::decide(&state.disks, cfg.policy);
+        for (disk, why) in &refused {
+            tracing::warn!(disk, why, "not formatting disk");
+        }
+        if let Some(part) = prepare(cfg, &plan, state)? {
+            load_btrfs();
+            if let Err(e) = crate::migrate::tmpfs_to_disk(&part, &cfg.mountpoint, &cfg.run_dir) {
+                state.backing = Backing::Tmpfs;
+                return Err(e);
+            }
+            tracing::info!(partition = %part.display(), "cache moved from tmpfs to disk");
+            state.device = Some(part);
+            state.warning = None;
+            log_placement(state, &plan);
+        }
+    }
+    state::save(&cfg.run_dir, state)
 }
 
 #[cfg(test)]

@@ -1,15 +1,18 @@
 //! The storage service: finds the node's disks, tells SSD from HDD by measurement,
 //! and creates or re-uses the btrfs cache partition under the `gridos.wipe` policy.
 //!
-//! Decisions (`disks`, `signature`, `plan`) are pure functions over a sysfs tree and
-//! disk headers, so they are tested without root; `apply` does the I/O.
+//! Decisions (`signature`, `plan`, and `griddisks` for what a disk is) are pure functions over
+//! a sysfs tree and disk headers, so they are tested without root; `apply` and `migrate` do
+//! the I/O.
 
 pub mod apply;
-pub mod disks;
+pub mod migrate;
 pub mod plan;
-pub mod seek;
 pub mod signature;
 pub mod state;
+
+/// Disk discovery, settling, the seek test and classification: the policy shared with the agent.
+pub use griddisks as disks;
 
 /// Everything that can go wrong while looking at or preparing disks.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,9 @@ pub enum Error {
         /// errno.
         source: nix::Error,
     },
+    /// Looking at the disks failed.
+    #[error(transparent)]
+    Disks(#[from] griddisks::Error),
     /// The new partition's device node never appeared.
     #[error("partition {0} did not appear after partitioning")]
     NoPartition(String),

@@ -2,9 +2,11 @@
 
 use anyhow::Context;
 use clap::Parser;
+use griddisks::settle::UeventSocket;
 use gridinit::cmdline::WipePolicy;
 use gridstorage::apply::{self, Config};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Finds the node's disks, classifies them, and mounts the gridos cache partition.
 #[derive(Debug, Parser)]
@@ -37,6 +39,24 @@ struct Args {
     /// Tests only: use exactly these disks (comma-separated, loop devices allowed).
     #[arg(long, value_delimiter = ',')]
     only_devices: Option<Vec<String>>,
+    /// A disk never used nor counted (the boot medium); repeatable.
+    #[arg(long = "skip-disk", env = "GRIDOS_BOOT_DISK", value_delimiter = ',')]
+    skip_disks: Vec<String>,
+    /// Where the disk measurements are published for the agent.
+    #[arg(long, default_value = griddisks::measured::MEASURED_FILE)]
+    measured: PathBuf,
+    /// `/proc/modules`, to see drivers still initialising.
+    #[arg(long, default_value = "/proc/modules")]
+    proc_modules: PathBuf,
+    /// Quiet period (ms) without device activity before deciding; 0 decides at once.
+    #[arg(long, default_value_t = 2000)]
+    settle_quiet_ms: u64,
+    /// Longest wait (ms) for the devices to settle.
+    #[arg(long, default_value_t = 30000)]
+    settle_max_ms: u64,
+    /// Keep running after the cache is ready: pick up disks added later (the service mode).
+    #[arg(long)]
+    watch: bool,
 }
 
 fn policy(args: &Args) -> anyhow::Result<WipePolicy> {
@@ -70,11 +90,34 @@ pub fn main() -> anyhow::Result<()> {
         run_dir: args.run_dir.clone(),
         policy: policy(&args)?,
         only: args.only_devices.clone(),
+        boot: args.skip_disks.clone(),
+        measured: args.measured.clone(),
+        proc_modules: args.proc_modules.clone(),
+        settle: (args.settle_quiet_ms > 0).then(|| {
+            (
+                Duration::from_millis(args.settle_quiet_ms),
+                Duration::from_millis(args.settle_max_ms.max(args.settle_quiet_ms)),
+            )
+        }),
     };
     tracing::info!(policy = ?cfg.policy, "storage starting");
-    let state = apply::run(&cfg).context("preparing the cache")?;
+    // Opened before the first look at the disks, so no device event falls in between.
+    let events = match UeventSocket::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no uevent socket: settling watches /sys/block only");
+            None
+        }
+    };
+    let state = apply::run(&cfg, events.as_ref()).context("preparing the cache")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&state)?);
+    }
+    if args.watch {
+        let Some(events) = events else {
+            anyhow::bail!("--watch needs the uevent socket");
+        };
+        apply::watch(&cfg, state, &events).context("watching for new disks")?;
     }
     Ok(())
 }

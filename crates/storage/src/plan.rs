@@ -1,9 +1,8 @@
 //! The pure decision: which disk gets the cache partition, and whether it is re-used,
 //! created, or replaced by a tmpfs.
 
-use crate::disks::Disk;
-use crate::seek::Kind;
 use crate::signature::Signature;
+use griddisks::{Disk, Kind};
 use gridinit::cmdline::WipePolicy;
 
 /// A usable disk with what was measured and found on it.
@@ -13,6 +12,8 @@ pub struct Candidate {
     pub disk: Disk,
     /// SSD or HDD, measured.
     pub kind: Kind,
+    /// Median random-read latency in µs, when the seek test ran.
+    pub latency_us: Option<u64>,
     /// Partition table or filesystem found in its first/last MiB.
     pub signature: Option<Signature>,
     /// A partition already holding a btrfs labelled `gridos-cache`.
@@ -43,16 +44,43 @@ pub enum Plan {
     },
 }
 
-/// Picks the cache disk. Order of preference: an existing cache partition (SSDs first),
-/// then a new one on the first SSD the policy allows, then on the first allowed HDD.
-/// Returns the plan and, per refused disk, why it was refused.
+/// Latency class of a measured disk: `floor(log2(µs))`, so NVMe (~50 µs) beats SATA (~150 µs)
+/// while two disks of one model, a few µs apart by noise, land in the same class and the tie
+/// is broken by fixed facts instead (size, then name). Unmeasured sorts last.
+pub fn latency_class(latency_us: Option<u64>) -> u32 {
+    match latency_us {
+        Some(us) => 64 - us.max(1).leading_zeros(),
+        None => u32::MAX,
+    }
+}
+
+/// The placement order: SSDs before HDDs; among SSDs the fastest latency class; then the
+/// largest disk; then the name. Only facts that do not change between boots break ties, so
+/// the same disks always give the same choice.
+pub fn preference(cands: &[Candidate]) -> Vec<&Candidate> {
+    let mut v: Vec<&Candidate> = cands.iter().collect();
+    v.sort_by(|a, b| {
+        let key = |c: &Candidate| {
+            let class = if c.kind == Kind::Ssd {
+                latency_class(c.latency_us)
+            } else {
+                0
+            };
+            (c.kind, class, std::cmp::Reverse(c.disk.size_bytes))
+        };
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| a.disk.name.cmp(&b.disk.name))
+    });
+    v
+}
+
+/// Picks the cache disk (docs/storage.md, "Cache placement"): an existing cache partition in
+/// [`preference`] order; else a new one on the first disk in that order that the wipe policy
+/// allows; else tmpfs. Returns the plan and, per refused disk, why it was refused.
 pub fn decide(cands: &[Candidate], policy: WipePolicy) -> (Plan, Vec<(String, String)>) {
     let mut refused = Vec::new();
-    let ordered: Vec<&Candidate> = cands
-        .iter()
-        .filter(|c| c.kind == Kind::Ssd)
-        .chain(cands.iter().filter(|c| c.kind == Kind::Hdd))
-        .collect();
+    let ordered = preference(cands);
     if let Some(c) = ordered.iter().find(|c| c.cache_partition.is_some()) {
         if let Some(p) = &c.cache_partition {
             return (
@@ -108,15 +136,28 @@ mod tests {
     use super::*;
 
     fn cand(name: &str, kind: Kind, sig: Option<Signature>, cache: Option<&str>) -> Candidate {
+        sized(name, kind, 1 << 30, Some(100), sig, cache)
+    }
+
+    fn sized(
+        name: &str,
+        kind: Kind,
+        size_bytes: u64,
+        latency_us: Option<u64>,
+        sig: Option<Signature>,
+        cache: Option<&str>,
+    ) -> Candidate {
         Candidate {
             disk: Disk {
                 name: name.into(),
-                size_bytes: 1 << 30,
-                rotational: kind == Kind::Hdd,
+                size_bytes,
+                rotational: Some(kind == Kind::Hdd),
                 removable: false,
+                read_only: false,
                 partitions: vec![],
             },
             kind,
+            latency_us,
             signature: sig,
             cache_partition: cache.map(str::to_string),
         }
@@ -200,5 +241,86 @@ mod tests {
             Plan::Tmpfs { reason } => assert_eq!(reason, "no disk found"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn fastest_ssd_class_then_largest_then_name() {
+        let nvme = sized("nvme0n1", Kind::Ssd, 100 << 30, Some(40), None, None);
+        let sata_big = sized("sdb", Kind::Ssd, 900 << 30, Some(150), None, None);
+        let sata_twin = sized("sdc", Kind::Ssd, 900 << 30, Some(180), None, None);
+        let hdd = sized("sda", Kind::Hdd, 4000 << 30, None, None, None);
+        let c = [
+            hdd.clone(),
+            sata_twin.clone(),
+            sata_big.clone(),
+            nvme.clone(),
+        ];
+        let order: Vec<&str> = preference(&c)
+            .iter()
+            .map(|c| c.disk.name.as_str())
+            .collect();
+        assert_eq!(order, ["nvme0n1", "sdb", "sdc", "sda"]);
+        // The two SATA SSDs are in one latency class: noise that swaps their measurements
+        // does not swap the choice.
+        let mut a = sata_big.clone();
+        a.latency_us = Some(190);
+        let mut b = sata_twin.clone();
+        b.latency_us = Some(130);
+        let c2 = [b, a];
+        assert_eq!(preference(&c2)[0].disk.name, "sdb");
+        assert_eq!(latency_class(Some(150)), latency_class(Some(180)));
+        assert!(latency_class(Some(40)) < latency_class(Some(150)));
+        assert_eq!(latency_class(None), u32::MAX);
+    }
+
+    #[test]
+    fn same_disks_same_choice_whatever_the_order_they_enumerate_in() {
+        let disks = [
+            sized("sda", Kind::Hdd, 64 << 30, None, None, None),
+            sized("sdb", Kind::Ssd, 30 << 30, Some(300), None, None),
+            sized("sdc", Kind::Hdd, 128 << 30, None, None, None),
+        ];
+        let mut rev = disks.to_vec();
+        rev.reverse();
+        for c in [disks.to_vec(), rev] {
+            assert_eq!(
+                decide(&c, WipePolicy::Empty).0,
+                Plan::Create {
+                    disk: "sdb".into(),
+                    wipe: false
+                }
+            );
+        }
+        // HDD only: the largest.
+        let hdds = [disks[0].clone(), disks[2].clone()];
+        assert_eq!(
+            decide(&hdds, WipePolicy::Empty).0,
+            Plan::Create {
+                disk: "sdc".into(),
+                wipe: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_existing_cache_wins_over_a_faster_disk() {
+        let c = [
+            sized("nvme0n1", Kind::Ssd, 100 << 30, Some(40), None, None),
+            sized(
+                "sda",
+                Kind::Hdd,
+                100 << 30,
+                None,
+                Some(Signature::Gpt),
+                Some("sda1"),
+            ),
+        ];
+        assert_eq!(
+            decide(&c, WipePolicy::All).0,
+            Plan::Reuse {
+                disk: "sda".into(),
+                partition: "sda1".into()
+            }
+        );
     }
 }

@@ -109,6 +109,7 @@ fn cache_on_loop_devices() {
     let run = t.path().join("run");
     let mnt_s = mnt.to_string_lossy().into_owned();
     let run_s = run.to_string_lossy().into_owned();
+    let measured_s = run.join("disks.json").to_string_lossy().into_owned();
     let both = format!("{an},{bn}");
     let base = [
         "--mountpoint",
@@ -117,6 +118,10 @@ fn cache_on_loop_devices() {
         &run_s,
         "--cmdline",
         "/dev/null",
+        "--measured",
+        &measured_s,
+        "--settle-quiet-ms",
+        "300",
     ];
 
     // First boot: the blank disk gets the cache; the data disk is left alone.
@@ -145,7 +150,7 @@ fn cache_on_loop_devices() {
     let an = a.trim_start_matches("/dev/").to_string();
     let both = format!("{an},{bn}");
     // The seek test works on a real block device (O_DIRECT, aligned buffer).
-    let lat = gridstorage::seek::measure(Path::new(&a), 256 << 20).unwrap();
+    let lat = griddisks::seek::measure(Path::new(&a), 256 << 20).unwrap();
     assert!(lat < std::time::Duration::from_secs(1), "{lat:?}");
     let mut args = base.to_vec();
     args.extend(["--wipe", "none", "--only-devices", &both]);

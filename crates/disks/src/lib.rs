@@ -1,0 +1,52 @@
+//! What a disk is, for every gridos program that looks at disks: which block devices count,
+//! how a claimed SSD is checked (the seek test), what the answer is (SSD or HDD), when the set
+//! of disks has settled after boot, and the file through which storage tells the agent what it
+//! measured.
+//!
+//! Storage measures each disk once; the agent counts capacity from that measurement instead
+//! of its own, so a disk can never be sold as HRU while storage uses it as the SSD cache.
+
+pub mod class;
+pub mod measured;
+pub mod scan;
+pub mod seek;
+pub mod settle;
+
+pub use class::{classify, Kind, HDD_LATENCY};
+pub use measured::Measured;
+pub use scan::{scan, skip_reason, Disk};
+
+/// Everything that can go wrong while looking at disks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file in sysfs or /dev could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The path that failed.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The path that failed.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file was read but does not hold what it should.
+    #[error("parsing {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// The device is smaller than one read of the seek test.
+    #[error("seek test on {0}: device too small")]
+    TooSmall(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,387 @@
+//! The machine shapes the end-to-end test boots: CPU models, vCPU counts and disk sets a
+//! farmer's machines come in. Each shape registers with its own registry and is checked for
+//! the capacity QEMU gave it and for where the cache went.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+
+use crate::e2e::{close, expected_units, registered, E2eArgs, GIB, OS_RESERVE};
+use crate::qemu::{self, Disk, Guest, Machine, HDD_BYTES, SSD_BYTES};
+use crate::registry::{self, Registry};
+
+/// A disk of a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// `rotation_rate=1`: non-rotational, [`SSD_BYTES`].
+    Ssd,
+    /// `rotation_rate=7200`: rotational, [`HDD_BYTES`].
+    Hdd,
+}
+
+impl DiskKind {
+    fn disk(self, work: &Path, name: &str) -> Disk {
+        let (size, rotation_rate) = match self {
+            DiskKind::Ssd => (SSD_BYTES, 1),
+            DiskKind::Hdd => (HDD_BYTES, 7200),
+        };
+        Disk {
+            path: work.join(format!("{name}.img")),
+            size,
+            rotation_rate,
+        }
+    }
+}
+
+/// One machine shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Name, also the work sub-folder.
+    pub name: &'static str,
+    /// QEMU `-cpu`: `qemu64` (QEMU's default, no RDRAND) or `max`.
+    pub cpu: &'static str,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Disks present at boot.
+    pub disks: &'static [DiskKind],
+    /// A disk plugged in once the node has registered.
+    pub hot_add: Option<DiskKind>,
+    /// The full scenario (reboot on the same disks, registry outage) instead of boot + checks.
+    pub full: bool,
+}
+
+/// The fixed list (docs/lab.md). Every CPU model, vCPU count and disk set of issue 10 appears
+/// at least once; memory is 1 GiB except where the full scenario runs.
+pub const SHAPES: &[Shape] = &[
+    Shape {
+        name: "max-2cpu-ssd-hdd",
+        cpu: "max",
+        cpus: 2,
+        memory_mib: 2048,
+        disks: &[DiskKind::Ssd, DiskKind::Hdd],
+        hot_add: None,
+        full: true,
+    },
+    Shape {
+        name: "qemu64-1cpu-ssd",
+        cpu: "qemu64",
+        cpus: 1,
+        memory_mib: 1024,
+        disks: &[DiskKind::Ssd],
+        hot_add: None,
+        full: false,
+    },
+    Shape {
+        name: "qemu64-4cpu-hdd",
+        cpu: "qemu64",
+        cpus: 4,
+        memory_mib: 1024,
+        disks: &[DiskKind::Hdd],
+        hot_add: None,
+        full: false,
+    },
+    Shape {
+        name: "qemu64-2cpu-hdd-ssd",
+        cpu: "qemu64",
+        cpus: 2,
+        memory_mib: 1024,
+        // The HDD enumerates first: the cache must still go to the SSD.
+        disks: &[DiskKind::Hdd, DiskKind::Ssd],
+        hot_add: None,
+        full: false,
+    },
+    Shape {
+        name: "max-1cpu-nodisk",
+        cpu: "max",
+        cpus: 1,
+        memory_mib: 1024,
+        disks: &[],
+        hot_add: None,
+        full: false,
+    },
+    Shape {
+        name: "qemu64-2cpu-hotadd-ssd",
+        cpu: "qemu64",
+        cpus: 2,
+        memory_mib: 1024,
+        disks: &[],
+        hot_add: Some(DiskKind::Ssd),
+        full: false,
+    },
+];
+
+/// What one shape measured, for the summary and BENCHMARKS.md.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Guest clock, PID 1 start → "registered".
+    pub registered_s: f64,
+    /// Storage's wait for the devices to settle.
+    pub settle_ms: Option<u64>,
+    /// Guest clock, PID 1 start → "kernel CRNG ready" (None: ready before init looked).
+    pub crng_s: Option<f64>,
+}
+
+impl Shape {
+    /// The QEMU machine of this shape in `work`.
+    pub fn machine(&self, image: &Path, accel: &str, work: &Path, append: String) -> Machine {
+        let mut m = Machine::node(image, accel, work, append, "console-boot1.log");
+        m.cpu_model = self.cpu.into();
+        m.cpus = self.cpus;
+        m.memory_mib = self.memory_mib;
+        m.disks = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, k)| k.disk(work, &format!("disk{i}")))
+            .collect();
+        m
+    }
+
+    /// Bytes of SSD and HDD the node must sell once every disk (hot-added too) is in.
+    fn expected_disks(&self) -> (u64, u64) {
+        let all = self.disks.iter().chain(self.hot_add.as_ref());
+        let sum = |k| all.clone().filter(|d| **d == k).count() as u64;
+        (
+            sum(DiskKind::Ssd) * SSD_BYTES,
+            sum(DiskKind::Hdd) * HDD_BYTES,
+        )
+    }
+
+    /// Where the cache must be: the SSD if there is one, else the HDD, else tmpfs.
+    fn expected_cache(&self, disks: &[DiskKind]) -> Option<DiskKind> {
+        if disks.contains(&DiskKind::Ssd) {
+            Some(DiskKind::Ssd)
+        } else if disks.contains(&DiskKind::Hdd) {
+            Some(DiskKind::Hdd)
+        } else {
+            None
+        }
+    }
+}
+
+/// The `key=value` after `key=` in a log line (quotes removed).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.split(&format!(" {key}=")).nth(1)?;
+    let v = rest.split_whitespace().next()?;
+    Some(v.trim_matches('"'))
+}
+
+/// Checks the console's "cache placed" line (or the tmpfs error) against `want`.
+pub async fn check_cache(guest: &mut Guest, want: Option<DiskKind>) -> anyhow::Result<String> {
+    match want {
+        None => {
+            let l = guest
+                .wait_line(&["NO CACHE DISK"], Duration::from_secs(5))
+                .await
+                .context("no disk, yet storage did not say the cache is on tmpfs")?;
+            ensure!(!l.is_empty());
+            Ok("tmpfs".into())
+        }
+        Some(kind) => {
+            let l = guest
+                .wait_line(&["cache placed", "disk="], Duration::from_secs(120))
+                .await?;
+            let (want_kind, want_size) = match kind {
+                DiskKind::Ssd => ("Ssd", SSD_BYTES),
+                DiskKind::Hdd => ("Hdd", HDD_BYTES),
+            };
+            let got_kind = field(&l, "kind").unwrap_or("");
+            let got_size: u64 = field(&l, "size").and_then(|s| s.parse().ok()).unwrap_or(0);
+            ensure!(
+                got_kind == want_kind && got_size == want_size,
+                "cache on a {got_kind} of {got_size} bytes, want the {want_kind} of {want_size} bytes: {l}"
+            );
+            Ok(format!(
+                "{} {}",
+                want_kind.to_uppercase(),
+                field(&l, "disk").unwrap_or("?")
+            ))
+        }
+    }
+}
+
+/// Asserts the registered capacity of node `id`: CRU, MRU, SRU, HRU and the units.
+pub async fn check_capacity(
+    reg: &Registry,
+    id: i64,
+    cpus: u32,
+    memory_mib: u64,
+    sru_want: u64,
+    hru_want: u64,
+) -> anyhow::Result<String> {
+    let node = reg.get(&format!("/api/v1/nodes/{id}")).await?;
+    let cap = &node["capacity"];
+    let get = |k: &str| {
+        cap[k]
+            .as_u64()
+            .with_context(|| format!("capacity.{k} missing: {cap}"))
+    };
+    let (cru, mru, sru, hru) = (get("cru")?, get("mru")?, get("sru")?, get("hru")?);
+    let given_mem = memory_mib << 20;
+    ensure!(cru == u64::from(cpus), "CRU {cru}, QEMU gave {cpus}");
+    ensure!(
+        mru <= given_mem && given_mem - mru < OS_RESERVE,
+        "MRU {mru} bytes: QEMU gave {given_mem}, the OS reserve is {OS_RESERVE}"
+    );
+    ensure!(sru == sru_want, "SRU {sru} bytes, want {sru_want}");
+    ensure!(hru == hru_want, "HRU {hru} bytes, want {hru_want}");
+    let (cu, su) = expected_units(cru, mru, sru, hru);
+    let got_cu = node["units"]["cu"].as_f64().context("units.cu")?;
+    let got_su = node["units"]["su"].as_f64().context("units.su")?;
+    ensure!(close(got_cu, cu), "CU {got_cu}, the formula gives {cu}");
+    ensure!(close(got_su, su), "SU {got_su}, the formula gives {su}");
+    Ok(format!(
+        "CRU {cru}, MRU {:.2} GiB, SRU {sru} B, HRU {hru} B",
+        mru as f64 / GIB as f64
+    ))
+}
+
+/// Guest-clock timings of the boot in `console`.
+pub fn timing(console: &Path, registered_s: f64) -> Timing {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let line = |needle: &str| text.lines().find(|l| l.contains(needle));
+    let pid1 = line("gridos init started as PID 1").and_then(qemu::boot_clock);
+    let settle_ms = line("devices settled").and_then(|l| field(l, "waited_ms")?.parse().ok());
+    let crng = line("kernel CRNG ready").and_then(qemu::boot_clock);
+    Timing {
+        registered_s,
+        settle_ms,
+        crng_s: match (pid1, crng) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+    }
+}
+
+/// Boots `shape`, waits for the registration, and checks capacity and cache placement; with a
+/// hot-added disk, also that the new capacity is reported and the cache leaves tmpfs.
+pub async fn check(
+    args: &E2eArgs,
+    accel: &str,
+    shape: &Shape,
+    work: &Path,
+) -> anyhow::Result<Timing> {
+    std::fs::create_dir_all(work)?;
+    let (reg, farm) = registry::with_farm(&args.bin_dir, work, 0, shape.name).await?;
+    let append = format!(
+        "gridos.farm={farm} gridos.registry={} gridos.hostname={}",
+        reg.guest_url(),
+        shape.name
+    );
+    let machine = shape.machine(&args.image, accel, work, append);
+    let mut guest = machine.boot()?;
+    let result = check_booted(args, shape, &reg, &mut guest).await;
+    if result.is_err() {
+        eprintln!(
+            "e2e[{}]: last console lines ({}):\n{}",
+            shape.name,
+            machine.serial.display(),
+            qemu::tail(&machine.serial, 60)
+        );
+    }
+    guest.kill();
+    result
+}
+
+async fn check_booted(
+    args: &E2eArgs,
+    shape: &Shape,
+    reg: &Registry,
+    guest: &mut Guest,
+) -> anyhow::Result<Timing> {
+    let say = |m: String| eprintln!("e2e[{}]: {m}", shape.name);
+    let t0 = Instant::now();
+    let (id, secs) = registered(guest, Duration::from_secs(args.boot_timeout)).await?;
+    say(format!(
+        "registered as node {id}: {secs:.2} s guest clock from PID 1 ({:.0} s wall)",
+        t0.elapsed().as_secs_f64()
+    ));
+    let at_boot: (u64, u64) = {
+        let s = Shape {
+            hot_add: None,
+            ..*shape
+        };
+        s.expected_disks()
+    };
+    let cap = check_capacity(reg, id, shape.cpus, shape.memory_mib, at_boot.0, at_boot.1).await?;
+    let cache = check_cache(guest, shape.expected_cache(shape.disks)).await?;
+    say(format!("{cap}; cache on {cache}"));
+    let timing = timing(&guest.serial, secs);
+    if let Some(kind) = shape.hot_add {
+        let work = guest
+            .serial
+            .parent()
+            .context("console has no folder")?
+            .to_path_buf();
+        guest.hot_add_disk(&kind.disk(&work, "hotadd"), "hotadd")?;
+        say(format!("{kind:?} plugged in (QEMU monitor device_add)"));
+        guest
+            .wait_line(
+                &["cache moved from tmpfs to disk"],
+                Duration::from_secs(180),
+            )
+            .await?;
+        let cache = check_cache(guest, Some(kind)).await?;
+        let (sru, hru) = shape.expected_disks();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            match check_capacity(reg, id, shape.cpus, shape.memory_mib, sru, hru).await {
+                Ok(cap) => {
+                    say(format!("after the hot-add: {cap}; cache moved to {cache}"));
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("the registry never saw the added disk: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    Ok(timing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_covers_issue_10() {
+        let cpus: std::collections::BTreeSet<u32> = SHAPES.iter().map(|s| s.cpus).collect();
+        assert_eq!(cpus.into_iter().collect::<Vec<_>>(), [1, 2, 4]);
+        for model in ["qemu64", "max"] {
+            assert!(SHAPES.iter().any(|s| s.cpu == model), "{model}");
+        }
+        let has = |f: &dyn Fn(&Shape) -> bool| SHAPES.iter().any(f);
+        assert!(has(&|s| s.disks == [DiskKind::Ssd]));
+        assert!(has(&|s| s.disks == [DiskKind::Hdd]));
+        assert!(has(
+            &|s| s.disks.contains(&DiskKind::Ssd) && s.disks.contains(&DiskKind::Hdd)
+        ));
+        assert!(has(&|s| s.disks.is_empty() && s.hot_add.is_none()));
+        assert!(has(&|s| s.hot_add.is_some()));
+        assert_eq!(SHAPES.iter().filter(|s| s.full).count(), 1);
+        let names: std::collections::BTreeSet<_> = SHAPES.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), SHAPES.len());
+    }
+
+    #[test]
+    fn expectations() {
+        let s = SHAPES[3];
+        assert_eq!(s.expected_disks(), (SSD_BYTES, HDD_BYTES));
+        assert_eq!(s.expected_cache(s.disks), Some(DiskKind::Ssd));
+        assert_eq!(s.expected_cache(&[DiskKind::Hdd]), Some(DiskKind::Hdd));
+        assert_eq!(s.expected_cache(&[]), None);
+    }
+
+    #[test]
+    fn fields_of_log_lines() {
+        let l = "[storage] [    8.8]  INFO gridstorage::apply: cache placed disk=\"sdb\" kind=Ssd size=20000000000 backing=Created";
+        assert_eq!(field(l, "disk"), Some("sdb"));
+        assert_eq!(field(l, "kind"), Some("Ssd"));
+        assert_eq!(field(l, "size"), Some("20000000000"));
+        assert_eq!(field(l, "nope"), None);
+    }
+}
