@@ -48,6 +48,11 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
 /// 60 s of the 300 s window are kept for clock skew between node and registry.
 pub const RESIGN_WINDOW_SECS: i64 = MAX_CLOCK_SKEW_SECS - 60;
 
+/// Most bytes of an answer the agent reads. The registry answers a write with a few dozen
+/// bytes; whatever sits at the registry's address (a proxy, a captive portal, an attacker on
+/// plain HTTP) must not make the node buffer more.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The timestamp a queued report measured at `measured_at` is signed with at `now`.
 pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
@@ -158,10 +163,23 @@ impl Client {
                 retry_after: parse_retry_after(header),
             };
         }
-        match resp.text().await {
-            Ok(body) => classify(status, &body),
-            Err(e) => Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
+        let mut resp = resp;
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return Outcome::Unavailable(format!(
+                        "{url}: answer larger than {MAX_ANSWER_BYTES} bytes: not a registry"
+                    ))
+                }
+                Ok(None) => break,
+                Err(e) => return Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
+            }
         }
+        classify(status, &String::from_utf8_lossy(&body))
     }
 }
 

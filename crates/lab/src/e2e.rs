@@ -379,6 +379,15 @@ async fn scenario(
     step(&format!(
         "boot 1: ordered shutdown after Ctrl-Alt-Del, last report delivered ({count_boot1} uptime reports)"
     ));
+    // The last report said the node is stopping: the registry shows it at once, not `up`
+    // until the up window runs out.
+    let stopped = reg.get(&format!("/api/v1/nodes/{id}")).await?;
+    ensure!(
+        stopped["status"] == "stopped",
+        "after an ordered shutdown the node shows {} instead of stopped",
+        stopped["status"]
+    );
+    step("boot 1: the registry shows the node stopped at once");
     machine.serial = work.join("console-boot2.log");
     let mut guest = machine.boot()?;
     let (id2, guest_secs2) = registered(&mut guest, boot_timeout).await?;
