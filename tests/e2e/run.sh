@@ -14,7 +14,11 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 for tool in qemu-system-x86_64 cpio; do
-    command -v "$tool" >/dev/null || { echo "e2e: FAIL: missing $tool" >&2; exit 1; }
+    command -v "$tool" >/dev/null || {
+        pkg=$(awk -v t="$tool" '$1 == t {print $2}' tools/commands.txt)
+        echo "e2e: FAIL: $tool is not installed: it comes with the Debian package $pkg (tools/need-packages.sh)" >&2
+        exit 1
+    }
 done
 if [ -z "${SKIP_BUILD:-}" ]; then
     make --no-print-directory image >&2

@@ -58,7 +58,7 @@ pub enum BuildError {
     #[error(transparent)]
     Tree(#[from] TreeError),
     /// A required binary or helper is missing.
-    #[error("{what} {name} not found at {path}")]
+    #[error("{what} {name} not found at {path}{}", hosttools::package_of(name).map(|p| format!(" (it comes with the Debian package {p})")).unwrap_or_default())]
     Missing {
         /// "gridos binary" or "helper".
         what: &'static str,
@@ -224,8 +224,12 @@ fn build_with(
                     path: path.into(),
                 });
             }
+            let advice = match hosttools::package_of(name) {
+                Some(pkg) if what == "helper" => format!("install the Debian package {pkg}"),
+                _ => "build it first".to_string(),
+            };
             progress.line(&format!(
-                "error: {what} {name} not found at {}; skipped (build it first)",
+                "error: {what} {name} not found at {}; skipped ({advice})",
                 path.display()
             ));
             skipped.push(name.to_string());

@@ -60,9 +60,10 @@ impl Kernel {
 
 fn run(cmd: &mut Command) -> Result<String, KernelError> {
     let show = format!("{cmd:?}");
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().map_err(|e| KernelError::Tool {
         cmd: show.clone(),
-        reason: e.to_string(),
+        reason: hosttools::spawn_error(&program, e).to_string(),
     })?;
     if !out.status.success() {
         return Err(KernelError::Tool {

@@ -216,7 +216,10 @@ impl Machine {
             .stdin(Stdio::null());
         // Own process group: Ctrl-C on the terminal reaches us, and we shut the guest down in order.
         cmd.process_group(0);
-        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| hosttools::spawn_error("qemu-system-x86_64", e))
+            .context("starting qemu-system-x86_64")?;
         Ok(Guest {
             child: Some(child),
             monitor: self.monitor.clone(),

@@ -101,13 +101,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 if !shown {
                     let n = reg.get(&format!("/api/v1/nodes?farm={farm}")).await;
-                    if n.is_ok_and(|v| v["items"].as_array().is_some_and(|a| !a.is_empty())) {
+                    let node = n.ok().and_then(|v| v["items"][0]["id"].as_i64());
+                    if let Some(node) = node {
                         shown = true;
                         eprintln!(
                             "\n== grid nodes list (target/release/grid --registry {} nodes list):\n{}",
                             reg.url(),
                             registry::nodes_table(&args.bin_dir, &reg.url())
                         );
+                        eprintln!("{}", next_steps(&args.bin_dir, &reg.url(), farm, node));
                     }
                 }
             }
@@ -118,4 +120,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     eprintln!("{}", registry::nodes_table(&args.bin_dir, &reg.url()));
     reg.stop()?;
     Ok(())
+}
+
+/// What to try next, with this run's registry, farm and node filled in.
+fn next_steps(bin_dir: &std::path::Path, url: &str, farm: u64, node: i64) -> String {
+    let grid = bin_dir.join("grid");
+    format!(
+        "\n== the node is registered. In another terminal, try:\n\
+         \x20   export GRID_REGISTRY={url}\n\
+         \x20   grid={grid}\n\
+         \x20   $grid nodes list --farm {farm}      # this farm's nodes, units and status\n\
+         \x20   $grid nodes show {node}             # capacity and its latest signed reports, re-verified here\n\
+         \x20   $grid stats                    # grid-wide totals\n\
+         \x20   $grid --key /tmp/me.key key new && $grid --key /tmp/me.key twin register   # a twin of your own\n\
+         Ctrl-C here shuts the node down in order; `$grid nodes show {node}` then says stopped.",
+        grid = grid.display()
+    )
 }
