@@ -97,8 +97,12 @@ enum FarmCmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum StatusArg {
+    /// Reported within the registry's up window.
     Up,
+    /// Not up (stopped ones included).
     Down,
+    /// Said in its last report that it was shutting down in order.
+    Stopped,
 }
 
 #[derive(Subcommand)]
@@ -302,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 f.status.map(|s| match s {
                     StatusArg::Up => "up".to_string(),
                     StatusArg::Down => "down".to_string(),
+                    StatusArg::Stopped => "stopped".to_string(),
                 }),
             );
             add("min_cru", f.min_cru.map(|v| v.to_string()));
@@ -321,13 +326,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let items = all_pages(&client, &q, f.after.map(|a| a as i64), f.all).await?;
             print(j, &Value::Array(items), |v| {
                 let mut out = format!(
-                    "{:>6} {:>5} {:<5} {:>4} {:>8} {:>9} {:>9} {:>8} {:>8}\n",
+                    "{:>6} {:>5} {:<7} {:>4} {:>8} {:>9} {:>9} {:>8} {:>8}\n",
                     "ID", "FARM", "STATE", "CRU", "MRU GiB", "SRU GiB", "HRU GiB", "CU", "SU"
                 );
                 for n in v.as_array().into_iter().flatten() {
                     let c = &n["capacity"];
                     out += &format!(
-                        "{:>6} {:>5} {:<5} {:>4} {:>8} {:>9} {:>9} {:>8.2} {:>8.2}\n",
+                        "{:>6} {:>5} {:<7} {:>4} {:>8} {:>9} {:>9} {:>8.2} {:>8.2}\n",
                         txt(&n["id"]),
                         txt(&n["farm_id"]),
                         txt(&n["status"]),
