@@ -363,6 +363,12 @@ async fn scenario(
         node["virtualized"] == true,
         "a QEMU guest must say it is virtualised"
     );
+    ensure!(
+        node["serial"] == qemu::DMI_SERIAL,
+        "serial {} in the registry, QEMU's DMI table says {} (root-only in sysfs: init's `readable:` grant to the agent)",
+        node["serial"],
+        qemu::DMI_SERIAL
+    );
     let cache = shapes::check_cache(&mut guest, Some(shapes::DiskKind::Ssd)).await?;
     step(&format!("boot 1: cache on the {cache}"));
     let timing = shapes::timing(&guest.serial, guest_secs);

@@ -228,6 +228,13 @@ pub async fn check_capacity(
     );
     ensure!(sru == sru_want, "SRU {sru} bytes, want {sru_want}");
     ensure!(hru == hru_want, "HRU {hru} bytes, want {hru_want}");
+    // Root-only in sysfs: the unprivileged agent reads it only through init's `readable:` grant.
+    ensure!(
+        node["serial"] == qemu::DMI_SERIAL,
+        "serial {} in the registry, QEMU's DMI table says {}",
+        node["serial"],
+        qemu::DMI_SERIAL
+    );
     let (cu, su) = expected_units(cru, mru, sru, hru);
     let got_cu = node["units"]["cu"].as_f64().context("units.cu")?;
     let got_su = node["units"]["su"].as_f64().context("units.su")?;
