@@ -150,7 +150,7 @@ check() { grep -q -- "$1" "$serial" || { tail -n 60 "$serial" >&2; fail "$(basen
 
 # 7a. Ctrl-Alt-Del: the kernel sends SIGINT to init, which stops everything and reboots.
 boot cad
-check "all services started services=12"
+check "all services started services=13"
 check "signal received action=Reboot"
 check "all services stopped"
 check "calling reboot(2) action=Reboot"
@@ -169,7 +169,8 @@ check "loaded module module=virtio_net"
 check "loaded module module=net_failover file=kernel/drivers/net/net_failover.ko.xz"
 check "NIC-OK"
 check "hello from hello on testnode"
-check "all services started services=12"
+check "CONFINED cgroup=0::/services/confined mem=33554432 pids=8 Uid: 1000 1000 1000 1000 CapBnd: 0000000000002000 CapAmb: 0000000000002000 NoNewPrivs: 1"
+check "all services started services=13"
 check "INIT-RSS"
 check "READY-FOR-HOTPLUG"
 check "loaded module module=virtio_blk file=kernel/drivers/block/virtio_blk.ko.zst"

@@ -87,10 +87,11 @@ struct RawService {
     memory_max: Option<String>,
     #[serde(default)]
     pids_max: Option<u64>,
+    // Strings, not paths: the YAML parser's code for Vec<String> is already in PID 1.
     #[serde(default)]
-    state_dirs: Vec<PathBuf>,
+    state_dirs: Vec<String>,
     #[serde(default)]
-    readable: Vec<PathBuf>,
+    readable: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -265,8 +266,8 @@ pub fn parse_service(name: &str, path: &Path, text: &str) -> Result<Service, Con
         return Err(invalid("pids_max 0 would forbid the service itself".into()));
     }
     for d in raw.state_dirs.iter().chain(&raw.readable) {
-        if !d.is_absolute() {
-            return Err(invalid(format!("{} is not an absolute path", d.display())));
+        if !d.starts_with('/') || d.contains('\0') {
+            return Err(invalid(format!("{d:?} is not an absolute path")));
         }
     }
     let mut after = raw.after;
@@ -288,8 +289,8 @@ pub fn parse_service(name: &str, path: &Path, text: &str) -> Result<Service, Con
         no_new_privs: raw.no_new_privs,
         memory_max,
         pids_max: raw.pids_max,
-        state_dirs: raw.state_dirs,
-        readable: raw.readable,
+        state_dirs: raw.state_dirs.into_iter().map(PathBuf::from).collect(),
+        readable: raw.readable.into_iter().map(PathBuf::from).collect(),
     })
 }
 

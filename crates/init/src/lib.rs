@@ -14,7 +14,6 @@ pub mod boot;
 pub mod cmdline;
 pub mod config;
 pub mod control;
-pub mod entropy;
 pub mod graph;
 pub mod kmod;
 pub mod logging;

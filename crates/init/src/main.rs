@@ -16,7 +16,7 @@ use gridinit::config::{self, Loaded};
 use gridinit::control::{self, PowerAction};
 use gridinit::reaper::Reaper;
 use gridinit::supervisor::{Options, Supervisor};
-use gridinit::{boot, cmdline, entropy, kmod, logging, power, uevent};
+use gridinit::{boot, cmdline, kmod, logging, power, uevent};
 use tokio::sync::mpsc;
 
 mod nss_stubs;
@@ -89,7 +89,6 @@ fn pid1_main() -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "gridos init started as PID 1"
     );
-    entropy::watch();
     for m in mounts {
         match m {
             Ok(target) => tracing::info!(target, "mounted"),

@@ -16,6 +16,9 @@ pub const CPUS: u32 = 2;
 pub const MEMORY_MIB: u64 = 2048;
 pub const SSD_BYTES: u64 = 20_000_000_000;
 pub const HDD_BYTES: u64 = 50_000_000_000;
+/// The DMI product serial QEMU gives every lab node. The kernel makes it readable by root
+/// only; the agent, which runs as its own user, reads it because init grants it (`readable:`).
+pub const DMI_SERIAL: &str = "GRIDOS-LAB-0001";
 /// The node's two disks in `work`.
 pub fn disks(work: &std::path::Path) -> Vec<Disk> {
     vec![
@@ -181,6 +184,7 @@ impl Machine {
         .args(["-smp", &self.cpus.to_string()])
         .args(["-m", &self.memory_mib.to_string()])
         .args(["-display", "none", "-nodefaults", "-no-reboot"])
+        .args(["-smbios", &format!("type=1,serial={DMI_SERIAL}")])
         .arg("-serial")
         .arg(format!("file:{}", self.serial.display()))
         .arg("-monitor")

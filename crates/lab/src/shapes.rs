@@ -120,7 +120,7 @@ pub struct Timing {
     pub registered_s: f64,
     /// Storage's wait for the devices to settle.
     pub settle_ms: Option<u64>,
-    /// Guest clock, PID 1 start → "kernel CRNG ready" (None: ready before init looked).
+    /// How long the entropy service waited for the kernel's CRNG (0 with RDRAND).
     pub crng_s: Option<f64>,
 }
 
@@ -228,6 +228,13 @@ pub async fn check_capacity(
     );
     ensure!(sru == sru_want, "SRU {sru} bytes, want {sru_want}");
     ensure!(hru == hru_want, "HRU {hru} bytes, want {hru_want}");
+    // Root-only in sysfs: the unprivileged agent reads it only through init's `readable:` grant.
+    ensure!(
+        node["serial"] == qemu::DMI_SERIAL,
+        "serial {} in the registry, QEMU's DMI table says {}",
+        node["serial"],
+        qemu::DMI_SERIAL
+    );
     let (cu, su) = expected_units(cru, mru, sru, hru);
     let got_cu = node["units"]["cu"].as_f64().context("units.cu")?;
     let got_su = node["units"]["su"].as_f64().context("units.su")?;
@@ -243,16 +250,12 @@ pub async fn check_capacity(
 pub fn timing(console: &Path, registered_s: f64) -> Timing {
     let text = std::fs::read_to_string(console).unwrap_or_default();
     let line = |needle: &str| text.lines().find(|l| l.contains(needle));
-    let pid1 = line("gridos init started as PID 1").and_then(qemu::boot_clock);
     let settle_ms = line("devices settled").and_then(|l| field(l, "waited_ms")?.parse().ok());
-    let crng = line("kernel CRNG ready").and_then(qemu::boot_clock);
+    let crng_s = line("kernel CRNG ready").and_then(|l| field(l, "waited_s")?.parse().ok());
     Timing {
         registered_s,
         settle_ms,
-        crng_s: match (pid1, crng) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        },
+        crng_s,
     }
 }
 
@@ -378,6 +381,8 @@ mod tests {
 
     #[test]
     fn fields_of_log_lines() {
+        let l = "[entropy] [    4.2]  INFO gridentropy: kernel CRNG ready waited_s=\"1.71\" jitter_bits_credited=256";
+        assert_eq!(field(l, "waited_s"), Some("1.71"));
         let l = "[storage] [    8.8]  INFO gridstorage::apply: cache placed disk=\"sdb\" kind=Ssd size=20000000000 backing=Created";
         assert_eq!(field(l, "disk"), Some("sdb"));
         assert_eq!(field(l, "kind"), Some("Ssd"));

@@ -3,7 +3,8 @@
 //! Each static program carries its own copy of std, tokio, glibc's static parts and the
 //! libraries they share (gridinit, zbus, tracing, clap, serde); five separate binaries came to
 //! 15.5 MB against a 10 MB budget. The image installs this file as `/usr/bin/gridos` with
-//! `gridctl`, `gridos-agent`, `gridos-network` and `gridos-storage` linked to it; `argv[0]`
+//! `gridctl`, `gridos-agent`, `gridos-entropy`, `gridos-network` and `gridos-storage` linked
+//! to it; `argv[0]`
 //! picks the program.
 //!
 //! PID 1 stays its own executable (`crates/init`, under 3 MB): the one process that must never
@@ -15,6 +16,8 @@
 
 #[path = "../../agent/src/main.rs"]
 mod agent;
+#[path = "../../entropy/src/main.rs"]
+mod entropy;
 #[path = "../../gridctl/src/main.rs"]
 mod gridctl;
 #[path = "../../network/src/main.rs"]
@@ -23,9 +26,10 @@ mod network;
 mod storage;
 
 /// The names this executable answers to.
-const PROGRAMS: [&str; 4] = [
+const PROGRAMS: [&str; 5] = [
     "gridctl",
     "gridos-agent",
+    "gridos-entropy",
     "gridos-network",
     "gridos-storage",
 ];
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match program(&argv0) {
         "gridctl" => gridctl::main(),
         "gridos-agent" => agent::main(),
+        "gridos-entropy" => entropy::main(),
         "gridos-network" => network::main(),
         "gridos-storage" => storage::main(),
         other => anyhow::bail!(

@@ -1,25 +1,23 @@
-//! Watching the kernel's random number generator until it is ready.
+//! The `entropy` service: watching the kernel's random number generator until it is ready.
 //!
 //! Until the CRNG is initialised, every `getrandom()` without `GRND_NONBLOCK`/`GRND_INSECURE`
 //! blocks: TLS, the node key, report nonces. On a CPU without RDRAND (QEMU's default `qemu64`,
 //! older servers) and without a hardware RNG, that can take long, and a node that hangs
-//! silently looks broken. PID 1 therefore says so on the console every few seconds, names the
-//! entropy sources it has, and says when the CRNG becomes ready.
+//! silently looks broken. This service (started by PID 1 with the first services, right after
+//! coldplug) therefore says so on the console every few seconds, names the entropy sources it
+//! has, and says when the CRNG becomes ready. It lives outside PID 1 to keep PID 1 small.
 //!
 //! The kernel's own CPU-jitter collection (run when something waits in `getrandom()`) does
 //! not get the CRNG ready under QEMU's TCG with `qemu64` (measured: not within 100 s). The
 //! kernel also has an SP 800-90B CPU-jitter entropy source with health tests,
 //! `jitterentropy_rng` (the crypto API's seed source for its DRBG), which does work there; it
 //! is reachable from user space through `AF_ALG` (`algif_rng`). While the CRNG is not ready,
-//! PID 1 reads it and adds it to the input pool with `RNDADDENTROPY`, crediting half of the
+//! this service reads it and adds it to the input pool with `RNDADDENTROPY`, crediting half of the
 //! bits read (the same job `jitterentropy-rngd` does on distributions). Nothing is credited
 //! once the CRNG is ready, and nothing of this runs on a CPU with RDRAND (ready at boot).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// How long the CRNG gets to become ready on its own before the jitter source is read.
-pub const JITTER_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the console hears that the CRNG is still not ready.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -92,7 +90,7 @@ pub enum JitterError {
         /// The module.
         module: &'static str,
         /// The cause.
-        source: crate::kmod::KmodError,
+        source: gridinit::kmod::KmodError,
     },
     /// A socket call or `/dev/random` failed.
     #[error("{what}: {source}")]
@@ -111,7 +109,7 @@ impl KernelJitter {
         // jitterentropy_rng hashes its samples with "sha3-256-generic" but declares no dependency
         // on it (and the kernel cannot ask modprobe here): sha3_generic goes first.
         for module in ["sha3_generic", "algif_rng", "jitterentropy_rng"] {
-            crate::kmod::load_module(module)
+            gridinit::kmod::load_module(module)
                 .map_err(|source| JitterError::Module { module, source })?;
         }
         let sys = |what| move |source| JitterError::Sys { what, source };
@@ -178,56 +176,50 @@ impl KernelJitter {
     }
 }
 
-/// Watches on a thread of its own until the CRNG is ready, logging as it goes.
-pub fn watch() {
-    let spawned = std::thread::Builder::new()
-        .name("entropy".into())
-        .spawn(|| {
-            let start = Instant::now();
-            let mut next = start;
-            let mut jitter = None;
-            let mut credited = 0u32;
-            while !crng_ready() {
-                // Give RDRAND and the hardware RNGs (loaded by coldplug) a moment first.
-                if jitter.is_none() && start.elapsed() >= JITTER_AFTER {
-                    jitter = Some(KernelJitter::open().map_err(|e| {
-                        tracing::warn!(error = %e, "the kernel's jitter entropy source is unavailable");
-                    }));
-                    if let Some(Ok(_)) = &jitter {
-                        tracing::info!("feeding the kernel's jitter entropy (jitterentropy_rng via AF_ALG) to its CRNG until it is ready");
-                    }
-                }
-                if let Some(Ok(j)) = &jitter {
-                    match j.feed() {
-                        Ok(bits) => credited += bits,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "jitter entropy failed; waiting for other sources");
-                            jitter = Some(Err(()));
-                        }
-                    }
-                }
-                if Instant::now() >= next {
-                    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-                    let (available, current) = hw_rngs(Path::new("/sys/class/misc"));
-                    tracing::warn!(
-                        "{}",
-                        waiting_line(start.elapsed(), cpu_rng(&cpuinfo), &available, &current)
-                    );
-                    next += REPORT_EVERY;
-                }
-                if !matches!(jitter, Some(Ok(_))) {
-                    std::thread::sleep(Duration::from_millis(100));
+/// Watches until the CRNG is ready, feeding it jitter entropy and logging as it goes.
+pub fn run() {
+    let start = Instant::now();
+    let mut next = start;
+    let mut jitter = None;
+    let mut credited = 0u32;
+    while !crng_ready() {
+        // The service starts after coldplug: RDRAND and the hardware RNG drivers had
+        // their chance, so the jitter source is read at once.
+        if jitter.is_none() {
+            jitter = Some(KernelJitter::open().map_err(|e| {
+                tracing::warn!(error = %e, "the kernel's jitter entropy source is unavailable");
+            }));
+            if let Some(Ok(_)) = &jitter {
+                tracing::info!("feeding the kernel's jitter entropy (jitterentropy_rng via AF_ALG) to its CRNG until it is ready");
+            }
+        }
+        if let Some(Ok(j)) = &jitter {
+            match j.feed() {
+                Ok(bits) => credited += bits,
+                Err(e) => {
+                    tracing::warn!(error = %e, "jitter entropy failed; waiting for other sources");
+                    jitter = Some(Err(()));
                 }
             }
-            tracing::info!(
-                waited_s = format!("{:.2}", start.elapsed().as_secs_f64()),
-                jitter_bits_credited = credited,
-                "kernel CRNG ready"
+        }
+        if Instant::now() >= next {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let (available, current) = hw_rngs(Path::new("/sys/class/misc"));
+            tracing::warn!(
+                "{}",
+                waiting_line(start.elapsed(), cpu_rng(&cpuinfo), &available, &current)
             );
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no entropy watch thread");
+            next += REPORT_EVERY;
+        }
+        if !matches!(jitter, Some(Ok(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
+    tracing::info!(
+        waited_s = format!("{:.2}", start.elapsed().as_secs_f64()),
+        jitter_bits_credited = credited,
+        "kernel CRNG ready"
+    );
 }
 
 #[cfg(test)]
