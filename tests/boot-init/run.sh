@@ -19,8 +19,8 @@ mkdir -p "$out"
 log() { echo "boot-init: $*" >&2; }
 fail() { echo "boot-init: FAIL: $*" >&2; exit 1; }
 
-for tool in qemu-system-x86_64 depmod cpio dpkg-deb apt-get gzip xz zstd; do
-    command -v "$tool" >/dev/null || fail "missing $tool (apt-get install qemu-system-x86 kmod cpio xz-utils zstd)"
+for tool in qemu-system-x86_64 depmod cpio dpkg-deb apt-get gzip xz; do
+    command -v "$tool" >/dev/null || fail "missing $tool (apt-get install qemu-system-x86 kmod cpio xz-utils)"
 done
 
 # 1. Kernel: an extracted Debian linux-image package.
@@ -85,8 +85,9 @@ closure() {
 for m in "${mods[@]}"; do closure "$m"; done
 cp "$kroot/lib/modules/$kver"/modules.{builtin,builtin.modinfo,order} "$root/lib/modules/$kver/"
 # Compressed modules as other kernels ship them: this kernel cannot decompress
-# (no CONFIG_MODULE_DECOMPRESS), so init must do it: .zst on the hot-plug path, .xz at coldplug.
-zstd -q --rm "$root/lib/modules/$kver/kernel/drivers/block/virtio_blk.ko"
+# (no CONFIG_MODULE_DECOMPRESS), so init must do it: .xz (Debian's choice) on the hot-plug
+# path and at coldplug. (.zst is left to kernels that decompress it themselves.)
+xz --check=crc32 "$root/lib/modules/$kver/kernel/drivers/block/virtio_blk.ko"
 xz --check=crc32 "$root/lib/modules/$kver/kernel/drivers/net/net_failover.ko"
 depmod -b "$root" "$kver"
 if [ -n "${BOOT_TEST_FULL_INDEX:-}" ]; then
@@ -173,7 +174,7 @@ check "CONFINED cgroup=0::/services/confined mem=33554432 pids=8 Uid: 1000 1000 
 check "all services started services=13"
 check "INIT-RSS"
 check "READY-FOR-HOTPLUG"
-check "loaded module module=virtio_blk file=kernel/drivers/block/virtio_blk.ko.zst"
+check "loaded module module=virtio_blk file=kernel/drivers/block/virtio_blk.ko.xz"
 check "HOTPLUG-OK"
 check "shutting down action=Poweroff"
 check "service stopped service=\"finish\""
