@@ -19,6 +19,10 @@ fn put(root: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
+async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Value {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
@@ -119,22 +123,12 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let node: Value = reqwest::get(format!("{url}/api/v1/nodes/1"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let node: Value = get_json(format!("{url}/api/v1/nodes/1")).await;
     assert_eq!(node["capacity"]["cru"], 2);
     assert_eq!(node["capacity"]["hru"].as_u64(), Some(20 * GIB));
     let count = |v: &Value| v["items"].as_array().unwrap().len();
     let reports_url = format!("{url}/api/v1/nodes/1/reports?kind=uptime");
-    let before: Value = reqwest::get(&reports_url)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = get_json(&reports_url).await;
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -144,20 +138,10 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     wait_for("last uptime report delivered");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let after: Value = reqwest::get(&reports_url)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = get_json(&reports_url).await;
     assert!(count(&after) > count(&before));
     // The last report said the node is stopping: the registry shows it stopped at once.
-    let node: Value = reqwest::get(format!("{url}/api/v1/nodes/1"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let node: Value = get_json(format!("{url}/api/v1/nodes/1")).await;
     assert_eq!(node["status"], "stopped", "{node}");
 }
 

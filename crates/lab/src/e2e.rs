@@ -334,47 +334,28 @@ async fn scenario(
         "registry node {} is not the console's {id}",
         items[0]["id"]
     );
-    let node = reg.get(&format!("/api/v1/nodes/{id}")).await?;
+    let cap = shapes::check_capacity(reg, id, CPUS, MEMORY_MIB, SSD_BYTES, HDD_BYTES).await?;
+    let node = &cap.node;
     let key = node["public_key"]
         .as_str()
         .context("node without key")?
         .to_string();
-    let cap = &node["capacity"];
-    let get = |k: &str| {
-        cap[k]
-            .as_u64()
-            .with_context(|| format!("capacity.{k} missing: {cap}"))
-    };
-    let (cru, mru, sru, hru) = (get("cru")?, get("mru")?, get("sru")?, get("hru")?);
-    let given_mem = MEMORY_MIB << 20;
-    ensure!(cru == u64::from(CPUS), "CRU {cru}, QEMU gave {CPUS}");
-    ensure!(
-        mru <= given_mem && given_mem - mru < OS_RESERVE,
-        "MRU {mru} bytes: QEMU gave {given_mem}, the OS reserve is {OS_RESERVE}"
-    );
-    ensure!(sru == SSD_BYTES, "SRU {sru} bytes, the SSD is {SSD_BYTES}");
-    ensure!(hru == HDD_BYTES, "HRU {hru} bytes, the HDD is {HDD_BYTES}");
-    let (cu, su) = expected_units(cru, mru, sru, hru);
-    let got_cu = node["units"]["cu"].as_f64().context("units.cu")?;
-    let got_su = node["units"]["su"].as_f64().context("units.su")?;
-    ensure!(close(got_cu, cu), "CU {got_cu}, the formula gives {cu}");
-    ensure!(close(got_su, su), "SU {got_su}, the formula gives {su}");
     ensure!(
         node["virtualized"] == true,
         "a QEMU guest must say it is virtualised"
-    );
-    ensure!(
-        node["serial"] == qemu::DMI_SERIAL,
-        "serial {} in the registry, QEMU's DMI table says {} (root-only in sysfs: init's `readable:` grant to the agent)",
-        node["serial"],
-        qemu::DMI_SERIAL
     );
     let cache = shapes::check_cache(&mut guest, Some(shapes::DiskKind::Ssd)).await?;
     step(&format!("boot 1: cache on the {cache}"));
     let timing = shapes::timing(&guest.serial, guest_secs);
     step(&format!(
-        "capacity: CRU {cru}, MRU {mru} B ({} MiB below what QEMU gave), SRU {sru} B, HRU {hru} B; CU {got_cu:.4} SU {got_su:.4} = formula",
-        (given_mem - mru) >> 20
+        "capacity: CRU {}, MRU {} B ({} MiB below what QEMU gave), SRU {} B, HRU {} B; CU {:.4} SU {:.4} = formula",
+        cap.cru,
+        cap.mru,
+        ((MEMORY_MIB << 20) - cap.mru) >> 20,
+        cap.sru,
+        cap.hru,
+        cap.cu,
+        cap.su
     ));
     let before = wait_uptimes(reg, id, &key, |u| u.len() >= 2, "two uptime reports").await?;
     step(&format!("boot 1: {} uptime reports arrived", before.len()));

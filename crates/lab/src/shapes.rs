@@ -203,7 +203,39 @@ pub async fn check_cache(guest: &mut Guest, want: Option<DiskKind>) -> anyhow::R
     }
 }
 
-/// Asserts the registered capacity of node `id`: CRU, MRU, SRU, HRU and the units.
+/// A node's registered capacity, once [`check_capacity`] found it as QEMU made it.
+#[derive(Debug)]
+pub struct Capacity {
+    /// The node as the registry shows it.
+    pub node: serde_json::Value,
+    /// Cores.
+    pub cru: u64,
+    /// Memory, bytes.
+    pub mru: u64,
+    /// SSD, bytes.
+    pub sru: u64,
+    /// HDD, bytes.
+    pub hru: u64,
+    /// Farming CU the registry computed (equal to the formula).
+    pub cu: f64,
+    /// Farming SU the registry computed (equal to the formula).
+    pub su: f64,
+}
+
+impl std::fmt::Display for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CRU {}, MRU {:.2} GiB, SRU {} B, HRU {} B",
+            self.cru,
+            self.mru as f64 / GIB as f64,
+            self.sru,
+            self.hru
+        )
+    }
+}
+
+/// Asserts the registered capacity of node `id`: CRU, MRU, SRU, HRU, the serial and the units.
 pub async fn check_capacity(
     reg: &Registry,
     id: i64,
@@ -211,7 +243,7 @@ pub async fn check_capacity(
     memory_mib: u64,
     sru_want: u64,
     hru_want: u64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Capacity> {
     let node = reg.get(&format!("/api/v1/nodes/{id}")).await?;
     let cap = &node["capacity"];
     let get = |k: &str| {
@@ -240,10 +272,15 @@ pub async fn check_capacity(
     let got_su = node["units"]["su"].as_f64().context("units.su")?;
     ensure!(close(got_cu, cu), "CU {got_cu}, the formula gives {cu}");
     ensure!(close(got_su, su), "SU {got_su}, the formula gives {su}");
-    Ok(format!(
-        "CRU {cru}, MRU {:.2} GiB, SRU {sru} B, HRU {hru} B",
-        mru as f64 / GIB as f64
-    ))
+    Ok(Capacity {
+        node,
+        cru,
+        mru,
+        sru,
+        hru,
+        cu: got_cu,
+        su: got_su,
+    })
 }
 
 /// Guest-clock timings of the boot in `console`.
