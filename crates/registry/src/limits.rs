@@ -114,16 +114,7 @@ pub fn ip_layer(rate: Rate, what: &'static str) -> IpLayer {
             .finish()
             .unwrap_or_else(|| unreachable!("default governor config is valid"))
     }));
-    let limiter = config.limiter().clone();
-    // Forget addresses that have been quiet long enough to be back at a full bucket.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    });
+    forget_idle(Arc::downgrade(config.limiter()));
     GovernorLayer::new(config).error_handler(move |e| ip_error(e, what))
 }
 
@@ -144,6 +135,24 @@ fn ip_error(e: GovernorError, what: &'static str) -> Response<Body> {
     }
 }
 
+/// Every minute, forgets the keys whose buckets are full again (quiet long enough), so the
+/// limiter's memory follows the active clients, not every address or key ever seen. The task
+/// ends with the server that owns the limiter.
+fn forget_idle<K>(limiter: std::sync::Weak<DefaultKeyedRateLimiter<K>>)
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(l) = limiter.upgrade() else { return };
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    });
+}
+
 /// Per-key limits, checked by the handlers once a signature verified.
 #[derive(Debug)]
 pub struct KeyLimiter {
@@ -154,16 +163,7 @@ impl KeyLimiter {
     /// A limiter allowing `rate` per key; forgets idle keys in the background.
     pub fn new(rate: Rate) -> KeyLimiter {
         let limiter = Arc::new(RateLimiter::keyed(rate.quota()));
-        let weak = Arc::downgrade(&limiter);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let Some(l) = weak.upgrade() else { return };
-                l.retain_recent();
-                l.shrink_to_fit();
-            }
-        });
+        forget_idle(Arc::downgrade(&limiter));
         KeyLimiter { limiter }
     }
 
