@@ -499,7 +499,7 @@ async fn stale_timestamps_are_refused(engine: Engine) {
     };
     let before = h.snapshot().await;
     let key = SigningKey::generate(&mut OsRng);
-    for skew in [-301, 301, -86_400, i64::MAX / 2] {
+    for skew in [-400, 400, -86_400, i64::MAX / 2] {
         let env = Envelope::seal(&key, &Payload::RegisterTwin {}, now() + skew, nonce());
         let (s, v) = h.post("/api/v1/twins", &env).await;
         assert_eq!(

@@ -361,14 +361,16 @@ async fn extreme_timestamps_are_stale(engine: Engine) {
     let farm = h.farm("f").await;
     let (key, _) = h.node(farm, cap(2)).await;
     let before = state(&h).await;
+    // Well outside the window: the exact ±300 s edge is gridtypes' unit test, since a second
+    // can pass between sealing here and checking in the server.
     for ts in [
         i64::MIN,
         i64::MIN + 1,
         i64::MAX,
         -1,
         0,
-        now() - 301,
-        now() + 301,
+        now() - 400,
+        now() + 400,
     ] {
         let env = Envelope::seal(&key, &Payload::Report(Report::uptime(5)), ts, nonce());
         refused(
@@ -725,7 +727,7 @@ fn read_to_close(mut s: TcpStream) -> (String, Duration) {
 async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     let config = Config {
         header_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(4),
+        idle_timeout: Duration::from_secs(8),
         request_timeout: Duration::from_secs(2),
         max_connections: 32,
         ..Config::default()
@@ -739,7 +741,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     let outcome = tokio::task::spawn_blocking(move || {
         let open = || {
             let s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             s
         };
         // 1. A slowloris (one header line at a time, never the end of the head) next to an
@@ -781,11 +783,11 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
         let (answer, _) = read_to_close(body);
         // 3. More idle connections than the server serves at once: every one is closed by
         //    the server, none kept forever.
-        let flood: Vec<TcpStream> = (0..100).map(|_| open()).collect();
+        let flood: Vec<TcpStream> = (0..70).map(|_| open()).collect();
         let closed = flood
             .into_iter()
             .map(read_to_close)
-            .filter(|(_, d)| *d < Duration::from_secs(39))
+            .filter(|(_, d)| *d < Duration::from_secs(59))
             .count();
         (slow_closed, idle_open_then, idle_life, answer, closed)
     })
@@ -794,7 +796,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     let (slow_closed, idle_open_then, idle_life, answer, closed) = outcome;
     let slow_closed = slow_closed.expect("slowloris connection still open after 15 s");
     assert!(
-        slow_closed < Duration::from_secs(4),
+        slow_closed < Duration::from_secs(6),
         "slowloris lived {slow_closed:?}: the idle timeout closed it, not the head deadline"
     );
     assert!(
@@ -802,7 +804,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
         "an idle connection was closed by the head deadline"
     );
     assert!(
-        idle_life < Duration::from_secs(39),
+        idle_life < Duration::from_secs(59),
         "idle connection never closed"
     );
     assert!(
@@ -810,7 +812,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
         "unfinished body got {answer:?}"
     );
     assert!(answer.contains("\"timeout\""), "{answer}");
-    assert_eq!(closed, 100, "idle connections left open");
+    assert_eq!(closed, 70, "idle connections left open");
     let (s, _) = Harness::send(h.client.get(format!("{base}/healthz"))).await;
     assert_eq!(s, 200);
     assert_eq!(state(&h).await, before);
