@@ -383,8 +383,8 @@ pub struct NodeView {
     pub serial: Option<String>,
     /// Runs inside a hypervisor.
     pub virtualized: bool,
-    /// Network interfaces as registered.
-    pub interfaces: serde_json::Value,
+    /// Network interfaces as registered (the stored JSON, passed through as is).
+    pub interfaces: Box<RawValue>,
     /// Agent version.
     pub agent_version: Option<String>,
     /// Total raw capacity.
@@ -432,7 +432,10 @@ fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
         },
         serial: r.try_get("serial")?,
         virtualized: r.try_get::<i64, _>("virtualized")? != 0,
-        interfaces: serde_json::from_str(&interfaces).unwrap_or(serde_json::Value::Null),
+        // Written by the registry from a validated registration; `null` if it ever is not JSON.
+        interfaces: RawValue::from_string(interfaces)
+            .or_else(|_| RawValue::from_string("null".into()))
+            .map_err(|e| sqlx::Error::Decode(e.into()))?,
         agent_version: r.try_get("agent_version")?,
         capacity,
         used,
@@ -522,7 +525,7 @@ async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<Nod
 
 /// What a node costs in a response: its free-text fields and a fixed part for the numbers.
 fn node_size(n: &NodeView) -> usize {
-    512 + n.interfaces.to_string().len()
+    512 + n.interfaces.get().len()
         + n.serial.as_ref().map_or(0, String::len)
         + n.agent_version.as_ref().map_or(0, String::len)
 }
