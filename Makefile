@@ -20,7 +20,7 @@ build:
 ## is printed once the node registers. Ctrl-C shuts the node down in order.
 ## RUN_ARGS="--port 8481 --report-interval 10" passes flags (gridos-lab run --help).
 run: deps-run image
-	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
+	$(CARGO) build --release -p registry -p cli -p lab
 	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release $(RUN_ARGS)
 
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
@@ -58,12 +58,12 @@ test-e2e:
 ## multi-call `gridos` (gridctl, agent, network, storage; crates/node).
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
-		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-init -p gridos-node
+		--profile initramfs --target x86_64-unknown-linux-gnu -p init -p node
 
 ## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.
 image: deps-image init
-	$(CARGO) build -q -p gridos-imager
+	$(CARGO) build -q -p imager
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
@@ -77,20 +77,20 @@ fmt:
 ## The minimal PID 1 (mounts, DHCP, one POST) that boot-bench compares gridos against.
 baseline-image:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
-		--profile initramfs --target x86_64-unknown-linux-gnu -p gridos-baseline-init
-	$(CARGO) build -q -p gridos-imager
+		--profile initramfs --target x86_64-unknown-linux-gnu -p baseline
+	$(CARGO) build -q -p imager
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile bench/baseline/profile.yaml --out $(BUILD)/baseline-image \
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
 ## Guest-clock time from PID 1 to "registered": gridos against the baseline init (BENCHMARKS.md).
 boot-bench: image baseline-image
-	$(CARGO) build --release -p grid-registry -p grid-cli -p gridos-lab
+	$(CARGO) build --release -p registry -p cli -p lab
 	$(TARGET_DIR)/release/gridos-lab boot-bench --image out --baseline $(BUILD)/baseline-image \
 		--work $(BUILD)/boot-bench --bin-dir $(TARGET_DIR)/release --out $(BUILD)/boot-bench.json
 
 ## Benchmarks behind BENCHMARKS.md.
 bench:
-	$(CARGO) build --release -p grid-registry -p gridos-perf
+	$(CARGO) build --release -p registry -p perf
 	@mkdir -p $(BUILD)
 	tests/with-postgres.sh target/release/gridos-perf --out $(BUILD)/bench.json all
 

@@ -54,7 +54,7 @@ bbroot="$(fetch_deb busybox-static)"
 # 3. Static init and gridctl.
 if [ -z "${SKIP_BUILD:-}" ]; then
     RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" nice -n 10 cargo build --profile initramfs \
-        --target x86_64-unknown-linux-gnu -p gridos-init -p gridctl --manifest-path "$repo/Cargo.toml" >&2
+        --target x86_64-unknown-linux-gnu -p init -p gridctl --manifest-path "$repo/Cargo.toml" >&2
 fi
 bin="$target_dir/x86_64-unknown-linux-gnu/initramfs"
 

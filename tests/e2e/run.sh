@@ -22,7 +22,7 @@ for tool in qemu-system-x86_64 cpio; do
 done
 if [ -z "${SKIP_BUILD:-}" ]; then
     make --no-print-directory image >&2
-    nice -n 10 cargo build -q -p grid-registry -p grid-cli -p gridos-lab >&2
+    nice -n 10 cargo build -q -p registry -p cli -p lab >&2
 fi
 # shellcheck disable=SC2086
 exec "$target_dir/debug/gridos-lab" e2e --image out --work build/e2e --bin-dir "$target_dir/debug" ${E2E_ARGS:-}

@@ -28,7 +28,7 @@ done
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     make -C "$repo" --no-print-directory init >&2
-    nice -n 10 cargo build -q -p gridos-imager --manifest-path "$repo/Cargo.toml" >&2
+    nice -n 10 cargo build -q -p imager --manifest-path "$repo/Cargo.toml" >&2
 fi
 imager="$target_dir/debug/gridos-imager"
 mkdir -p "$out"

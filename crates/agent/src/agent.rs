@@ -9,7 +9,7 @@ use gridtypes::{NodeRegistration, Report, Resources, MAX_TEXT};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use gridbackoff::Backoff;
+use backoff::Backoff;
 
 use crate::client::{now, Client, Outcome};
 use crate::identity::{self, IdentityError, KEY_FILE};
@@ -47,7 +47,7 @@ pub struct Config {
     /// Time between capacity probes (a change is reported at once).
     pub probe_interval: Duration,
     /// First retry delay after the registry was unreachable; doubles up to `retry_max`, each
-    /// delay jittered (see `gridbackoff`) so nodes do not retry in lockstep.
+    /// delay jittered (see `backoff`) so nodes do not retry in lockstep.
     pub retry_min: Duration,
     /// Longest retry delay while the registry is unreachable.
     pub retry_max: Duration,

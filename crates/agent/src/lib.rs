@@ -1,10 +1,11 @@
 //! The capacity agent of a 3Node: measures what the node can give, proves who it is, and
 //! tells the registry, without losing a report when the registry is away.
 //!
-//! `probe` measures (disks as the storage service measured them, through `griddisks`), `identity` keeps the node key, `queue` holds reports on disk,
+//! `probe` measures (disks as the storage service measured them, through `disks`), `identity` keeps the node key, `queue` holds reports on disk,
 //! `client` talks to the registry, and `agent` ties them together in one event loop.
 
 pub mod agent;
+pub mod cli;
 pub mod client;
 pub mod identity;
 pub mod probe;

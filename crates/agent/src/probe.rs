@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use griddisks::{Kind, Measured};
+use disks::{Kind, Measured};
 use gridtypes::payload::{MAX_INTERFACES, MAX_TEXT};
 use gridtypes::{Interface, Resources};
 
@@ -54,7 +54,7 @@ pub struct Probe {
     pub sys: PathBuf,
     /// procfs root (`/proc`).
     pub proc: PathBuf,
-    /// The storage service's disk measurements ([`griddisks::measured`]).
+    /// The storage service's disk measurements ([`disks::measured`]).
     pub measured: PathBuf,
     /// Disks never counted: the boot medium named by configuration.
     pub skip_disks: Vec<String>,
@@ -67,7 +67,7 @@ impl Default for Probe {
         Probe {
             sys: PathBuf::from("/sys"),
             proc: PathBuf::from("/proc"),
-            measured: PathBuf::from(griddisks::measured::MEASURED_FILE),
+            measured: PathBuf::from(disks::measured::MEASURED_FILE),
             skip_disks: Vec::new(),
             addresses: true,
         }
@@ -189,17 +189,17 @@ impl Probe {
     /// appeared a moment ago) is counted once storage has published it.
     pub fn disks(&self) -> Result<Vec<Measured>, ProbeError> {
         let dir = self.sys.join("block");
-        let present = griddisks::scan(&dir).map_err(|e| ProbeError::Parse {
+        let present = disks::scan(&dir).map_err(|e| ProbeError::Parse {
             path: dir.clone(),
             what: e.to_string(),
         })?;
-        let measured = griddisks::measured::read(&self.measured).unwrap_or_else(|e| {
+        let measured = disks::measured::read(&self.measured).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "disk measurements unreadable; counting no disk");
             Vec::new()
         });
         let mut disks = Vec::new();
         for disk in present {
-            if let Some(why) = griddisks::skip_reason(&disk, &self.skip_disks, None) {
+            if let Some(why) = disks::skip_reason(&disk, &self.skip_disks, None) {
                 tracing::debug!(disk = %disk.name, why, "not counted");
                 continue;
             }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use agent::client::{Client, Outcome, MAX_ANSWER_BYTES};
 use axum::routing::post;
 use ed25519_dalek::SigningKey;
-use gridagent::client::{Client, Outcome, MAX_ANSWER_BYTES};
 use gridtypes::{NodeRegistration, Resources};
 use rand::rngs::OsRng;
 

@@ -26,7 +26,7 @@ async fn get_json(url: impl reqwest::IntoUrl) -> Value {
 async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Value {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let env = Envelope::seal(key, payload, gridagent::client::now(), nonce);
+    let env = Envelope::seal(key, payload, agent::client::now(), nonce);
     let r = reqwest::Client::new()
         .post(format!("{url}{path}"))
         .header("content-type", "application/json")
@@ -42,10 +42,9 @@ async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Val
 async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let server =
-        grid_registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
-            .await
-            .unwrap();
+    let server = registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
+        .await
+        .unwrap();
     let url = server.url();
     let twin = SigningKey::generate(&mut OsRng);
     post(&url, "/api/v1/twins", &twin, &Payload::RegisterTwin {}).await;
@@ -65,12 +64,12 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     put(&sys, "block/vda/queue/rotational", "1\n");
     // What the storage service would have published after measuring it.
     let measured = dir.path().join("disks.json");
-    let disks = griddisks::scan(&sys.join("block")).unwrap();
+    let disks = disks::scan(&sys.join("block")).unwrap();
     let m: Vec<_> = disks
         .into_iter()
-        .map(|d| griddisks::Measured::new(d, None))
+        .map(|d| disks::Measured::new(d, None))
         .collect();
-    griddisks::measured::write(&measured, &m).unwrap();
+    disks::measured::write(&measured, &m).unwrap();
     let cmdline = dir.path().join("cmdline");
     put(
         dir.path(),

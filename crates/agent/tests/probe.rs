@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gridagent::probe::Probe;
-use griddisks::{Kind, Measured};
+use agent::probe::Probe;
+use disks::{Kind, Measured};
 use gridtypes::GIB;
 
 fn put(root: &Path, rel: &str, text: &str) {
@@ -88,7 +88,7 @@ fn qemu_node() -> Tree {
 
 /// Writes what storage would have measured: `latency_us` per name (`None`: rotational, unmeasured).
 fn storage_measured(t: &Tree, disks: &[(&str, Option<u64>)]) {
-    let all = griddisks::scan(&t.sys.join("block")).unwrap();
+    let all = disks::scan(&t.sys.join("block")).unwrap();
     let m: Vec<Measured> = disks
         .iter()
         .map(|(name, lat)| {
@@ -96,7 +96,7 @@ fn storage_measured(t: &Tree, disks: &[(&str, Option<u64>)]) {
             Measured::new(d, lat.map(Duration::from_micros))
         })
         .collect();
-    griddisks::measured::write(&t.measured, &m).unwrap();
+    disks::measured::write(&t.measured, &m).unwrap();
 }
 
 fn probe(t: &Tree) -> Probe {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agent::probe::Probe;
+use agent::{Config, Status};
 use ed25519_dalek::SigningKey;
-use gridagent::probe::Probe;
-use gridagent::{Config, Status};
 use gridtypes::{Envelope, Payload, GIB, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 struct Registry {
     addr: SocketAddr,
     db_url: String,
-    server: Option<grid_registry::Background>,
+    server: Option<registry::Background>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,13 +26,10 @@ impl Registry {
     async fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("registry.db").display());
-        let server = grid_registry::Background::start(
-            &db_url,
-            ([127, 0, 0, 1], 0).into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let server =
+            registry::Background::start(&db_url, ([127, 0, 0, 1], 0).into(), Default::default())
+                .await
+                .unwrap();
         Registry {
             addr: server.addr(),
             db_url,
@@ -52,7 +49,7 @@ impl Registry {
     }
 
     async fn resume(&mut self) {
-        let server = grid_registry::Background::start(&self.db_url, self.addr, Default::default())
+        let server = registry::Background::start(&self.db_url, self.addr, Default::default())
             .await
             .unwrap();
         self.server = Some(server);
@@ -61,7 +58,7 @@ impl Registry {
     async fn post(&self, path: &str, key: &SigningKey, payload: &Payload) -> Value {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
-        let env = Envelope::seal(key, payload, gridagent::client::now(), nonce);
+        let env = Envelope::seal(key, payload, agent::client::now(), nonce);
         let r = reqwest::Client::new()
             .post(format!("{}{path}", self.url()))
             .header("content-type", "application/json")
@@ -135,15 +132,15 @@ fn fake_sys(root: &Path) -> PathBuf {
     put(&sys, "block/sdb/size", &format!("{}\n", 1024 * GIB / 512));
     put(&sys, "block/sdb/queue/rotational", "1\n");
     // What the storage service would have measured: sda seeks like an SSD.
-    let m: Vec<_> = griddisks::scan(&sys.join("block"))
+    let m: Vec<_> = disks::scan(&sys.join("block"))
         .unwrap()
         .into_iter()
         .map(|d| {
             let lat = (d.name == "sda").then(|| Duration::from_micros(100));
-            griddisks::Measured::new(d, lat)
+            disks::Measured::new(d, lat)
         })
         .collect();
-    griddisks::measured::write(&root.join("disks.json"), &m).unwrap();
+    disks::measured::write(&root.join("disks.json"), &m).unwrap();
     sys
 }
 
@@ -169,13 +166,13 @@ fn config(reg: &Registry, farm: u64, state: &Path, sys: &Path) -> Config {
 struct Running {
     stop: oneshot::Sender<()>,
     status: watch::Receiver<Status>,
-    task: tokio::task::JoinHandle<Result<(), gridagent::AgentError>>,
+    task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
 }
 
 fn spawn(cfg: Config) -> Running {
     let (tx, rx) = watch::channel(Status::default());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(gridagent::run(
+    let task = tokio::spawn(agent::run(
         cfg,
         async {
             let _ = stopped.await;
@@ -358,8 +355,8 @@ async fn wrong_farm_is_a_clear_error_and_the_agent_keeps_trying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
-    use gridagent::client::{Client, Outcome};
-    use gridagent::queue::Entry;
+    use agent::client::{Client, Outcome};
+    use agent::queue::Entry;
     use gridtypes::{NodeRegistration, Report, Resources};
 
     let mut reg = Registry::start().await;
@@ -380,7 +377,7 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         other => panic!("{other:?}"),
     };
     // Delivered, then the agent crashed before removing it from the queue: sent again.
-    let entry = Entry::new(Report::uptime(77), gridagent::client::now() - 30);
+    let entry = Entry::new(Report::uptime(77), agent::client::now() - 30);
     assert!(matches!(client.report(&entry).await, Outcome::Accepted(_)));
     assert_eq!(client.report(&entry).await, Outcome::Replay);
     let ups = reg.uptimes(node).await;

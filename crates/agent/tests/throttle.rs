@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent::probe::Probe;
+use agent::{Config, Status};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use gridagent::probe::Probe;
-use gridagent::{Config, Status};
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
@@ -85,7 +85,7 @@ async fn a_throttled_node_waits_as_told_and_keeps_its_report() {
     };
     let (tx, mut rx) = watch::channel(Status::default());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(gridagent::run(
+    let task = tokio::spawn(agent::run(
         cfg,
         async {
             let _ = stopped.await;

@@ -1,19 +1,19 @@
 //! `gridos-baseline-init`: the floor the real image's boot time is measured against.
 //!
 //! A static PID 1 that does only what registration strictly needs — mount (init's early
-//! mounts), load the NIC driver, DHCP (gridnet), one signed `POST /api/v1/nodes` (the agent's
+//! mounts), load the NIC driver, DHCP (network), one signed `POST /api/v1/nodes` (the agent's
 //! client), the same code the real image runs — then powers off. No supervisor, no services,
 //! no storage, no persistent key.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent::client::{Client, Outcome};
+use agent::probe::Probe;
 use ed25519_dalek::SigningKey;
-use gridagent::client::{Client, Outcome};
-use gridagent::probe::Probe;
 use gridtypes::{NodeRegistration, Resources};
 
-/// Where gridnet writes `network.json`; only read back through `gridnet::state::is_ready`.
+/// Where network writes `network.json`; only read back through `network::state::is_ready`.
 const RUN_DIR: &str = "/run/gridos";
 /// How long each wait (interface, DHCP, registry) may take before we give up and power off.
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,14 +38,14 @@ fn main() {
 /// Everything between the first log line and power-off; any error ends the run early.
 fn run() -> Result<(), String> {
     // The same early mounts as gridos's PID 1.
-    for m in gridinit::boot::mount_all() {
+    for m in init::boot::mount_all() {
         if let Err(e) = m {
             tracing::error!("{e}");
         }
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
-    let (settings, warnings) = gridinit::cmdline::parse(&cmdline);
+    let (settings, warnings) = cmdline::parse(&cmdline);
     for w in warnings {
         tracing::warn!("kernel command line: {w}");
     }
@@ -56,15 +56,13 @@ fn run() -> Result<(), String> {
 
     // virtio_pci first so the device exists when virtio_net binds; built-in means nothing to do.
     for module in ["virtio_pci", "virtio_net"] {
-        match gridinit::kmod::load_module(module) {
+        match kmod::load_module(module) {
             Ok(loaded) => tracing::info!(module, ?loaded, "module ready"),
             Err(e) => tracing::warn!(module, "module not loaded: {e}"),
         }
     }
     let iface = wait_for(WAIT, || {
-        gridinit::boot::net_interfaces()
-            .into_iter()
-            .find(|n| n != "lo")
+        init::boot::net_interfaces().into_iter().find(|n| n != "lo")
     })
     .ok_or("no network interface appeared")?;
     tracing::info!(%iface, "network interface present");
@@ -90,20 +88,20 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Runs gridnet's service in the background until a lease is bound, then registers once.
+/// Runs network's service in the background until a lease is bound, then registers once.
 async fn online_and_register(registry: &str, farm: u32) -> Result<(), String> {
-    let cfg = gridnet::service::Config {
+    let cfg = network::service::Config {
         sys_net: "/sys/class/net".into(),
         proc_net: "/proc/sys/net".into(),
         // Nothing here resolves names (the registry URL is an address): keep /etc untouched.
         resolv_conf: Path::new(RUN_DIR).join("resolv.conf"),
         run_dir: RUN_DIR.into(),
-        mode: gridnet::config::Mode::Dhcp,
+        mode: network::config::Mode::Dhcp,
         only: None,
     };
-    let net = tokio::spawn(gridnet::service::run(cfg));
+    let net = tokio::spawn(network::service::run(cfg));
     let start = Instant::now();
-    while !gridnet::state::is_ready(Path::new(RUN_DIR)) {
+    while !network::state::is_ready(Path::new(RUN_DIR)) {
         if net.is_finished() {
             return Err("the network service stopped before a lease was bound".into());
         }

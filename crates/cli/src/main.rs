@@ -63,7 +63,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ImageCmd {
     /// Build the image of image/profile.yaml into out/ (see docs/image.md).
-    Build(gridos_imager::cli::BuildArgs),
+    Build(imager::cli::BuildArgs),
 }
 
 #[derive(Subcommand)]
@@ -225,9 +225,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Image(ImageCmd::Build(a)) => {
             let opts = a.options();
-            let r = tokio::task::spawn_blocking(move || gridos_imager::build(&opts)).await??;
+            let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
             print(j, &serde_json::to_value(&r)?, |_| {
-                gridos_imager::cli::summary(&r, &a.out)
+                imager::cli::summary(&r, &a.out)
             });
         }
         Command::Key(KeyCmd::New { force }) => {

@@ -9,17 +9,16 @@ use serde_json::Value;
 
 struct Registry {
     url: String,
-    _server: grid_registry::Background,
+    _server: registry::Background,
     _dir: tempfile::TempDir,
 }
 
 async fn registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let server =
-        grid_registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
-            .await
-            .unwrap();
+    let server = registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
+        .await
+        .unwrap();
     Registry {
         url: server.url(),
         _server: server,

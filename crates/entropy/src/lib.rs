@@ -90,7 +90,7 @@ pub enum JitterError {
         /// The module.
         module: &'static str,
         /// The cause.
-        source: gridinit::kmod::KmodError,
+        source: kmod::KmodError,
     },
     /// A socket call or `/dev/random` failed.
     #[error("{what}: {source}")]
@@ -109,8 +109,7 @@ impl KernelJitter {
         // jitterentropy_rng hashes its samples with "sha3-256-generic" but declares no dependency
         // on it (and the kernel cannot ask modprobe here): sha3_generic goes first.
         for module in ["sha3_generic", "algif_rng", "jitterentropy_rng"] {
-            gridinit::kmod::load_module(module)
-                .map_err(|source| JitterError::Module { module, source })?;
+            kmod::load_module(module).map_err(|source| JitterError::Module { module, source })?;
         }
         let sys = |what| move |source| JitterError::Sys { what, source };
         let sock = socket(
@@ -259,3 +258,5 @@ mod tests {
         assert!(l.contains("hardware RNG virtio_rng.0 feeding it"), "{l}");
     }
 }
+
+pub mod cli;

@@ -1,7 +1,5 @@
-//! `gridos-entropy`: the `entropy` service; exits 0 once the kernel's CRNG is ready.
+//! `gridos-entropy`: a thin entry over [`entropy::cli::run`].
 
-pub fn main() -> anyhow::Result<()> {
-    svclog::init("info");
-    gridentropy::run();
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    entropy::cli::run(std::env::args_os())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gridos_imager::cli::{summary, BuildArgs};
+use imager::cli::{summary, BuildArgs};
 
 /// Builds the gridos initramfs, kernel and command line into an output folder.
 #[derive(Parser)]
@@ -24,7 +24,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Cmd::Build(a) = cli.cmd;
-    let r = gridos_imager::build(&a.options()).context("image build failed")?;
+    let r = imager::build(&a.options()).context("image build failed")?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

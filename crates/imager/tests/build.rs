@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use gridos_imager::cpio::{self, Kind};
-use gridos_imager::Options;
+use imager::cpio::{self, Kind};
+use imager::Options;
 
 fn fake_ko(modinfo: &str) -> Vec<u8> {
     use object::write::Object;
@@ -109,7 +109,7 @@ fn unpack(path: &Path) -> Vec<cpio::ParsedEntry> {
 fn build_contains_what_the_profile_asks_for() {
     let dir = tempfile::tempdir().unwrap();
     let opts = fixture(dir.path());
-    let report = gridos_imager::build(&opts).unwrap();
+    let report = imager::build(&opts).unwrap();
     assert_eq!(report.kernel.release, "6.1.0-99-amd64");
     assert_eq!(report.skipped, ["not-built-yet", "/nonexistent/mkfs.none"]);
     assert_eq!(
@@ -182,7 +182,7 @@ fn build_contains_what_the_profile_asks_for() {
 fn same_inputs_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = fixture(dir.path());
-    gridos_imager::build(&opts).unwrap();
+    imager::build(&opts).unwrap();
     let first = std::fs::read(opts.out.join("initramfs.img")).unwrap();
     let first_report = std::fs::read(opts.out.join("build.json")).unwrap();
     // Touch every input file: new mtimes must not change the output.
@@ -190,7 +190,7 @@ fn same_inputs_same_bytes() {
     let bins = dir.path().join("bins/init");
     std::fs::write(&bins, b"static init").unwrap();
     opts.out = dir.path().join("out2");
-    gridos_imager::build(&opts).unwrap();
+    imager::build(&opts).unwrap();
     assert_eq!(
         first,
         std::fs::read(opts.out.join("initramfs.img")).unwrap()
@@ -202,7 +202,7 @@ fn same_inputs_same_bytes() {
     // A different SOURCE_DATE_EPOCH gives a different archive.
     opts.source_date_epoch = 1;
     opts.out = dir.path().join("out3");
-    gridos_imager::build(&opts).unwrap();
+    imager::build(&opts).unwrap();
     assert_ne!(
         first,
         std::fs::read(opts.out.join("initramfs.img")).unwrap()
@@ -214,11 +214,11 @@ fn strict_and_required_fail_on_missing_binaries() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = fixture(dir.path());
     opts.strict = true;
-    let err = gridos_imager::build(&opts).unwrap_err();
+    let err = imager::build(&opts).unwrap_err();
     assert!(err.to_string().contains("not-built-yet not found"), "{err}");
     opts.strict = false;
     std::fs::remove_file(dir.path().join("bins/init")).unwrap();
-    let err = gridos_imager::build(&opts).unwrap_err();
+    let err = imager::build(&opts).unwrap_err();
     assert!(
         err.to_string().contains("gridos binary init not found"),
         "{err}"
@@ -230,7 +230,7 @@ fn interpreter_is_stored_once_and_cmdline_is_appended() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = fixture(dir.path());
     opts.cmdline_append = vec!["gridos.farm=7".into()];
-    let r = gridos_imager::build(&opts).unwrap();
+    let r = imager::build(&opts).unwrap();
     assert_eq!(r.cmdline, "console=ttyS0 quiet gridos.farm=7");
     assert_eq!(
         std::fs::read_to_string(opts.out.join("cmdline")).unwrap(),

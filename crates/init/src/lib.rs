@@ -11,11 +11,9 @@
 
 pub mod args;
 pub mod boot;
-pub mod cmdline;
 pub mod config;
 pub mod control;
 pub mod graph;
-pub mod kmod;
 pub mod logging;
 mod logsink;
 pub mod power;

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use gridinit::args::{self, Args};
-use gridinit::config::{self, Loaded};
-use gridinit::control::{self, PowerAction};
-use gridinit::reaper::Reaper;
-use gridinit::supervisor::{Options, Supervisor};
-use gridinit::{boot, cmdline, kmod, logging, power, uevent};
+use init::args::{self, Args};
+use init::config::{self, Loaded};
+use init::control::{self, PowerAction};
+use init::reaper::Reaper;
+use init::supervisor::{Options, Supervisor};
+use init::{boot, logging, power, uevent};
 use tokio::sync::mpsc;
 
 mod nss_stubs;

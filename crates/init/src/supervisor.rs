@@ -23,7 +23,7 @@ use crate::logsink::LogSink;
 use crate::privs;
 use crate::reaper::{Exit, Reaper};
 use crate::ring::LogRing;
-use gridbackoff::Backoff;
+use backoff::Backoff;
 
 /// What a service is doing now.
 #[derive(Debug, Clone, PartialEq, Eq)]

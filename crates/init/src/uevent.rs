@@ -6,7 +6,7 @@ use nix::sys::socket::{
     bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 
-use crate::kmod::Loader;
+use kmod::Loader;
 
 /// One uevent's fields that matter here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub fn listen(fd: std::os::fd::OwnedFd, loader: Arc<Mutex<Loader>>) {
             continue;
         }
         if let Some(alias) = ev.modalias {
-            let new = crate::kmod::load_alias(&loader, &alias);
+            let new = kmod::load_alias(&loader, &alias);
             if !new.is_empty() {
                 tracing::info!(devpath = %ev.devpath, modules = ?new, "hot-plug");
             }

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gridinit::graph::plan;
-use gridinit::kmod::{glob_match, module_name, ModuleIndex};
-use gridinit::ring::LogRing;
-use gridinit::supervisor::default_backoff;
+use init::graph::plan;
+use init::ring::LogRing;
+use init::supervisor::default_backoff;
 
 fn deps(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
     list.iter()
@@ -127,61 +126,5 @@ fn ring_is_bounded_and_followable() {
         .since(0)
         .0
         .iter()
-        .all(|l| l.len() <= gridinit::ring::MAX_LINE));
-}
-
-#[test]
-fn glob_matching_like_fnmatch() {
-    assert!(glob_match(
-        "pci:v00001AF4d00001000sv*sd*bc*sc*i*",
-        "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"
-    ));
-    assert!(glob_match(
-        "virtio:d00000001v*",
-        "virtio:d00000001v00001AF4"
-    ));
-    assert!(!glob_match(
-        "virtio:d00000002v*",
-        "virtio:d00000001v00001AF4"
-    ));
-    assert!(glob_match("acpi*:PNP0C0C:*", "acpi:PNP0C0C:"));
-    assert!(glob_match("a?c", "abc"));
-    assert!(glob_match("x[0-9]y", "x5y"));
-    assert!(!glob_match("x[!0-9]y", "x5y"));
-    assert!(glob_match("x[]]y", "x]y"));
-    assert!(glob_match("x[ab", "x[ab"));
-    assert!(!glob_match("abc", "abcd"));
-    assert!(glob_match("*", ""));
-    // Pathological pattern stays linear-ish and terminates.
-    let text = "a".repeat(2000);
-    assert!(!glob_match(&format!("{}b", "*a".repeat(50)), &text));
-}
-
-#[test]
-fn module_index_resolves_and_orders_dependencies() {
-    let alias = "# Aliases\nalias virtio:d00000001v* virtio_net\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\nalias fs-btrfs btrfs\n";
-    let dep = "kernel/drivers/net/virtio_net.ko.zst: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
-               kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
-               kernel/net/core/failover.ko:\n\
-               kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko\n";
-    let builtin = "kernel/drivers/virtio/virtio.ko\n";
-    let idx = ModuleIndex::parse(alias, dep, builtin);
-    assert_eq!(
-        idx.resolve("virtio:d00000001v00001AF4")
-            .into_iter()
-            .collect::<Vec<_>>(),
-        ["virtio_net"]
-    );
-    assert_eq!(
-        idx.load_order("virtio_net"),
-        [
-            "kernel/net/core/failover.ko",
-            "kernel/drivers/net/net_failover.ko",
-            "kernel/drivers/net/virtio_net.ko.zst"
-        ]
-    );
-    assert!(idx.is_builtin("virtio"));
-    assert!(idx.load_order("virtio").is_empty());
-    assert!(idx.load_order("nonexistent").is_empty());
-    assert_eq!(module_name("kernel/x/snd-hda-intel.ko.xz"), "snd_hda_intel");
+        .all(|l| l.len() <= init::ring::MAX_LINE));
 }

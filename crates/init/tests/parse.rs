@@ -3,99 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gridinit::cmdline::{self, LogLevel, NetConfig, WipePolicy};
-use gridinit::config::{self, LogTarget};
-
-#[test]
-fn cmdline_defaults_when_empty() {
-    let (s, w) = cmdline::parse("");
-    assert_eq!(s, cmdline::Settings::default());
-    assert!(w.is_empty());
-    assert_eq!(s.hostname, "gridos");
-    assert_eq!(s.wipe, WipePolicy::Empty);
-}
-
-#[test]
-fn cmdline_valid_keys() {
-    let line = "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet gridos.farm=42 \
-        gridos.registry=https://registry.example/api gridos.net=eth0:10.0.0.5/24:10.0.0.1 \
-        gridos.log=debug gridos.wipe=all gridos.hostname=node-1 gridos.report_interval=5\n";
-    let (s, w) = cmdline::parse(line);
-    assert!(w.is_empty(), "{w:?}");
-    assert_eq!(s.farm, Some(42));
-    assert_eq!(s.registry.as_deref(), Some("https://registry.example/api"));
-    assert_eq!(
-        s.net,
-        NetConfig::Static {
-            iface: "eth0".into(),
-            cidr: "10.0.0.5/24".into(),
-            gateway: "10.0.0.1".into()
-        }
-    );
-    assert_eq!(s.log, LogLevel::Debug);
-    assert_eq!(s.wipe, WipePolicy::All);
-    assert_eq!(s.hostname, "node-1");
-    assert_eq!(s.report_interval, Some(5));
-}
-
-#[test]
-fn cmdline_unknown_keys_ignored_and_quotes_honoured() {
-    let (s, w) =
-        cmdline::parse(r#"gridos.unknown=1 foo="a b" gridos.hostname="quoted" gridos.net=dhcp"#);
-    assert!(w.is_empty(), "{w:?}");
-    assert_eq!(s.hostname, "quoted");
-    assert_eq!(s.net, NetConfig::Dhcp);
-}
-
-#[test]
-fn cmdline_malformed_values_are_reported_and_defaulted() {
-    let line = "gridos.farm=abc gridos.farm=0 gridos.registry=ftp://x gridos.net=eth0:10.0.0.5/40:10.0.0.1 \
-        gridos.net=eth0:10.0.0.5/24:fe80::1 gridos.log=loud gridos.wipe=everything gridos.hostname=-bad \
-        gridos.report_interval=0 gridos.report_interval=86401 gridos.report_interval=1m";
-    let (s, w) = cmdline::parse(line);
-    assert_eq!(s, cmdline::Settings::default());
-    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "gridos.farm",
-            "gridos.farm",
-            "gridos.registry",
-            "gridos.net",
-            "gridos.net",
-            "gridos.log",
-            "gridos.wipe",
-            "gridos.hostname",
-            "gridos.report_interval",
-            "gridos.report_interval",
-            "gridos.report_interval"
-        ]
-    );
-    assert!(w[0].to_string().contains("using the default"));
-}
-
-#[test]
-fn cmdline_hostile_input_is_bounded() {
-    let huge = format!("gridos.hostname={} gridos.farm=1", "a".repeat(100_000));
-    let (s, w) = cmdline::parse(&huge);
-    assert_eq!(s.hostname, "gridos");
-    assert_eq!(s.farm, Some(1));
-    assert_eq!(w.len(), 1);
-    assert!(w[0].value.len() <= 64);
-    // Control characters, unbalanced quotes, NULs, non-ASCII: never a panic.
-    for line in [
-        "gridos.hostname=\u{0}\u{7}\"",
-        "\"gridos.farm=1",
-        "gridos.registry=http://a\u{1b}[31m",
-        "gridos.hostname=ñode",
-        "=== gridos.= gridos.farm= gridos.net=:::",
-        "gridos.net=eth0:1.2.3.4/24",
-    ] {
-        let (s, _) = cmdline::parse(line);
-        assert_eq!(s.registry, None);
-        assert_eq!(s.hostname, "gridos");
-    }
-}
+use init::config::{self, LogTarget};
 
 fn parse_yaml(name: &str, text: &str) -> Result<config::Service, config::ConfigError> {
     config::parse_service(name, Path::new("/test.yaml"), text)
@@ -223,7 +131,7 @@ fn signal_names() {
 #[test]
 fn uevent_parsing() {
     let msg = b"add@/devices/pci0000:00/0000:00:03.0\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:03.0\0SUBSYSTEM=pci\0MODALIAS=pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\0SEQNUM=1\0";
-    let ev = gridinit::uevent::parse(msg).expect("kernel message");
+    let ev = init::uevent::parse(msg).expect("kernel message");
     assert_eq!(ev.action, "add");
     assert_eq!(ev.devpath, "/devices/pci0000:00/0000:00:03.0");
     assert_eq!(
@@ -231,9 +139,9 @@ fn uevent_parsing() {
         Some("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
     );
     // udev's own (binary "libudev" header) and garbage messages are ignored.
-    assert!(gridinit::uevent::parse(b"libudev\0\xfe\xed").is_none());
-    assert!(gridinit::uevent::parse(b"").is_none());
-    assert!(gridinit::uevent::parse(b"\xff\xff@x\0ACTION=add").is_none());
+    assert!(init::uevent::parse(b"libudev\0\xfe\xed").is_none());
+    assert!(init::uevent::parse(b"").is_none());
+    assert!(init::uevent::parse(b"\xff\xff@x\0ACTION=add").is_none());
 }
 
 #[test]
@@ -241,14 +149,14 @@ fn proc_mounts_parsing() {
     let text =
         "rootfs / rootfs rw 0 0\nproc /proc proc rw 0 0\n/dev/sda1 /mnt/my\\040disk ext4 rw 0 0\n";
     assert_eq!(
-        gridinit::power::mount_points(text),
+        init::power::mount_points(text),
         ["/", "/proc", "/mnt/my disk"]
     );
 }
 
 #[test]
 fn supervisor_only_arguments() {
-    use gridinit::args::{Args, ArgsError};
+    use init::args::{Args, ArgsError};
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let a = Args::parse(v(&[
         "--supervisor-only",
@@ -280,12 +188,4 @@ fn supervisor_only_arguments() {
         Args::parse(v(&["--nope"])),
         Err(ArgsError::Unknown(_))
     ));
-}
-
-#[test]
-fn modules_load_list() {
-    use gridinit::kmod::parse_load_list;
-    let text = "# cache partition\nbtrfs\n\n  wire-guard  # comment\n../../evil\n";
-    assert_eq!(parse_load_list(text), ["btrfs", "wire_guard"]);
-    assert!(parse_load_list(&"x".repeat(100)).is_empty());
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gridinit::control::{connect, InitProxy};
+use control::{connect, InitProxy};
 
 /// A supervisor process over a temporary services directory; killed on drop.
 struct Harness {
@@ -336,8 +336,8 @@ async fn long_lines_are_cut_not_buffered() {
         let (lines, _) = p.log("flood", 0).await.expect("log");
         let total: usize = lines.iter().map(String::len).sum();
         if total >= 100_000 {
-            assert!(lines.iter().all(|l| l.len() <= gridinit::ring::MAX_LINE));
-            assert!(lines.len() >= 100_000 / gridinit::ring::MAX_LINE);
+            assert!(lines.iter().all(|l| l.len() <= init::ring::MAX_LINE));
+            assert!(lines.len() >= 100_000 / init::ring::MAX_LINE);
             break;
         }
         assert!(Instant::now() < deadline, "only {total} bytes captured");

@@ -508,7 +508,7 @@ mod tests {
             Some(3.032005)
         );
         assert_eq!(
-            qemu::boot_clock("[agent] [    5.500000]  INFO gridagent::agent: registered node_id=1"),
+            qemu::boot_clock("[agent] [    5.500000]  INFO agent::agent: registered node_id=1"),
             Some(5.5)
         );
         assert_eq!(qemu::boot_clock("[agent] no clock"), None);

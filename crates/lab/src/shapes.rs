@@ -418,9 +418,9 @@ mod tests {
 
     #[test]
     fn fields_of_log_lines() {
-        let l = "[entropy] [    4.2]  INFO gridentropy: kernel CRNG ready waited_s=\"1.71\" jitter_bits_credited=256";
+        let l = "[entropy] [    4.2]  INFO entropy: kernel CRNG ready waited_s=\"1.71\" jitter_bits_credited=256";
         assert_eq!(field(l, "waited_s"), Some("1.71"));
-        let l = "[storage] [    8.8]  INFO gridstorage::apply: cache placed disk=\"sdb\" kind=Ssd size=20000000000 backing=Created";
+        let l = "[storage] [    8.8]  INFO storage::apply: cache placed disk=\"sdb\" kind=Ssd size=20000000000 backing=Created";
         assert_eq!(field(l, "disk"), Some("sdb"));
         assert_eq!(field(l, "kind"), Some("Ssd"));
         assert_eq!(field(l, "size"), Some("20000000000"));

@@ -1,6 +1,6 @@
 //! Typed network settings from `gridos.net=`, with a clear reason when the static form is bad.
 
-use gridinit::cmdline::NetConfig;
+use cmdline::NetConfig;
 use std::net::Ipv4Addr;
 
 /// A validated static IPv4 configuration.
@@ -62,7 +62,7 @@ pub fn parse_static(v: &str) -> Result<Static, String> {
 /// Reads the mode from the kernel command line. A bad `gridos.net` is returned as an
 /// error message next to the DHCP fallback, so the caller logs it loudly.
 pub fn from_cmdline(line: &str) -> (Mode, Option<String>) {
-    let (settings, warnings) = gridinit::cmdline::parse(line);
+    let (settings, warnings) = cmdline::parse(line);
     if let Some(w) = warnings.iter().find(|w| w.key == "gridos.net") {
         return (Mode::Dhcp, Some(format!("bad static config: {w}")));
     }

@@ -4,6 +4,7 @@
 //! Pure parts (`links` filtering, `dhcp` packets and leases, `config`, `resolv`)
 //! are tested without root; `netlink` and `service` do the I/O.
 
+pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod links;

@@ -7,7 +7,7 @@ use crate::links::{self, Link};
 use crate::netlink::Net;
 use crate::state::{self, LinkState, State};
 use crate::{resolv, Error, Result};
-use gridbackoff::Backoff;
+use backoff::Backoff;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;

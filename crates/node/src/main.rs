@@ -1,7 +1,7 @@
 //! `gridos`: four node programs in one static executable, picked by the name it runs as.
 //!
 //! Each static program carries its own copy of std, tokio, glibc's static parts and the
-//! libraries they share (gridinit, zbus, tracing, clap, serde); five separate binaries came to
+//! libraries they share (init, zbus, tracing, clap, serde); five separate binaries came to
 //! 15.5 MB against a 10 MB budget. The image installs this file as `/usr/bin/gridos` with
 //! `gridctl`, `gridos-agent`, `gridos-entropy`, `gridos-network` and `gridos-storage` linked
 //! to it; `argv[0]`
@@ -11,19 +11,9 @@
 //! die carries no HTTP, TLS or netlink code, and its name-service stubs (which make host-name
 //! lookups fail) stay out of the agent.
 //!
-//! The programs' own `main.rs` files are compiled in as modules, unchanged, so each crate still
-//! builds its standalone binary for development and tests and each entry point has one source.
-
-#[path = "../../agent/src/main.rs"]
-mod agent;
-#[path = "../../entropy/src/main.rs"]
-mod entropy;
-#[path = "../../gridctl/src/main.rs"]
-mod gridctl;
-#[path = "../../network/src/main.rs"]
-mod network;
-#[path = "../../storage/src/main.rs"]
-mod storage;
+//! Each program is a library with a `cli::run(args)` entry; its own crate's `main.rs` calls the
+//! same function, so each entry point has one source and each crate declares its own
+//! dependencies.
 
 /// The names this executable answers to.
 const PROGRAMS: [&str; 5] = [
@@ -40,16 +30,17 @@ fn program(argv0: &str) -> &str {
 }
 
 fn main() -> anyhow::Result<()> {
-    let argv0 = std::env::args_os()
-        .next()
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = args
+        .first()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
     match program(&argv0) {
-        "gridctl" => gridctl::main(),
-        "gridos-agent" => agent::main(),
-        "gridos-entropy" => entropy::main(),
-        "gridos-network" => network::main(),
-        "gridos-storage" => storage::main(),
+        "gridctl" => gridctl::cli::run(args),
+        "gridos-agent" => agent::cli::run(args),
+        "gridos-entropy" => entropy::cli::run(args),
+        "gridos-network" => network::cli::run(args),
+        "gridos-storage" => storage::cli::run(args),
         other => anyhow::bail!(
             "gridos: run as one of {} (a link with that name), not as {other:?}",
             PROGRAMS.join(", ")

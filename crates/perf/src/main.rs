@@ -260,7 +260,7 @@ async fn start_registry(
     };
     if !exe.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release -p grid-registry`",
+            "{} not found: build it with `cargo build --release -p registry`",
             exe.display()
         );
     }

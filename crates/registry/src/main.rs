@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use grid_registry::{db, Config, Db, Rate, RateLimits};
+use registry::{db, Config, Db, Rate, RateLimits};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -190,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
                 "grid-registry listening on http://{addr} (database {})",
                 db::redact(&db)
             );
-            grid_registry::serve(listener, database, config, shutdown_signal())
+            registry::serve(listener, database, config, shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("grid registry stopped");

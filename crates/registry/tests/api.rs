@@ -4,9 +4,9 @@ mod common;
 
 use common::{nonce, now, registration, seal, Engine, Harness};
 use ed25519_dalek::SigningKey;
-use grid_registry::Config;
 use gridtypes::{Consumption, Envelope, Payload, Report, Resources, GIB};
 use rand::rngs::OsRng;
+use registry::Config;
 use serde_json::{json, Value};
 
 on_both_databases!(

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::{nonce, now, registration, seal, Engine, Harness};
 use ed25519_dalek::SigningKey;
-use grid_registry::{Config, Rate, RateLimits};
 use gridtypes::{
     Consumption, Envelope, Payload, Report, Resources, MAX_DISK, MAX_TRAFFIC_BYTES, NONCE_LEN,
 };
 use rand::rngs::OsRng;
+use registry::{Config, Rate, RateLimits};
 use serde_json::Value;
 
 on_both_databases!(
@@ -463,7 +463,7 @@ async fn reads_are_bounded_whatever_was_stored(engine: Engine) {
             .await
             .unwrap();
         assert!(
-            body.len() <= grid_registry::api::PAGE_BYTES + 200_000,
+            body.len() <= registry::api::PAGE_BYTES + 200_000,
             "a page of {} bytes",
             body.len()
         );
@@ -825,7 +825,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
 fn descriptor_flood_does_not_starve_the_server() {
     // The flood needs 600 descriptors on this side too: lift the soft limit to the hard one,
     // as the registry itself does (a machine's default soft limit may be 1,024).
-    grid_registry::server::connection_capacity();
+    registry::server::connection_capacity();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,9 +4,9 @@ use crate::plan::{self, Candidate, Plan};
 use crate::signature::{self, PROBE_BYTES};
 use crate::state::{self, Backing, State};
 use crate::{Error, Result, CACHE_LABEL};
-use griddisks::settle::{self, UeventSocket};
-use griddisks::{Disk, Kind, Measured};
-use gridinit::cmdline::WipePolicy;
+use cmdline::WipePolicy;
+use disks::settle::{self, UeventSocket};
+use disks::{Disk, Kind, Measured};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -86,7 +86,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         match run_cmd("partx", &["--add", &dev_s], None) {
             Ok(()) => {
                 std::thread::sleep(Duration::from_millis(200));
-                disk.partitions = griddisks::scan::partitions_of(&cfg.sys_block.join(&disk.name));
+                disk.partitions = disks::scan::partitions_of(&cfg.sys_block.join(&disk.name));
                 tracing::info!(disk = %disk.name, partitions = ?disk.partitions, "partitions added with partx");
             }
             Err(e) => tracing::warn!(disk = %disk.name, error = %e, "partx --add failed"),
@@ -100,8 +100,8 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         .iter()
         .find(|p| has_cache_label(&cfg.dev.join(p)))
         .cloned();
-    let latency = if griddisks::class::needs_seek_test(disk.rotational) {
-        match griddisks::seek::measure(&dev, disk.size_bytes) {
+    let latency = if disks::class::needs_seek_test(disk.rotational) {
+        match disks::seek::measure(&dev, disk.size_bytes) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(disk = %disk.name, error = %e, "seek test failed; counted as HDD");
@@ -265,11 +265,11 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
 /// Probes every usable disk whose name is not in `known`, in name order.
 fn candidates(cfg: &Config, known: &[String]) -> Result<Vec<Candidate>> {
     let mut cands = Vec::new();
-    for disk in griddisks::scan(&cfg.sys_block)? {
+    for disk in disks::scan(&cfg.sys_block)? {
         if known.contains(&disk.name) {
             continue;
         }
-        if let Some(why) = griddisks::skip_reason(&disk, &cfg.boot, cfg.only.as_deref()) {
+        if let Some(why) = disks::skip_reason(&disk, &cfg.boot, cfg.only.as_deref()) {
             tracing::debug!(disk = %disk.name, why, "skipping disk");
             continue;
         }
@@ -293,7 +293,7 @@ fn publish(cfg: &Config, cands: &[Candidate]) -> Result<()> {
             latency_us: c.latency_us,
         })
         .collect();
-    griddisks::measured::write(&cfg.measured, &m)?;
+    disks::measured::write(&cfg.measured, &m)?;
     Ok(())
 }
 
@@ -308,7 +308,7 @@ fn load_btrfs() {
     // Nothing else loads btrfs: no device asks for it. Its checksum driver is a soft
     // dependency (crypto "crc32c") the kernel would ask modprobe for, so it goes first.
     for module in ["crc32c_generic", "btrfs"] {
-        match gridinit::kmod::load_module(module) {
+        match kmod::load_module(module) {
             Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
             Ok(_) => {}
             Err(e) => {
@@ -399,15 +399,15 @@ pub fn run(cfg: &Config, events: Option<&UeventSocket>) -> Result<State> {
 /// tmpfs, the first disk the policy allows gets it and the tmpfs contents move there. A cache
 /// already on a disk never moves. Returns only if the uevent socket cannot be used.
 pub fn watch(cfg: &Config, mut state: State, events: &UeventSocket) -> Result<()> {
-    let mut names = griddisks::scan::names(&cfg.sys_block);
+    let mut names = disks::scan::names(&cfg.sys_block);
     loop {
         let evs = events.wait(Duration::from_secs(30));
-        let now = griddisks::scan::names(&cfg.sys_block);
+        let now = disks::scan::names(&cfg.sys_block);
         if now == names && !evs.iter().any(|e| e.is_disk_added()) {
             continue;
         }
         settle_devices(cfg, Some(events));
-        names = griddisks::scan::names(&cfg.sys_block);
+        names = disks::scan::names(&cfg.sys_block);
         // A failure here (a disk that cannot be partitioned) must not end the service: the
         // cache it already provides stays, and the next disk event tries again.
         if let Err(e) = absorb(cfg, &mut state, &names) {

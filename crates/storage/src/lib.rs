@@ -1,18 +1,19 @@
 //! The storage service: finds the node's disks, tells SSD from HDD by measurement,
 //! and creates or re-uses the btrfs cache partition under the `gridos.wipe` policy.
 //!
-//! Decisions (`signature`, `plan`, and `griddisks` for what a disk is) are pure functions over
+//! Decisions (`signature`, `plan`, and `disks` for what a disk is) are pure functions over
 //! a sysfs tree and disk headers, so they are tested without root; `apply` and `migrate` do
 //! the I/O.
 
 pub mod apply;
+pub mod cli;
 pub mod migrate;
 pub mod plan;
 pub mod signature;
 pub mod state;
 
 /// Disk discovery, settling, the seek test and classification: the policy shared with the agent.
-pub use griddisks as disks;
+pub use disks;
 
 /// Everything that can go wrong while looking at or preparing disks.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ pub enum Error {
     },
     /// Looking at the disks failed.
     #[error(transparent)]
-    Disks(#[from] griddisks::Error),
+    Disks(#[from] disks::Error),
     /// The new partition's device node never appeared.
     #[error("partition {0} did not appear after partitioning")]
     NoPartition(String),

@@ -2,8 +2,8 @@
 //! created, or replaced by a tmpfs.
 
 use crate::signature::Signature;
-use griddisks::{Disk, Kind};
-use gridinit::cmdline::WipePolicy;
+use cmdline::WipePolicy;
+use disks::{Disk, Kind};
 
 /// A usable disk with what was measured and found on it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

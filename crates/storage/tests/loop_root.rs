@@ -150,7 +150,7 @@ fn cache_on_loop_devices() {
     let an = a.trim_start_matches("/dev/").to_string();
     let both = format!("{an},{bn}");
     // The seek test works on a real block device (O_DIRECT, aligned buffer).
-    let lat = griddisks::seek::measure(Path::new(&a), 256 << 20).unwrap();
+    let lat = disks::seek::measure(Path::new(&a), 256 << 20).unwrap();
     assert!(lat < std::time::Duration::from_secs(1), "{lat:?}");
     let mut args = base.to_vec();
     args.extend(["--wipe", "none", "--only-devices", &both]);

@@ -5,10 +5,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use grid_registry::{Background, Config};
 use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::RngCore;
+use registry::{Background, Config};
 use serde_json::Value;
 use sqlx::Connection;
 
