@@ -1,6 +1,7 @@
 //! The agent's life: probe, register, then report uptime and capacity changes through the
 //! durable queue until told to stop, with a last uptime report on the way out.
 
+use gridapi::ErrorCode;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -283,12 +284,12 @@ impl Agent {
                 message,
             } => {
                 let retry = self.cfg.refused_retry;
-                let why = match code.as_str() {
-                    "unknown_farm" => format!(
+                let why = match code {
+                    ErrorCode::UnknownFarm => format!(
                         "farm {} does not exist on registry {}: check gridos.farm= on the kernel command line",
                         self.cfg.farm, self.cfg.registry
                     ),
-                    "stale_timestamp" => format!(
+                    ErrorCode::StaleTimestamp => format!(
                         "the node clock is more than 300 s away from the registry's: {message}"
                     ),
                     _ => format!("registry {} refused the registration (HTTP {status} {code}): {message}", self.cfg.registry),
@@ -325,7 +326,10 @@ impl Agent {
                 Outcome::Replay => {
                     tracing::info!(seq, kind, "registry already had this report; dropping it");
                 }
-                Outcome::Refused { code, .. } if code == "unknown_signer" => {
+                Outcome::Refused {
+                    code: ErrorCode::UnknownSigner,
+                    ..
+                } => {
                     tracing::warn!(
                         "registry {} does not know this node: registering again",
                         self.cfg.registry
@@ -333,7 +337,11 @@ impl Agent {
                     self.status.send_modify(|s| s.node_id = None);
                     return Ok(Pass::RetryAt(Instant::now()));
                 }
-                Outcome::Refused { code, message, .. } if code == "stale_timestamp" => {
+                Outcome::Refused {
+                    code: ErrorCode::StaleTimestamp,
+                    message,
+                    ..
+                } => {
                     // The clock can be fixed (NTP); the report is still worth keeping.
                     let retry = self.cfg.refused_retry;
                     tracing::error!(retry_in_secs = retry.as_secs(),
@@ -350,7 +358,7 @@ impl Agent {
                         seq,
                         kind,
                         status,
-                        code,
+                        code = %code,
                         message,
                         "registry refused a report for good; dropping it"
                     );

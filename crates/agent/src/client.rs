@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use gridapi::{paths, ErrorBody, ErrorCode, Written};
 use gridtypes::{Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 use rand::RngCore;
 
@@ -21,7 +22,7 @@ pub enum Outcome {
         /// HTTP status.
         status: u16,
         /// The registry's `error.code`, e.g. `unknown_farm`.
-        code: String,
+        code: ErrorCode,
         /// The registry's `error.message`.
         message: String,
     },
@@ -58,13 +59,7 @@ pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
 }
 
-/// Seconds since the Unix epoch by the node's clock.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use gridtypes::now;
 
 /// Talks to one registry as one node.
 #[derive(Debug, Clone)]
@@ -76,16 +71,18 @@ pub struct Client {
 
 /// Sorts an HTTP answer into an [`Outcome`].
 pub fn classify(status: u16, body: &str) -> Outcome {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     if (200..300).contains(&status) {
-        return Outcome::Accepted(v["id"].as_i64().unwrap_or(0));
+        return match serde_json::from_str::<Written>(body) {
+            Ok(w) => Outcome::Accepted(w.id),
+            // Stored, by the status; an answer this agent cannot read must not resend it.
+            Err(_) => Outcome::Accepted(0),
+        };
     }
-    let code = v["error"]["code"].as_str().unwrap_or("").to_string();
-    let message = v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    if status == 409 && code == "replay" {
+    let (code, message) = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (ErrorCode::Unknown, body.chars().take(200).collect()),
+    };
+    if status == 409 && code == ErrorCode::Replay {
         return Outcome::Replay;
     }
     if (400..500).contains(&status) {
@@ -123,7 +120,7 @@ impl Client {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let env = Envelope::seal(&self.key, &Payload::RegisterNode(reg.clone()), now(), nonce);
-        self.post("/api/v1/nodes", env).await
+        self.post(paths::NODES, env).await
     }
 
     /// Sends one queued report, signed now with its own nonce.
@@ -131,13 +128,13 @@ impl Client {
         let Some(nonce) = entry.nonce_bytes() else {
             return Outcome::Refused {
                 status: 0,
-                code: "bad_nonce".into(),
+                code: ErrorCode::Malformed,
                 message: format!("queued nonce {:?} is not 32 hex digits", entry.nonce),
             };
         };
         let ts = sign_time(entry.measured_at, now());
         let env = Envelope::seal(&self.key, &Payload::Report(entry.report.clone()), ts, nonce);
-        self.post("/api/v1/reports", env).await
+        self.post(paths::REPORTS, env).await
     }
 
     async fn post(&self, path: &str, env: Envelope) -> Outcome {
@@ -198,8 +195,15 @@ mod tests {
             Outcome::Replay
         );
         assert!(matches!(
-            classify(422, r#"{"error":{"code":"unknown_farm","message":"farm 9"}}"#),
-            Outcome::Refused { status: 422, ref code, .. } if code == "unknown_farm"
+            classify(
+                422,
+                r#"{"error":{"code":"unknown_farm","message":"farm 9"}}"#
+            ),
+            Outcome::Refused {
+                status: 422,
+                code: ErrorCode::UnknownFarm,
+                ..
+            }
         ));
         // A 409 that is not a replay (e.g. conflict) is a refusal.
         assert!(matches!(

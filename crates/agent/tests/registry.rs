@@ -392,7 +392,11 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
     );
     assert!(matches!(
         stranger.report(&entry).await,
-        Outcome::Refused { status: 401, ref code, .. } if code == "unknown_signer"
+        Outcome::Refused {
+            status: 401,
+            code: gridapi::ErrorCode::UnknownSigner,
+            ..
+        }
     ));
     reg.halt().await;
     assert!(matches!(

@@ -1,12 +1,14 @@
 //! A small client for the registry's JSON API that turns its errors into readable messages.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use gridapi::{ErrorBody, ErrorCode, Written};
 use gridtypes::{Envelope, Payload, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Largest answer read from a registry. The registry's own pages stop at about 1 MiB; a
 /// registry (or something posing as one) that sends more is cut off, not buffered.
@@ -29,7 +31,7 @@ pub enum ClientError {
         /// HTTP status.
         status: u16,
         /// The registry's error code.
-        code: String,
+        code: ErrorCode,
         /// The registry's message.
         message: String,
     },
@@ -39,8 +41,10 @@ pub enum ClientError {
         /// URL asked.
         url: String,
     },
-    /// The answer was not JSON.
-    #[error("registry at {url} answered {status} with something that is not JSON: {body}")]
+    /// The answer was not JSON of the shape this client expects.
+    #[error(
+        "registry at {url} answered {status} with something that is not the expected JSON: {body}"
+    )]
     NotJson {
         /// URL asked.
         url: String,
@@ -70,17 +74,16 @@ impl Client {
         }
     }
 
-    async fn finish(
+    async fn finish<T: DeserializeOwned>(
         &self,
         url: String,
         r: Result<reqwest::Response, reqwest::Error>,
-    ) -> Result<Value, ClientError> {
-        let r = r.map_err(|source| ClientError::Unreachable {
+    ) -> Result<T, ClientError> {
+        let mut r = r.map_err(|source| ClientError::Unreachable {
             url: url.clone(),
             source,
         })?;
         let status = r.status().as_u16();
-        let mut r = r;
         let mut body = Vec::new();
         while let Some(chunk) = r.chunk().await.map_err(|source| ClientError::Unreachable {
             url: url.clone(),
@@ -91,26 +94,37 @@ impl Client {
             }
             body.extend_from_slice(&chunk);
         }
-        let text = String::from_utf8_lossy(&body);
-        let v: Value = serde_json::from_str(&text).map_err(|_| ClientError::NotJson {
+        let not_json = || ClientError::NotJson {
             url: url.clone(),
             status,
-            body: text.chars().take(200).collect(),
-        })?;
+            body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+        };
         if status >= 400 {
+            let e: ErrorBody = serde_json::from_slice(&body).map_err(|_| not_json())?;
             return Err(ClientError::Refused {
                 status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                code: e.error.code,
+                message: e.error.message,
             });
         }
-        Ok(v)
+        serde_json::from_slice(&body).map_err(|_| not_json())
     }
 
-    /// GETs `path` (with query) and returns the JSON body.
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+    /// GETs `path` and reads the answer as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let r = self.http.get(&url).send().await;
+        self.finish(url, r).await
+    }
+
+    /// GETs `path` with `query` (a filter of `gridapi`) and reads the answer as `T`.
+    pub async fn get_query<T: DeserializeOwned, Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self.http.get(&url).query(query).send().await;
         self.finish(url, r).await
     }
 
@@ -120,14 +134,10 @@ impl Client {
         path: &str,
         key: &SigningKey,
         payload: &Payload,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Written, ClientError> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let env = Envelope::seal(key, payload, now, nonce);
+        let env = Envelope::seal(key, payload, gridtypes::now(), nonce);
         let url = format!("{}{path}", self.base);
         let r = self
             .http

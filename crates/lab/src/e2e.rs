@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
+use gridapi::{paths, NodeStatus, NodeView, Page, ReportView, StoredKind};
 use gridtypes::{Envelope, Payload, Report};
-use serde_json::Value;
 
 use crate::qemu::{self, Guest, Machine, CPUS, HDD_BYTES, MEMORY_MIB, SSD_BYTES};
 use crate::registry::{self, Registry};
@@ -83,30 +83,34 @@ struct Uptime {
 }
 
 /// Every signed message of the node, each signature verified locally (as an auditor would).
-async fn reports(reg: &Registry, node: i64, public_key: &str) -> anyhow::Result<Vec<Value>> {
+async fn reports(
+    reg: &Registry,
+    node: i64,
+    public_key: &str,
+) -> anyhow::Result<Vec<(ReportView, Envelope)>> {
     let mut out = Vec::new();
     let mut after = 0i64;
     loop {
-        let page = reg
+        let page: Page<ReportView> = reg
             .get(&format!(
-                "/api/v1/nodes/{node}/reports?after={after}&limit=1000"
+                "{}?after={after}&limit=1000",
+                paths::node_reports(node as u64)
             ))
             .await?;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        for r in &items {
-            let env: Envelope = serde_json::from_value(r["envelope"].clone())
+        for r in page.items {
+            let env: Envelope = serde_json::from_str(r.envelope.get())
                 .context("a stored envelope does not parse")?;
             env.verify_signature()
-                .with_context(|| format!("report {} fails its signature check", r["id"]))?;
+                .with_context(|| format!("report {} fails its signature check", r.id))?;
             ensure!(
                 env.signer == public_key,
                 "report {} is signed by {} instead of the node",
-                r["id"],
+                r.id,
                 env.signer
             );
+            out.push((r, env));
         }
-        out.extend(items);
-        match page["next"].as_i64() {
+        match page.next {
             Some(n) => after = n,
             None => return Ok(out),
         }
@@ -115,17 +119,16 @@ async fn reports(reg: &Registry, node: i64, public_key: &str) -> anyhow::Result<
 
 async fn uptimes(reg: &Registry, node: i64, public_key: &str) -> anyhow::Result<Vec<Uptime>> {
     let mut out = Vec::new();
-    for r in reports(reg, node, public_key).await? {
-        if r["kind"] != "uptime" {
+    for (r, env) in reports(reg, node, public_key).await? {
+        if r.kind != StoredKind::Uptime.as_str() {
             continue;
         }
-        let env: Envelope = serde_json::from_value(r["envelope"].clone())?;
         if let Payload::Report(Report::Uptime { uptime_secs, .. }) =
             Payload::from_bytes(&env.payload)?
         {
             out.push(Uptime {
-                id: r["id"].as_i64().context("report id")?,
-                received_at: r["received_at"].as_i64().context("received_at")?,
+                id: r.id,
+                received_at: r.received_at,
                 uptime_secs,
             });
         }
@@ -322,28 +325,16 @@ async fn scenario(
         "boot 1: registered as node {id} ({guest_secs:.2} s guest clock from PID 1, {:.0} s wall)",
         t0.elapsed().as_secs_f64()
     ));
-    let nodes = reg.get(&format!("/api/v1/nodes?farm={farm}")).await?;
-    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    let nodes: Page<NodeView> = reg.get(&format!("{}?farm={farm}", paths::NODES)).await?;
+    let ids: Vec<i64> = nodes.items.iter().map(|n| n.id).collect();
     ensure!(
-        items.len() == 1,
-        "farm {farm} has {} nodes, want 1",
-        items.len()
-    );
-    ensure!(
-        items[0]["id"] == id,
-        "registry node {} is not the console's {id}",
-        items[0]["id"]
+        ids == [id],
+        "farm {farm} has nodes {ids:?}, want only node {id}"
     );
     let cap = shapes::check_capacity(reg, id, CPUS, MEMORY_MIB, SSD_BYTES, HDD_BYTES).await?;
     let node = &cap.node;
-    let key = node["public_key"]
-        .as_str()
-        .context("node without key")?
-        .to_string();
-    ensure!(
-        node["virtualized"] == true,
-        "a QEMU guest must say it is virtualised"
-    );
+    let key = node.public_key.clone();
+    ensure!(node.virtualized, "a QEMU guest must say it is virtualised");
     let cache = shapes::check_cache(&mut guest, Some(shapes::DiskKind::Ssd)).await?;
     step(&format!("boot 1: cache on the {cache}"));
     let timing = shapes::timing(&guest.serial, guest_secs);
@@ -368,11 +359,11 @@ async fn scenario(
     ));
     // The last report said the node is stopping: the registry shows it at once, not `up`
     // until the up window runs out.
-    let stopped = reg.get(&format!("/api/v1/nodes/{id}")).await?;
+    let stopped: NodeView = reg.get(&paths::node(id as u64)).await?;
     ensure!(
-        stopped["status"] == "stopped",
+        stopped.status == NodeStatus::Stopped,
         "after an ordered shutdown the node shows {} instead of stopped",
-        stopped["status"]
+        stopped.status
     );
     step("boot 1: the registry shows the node stopped at once");
     machine.serial = work.join("console-boot2.log");
@@ -386,11 +377,9 @@ async fn scenario(
         .wait_line(&["node identity", "created=false"], Duration::from_secs(5))
         .await
         .context("boot 2 made a new key instead of keeping the one on the cache partition")?;
-    let n = reg.get(&format!("/api/v1/nodes?farm={farm}")).await?;
-    ensure!(
-        n["items"].as_array().map(|a| a.len()) == Some(1),
-        "the reboot made a second node: {n}"
-    );
+    let n: Page<NodeView> = reg.get(&format!("{}?farm={farm}", paths::NODES)).await?;
+    let ids: Vec<i64> = n.items.iter().map(|n| n.id).collect();
+    ensure!(ids == [id], "the reboot made a second node: {ids:?}");
     let u = wait_uptimes(
         reg,
         id,

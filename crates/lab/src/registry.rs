@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use gridapi::{FarmView, Written};
+use serde::de::DeserializeOwned;
 
 /// A registry server we started and can stop and start again on the same port and file.
 pub struct Registry {
@@ -92,7 +93,11 @@ impl Registry {
                     bail!("grid-registry exited with {st}; see {}", self.log.display());
                 }
             }
-            if self.get("/api/v1/stats").await.is_ok() {
+            if self
+                .get::<gridapi::Stats>(gridapi::paths::STATS)
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if t0.elapsed() > Duration::from_secs(30) {
@@ -118,19 +123,27 @@ impl Registry {
         Ok(())
     }
 
-    /// GET a JSON document from the API.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// GET an answer of the API, read as its `gridapi` type.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self
             .http
             .get(format!("{}{path}", self.url()))
             .send()
             .await?;
         let status = resp.status();
-        let v: Value = resp.json().await?;
+        let body = resp.bytes().await?;
         if !status.is_success() {
-            bail!("GET {path}: HTTP {status}: {v}");
+            bail!(
+                "GET {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
-        Ok(v)
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "GET {path}: the answer is not the expected JSON: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })
     }
 }
 
@@ -143,7 +156,12 @@ impl Drop for Registry {
 /// The farmer's side, through the `grid` CLI: a key, a twin, a farm. Idempotent: an existing
 /// key is kept and an existing farm of that name is found again.
 pub fn setup_farm(bin_dir: &Path, registry: &str, key: &Path, name: &str) -> anyhow::Result<u64> {
-    let grid = |args: &[&str]| -> anyhow::Result<Value> {
+    fn grid<T: DeserializeOwned>(
+        bin_dir: &Path,
+        registry: &str,
+        key: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<T> {
         let out = Command::new(bin_dir.join("grid"))
             .args(["--registry", registry, "--key"])
             .arg(key)
@@ -160,22 +178,17 @@ pub fn setup_farm(bin_dir: &Path, registry: &str, key: &Path, name: &str) -> any
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("grid {} printed no JSON", args.join(" ")))
-    };
+    }
     if !key.exists() {
-        grid(&["key", "new"])?;
+        grid::<serde_json::Value>(bin_dir, registry, key, &["key", "new"])?;
     }
-    grid(&["twin", "register"])?;
-    let farms = grid(&["farm", "list"])?;
-    if let Some(f) = farms
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"] == name)
-    {
-        return f["id"].as_u64().context("farm without an id");
+    grid::<Written>(bin_dir, registry, key, &["twin", "register"])?;
+    let farms: Vec<FarmView> = grid(bin_dir, registry, key, &["farm", "list"])?;
+    if let Some(f) = farms.iter().find(|f| f.name == name) {
+        return Ok(f.id as u64);
     }
-    let v = grid(&["farm", "create", name])?;
-    v["id"].as_u64().context("farm create answered no id")
+    let w: Written = grid(bin_dir, registry, key, &["farm", "create", name])?;
+    Ok(w.id as u64)
 }
 
 /// What every lab job starts with: a registry on 127.0.0.1:`port` (0: a free one) with its

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use gridapi::{paths, NodeView, Page};
 
 use crate::qemu::{self, Machine, CPUS, MEMORY_MIB};
 use crate::registry;
@@ -100,8 +101,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     break;
                 }
                 if !shown {
-                    let n = reg.get(&format!("/api/v1/nodes?farm={farm}")).await;
-                    let node = n.ok().and_then(|v| v["items"][0]["id"].as_i64());
+                    let n: anyhow::Result<Page<NodeView>> =
+                        reg.get(&format!("{}?farm={farm}", paths::NODES)).await;
+                    let node = n.ok().and_then(|p| p.items.first().map(|n| n.id));
                     if let Some(node) = node {
                         shown = true;
                         eprintln!(

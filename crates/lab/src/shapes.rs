@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use gridapi::{paths, NodeView};
 
 use crate::e2e::{close, expected_units, registered, E2eArgs, GIB, OS_RESERVE};
 use crate::qemu::{self, Disk, Guest, Machine, HDD_BYTES, SSD_BYTES};
@@ -207,7 +208,7 @@ pub async fn check_cache(guest: &mut Guest, want: Option<DiskKind>) -> anyhow::R
 #[derive(Debug)]
 pub struct Capacity {
     /// The node as the registry shows it.
-    pub node: serde_json::Value,
+    pub node: NodeView,
     /// Cores.
     pub cru: u64,
     /// Memory, bytes.
@@ -244,14 +245,9 @@ pub async fn check_capacity(
     sru_want: u64,
     hru_want: u64,
 ) -> anyhow::Result<Capacity> {
-    let node = reg.get(&format!("/api/v1/nodes/{id}")).await?;
-    let cap = &node["capacity"];
-    let get = |k: &str| {
-        cap[k]
-            .as_u64()
-            .with_context(|| format!("capacity.{k} missing: {cap}"))
-    };
-    let (cru, mru, sru, hru) = (get("cru")?, get("mru")?, get("sru")?, get("hru")?);
+    let node: NodeView = reg.get(&paths::node(id as u64)).await?;
+    let cap = node.capacity;
+    let (cru, mru, sru, hru) = (cap.cru, cap.mru, cap.sru, cap.hru);
     let given_mem = memory_mib << 20;
     ensure!(cru == u64::from(cpus), "CRU {cru}, QEMU gave {cpus}");
     ensure!(
@@ -262,14 +258,13 @@ pub async fn check_capacity(
     ensure!(hru == hru_want, "HRU {hru} bytes, want {hru_want}");
     // Root-only in sysfs: the unprivileged agent reads it only through init's `readable:` grant.
     ensure!(
-        node["serial"] == qemu::DMI_SERIAL,
-        "serial {} in the registry, QEMU's DMI table says {}",
-        node["serial"],
+        node.serial.as_deref() == Some(qemu::DMI_SERIAL),
+        "serial {:?} in the registry, QEMU's DMI table says {}",
+        node.serial,
         qemu::DMI_SERIAL
     );
     let (cu, su) = expected_units(cru, mru, sru, hru);
-    let got_cu = node["units"]["cu"].as_f64().context("units.cu")?;
-    let got_su = node["units"]["su"].as_f64().context("units.su")?;
+    let (got_cu, got_su) = (node.units.cu, node.units.su);
     ensure!(close(got_cu, cu), "CU {got_cu}, the formula gives {cu}");
     ensure!(close(got_su, su), "SU {got_su}, the formula gives {su}");
     Ok(Capacity {

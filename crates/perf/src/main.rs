@@ -6,11 +6,13 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
+use gridapi::{paths, NodeView, Page, ReportView, Stats, Written};
+use gridtypes::now;
 use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, GIB, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
@@ -108,13 +110,6 @@ enum Test {
         #[arg(long, default_value_t = 100_000)]
         nodes: usize,
     },
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn nonce() -> [u8; NONCE_LEN] {
@@ -300,7 +295,7 @@ async fn start_registry(
     bail!("registry did not come up on {}", reg.url)
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<Written> {
     let r = http
         .post(url)
         .header("content-type", "application/json")
@@ -308,28 +303,22 @@ async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Resul
         .send()
         .await?;
     let status = r.status();
-    let v: Value = r.json().await?;
+    let body = r.bytes().await?;
     if !status.is_success() {
-        bail!("{url}: {status} {v}");
+        bail!("{url}: {status} {}", String::from_utf8_lossy(&body));
     }
-    Ok(v)
+    serde_json::from_slice(&body).with_context(|| format!("{url}: not a write's answer"))
 }
 
-/// Registers a twin and a farm; returns the farm id.
+/// Registers a twin and a farm of a fresh name; returns the farm id.
 async fn farm(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
     let twin = SigningKey::generate(&mut OsRng);
     let env = Envelope::seal(&twin, &Payload::RegisterTwin {}, now(), nonce());
-    post(http, &format!("{url}/api/v1/twins"), env.to_json()).await?;
-    let env = Envelope::seal(
-        &twin,
-        &Payload::CreateFarm {
-            name: "perf".into(),
-        },
-        now(),
-        nonce(),
-    );
-    let v = post(http, &format!("{url}/api/v1/farms"), env.to_json()).await?;
-    v["id"].as_u64().context("farm id")
+    post(http, &format!("{url}{}", paths::TWINS), env.to_json()).await?;
+    let name = format!("perf-{:x}", OsRng.next_u32());
+    let env = Envelope::seal(&twin, &Payload::CreateFarm { name }, now(), nonce());
+    let w = post(http, &format!("{url}{}", paths::FARMS), env.to_json()).await?;
+    Ok(w.id as u64)
 }
 
 fn random_capacity(rng: &mut impl Rng) -> Resources {
@@ -396,7 +385,7 @@ async fn seed_nodes(
         bodies.push(Envelope::seal(&key, &reg, now(), nonce()).to_json());
         keys.push(key);
     }
-    let secs = blast(url, "/api/v1/nodes", bodies, clients).await?;
+    let secs = blast(url, paths::NODES, bodies, clients).await?;
     Ok((keys, secs))
 }
 
@@ -425,7 +414,7 @@ async fn ingest_with(
     let stored_before = stored_reports(&http, &reg.url).await?;
     let cpu0 = cpu_secs(reg.child.id());
     let client0 = cpu_secs(std::process::id());
-    let secs = blast(&reg.url, "/api/v1/reports", bodies, clients).await?;
+    let secs = blast(&reg.url, paths::REPORTS, bodies, clients).await?;
     let server_cpu = cpu_secs(reg.child.id()) - cpu0;
     let client_cpu = cpu_secs(std::process::id()) - client0;
     let stored = stored_reports(&http, &reg.url).await? - stored_before;
@@ -508,7 +497,12 @@ async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
         now(),
         nonce(),
     );
-    post(&http, &format!("{}/api/v1/reports", reg.url), env.to_json()).await?;
+    post(
+        &http,
+        &format!("{}{}", reg.url, paths::REPORTS),
+        env.to_json(),
+    )
+    .await?;
     // The stored envelopes are planted in the database: the same rows for any registry
     // version, including one that still accepts 47 KB payloads over the API.
     sqlx::any::install_default_drivers();
@@ -536,15 +530,16 @@ async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
             while Instant::now() < deadline {
                 let r = http
                     .get(format!(
-                        "{url}/api/v1/nodes/1/reports?limit=1000&after={after}"
+                        "{url}{}?limit=1000&after={after}",
+                        paths::node_reports(1)
                     ))
                     .send()
                     .await?;
                 let body = r.bytes().await?;
                 bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                 pages.fetch_add(1, Ordering::Relaxed);
-                let v: Value = serde_json::from_slice(&body)?;
-                after = v["next"].as_i64().unwrap_or(0);
+                let page: Page<ReportView> = serde_json::from_slice(&body)?;
+                after = page.next.unwrap_or(0);
             }
             anyhow::Ok(())
         }));
@@ -646,15 +641,13 @@ async fn idle_conns(steps: &[usize], probes: usize) -> anyhow::Result<Value> {
 
 /// Signed messages the registry has stored so far.
 async fn stored_reports(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
-    let stats: Value = http
-        .get(format!("{url}/api/v1/stats"))
+    let stats: Stats = http
+        .get(format!("{url}{}", paths::STATS))
         .send()
         .await?
         .json()
         .await?;
-    stats["reports"]
-        .as_u64()
-        .context("stats without a report count")
+    Ok(stats.reports as u64)
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
@@ -681,7 +674,7 @@ async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result
     let http = reqwest::Client::new();
     let mut farms = vec![];
     for _ in 0..10 {
-        farms.push(farm_named(&http, &reg.url).await?);
+        farms.push(farm(&http, &reg.url).await?);
     }
     let per_farm = nodes / farms.len();
     let mut seed_secs = 0.0;
@@ -718,7 +711,7 @@ async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result
         if !r.status().is_success() {
             bail!("{q}: {}", r.status());
         }
-        let _: Value = r.json().await?;
+        let _: Page<NodeView> = r.json().await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -732,16 +725,6 @@ async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result
         "p99_ms": (percentile(&lat, 0.99) * 100.0).round() / 100.0,
         "max_ms": (percentile(&lat, 1.0) * 100.0).round() / 100.0,
     }))
-}
-
-async fn farm_named(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
-    let twin = SigningKey::generate(&mut OsRng);
-    let env = Envelope::seal(&twin, &Payload::RegisterTwin {}, now(), nonce());
-    post(http, &format!("{url}/api/v1/twins"), env.to_json()).await?;
-    let name = format!("perf-{:x}", OsRng.next_u32());
-    let env = Envelope::seal(&twin, &Payload::CreateFarm { name }, now(), nonce());
-    let v = post(http, &format!("{url}/api/v1/farms"), env.to_json()).await?;
-    v["id"].as_u64().context("farm id")
 }
 
 #[tokio::main]

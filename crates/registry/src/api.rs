@@ -10,9 +10,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use gridtypes::{Envelope, ResourceTotals, Resources, Units, Verified};
+use gridapi::paths;
+pub use gridapi::{
+    FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats,
+    StoredKind, Totals, TwinView, Written,
+};
+use gridtypes::{Envelope, ResourceTotals, Units, Verified};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -20,7 +24,7 @@ use sqlx::Row;
 use crate::db::{resources, Db};
 use crate::error::ApiError;
 use crate::limits::{ip_layer, KeyLimiter};
-use crate::writer::{Writer, Written};
+use crate::writer::Writer;
 use crate::{now, Config};
 
 /// Default page size of list endpoints.
@@ -56,20 +60,23 @@ pub fn router(state: Arc<AppState>) -> Router {
     let new_identities = ip_layer(rate.new_identities_per_ip, "new twins and farms");
     Router::new()
         .route(
-            "/api/v1/twins",
+            paths::TWINS,
             post(register_twin.layer(new_identities.clone())).get(list_twins),
         )
-        .route("/api/v1/twins/{id}", get(get_twin))
+        .route(&format!("{}/{{id}}", paths::TWINS), get(get_twin))
         .route(
-            "/api/v1/farms",
+            paths::FARMS,
             post(create_farm.layer(new_identities)).get(list_farms),
         )
-        .route("/api/v1/farms/{id}", get(get_farm))
-        .route("/api/v1/nodes", post(register_node).get(list_nodes))
-        .route("/api/v1/nodes/{id}", get(get_node))
-        .route("/api/v1/nodes/{id}/reports", get(list_reports))
-        .route("/api/v1/reports", post(post_report))
-        .route("/api/v1/stats", get(stats))
+        .route(&format!("{}/{{id}}", paths::FARMS), get(get_farm))
+        .route(paths::NODES, post(register_node).get(list_nodes))
+        .route(&format!("{}/{{id}}", paths::NODES), get(get_node))
+        .route(
+            &format!("{}/{{id}}/reports", paths::NODES),
+            get(list_reports),
+        )
+        .route(paths::REPORTS, post(post_report))
+        .route(paths::STATS, get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every write, whatever its kind: counted per client address before any work.
@@ -228,16 +235,6 @@ fn page_limit(limit: Option<i64>) -> AppResult<i64> {
     }
 }
 
-/// A page of results with the cursor for the next one.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub next: Option<i64>,
-}
-
 fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Page<T> {
     let next = if items.len() as i64 == limit {
         items.last().map(id)
@@ -247,28 +244,7 @@ fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Page<T> {
     Page { items, next }
 }
 
-/// Paging parameters of the plain list endpoints.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Paging {
-    /// Return items with an id greater than this.
-    pub after: Option<i64>,
-    /// Page size.
-    pub limit: Option<i64>,
-}
-
 // ---- twins ----
-
-/// A twin in the phonebook.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TwinView {
-    /// Twin id.
-    pub id: i64,
-    /// ed25519 public key, hex.
-    pub public_key: String,
-    /// When it registered (Unix seconds).
-    pub created_at: i64,
-}
 
 fn twin_view(r: &AnyRow) -> Result<TwinView, sqlx::Error> {
     Ok(TwinView {
@@ -302,21 +278,6 @@ async fn get_twin(State(s): S, Path(id): Path<String>) -> AppResult<Json<TwinVie
 }
 
 // ---- farms ----
-
-/// A farm and how many nodes it has.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FarmView {
-    /// Farm id.
-    pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// Owning twin.
-    pub twin_id: i64,
-    /// Nodes registered in the farm.
-    pub nodes: i64,
-    /// When it was created (Unix seconds).
-    pub created_at: i64,
-}
 
 const FARM_SELECT: &str = "SELECT f.id, f.name, f.twin_id, f.created_at, \
     (SELECT COUNT(*) FROM nodes n WHERE n.farm_id = f.id) AS nodes FROM farms f";
@@ -356,60 +317,6 @@ async fn get_farm(State(s): S, Path(id): Path<String>) -> AppResult<Json<FarmVie
 
 // ---- nodes ----
 
-/// Whether a node reported recently enough to count as up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Last report within the up window.
-    Up,
-    /// No report within the up window (as a filter: every node that is not up).
-    Down,
-    /// Its last message said it was shutting down in order.
-    Stopped,
-}
-
-/// A node as auditors see it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Node id.
-    pub id: i64,
-    /// The node's own ed25519 key, hex.
-    pub public_key: String,
-    /// Farm it belongs to.
-    pub farm_id: i64,
-    /// Up or down by last report age.
-    pub status: Status,
-    /// DMI serial.
-    pub serial: Option<String>,
-    /// Runs inside a hypervisor.
-    pub virtualized: bool,
-    /// Network interfaces as registered (the stored JSON, passed through as is).
-    pub interfaces: Box<RawValue>,
-    /// Agent version.
-    pub agent_version: Option<String>,
-    /// Total raw capacity.
-    pub capacity: Resources,
-    /// Reserved by workloads.
-    pub used: Resources,
-    /// Capacity minus used.
-    pub free: Resources,
-    /// Farming units of the total capacity.
-    pub units: Units,
-    /// Last reported uptime.
-    pub uptime_secs: i64,
-    /// Public traffic reported so far.
-    pub traffic_bytes: i64,
-    /// First registration (Unix seconds).
-    pub registered_at: i64,
-    /// Last capacity change or registration.
-    pub updated_at: i64,
-    /// Last message of any kind.
-    pub last_seen: i64,
-    /// Latest reports, newest first (only on the single-node endpoint).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reports: Option<Vec<ReportView>>,
-}
-
 const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
     agent_version, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
     cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen, stopping";
@@ -424,11 +331,11 @@ fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
         public_key: r.try_get("public_key")?,
         farm_id: r.try_get("farm_id")?,
         status: if r.try_get::<i64, _>("stopping")? != 0 {
-            Status::Stopped
+            NodeStatus::Stopped
         } else if last_seen >= up_since {
-            Status::Up
+            NodeStatus::Up
         } else {
-            Status::Down
+            NodeStatus::Down
         },
         serial: r.try_get("serial")?,
         virtualized: r.try_get::<i64, _>("virtualized")? != 0,
@@ -453,28 +360,6 @@ fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
     })
 }
 
-/// Filters of the node list.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeFilter {
-    /// Only nodes of this farm.
-    pub farm: Option<i64>,
-    /// Only up or only down nodes.
-    pub status: Option<Status>,
-    /// At least this many free cores.
-    pub min_cru: Option<i64>,
-    /// At least this many free bytes of memory.
-    pub min_mru: Option<i64>,
-    /// At least this many free bytes of SSD.
-    pub min_sru: Option<i64>,
-    /// At least this many free bytes of HDD.
-    pub min_hru: Option<i64>,
-    /// Nodes with an id greater than this.
-    pub after: Option<i64>,
-    /// Page size.
-    pub limit: Option<i64>,
-}
-
 async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<NodeView>>> {
     let limit = page_limit(f.limit)?;
     let up_since = now() - s.config.up_window_secs;
@@ -490,9 +375,9 @@ async fn list_nodes(State(s): S, Q(f): Q<NodeFilter>) -> AppResult<Json<Page<Nod
         push("farm_id = ?", farm);
     }
     match f.status {
-        Some(Status::Up) => push("last_seen >= ? AND stopping = 0", up_since),
-        Some(Status::Down) => push("(last_seen < ? OR stopping = 1)", up_since),
-        Some(Status::Stopped) => push("stopping = ?", 1),
+        Some(NodeStatus::Up) => push("last_seen >= ? AND stopping = 0", up_since),
+        Some(NodeStatus::Down) => push("(last_seen < ? OR stopping = 1)", up_since),
+        Some(NodeStatus::Stopped) => push("stopping = ?", 1),
         None => {}
     }
     for (col, v) in [
@@ -552,21 +437,6 @@ async fn get_node(State(s): S, Path(id): Path<String>) -> AppResult<Json<NodeVie
 
 // ---- reports ----
 
-/// A stored report: the envelope exactly as the node sent it, so anyone can re-verify it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReportView {
-    /// Report id.
-    pub id: i64,
-    /// uptime, capacity or consumption.
-    pub kind: String,
-    /// The node's timestamp.
-    pub signed_at: i64,
-    /// The registry's clock when it was stored.
-    pub received_at: i64,
-    /// The signed envelope, verbatim.
-    pub envelope: Box<RawValue>,
-}
-
 const REPORT_COLUMNS: &str = "id, kind, signed_at, received_at, envelope";
 
 fn report_view(r: &AnyRow) -> Result<ReportView, sqlx::Error> {
@@ -582,43 +452,6 @@ fn report_view(r: &AnyRow) -> Result<ReportView, sqlx::Error> {
         received_at: r.try_get("received_at")?,
         envelope,
     })
-}
-
-/// Kinds of signed node messages the registry keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoredKind {
-    /// A (re-)registration.
-    Registration,
-    /// An uptime report.
-    Uptime,
-    /// A capacity report.
-    Capacity,
-    /// A consumption report.
-    Consumption,
-}
-
-impl StoredKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            StoredKind::Registration => "registration",
-            StoredKind::Uptime => "uptime",
-            StoredKind::Capacity => "capacity",
-            StoredKind::Consumption => "consumption",
-        }
-    }
-}
-
-/// Filters of a node's report list.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportFilter {
-    /// Only reports of this kind.
-    pub kind: Option<StoredKind>,
-    /// Reports with an id greater than this.
-    pub after: Option<i64>,
-    /// Page size.
-    pub limit: Option<i64>,
 }
 
 async fn list_reports(
@@ -664,34 +497,6 @@ async fn list_reports(
 }
 
 // ---- stats ----
-
-/// Totals over a set of nodes.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Totals {
-    /// Number of nodes.
-    pub nodes: i64,
-    /// Summed raw capacity (128-bit: no number of nodes overflows it).
-    pub capacity: ResourceTotals,
-    /// Summed farming units (each node's CU/SU, added up).
-    pub units: Units,
-}
-
-/// Grid-wide figures.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Stats {
-    /// Registered twins.
-    pub twins: i64,
-    /// Farms.
-    pub farms: i64,
-    /// Stored reports.
-    pub reports: i64,
-    /// Seconds without a report after which a node counts as down.
-    pub up_window_secs: i64,
-    /// Nodes that reported within the up window.
-    pub up: Totals,
-    /// Every registered node.
-    pub all: Totals,
-}
 
 /// SQL for summing a column that holds values in `0..2^63` without overflowing 64 bits:
 /// the high and low 32 bits are summed apart (each sum fits for up to 2^31 rows) and joined

@@ -3,8 +3,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use gridapi::{ErrorBody, ErrorCode, ErrorDetail};
 use gridtypes::{EnvelopeError, PayloadError};
-use serde_json::json;
 
 /// Everything that can go wrong handling a request.
 #[derive(Debug, thiserror::Error)]
@@ -94,25 +94,25 @@ impl ApiError {
     }
 
     /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Malformed(_) => "malformed",
-            ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::RoleConflict(_) => "role_conflict",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Busy => "busy",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::BadSignature(_) => "bad_signature",
-            ApiError::UnknownSigner(_) => "unknown_signer",
-            ApiError::StaleTimestamp(_) => "stale_timestamp",
-            ApiError::Replay { .. } => "replay",
-            ApiError::UnknownFarm(_) => "unknown_farm",
-            ApiError::WrongKind { .. } => "wrong_kind",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Database(_) => "database",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Malformed(_) => ErrorCode::Malformed,
+            ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => ErrorCode::TooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::RoleConflict(_) => ErrorCode::RoleConflict,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Busy => ErrorCode::Busy,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::BadSignature(_) => ErrorCode::BadSignature,
+            ApiError::UnknownSigner(_) => ErrorCode::UnknownSigner,
+            ApiError::StaleTimestamp(_) => ErrorCode::StaleTimestamp,
+            ApiError::Replay { .. } => ErrorCode::Replay,
+            ApiError::UnknownFarm(_) => ErrorCode::UnknownFarm,
+            ApiError::WrongKind { .. } => ErrorCode::WrongKind,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Database(_) => ErrorCode::Database,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 
@@ -162,7 +162,12 @@ impl IntoResponse for ApiError {
         if let ApiError::Database(e) = &self {
             tracing::error!(error = %e, "database error");
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (self.status(), Json(body)).into_response();
         if let Some(secs) = self.retry_after() {
             response

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::db::{resources, Backend, Db};
 use crate::error::ApiError;
 use crate::now;
+pub use gridapi::Written;
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -24,15 +25,6 @@ const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 8192;
 /// How often stale nonces are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// What a committed write produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Written {
-    /// The id of the twin, farm, node or report.
-    pub id: i64,
-    /// False when the request only confirmed something that already existed.
-    pub created: bool,
-}
 
 struct Job {
     verified: Verified,

@@ -1,0 +1,386 @@
+//! One function per command: each asks the registry (or the key file, or the imager) and
+//! prints either `--json` or a table for people.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use ed25519_dalek::SigningKey;
+use gridapi::{paths, FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportView, Stats};
+use gridapi::{Totals, Written};
+use gridtypes::{Envelope, Payload, Report, Resources, Units, GIB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::{
+    keyfile, Cli, Command, FarmCmd, ImageCmd, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd,
+    UnitsArgs,
+};
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let key_path = cli.key.clone().unwrap_or_else(keyfile::default_path);
+    let client = Client::new(&cli.registry);
+    let j = cli.json;
+    match cli.command {
+        Command::Image(ImageCmd::Build(a)) => {
+            let opts = a.options();
+            let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
+            print(j, &r, |r| imager::cli::summary(r, &a.out));
+        }
+        Command::Key(KeyCmd::New { force }) => {
+            let key = keyfile::create(&key_path, force)?;
+            let info = KeyInfo::of(&key, &key_path);
+            print(j, &info, |i| {
+                format!("new key {} at {}\n", i.public_key, i.path.display())
+            });
+        }
+        Command::Key(KeyCmd::Show) => {
+            let key = keyfile::load(&key_path)?;
+            print(j, &KeyInfo::of(&key, &key_path), |i| {
+                format!("{}\n", i.public_key)
+            });
+        }
+        Command::Twin(TwinCmd::Register) => {
+            let key = keyfile::load(&key_path)?;
+            let w = client
+                .post_signed(paths::TWINS, &key, &Payload::RegisterTwin {})
+                .await?;
+            print(j, &w, |w| {
+                let verb = if w.created {
+                    "registered"
+                } else {
+                    "already registered"
+                };
+                format!("twin {} {verb}\n", w.id)
+            });
+        }
+        Command::Farm(FarmCmd::Create { name }) => {
+            let key = keyfile::load(&key_path)?;
+            let payload = Payload::CreateFarm { name: name.clone() };
+            payload.validate()?;
+            let w: Written = client.post_signed(paths::FARMS, &key, &payload).await?;
+            print(j, &w, |w| {
+                format!(
+                    "farm {name} created as id {}\nboot nodes with gridos.farm={}\n",
+                    w.id, w.id
+                )
+            });
+        }
+        Command::Farm(FarmCmd::List) => {
+            let farms: Vec<FarmView> =
+                all_pages(&client, paths::FARMS, Paging::default(), true).await?;
+            print(j, &farms, |farms| farm_table(farms));
+        }
+        Command::Nodes(NodesCmd::List(f)) => {
+            let filter = node_filter(&f)?;
+            let nodes: Vec<NodeView> = all_pages(&client, paths::NODES, filter, f.all).await?;
+            print(j, &nodes, |nodes| node_table(nodes));
+        }
+        Command::Nodes(NodesCmd::Show { id }) => {
+            let node: NodeView = client.get(&paths::node(id)).await?;
+            let audited = audit(node);
+            print(j, &audited, node_details);
+            if audited.bad > 0 {
+                bail!(
+                    "{} report(s) of node {id} do not verify against its key",
+                    audited.bad
+                );
+            }
+        }
+        Command::Stats => {
+            let s: Stats = client.get(paths::STATS).await?;
+            print(j, &s, |s| {
+                format!(
+                    "twins {}, farms {}, reports {}\nup   {}\nall  {}\n",
+                    s.twins,
+                    s.farms,
+                    s.reports,
+                    totals_line(&s.up),
+                    totals_line(&s.all)
+                )
+            });
+        }
+        Command::Units(u) => units(&u, j)?,
+    }
+    Ok(())
+}
+
+fn print<T: Serialize>(json_mode: bool, v: &T, human: impl FnOnce(&T) -> String) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", human(v));
+    }
+}
+
+/// What `grid key new` and `grid key show` print.
+#[derive(Serialize)]
+struct KeyInfo {
+    public_key: String,
+    path: PathBuf,
+}
+
+impl KeyInfo {
+    fn of(key: &SigningKey, path: &Path) -> KeyInfo {
+        KeyInfo {
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+fn gib(bytes: impl Into<u128>) -> String {
+    format!("{:.1}", bytes.into() as f64 / GIB as f64)
+}
+
+fn to_bytes(g: Option<f64>, flag: &str) -> anyhow::Result<Option<i64>> {
+    match g {
+        Some(g) if !(g.is_finite() && g >= 0.0) => {
+            bail!("{flag} must be a non-negative number of GiB")
+        }
+        Some(g) => Ok(Some((g * GIB as f64).round() as i64)),
+        None => Ok(None),
+    }
+}
+
+fn node_filter(f: &NodeFilterArgs) -> anyhow::Result<NodeFilter> {
+    Ok(NodeFilter {
+        farm: f.farm.map(|v| v as i64),
+        status: f.status.map(|s| match s {
+            StatusArg::Up => NodeStatus::Up,
+            StatusArg::Down => NodeStatus::Down,
+            StatusArg::Stopped => NodeStatus::Stopped,
+        }),
+        min_cru: f.min_cru.map(|v| v as i64),
+        min_mru: to_bytes(f.min_mru, "--min-mru")?,
+        min_sru: to_bytes(f.min_sru, "--min-sru")?,
+        min_hru: to_bytes(f.min_hru, "--min-hru")?,
+        after: f.after.map(|a| a as i64),
+        limit: Some(i64::from(f.limit)),
+    })
+}
+
+/// A list query that can be moved to the next page.
+trait Paged: Serialize {
+    fn set_after(&mut self, after: i64);
+}
+
+impl Paged for Paging {
+    fn set_after(&mut self, after: i64) {
+        self.after = Some(after);
+    }
+}
+
+impl Paged for NodeFilter {
+    fn set_after(&mut self, after: i64) {
+        self.after = Some(after);
+    }
+}
+
+/// Fetches one page, or every page when `all`, of a list endpoint.
+async fn all_pages<T: DeserializeOwned, Q: Paged>(
+    client: &Client,
+    path: &str,
+    mut query: Q,
+    all: bool,
+) -> anyhow::Result<Vec<T>> {
+    let mut items = vec![];
+    loop {
+        let page: Page<T> = client.get_query(path, &query).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(n) if all => query.set_after(n),
+            _ => return Ok(items),
+        }
+    }
+}
+
+fn farm_table(farms: &[FarmView]) -> String {
+    let mut out = format!(
+        "{:>6}  {:<24} {:>6}  {:>6}\n",
+        "ID", "NAME", "TWIN", "NODES"
+    );
+    for f in farms {
+        out += &format!(
+            "{:>6}  {:<24} {:>6}  {:>6}\n",
+            f.id, f.name, f.twin_id, f.nodes
+        );
+    }
+    out
+}
+
+fn node_table(nodes: &[NodeView]) -> String {
+    let mut out = format!(
+        "{:>6} {:>5} {:<7} {:>4} {:>8} {:>9} {:>9} {:>8} {:>8}\n",
+        "ID", "FARM", "STATE", "CRU", "MRU GiB", "SRU GiB", "HRU GiB", "CU", "SU"
+    );
+    for n in nodes {
+        let c = &n.capacity;
+        out += &format!(
+            "{:>6} {:>5} {:<7} {:>4} {:>8} {:>9} {:>9} {:>8.2} {:>8.2}\n",
+            n.id,
+            n.farm_id,
+            n.status.as_str(),
+            c.cru,
+            gib(c.mru),
+            gib(c.sru),
+            gib(c.hru),
+            n.units.cu,
+            n.units.su
+        );
+    }
+    out
+}
+
+/// A report as the auditor checked it.
+#[derive(Serialize)]
+struct AuditedReport {
+    #[serde(flatten)]
+    report: ReportView,
+    /// The signature verified against the node's key, here, not by the registry.
+    verified: bool,
+}
+
+/// A node with every report's signature checked locally.
+#[derive(Serialize)]
+struct AuditedNode {
+    #[serde(flatten)]
+    node: NodeView,
+    reports: Vec<AuditedReport>,
+    /// What the newest verified message said is wrong with the node.
+    warnings: Vec<String>,
+    #[serde(skip)]
+    bad: usize,
+}
+
+/// Auditors should not have to trust the registry: every signature is checked here.
+fn audit(mut node: NodeView) -> AuditedNode {
+    // Compared as key bytes, never as text: a registry that answered another spelling of the
+    // key must not make a valid report look forged, or the reverse.
+    let node_key = gridtypes::parse_public_key(&node.public_key).ok();
+    let reports: Vec<AuditedReport> = node
+        .reports
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|report| {
+            let envelope = serde_json::from_str::<Envelope>(report.envelope.get()).ok();
+            let verified = envelope
+                .as_ref()
+                .and_then(|e| e.verify_signature().ok())
+                .is_some_and(|k| Some(k) == node_key);
+            AuditedReport { report, verified }
+        })
+        .collect();
+    let bad = reports.iter().filter(|r| !r.verified).count();
+    // The node repeats its warnings in every message: the newest verified one says what
+    // holds now.
+    let warnings = reports
+        .iter()
+        .filter(|r| r.verified)
+        .find_map(|r| message_warnings(r.report.envelope.get()))
+        .unwrap_or_default();
+    AuditedNode {
+        node,
+        reports,
+        warnings,
+        bad,
+    }
+}
+
+/// The warnings a node put in a signed registration, uptime or capacity message; `None` for
+/// other messages and for envelopes that do not decode.
+fn message_warnings(envelope: &str) -> Option<Vec<String>> {
+    let env: Envelope = serde_json::from_str(envelope).ok()?;
+    match Payload::from_bytes(&env.payload).ok()? {
+        Payload::RegisterNode(reg) => Some(reg.warnings),
+        Payload::Report(Report::Uptime { warnings, .. })
+        | Payload::Report(Report::Capacity { warnings, .. }) => Some(warnings),
+        _ => None,
+    }
+}
+
+fn node_details(a: &AuditedNode) -> String {
+    let n = &a.node;
+    let (c, f) = (&n.capacity, &n.free);
+    let mut out = String::new();
+    for w in &a.warnings {
+        out += &format!("WARNING    {w}\n");
+    }
+    out += &format!(
+        "node {} (farm {}), {}\nkey        {}\nserial     {}\nvirtual    {}\n",
+        n.id,
+        n.farm_id,
+        n.status,
+        n.public_key,
+        n.serial.as_deref().unwrap_or("-"),
+        n.virtualized
+    );
+    out += &format!(
+        "capacity   {} cores, {} GiB memory, {} GiB SSD, {} GiB HDD, {} IPv4\n",
+        c.cru,
+        gib(c.mru),
+        gib(c.sru),
+        gib(c.hru),
+        c.ipv4
+    );
+    out += &format!(
+        "free       {} cores, {} GiB memory, {} GiB SSD, {} GiB HDD\n",
+        f.cru,
+        gib(f.mru),
+        gib(f.sru),
+        gib(f.hru)
+    );
+    out += &format!(
+        "units      CU {:.3}  SU {:.3}\nuptime     {} s, last seen {}\nreports (newest first):\n",
+        n.units.cu, n.units.su, n.uptime_secs, n.last_seen
+    );
+    for r in &a.reports {
+        out += &format!(
+            "  #{:<8} {:<12} signed {} {}\n",
+            r.report.id,
+            r.report.kind,
+            r.report.signed_at,
+            if r.verified {
+                "signature ok"
+            } else {
+                "SIGNATURE INVALID"
+            }
+        );
+    }
+    out
+}
+
+fn totals_line(t: &Totals) -> String {
+    let c = &t.capacity;
+    format!(
+        "{} nodes, {} cores, {} GiB memory, {} GiB SSD, {} GiB HDD, CU {:.2}, SU {:.2}",
+        t.nodes,
+        c.cru,
+        gib(c.mru),
+        gib(c.sru),
+        gib(c.hru),
+        t.units.cu,
+        t.units.su
+    )
+}
+
+fn units(u: &UnitsArgs, j: bool) -> anyhow::Result<()> {
+    for (flag, g) in [("--mru", u.mru), ("--sru", u.sru), ("--hru", u.hru)] {
+        if !(g.is_finite() && g >= 0.0) {
+            bail!("{flag} must be a non-negative number of GiB");
+        }
+    }
+    let r = Resources::from_gib(u.cru, u.mru, u.sru, u.hru);
+    let units: Units = if u.billing {
+        r.billing_units()
+    } else {
+        r.farming_units()
+    };
+    print(j, &units, |units| {
+        let kind = if u.billing { "billing" } else { "farming" };
+        format!("{kind} units: CU {} SU {}\n", units.cu, units.su)
+    });
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! `grid`: one CLI for farmers (keys, farms), twins (registration) and auditors (nodes, stats,
+//! units). Answers are read as `gridapi` types; `--json` prints them as the registry sent them
+//! (plus what the CLI checked itself, such as each report's signature).
+
+mod client;
+mod commands;
+mod keyfile;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::{Client, ClientError, MAX_RESPONSE_BYTES};
+
+#[derive(Parser)]
+#[command(
+    name = "grid",
+    version,
+    about = "gridos: keys, twins, farms, nodes and capacity units"
+)]
+struct Cli {
+    /// Registry base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GRID_REGISTRY",
+        default_value = "http://127.0.0.1:8480"
+    )]
+    registry: String,
+    /// Key file (default: ~/.config/gridos/key).
+    #[arg(long, global = true, env = "GRID_KEY")]
+    key: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage your ed25519 identity key.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Enter the phonebook as a twin.
+    #[command(subcommand)]
+    Twin(TwinCmd),
+    /// Create and list farms.
+    #[command(subcommand)]
+    Farm(FarmCmd),
+    /// List and inspect nodes.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Grid-wide totals.
+    Stats,
+    /// Compute CU and SU from raw resources with the grid's formulas.
+    Units(UnitsArgs),
+    /// Build the node image (kernel, initramfs, command line) with gridos-imager.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the image of image/profile.yaml into out/ (see docs/image.md).
+    Build(imager::cli::BuildArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a new key.
+    New {
+        /// Replace an existing key (its identity is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the public key.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum TwinCmd {
+    /// Register your key as a twin (idempotent).
+    Register,
+}
+
+#[derive(Subcommand)]
+enum FarmCmd {
+    /// Create a farm owned by your twin.
+    Create {
+        /// Unique farm name (A-Z a-z 0-9 - _ .).
+        name: String,
+    },
+    /// List farms.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusArg {
+    /// Reported within the registry's up window.
+    Up,
+    /// Not up (stopped ones included).
+    Down,
+    /// Said in its last report that it was shutting down in order.
+    Stopped,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// List nodes, optionally filtered.
+    List(NodeFilterArgs),
+    /// One node, its units and its latest reports (signatures re-verified locally).
+    Show {
+        /// Node id.
+        id: u64,
+    },
+}
+
+#[derive(Args)]
+struct NodeFilterArgs {
+    /// Only nodes of this farm.
+    #[arg(long)]
+    farm: Option<u64>,
+    /// Only nodes that are up or down.
+    #[arg(long, value_enum)]
+    status: Option<StatusArg>,
+    /// At least this many free cores.
+    #[arg(long)]
+    min_cru: Option<u64>,
+    /// At least this much free memory (GiB).
+    #[arg(long)]
+    min_mru: Option<f64>,
+    /// At least this much free SSD (GiB).
+    #[arg(long)]
+    min_sru: Option<f64>,
+    /// At least this much free HDD (GiB).
+    #[arg(long)]
+    min_hru: Option<f64>,
+    /// Nodes per page.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Start after this node id.
+    #[arg(long)]
+    after: Option<u64>,
+    /// Follow pages until the end.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+struct UnitsArgs {
+    /// Logical cores.
+    #[arg(long, default_value_t = 0)]
+    cru: u64,
+    /// Memory in GiB.
+    #[arg(long, default_value_t = 0.0)]
+    mru: f64,
+    /// SSD in GiB.
+    #[arg(long, default_value_t = 0.0)]
+    sru: f64,
+    /// HDD in GiB.
+    #[arg(long, default_value_t = 0.0)]
+    hru: f64,
+    /// Billing units (what a reservation pays) instead of farming units (what a node offers).
+    #[arg(long)]
+    billing: bool,
+}
+
+/// The program's entry: `args` is its whole command line, program name first. Errors are
+/// printed as `grid: …` and give exit status 1.
+pub fn run<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let done = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(commands::run(cli)));
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("grid: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

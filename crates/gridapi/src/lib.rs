@@ -1,0 +1,416 @@
+//! The registry's HTTP contract: its paths, the answers it gives and the error codes it
+//! uses. The registry answers with these types and every client (the `grid` CLI, the node
+//! agent, the lab and the benchmarks) reads them, so a renamed field breaks the build, not a
+//! farmer's node at run time.
+//!
+//! Signed requests themselves (envelopes and payloads) are `gridtypes`; this crate is what
+//! comes back.
+
+use gridtypes::{ResourceTotals, Resources, Units};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Paths of the API, relative to the registry's base URL.
+pub mod paths {
+    /// Twins: POST a signed `RegisterTwin`, GET the list.
+    pub const TWINS: &str = "/api/v1/twins";
+    /// Farms: POST a signed `CreateFarm`, GET the list.
+    pub const FARMS: &str = "/api/v1/farms";
+    /// Nodes: POST a signed `RegisterNode`, GET the list.
+    pub const NODES: &str = "/api/v1/nodes";
+    /// Node reports: POST a signed `Report`.
+    pub const REPORTS: &str = "/api/v1/reports";
+    /// Grid-wide totals.
+    pub const STATS: &str = "/api/v1/stats";
+
+    /// One twin.
+    pub fn twin(id: u64) -> String {
+        format!("{TWINS}/{id}")
+    }
+    /// One farm.
+    pub fn farm(id: u64) -> String {
+        format!("{FARMS}/{id}")
+    }
+    /// One node with its latest reports.
+    pub fn node(id: u64) -> String {
+        format!("{NODES}/{id}")
+    }
+    /// A node's stored reports.
+    pub fn node_reports(id: u64) -> String {
+        format!("{NODES}/{id}/reports")
+    }
+}
+
+/// The stable, machine-readable code of a refused request (`error.code` in the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body or query is not of the expected shape (400).
+    Malformed,
+    /// The body or the signed payload is larger than allowed (413).
+    TooLarge,
+    /// A write without `Content-Type: application/json` (415).
+    UnsupportedMediaType,
+    /// The key already has the other role: a key is a twin or a node, never both (409).
+    RoleConflict,
+    /// Too many requests from this address or key; see `Retry-After` (429).
+    RateLimited,
+    /// The registry's write queue is full; see `Retry-After` (503).
+    Busy,
+    /// The request was not completed in time (408).
+    Timeout,
+    /// The signature does not verify or the signer is not a valid key (401).
+    BadSignature,
+    /// The signer is not in the phonebook in the role the request needs (401).
+    UnknownSigner,
+    /// The signed timestamp is outside the accepted window (401).
+    StaleTimestamp,
+    /// The (signer, nonce) pair was already accepted (409).
+    Replay,
+    /// The payload names a farm that does not exist (422).
+    UnknownFarm,
+    /// A payload of another kind was sent to this endpoint (400).
+    WrongKind,
+    /// A unique name is taken (409).
+    Conflict,
+    /// The thing asked for does not exist (404).
+    NotFound,
+    /// The registry's database failed (500).
+    Database,
+    /// The registry is shutting down or its writer stopped; see `Retry-After` (503).
+    Unavailable,
+    /// A code this client does not know (a newer registry).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RoleConflict => "role_conflict",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::UnknownSigner => "unknown_signer",
+            ErrorCode::StaleTimestamp => "stale_timestamp",
+            ErrorCode::Replay => "replay",
+            ErrorCode::UnknownFarm => "unknown_farm",
+            ErrorCode::WrongKind => "wrong_kind",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Database => "database",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every refused request: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and the human-readable message of a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code, for programs.
+    pub code: ErrorCode,
+    /// What was wrong with the request, naming the input, for people.
+    pub message: String,
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The id of the twin, farm, node or report.
+    pub id: i64,
+    /// False when the request only confirmed something that already existed.
+    pub created: bool,
+}
+
+/// A page of results with the cursor for the next one.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<i64>,
+}
+
+/// Paging parameters of the plain list endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// Return items with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+/// A twin in the phonebook.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TwinView {
+    /// Twin id.
+    pub id: i64,
+    /// ed25519 public key, hex.
+    pub public_key: String,
+    /// When it registered (Unix seconds).
+    pub created_at: i64,
+}
+
+/// A farm and how many nodes it has.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FarmView {
+    /// Farm id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Owning twin.
+    pub twin_id: i64,
+    /// Nodes registered in the farm.
+    pub nodes: i64,
+    /// When it was created (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Whether a node reported recently enough to count as up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Last report within the up window.
+    Up,
+    /// No report within the up window (as a filter: every node that is not up).
+    Down,
+    /// Its last message said it was shutting down in order.
+    Stopped,
+}
+
+impl NodeStatus {
+    /// The status as it appears on the wire and in `?status=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Down => "down",
+            NodeStatus::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node as auditors see it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node id.
+    pub id: i64,
+    /// The node's own ed25519 key, hex.
+    pub public_key: String,
+    /// Farm it belongs to.
+    pub farm_id: i64,
+    /// Up or down by last report age.
+    pub status: NodeStatus,
+    /// DMI serial.
+    pub serial: Option<String>,
+    /// Runs inside a hypervisor.
+    pub virtualized: bool,
+    /// Network interfaces as registered (the stored JSON, passed through as is).
+    pub interfaces: Box<RawValue>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Total raw capacity.
+    pub capacity: Resources,
+    /// Reserved by workloads.
+    pub used: Resources,
+    /// Capacity minus used.
+    pub free: Resources,
+    /// Farming units of the total capacity.
+    pub units: Units,
+    /// Last reported uptime.
+    pub uptime_secs: i64,
+    /// Public traffic reported so far.
+    pub traffic_bytes: i64,
+    /// First registration (Unix seconds).
+    pub registered_at: i64,
+    /// Last capacity change or registration.
+    pub updated_at: i64,
+    /// Last message of any kind.
+    pub last_seen: i64,
+    /// Latest reports, newest first (only on the single-node endpoint).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reports: Option<Vec<ReportView>>,
+}
+
+/// Filters of the node list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFilter {
+    /// Only nodes of this farm.
+    pub farm: Option<i64>,
+    /// Only up or only down nodes.
+    pub status: Option<NodeStatus>,
+    /// At least this many free cores.
+    pub min_cru: Option<i64>,
+    /// At least this many free bytes of memory.
+    pub min_mru: Option<i64>,
+    /// At least this many free bytes of SSD.
+    pub min_sru: Option<i64>,
+    /// At least this many free bytes of HDD.
+    pub min_hru: Option<i64>,
+    /// Nodes with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+/// A stored report: the envelope exactly as the node sent it, so anyone can re-verify it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReportView {
+    /// Report id.
+    pub id: i64,
+    /// uptime, capacity or consumption.
+    pub kind: String,
+    /// The node's timestamp.
+    pub signed_at: i64,
+    /// The registry's clock when it was stored.
+    pub received_at: i64,
+    /// The signed envelope, verbatim.
+    pub envelope: Box<RawValue>,
+}
+
+/// Kinds of signed node messages the registry keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredKind {
+    /// A (re-)registration.
+    Registration,
+    /// An uptime report.
+    Uptime,
+    /// A capacity report.
+    Capacity,
+    /// A consumption report.
+    Consumption,
+}
+
+/// Filters of a node's report list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFilter {
+    /// Only reports of this kind.
+    pub kind: Option<StoredKind>,
+    /// Reports with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+/// Totals over a set of nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Totals {
+    /// Number of nodes.
+    pub nodes: i64,
+    /// Summed raw capacity (128-bit: no number of nodes overflows it).
+    pub capacity: ResourceTotals,
+    /// Summed farming units (each node's CU/SU, added up).
+    pub units: Units,
+}
+
+/// Grid-wide figures.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    /// Registered twins.
+    pub twins: i64,
+    /// Farms.
+    pub farms: i64,
+    /// Stored reports.
+    pub reports: i64,
+    /// Seconds without a report after which a node counts as down.
+    pub up_window_secs: i64,
+    /// Nodes that reported within the up window.
+    pub up: Totals,
+    /// Every registered node.
+    pub all: Totals,
+}
+
+impl StoredKind {
+    /// The kind's name in URLs and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredKind::Registration => "registration",
+            StoredKind::Uptime => "uptime",
+            StoredKind::Capacity => "capacity",
+            StoredKind::Consumption => "consumption",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_match_their_wire_names() {
+        for code in [
+            ErrorCode::Malformed,
+            ErrorCode::TooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::RoleConflict,
+            ErrorCode::RateLimited,
+            ErrorCode::Busy,
+            ErrorCode::Timeout,
+            ErrorCode::BadSignature,
+            ErrorCode::UnknownSigner,
+            ErrorCode::StaleTimestamp,
+            ErrorCode::Replay,
+            ErrorCode::UnknownFarm,
+            ErrorCode::WrongKind,
+            ErrorCode::Conflict,
+            ErrorCode::NotFound,
+            ErrorCode::Database,
+            ErrorCode::Unavailable,
+        ] {
+            let wire = serde_json::to_string(&code).unwrap_or_default();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+            let back: ErrorCode = serde_json::from_str(&wire).unwrap_or(ErrorCode::Unknown);
+            assert_eq!(back, code);
+        }
+        let newer: ErrorCode =
+            serde_json::from_str("\"quota_exceeded\"").unwrap_or(ErrorCode::Malformed);
+        assert_eq!(newer, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn views_refuse_nothing_they_print_and_read_back() {
+        let body = r#"{"error":{"code":"replay","message":"nonce used"}}"#;
+        let e: ErrorBody = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.error.code, ErrorCode::Replay);
+        let page: Page<Written> =
+            serde_json::from_str(r#"{"items":[{"id":3,"created":true}],"next":3}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(page.next, Some(3));
+        assert_eq!(
+            page.items,
+            vec![Written {
+                id: 3,
+                created: true
+            }]
+        );
+    }
+}
