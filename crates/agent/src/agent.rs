@@ -312,7 +312,11 @@ impl Agent {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e @ QueueError::Corrupt { .. }) => {
-                    tracing::error!(seq, error = %e, "dropping a corrupt queue entry");
+                    tracing::error!(
+                        seq,
+                        error = &e as &dyn std::error::Error,
+                        "dropping a corrupt queue entry"
+                    );
                     self.queue.pop()?;
                     continue;
                 }
@@ -405,7 +409,10 @@ impl Agent {
         let hw = match probe(&self.cfg.probe).await {
             Ok(hw) => hw,
             Err(e) => {
-                tracing::warn!(error = %e, "capacity probe failed; keeping the last result");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "capacity probe failed; keeping the last result"
+                );
                 return Ok(());
             }
         };

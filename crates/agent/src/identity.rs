@@ -14,7 +14,7 @@ pub enum IdentityError {
     #[error("{0} is not a gridos node key (expected 64 hex digits); move it away to start as a new node")]
     Corrupt(PathBuf),
     /// Filesystem error.
-    #[error("node key {path}: {source}")]
+    #[error("node key {path}")]
     Io {
         /// File or directory involved.
         path: PathBuf,

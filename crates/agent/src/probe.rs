@@ -15,7 +15,7 @@ use gridtypes::{Interface, Resources};
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// A file the probe needs could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -191,10 +191,13 @@ impl Probe {
         let dir = self.sys.join("block");
         let present = disks::scan(&dir).map_err(|e| ProbeError::Parse {
             path: dir.clone(),
-            what: e.to_string(),
+            what: svclog::error_chain(&e),
         })?;
         let measured = disks::measured::read(&self.measured).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "disk measurements unreadable; counting no disk");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "disk measurements unreadable; counting no disk"
+            );
             Vec::new()
         });
         let mut disks = Vec::new();

@@ -22,7 +22,7 @@ use atomicfile::{sync_dir, TEMP_PREFIX};
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// Filesystem error on the queue directory or an entry.
-    #[error("report queue {path}: {source}")]
+    #[error("report queue {path}")]
     Io {
         /// File or directory involved.
         path: PathBuf,

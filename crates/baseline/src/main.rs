@@ -40,7 +40,7 @@ fn run() -> Result<(), String> {
     // The same early mounts as gridos's PID 1.
     for m in init::boot::mount_all() {
         if let Err(e) = m {
-            tracing::error!("{e}");
+            tracing::error!(error = &e as &dyn std::error::Error, "early mount failed");
         }
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline")
@@ -58,7 +58,11 @@ fn run() -> Result<(), String> {
     for module in ["virtio_pci", "virtio_net"] {
         match kmod::load_module(module) {
             Ok(loaded) => tracing::info!(module, ?loaded, "module ready"),
-            Err(e) => tracing::warn!(module, "module not loaded: {e}"),
+            Err(e) => tracing::warn!(
+                module,
+                error = &e as &dyn std::error::Error,
+                "module not loaded"
+            ),
         }
     }
     let iface = wait_for(WAIT, || {

@@ -19,7 +19,7 @@ pub enum KeyError {
     #[error("{0} is not a gridos key file (expected 64 hex digits)")]
     Corrupt(PathBuf),
     /// Filesystem error.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File involved.
         path: PathBuf,

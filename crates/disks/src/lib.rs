@@ -20,7 +20,7 @@ pub use scan::{scan, skip_reason, Disk};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file in sysfs or /dev could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The path that failed.
         path: String,
@@ -28,7 +28,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A file could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The path that failed.
         path: String,

@@ -85,7 +85,7 @@ struct KernelJitter {
 #[derive(Debug, thiserror::Error)]
 pub enum JitterError {
     /// A module could not be loaded.
-    #[error("loading {module}: {source}")]
+    #[error("loading {module}")]
     Module {
         /// The module.
         module: &'static str,
@@ -93,7 +93,7 @@ pub enum JitterError {
         source: kmod::KmodError,
     },
     /// A socket call or `/dev/random` failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What was attempted.
         what: &'static str,
@@ -186,7 +186,10 @@ pub fn run() {
         // their chance, so the jitter source is read at once.
         if jitter.is_none() {
             jitter = Some(KernelJitter::open().map_err(|e| {
-                tracing::warn!(error = %e, "the kernel's jitter entropy source is unavailable");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "the kernel's jitter entropy source is unavailable"
+                );
             }));
             if let Some(Ok(_)) = &jitter {
                 tracing::info!("feeding the kernel's jitter entropy (jitterentropy_rng via AF_ALG) to its CRNG until it is ready");
@@ -196,7 +199,10 @@ pub fn run() {
             match j.feed() {
                 Ok(bits) => credited += bits,
                 Err(e) => {
-                    tracing::warn!(error = %e, "jitter entropy failed; waiting for other sources");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "jitter entropy failed; waiting for other sources"
+                    );
                     jitter = Some(Err(()));
                 }
             }

@@ -8,7 +8,7 @@ use nix::mount::{mount, MsFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// A mount failed.
-    #[error("mount {fstype} on {target}: {source}")]
+    #[error("mount {fstype} on {target}")]
     Mount {
         /// Filesystem type.
         fstype: &'static str,
@@ -18,7 +18,7 @@ pub enum BootError {
         source: nix::Error,
     },
     /// A file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was attempted.
         what: String,
@@ -26,7 +26,7 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What was attempted.
         what: &'static str,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The services directory itself could not be read.
-    #[error("cannot read services directory {dir}: {source}")]
+    #[error("cannot read services directory {dir}")]
     ReadDir {
         /// The directory.
         dir: PathBuf,
@@ -18,7 +18,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// One file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -329,7 +329,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
             Err(e) => {
                 loaded
                     .bad
-                    .insert(name.chars().take(64).collect(), e.to_string());
+                    .insert(name.chars().take(64).collect(), svclog::error_chain(&e));
             }
         }
     }

@@ -20,7 +20,7 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The socket could not be created.
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Listen {
         /// Socket path.
         path: PathBuf,
@@ -108,7 +108,10 @@ pub fn serve(
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "control socket accept failed"
+                    );
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
@@ -119,7 +122,7 @@ pub fn serve(
             };
             tokio::spawn(async move {
                 if let Err(e) = peer(stream, ctl).await {
-                    tracing::debug!(error = %e, "control peer ended");
+                    tracing::debug!(error = &e as &dyn std::error::Error, "control peer ended");
                 }
             });
         }

@@ -28,7 +28,7 @@ impl LogSink {
                     .append(true)
                     .open(&path)
                     .map_err(|e| {
-                        tracing::warn!(service = %cfg.name, path = %path.display(), error = %e, "cannot open log file")
+                        tracing::warn!(service = %cfg.name, path = %path.display(), error = &e as &dyn std::error::Error, "cannot open log file")
                     })
                     .ok()
             }

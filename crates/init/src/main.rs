@@ -92,7 +92,7 @@ fn pid1_main() -> anyhow::Result<()> {
     for m in mounts {
         match m {
             Ok(target) => tracing::info!(target, "mounted"),
-            Err(e) => tracing::error!(error = %e, "mount failed"),
+            Err(e) => tracing::error!(error = &e as &dyn std::error::Error, "mount failed"),
         }
     }
     for w in warnings {
@@ -101,19 +101,22 @@ fn pid1_main() -> anyhow::Result<()> {
     tracing::info!(farm = ?settings.farm, registry = ?settings.registry, net = ?settings.net, wipe = ?settings.wipe, "settings");
     match boot::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
         Ok(c) => tracing::info!(controllers = %c, "cgroup2 controllers enabled for children"),
-        Err(e) => tracing::warn!(error = %e, "cgroup2 controllers"),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cgroup2 controllers"),
     }
     match boot::set_hostname(&settings.hostname) {
         Ok(()) => tracing::info!(hostname = %settings.hostname, "hostname set"),
-        Err(e) => tracing::warn!(error = %e, "hostname"),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "hostname"),
     }
     match boot::loopback_up() {
         Ok(()) => tracing::info!("loopback up"),
-        Err(e) => tracing::warn!(error = %e, "loopback"),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "loopback"),
     }
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
-        tracing::warn!(error = %e, "cannot route Ctrl-Alt-Del to init");
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "cannot route Ctrl-Alt-Del to init"
+        );
     }
     let rt = runtime().context("cannot build the runtime")?;
     rt.block_on(pid1_async())
@@ -123,7 +126,7 @@ fn load_services(dir: &Path) -> Loaded {
     match config::load_dir(dir) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, "no services");
+            tracing::error!(error = &e as &dyn std::error::Error, "no services");
             Loaded::default()
         }
     }
@@ -180,12 +183,15 @@ fn preload(list: &Path) {
             for m in modules {
                 match kmod::load_module(&m) {
                     Ok(loaded) => tracing::info!(module = %m, ?loaded, "preloaded module"),
-                    Err(e) => tracing::warn!(module = %m, error = %e, "preload failed"),
+                    Err(e) => tracing::warn!(module = %m, error = &e as &dyn std::error::Error, "preload failed"),
                 }
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no modules-load thread");
+        tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "no modules-load thread"
+        );
     }
 }
 
@@ -195,7 +201,10 @@ async fn drivers() {
     let index = match kmod::ModuleIndex::load(&root) {
         Ok(i) => i,
         Err(e) => {
-            tracing::warn!(error = %e, "no module index; drivers are not loaded");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "no module index; drivers are not loaded"
+            );
             return;
         }
     };
@@ -208,10 +217,13 @@ async fn drivers() {
                 .name("uevent".into())
                 .spawn(move || uevent::listen(fd, l));
             if let Err(e) = spawned {
-                tracing::warn!(error = %e, "no uevent thread");
+                tracing::warn!(error = &e as &dyn std::error::Error, "no uevent thread");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "no uevent socket; hot-plug disabled"),
+        Err(e) => tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "no uevent socket; hot-plug disabled"
+        ),
     }
     let l = Arc::clone(&loader);
     let loaded = tokio::task::spawn_blocking(move || {
@@ -251,7 +263,10 @@ async fn pid1_async() -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(4);
     watch_signals(tx.clone(), true)?;
     if let Err(e) = control::serve(Path::new(control::DEFAULT_SOCKET), Arc::clone(&sup), tx) {
-        tracing::error!(error = %e, "control socket unavailable");
+        tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "control socket unavailable"
+        );
     }
     sup.start();
     logging::stop_kmsg();
@@ -262,7 +277,7 @@ async fn pid1_async() -> anyhow::Result<()> {
     let (unmounted, read_only) = power::unmount_all();
     tracing::info!(unmounted, read_only, "filesystems synced and unmounted");
     let e = power::finish(action);
-    tracing::error!(error = %e, "reboot(2) failed");
+    tracing::error!(error = &e as &dyn std::error::Error, "reboot(2) failed");
     Ok(())
 }
 

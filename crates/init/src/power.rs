@@ -88,7 +88,7 @@ pub fn unmount_all() -> (usize, usize) {
                 if ro.is_ok() {
                     read_only += 1;
                 }
-                tracing::debug!(target = %target, error = %e, remounted_ro = ro.is_ok(), "busy");
+                tracing::debug!(target = %target, error = &e as &dyn std::error::Error, remounted_ro = ro.is_ok(), "busy");
             }
         }
     }

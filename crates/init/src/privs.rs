@@ -74,7 +74,7 @@ pub enum PrivError {
         file: String,
     },
     /// A cgroup or state directory could not be set up.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was attempted.
         what: String,

@@ -111,7 +111,10 @@ impl Reaper {
         let mut sigchld = match signal(SignalKind::child()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGCHLD; reaping by polling");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot watch SIGCHLD; reaping by polling"
+                );
                 None
             }
         };

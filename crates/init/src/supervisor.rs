@@ -522,7 +522,7 @@ impl Supervisor {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::debug!(service = %cfg.name, error = %e, "health test did not run")
+                    tracing::debug!(service = %cfg.name, error = &e as &dyn std::error::Error, "health test did not run")
                 }
             }
             tokio::time::sleep(TEST_INTERVAL).await;

@@ -70,7 +70,10 @@ pub fn listen(fd: std::os::fd::OwnedFd, loader: Arc<Mutex<Loader>>) {
             Ok(n) => n,
             Err(nix::Error::EINTR) | Err(nix::Error::ENOBUFS) => continue,
             Err(e) => {
-                tracing::error!(error = %e, "uevent socket failed; hot-plug stops");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "uevent socket failed; hot-plug stops"
+                );
                 return;
             }
         };

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {
     /// An index file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -19,7 +19,7 @@ pub enum KmodError {
         source: std::io::Error,
     },
     /// The kernel refused a module.
-    #[error("cannot load {path}: {source}")]
+    #[error("cannot load {path}")]
     Load {
         /// The module file.
         path: PathBuf,
@@ -273,7 +273,10 @@ impl Loader {
             match ModuleIndex::load(&self.root) {
                 Ok(i) => self.index = Some(i),
                 Err(e) => {
-                    tracing::warn!(error = %e, "module index unavailable");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "module index unavailable"
+                    );
                     return Vec::new();
                 }
             }
@@ -335,7 +338,7 @@ pub fn load_alias(loader: &Mutex<Loader>, modalias: &str) -> Vec<String> {
                 l.loaded.insert(name);
             }
             Err(e) => {
-                tracing::warn!(module = %name, error = %e, "module not loaded");
+                tracing::warn!(module = %name, error = &e as &dyn std::error::Error, "module not loaded");
                 l.failed.insert(name);
             }
         }

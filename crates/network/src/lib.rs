@@ -17,7 +17,7 @@ pub mod state;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A sysfs/procfs file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path concerned.
         path: String,
@@ -36,7 +36,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A netlink request failed.
-    #[error("netlink {what} on {iface}: {source}")]
+    #[error("netlink {what} on {iface}")]
     Netlink {
         /// What was being done.
         what: &'static str,
@@ -46,7 +46,7 @@ pub enum Error {
         source: rtnetlink::Error,
     },
     /// A socket operation failed.
-    #[error("socket on {iface}: {source}")]
+    #[error("socket on {iface}")]
     Socket {
         /// Interface name.
         iface: String,

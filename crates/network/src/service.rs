@@ -53,7 +53,10 @@ impl Shared {
         };
         st.ready = !st.links.is_empty();
         if let Err(e) = state::save(&self.cfg.run_dir, &st) {
-            tracing::error!(error = %e, "cannot write the network state file");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "cannot write the network state file"
+            );
         }
         let dns = st.dns();
         if !dns.is_empty() {
@@ -61,7 +64,10 @@ impl Shared {
                 Ok(()) => {
                     tracing::info!(path = %self.cfg.resolv_conf.display(), servers = ?dns, "resolv.conf written")
                 }
-                Err(e) => tracing::error!(error = %e, "cannot write resolv.conf"),
+                Err(e) => tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot write resolv.conf"
+                ),
             }
         }
     }
@@ -133,7 +139,9 @@ async fn exchange(
             Ok(Ok((n, from))) => match dhcp::parse_reply(&buf[..n], xid, &link.mac) {
                 Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => {}
-                Err(e) => tracing::debug!(iface = %link.name, %from, error = %e, "ignoring packet"),
+                Err(e) => {
+                    tracing::debug!(iface = %link.name, %from, error = &e as &dyn std::error::Error, "ignoring packet")
+                }
             },
         }
     }
@@ -224,7 +232,9 @@ async fn renew(sock: &UdpSocket, link: &Link, lease: &Lease, start: Instant) -> 
                 return None;
             }
             Ok(_) => tracing::warn!(iface = %link.name, to = %dest, "no answer to DHCP renewal"),
-            Err(e) => tracing::warn!(iface = %link.name, error = %e, "DHCP renewal failed"),
+            Err(e) => {
+                tracing::warn!(iface = %link.name, error = &e as &dyn std::error::Error, "DHCP renewal failed")
+            }
         }
         let next = if now < t2 { t2 } else { end };
         let wait = ((next - Instant::now()) / 2)
@@ -239,7 +249,10 @@ async fn dhcp_link(shared: Arc<Shared>, link: Link) {
         match open_socket(&link.name) {
             Ok(s) => break s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot open the DHCP socket; retrying");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot open the DHCP socket; retrying"
+                );
                 sleep(Duration::from_secs(5)).await;
             }
         }
@@ -257,7 +270,7 @@ async fn dhcp_link(shared: Arc<Shared>, link: Link) {
                     "{}", if old.is_some() { "DHCP lease renewed" } else { "DHCP lease bound" })
                 }
                 Err(e) => {
-                    tracing::error!(iface = %link.name, error = %e, "cannot apply DHCP lease")
+                    tracing::error!(iface = %link.name, error = &e as &dyn std::error::Error, "cannot apply DHCP lease")
                 }
             }
             match renew(&sock, &link, &lease, start).await {
@@ -273,7 +286,7 @@ async fn dhcp_link(shared: Arc<Shared>, link: Link) {
             .del_address(&link.name, link.index, lease.addr)
             .await
         {
-            tracing::warn!(iface = %link.name, error = %e, "cannot remove the lost address");
+            tracing::warn!(iface = %link.name, error = &e as &dyn std::error::Error, "cannot remove the lost address");
         }
         shared.publish(&link.name, None).await;
     }
@@ -308,13 +321,13 @@ async fn run_static(shared: Arc<Shared>, s: Static) {
         match result {
             Ok(()) => break,
             Err(e) => {
-                tracing::error!(iface = %link.name, error = %e, "cannot apply the static config; retrying");
+                tracing::error!(iface = %link.name, error = &e as &dyn std::error::Error, "cannot apply the static config; retrying");
                 sleep(Duration::from_secs(5)).await;
             }
         }
     }
     if let Err(e) = enable_ra(&shared.cfg.proc_net, &link.name) {
-        tracing::warn!(iface = %link.name, error = %e, "cannot enable IPv6 router advertisements");
+        tracing::warn!(iface = %link.name, error = &e as &dyn std::error::Error, "cannot enable IPv6 router advertisements");
     }
     if !links::has_carrier(&shared.cfg.sys_net, &link.name) {
         tracing::warn!(iface = %link.name, "static address set on a link without carrier");
@@ -359,10 +372,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         for link in &wired {
             if prepared.insert(link.name.clone()) {
                 if let Err(e) = enable_ra(&shared.cfg.proc_net, &link.name) {
-                    tracing::warn!(iface = %link.name, error = %e, "cannot enable IPv6 router advertisements");
+                    tracing::warn!(iface = %link.name, error = &e as &dyn std::error::Error, "cannot enable IPv6 router advertisements");
                 }
                 if let Err(e) = shared.net.link_up(&link.name, link.index).await {
-                    tracing::error!(error = %e, "cannot bring link up");
+                    tracing::error!(error = &e as &dyn std::error::Error, "cannot bring link up");
                     prepared.remove(&link.name);
                 }
             }

@@ -21,7 +21,7 @@ pub enum DbError {
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     /// Connecting failed.
-    #[error("cannot open database {url}: {source}")]
+    #[error("cannot open database {url}")]
     Connect {
         /// URL with any password removed.
         url: String,
@@ -29,7 +29,7 @@ pub enum DbError {
         source: sqlx::Error,
     },
     /// A migration failed.
-    #[error("cannot migrate database {url}: {source}")]
+    #[error("cannot migrate database {url}")]
     Migrate {
         /// URL with any password removed.
         url: String,

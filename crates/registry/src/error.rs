@@ -76,7 +76,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// The database failed.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[from] sqlx::Error),
     /// The registry is shutting down or its writer stopped.
     #[error("registry is unavailable: {0}")]
@@ -160,7 +160,7 @@ impl From<EnvelopeError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Database(e) = &self {
-            tracing::error!(error = %e, "database error");
+            tracing::error!(error = e as &dyn std::error::Error, "database error");
         }
         let body = ErrorBody {
             error: ErrorDetail {

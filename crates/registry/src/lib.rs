@@ -115,7 +115,7 @@ pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// Address asked for.
         addr: SocketAddr,

@@ -111,7 +111,7 @@ pub async fn run(
                     // EMFILE and friends: log once a second at most and let descriptors free up
                     // instead of spinning.
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(error = &e as &dyn std::error::Error, "accept failed");
                         last_error_log = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,7 +144,7 @@ pub async fn run(
         tokio::spawn(async move {
             tokio::select! {
                 r = conn => if let Err(e) = r {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    tracing::debug!(%remote, error = &e as &dyn std::error::Error, "connection ended with an error");
                 },
                 _ = activity.head_overdue(header_timeout) => {
                     tracing::debug!(%remote, "request head not complete in {header_timeout:?}: closed");

@@ -107,7 +107,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                     .execute(&db.pool)
                     .await
                 {
-                    tracing::warn!(error = %e, "pruning nonces failed");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "pruning nonces failed");
                 }
             }
         }
@@ -134,7 +134,11 @@ async fn commit_batch(db: &Db, node_ids: &mut NodeIds, batch: &mut Vec<Job>) {
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, jobs = batch.len(), "batch failed, retrying one by one");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                jobs = batch.len(),
+                "batch failed, retrying one by one"
+            );
             for job in std::mem::take(batch) {
                 let mut one = vec![job];
                 Box::pin(commit_batch(db, node_ids, &mut one)).await;

@@ -89,7 +89,9 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
                 disk.partitions = disks::scan::partitions_of(&cfg.sys_block.join(&disk.name));
                 tracing::info!(disk = %disk.name, partitions = ?disk.partitions, "partitions added with partx");
             }
-            Err(e) => tracing::warn!(disk = %disk.name, error = %e, "partx --add failed"),
+            Err(e) => {
+                tracing::warn!(disk = %disk.name, error = &e as &dyn std::error::Error, "partx --add failed")
+            }
         }
         for p in &disk.partitions {
             wait_for(&cfg.dev.join(p), Duration::from_secs(5));
@@ -104,7 +106,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         match disks::seek::measure(&dev, disk.size_bytes) {
             Ok(l) => Some(l),
             Err(e) => {
-                tracing::warn!(disk = %disk.name, error = %e, "seek test failed; counted as HDD");
+                tracing::warn!(disk = %disk.name, error = &e as &dyn std::error::Error, "seek test failed; counted as HDD");
                 None
             }
         }
@@ -248,7 +250,11 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
         // partx reads it in user space and adds the partition with BLKPG.
         tracing::info!(disk, "partition not visible yet; adding it with partx");
         if let Err(e) = run_cmd("partx", &["--add", &dev_s], None) {
-            tracing::warn!(disk, error = %e, "partx --add failed");
+            tracing::warn!(
+                disk,
+                error = &e as &dyn std::error::Error,
+                "partx --add failed"
+            );
         }
         if !wait_for(&part, Duration::from_secs(10)) {
             return Err(Error::NoPartition(part.display().to_string()));
@@ -277,7 +283,9 @@ fn candidates(cfg: &Config, known: &[String]) -> Result<Vec<Candidate>> {
         match probe(cfg, disk) {
             Ok(Some(c)) => cands.push(c),
             Ok(None) => {}
-            Err(e) => tracing::warn!(disk = %name, error = %e, "cannot read disk; skipping it"),
+            Err(e) => {
+                tracing::warn!(disk = %name, error = &e as &dyn std::error::Error, "cannot read disk; skipping it")
+            }
         }
     }
     Ok(cands)
@@ -312,7 +320,11 @@ fn load_btrfs() {
             Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(module, error = %e, "cannot load module; mounting anyway")
+                tracing::warn!(
+                    module,
+                    error = &e as &dyn std::error::Error,
+                    "cannot load module; mounting anyway"
+                )
             }
         }
     }
@@ -411,7 +423,10 @@ pub fn watch(cfg: &Config, mut state: State, events: &UeventSocket) -> Result<()
         // A failure here (a disk that cannot be partitioned) must not end the service: the
         // cache it already provides stays, and the next disk event tries again.
         if let Err(e) = absorb(cfg, &mut state, &names) {
-            tracing::error!(error = %e, "handling a disk added after boot failed");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "handling a disk added after boot failed"
+            );
         }
     }
 }

@@ -110,7 +110,10 @@ where
     let events = match UeventSocket::open() {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "no uevent socket: settling watches /sys/block only");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "no uevent socket: settling watches /sys/block only"
+            );
             None
         }
     };

@@ -19,7 +19,7 @@ pub use disks;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file in sysfs or /dev could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The path that failed.
         path: String,
@@ -37,7 +37,7 @@ pub enum Error {
         reason: String,
     },
     /// A mount or unmount failed.
-    #[error("mounting {what} on {target}: {source}")]
+    #[error("mounting {what} on {target}")]
     Mount {
         /// Device or fs type.
         what: String,
@@ -53,7 +53,7 @@ pub enum Error {
     #[error("partition {0} did not appear after partitioning")]
     NoPartition(String),
     /// Writing the state file failed.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The path that failed.
         path: String,
