@@ -140,21 +140,123 @@ fn add_libs(
     Ok(())
 }
 
+/// The state of one build as its steps fill it in.
+struct Build<'a> {
+    opts: &'a Options,
+    profile: &'a Profile,
+    progress: &'a Progress,
+    kernel: Option<Kernel>,
+    tree: Tree,
+    modules: Vec<String>,
+    binaries: Vec<(String, u64)>,
+    skipped: Vec<String>,
+    helper_files: Vec<String>,
+    /// Libraries already in the tree, by canonical source path.
+    placed: BTreeMap<PathBuf, String>,
+    cmdline: String,
+    kernel_bytes: u64,
+    initramfs_bytes: u64,
+}
+
+/// One step of a build; it announces itself on the progress bar.
+type Step = fn(&mut Build<'_>) -> Result<(), BuildError>;
+
+/// The steps in order. The progress bar counts this list, so it cannot drift from it.
+const STEPS: [Step; 8] = [
+    kernel_step,
+    modules_step,
+    binaries_step,
+    helpers_step,
+    files_step,
+    archive_step,
+    boot_files_step,
+    report_step,
+];
+
 /// Builds the image described by `opts`.
 pub fn build(opts: &Options) -> Result<Report, BuildError> {
     let profile = Profile::load(&opts.profile)?;
-    let progress = Progress::new(8, opts.quiet);
-    let result = build_with(opts, &profile, &progress);
+    let progress = Progress::new(STEPS.len() as u64, opts.quiet);
+    let mut b = Build {
+        opts,
+        profile: &profile,
+        progress: &progress,
+        kernel: None,
+        tree: Tree::new(),
+        modules: Vec::new(),
+        binaries: Vec::new(),
+        skipped: Vec::new(),
+        helper_files: Vec::new(),
+        placed: BTreeMap::new(),
+        cmdline: String::new(),
+        kernel_bytes: 0,
+        initramfs_bytes: 0,
+    };
+    let result = STEPS.iter().try_for_each(|step| step(&mut b));
     progress.finish();
-    result
+    result?;
+    b.report()
 }
 
-fn build_with(
-    opts: &Options,
-    profile: &Profile,
-    progress: &Progress,
-) -> Result<Report, BuildError> {
-    // 1. Kernel.
+impl Build<'_> {
+    fn kernel(&self) -> Result<&Kernel, BuildError> {
+        // Only reachable if the step order were changed so that a step ran before the kernel.
+        self.kernel.as_ref().ok_or_else(|| BuildError::Write {
+            path: self.opts.out.clone(),
+            source: std::io::Error::other("internal: no kernel chosen before this step"),
+        })
+    }
+
+    /// A listed binary or helper is missing: an error when required (or `--strict`),
+    /// otherwise a visible line and an entry in the report.
+    fn skip(
+        &mut self,
+        what: &'static str,
+        name: &str,
+        path: &Path,
+        required: bool,
+    ) -> Result<(), BuildError> {
+        if required || self.opts.strict {
+            return Err(BuildError::Missing {
+                what,
+                name: name.into(),
+                path: path.into(),
+            });
+        }
+        let advice = match hosttools::package_of(name) {
+            Some(pkg) if what == "helper" => format!("install the Debian package {pkg}"),
+            _ => "build it first".to_string(),
+        };
+        self.progress.line(&format!(
+            "error: {what} {name} not found at {}; skipped ({advice})",
+            path.display()
+        ));
+        self.skipped.push(name.to_string());
+        Ok(())
+    }
+
+    /// What the build produced so far.
+    fn report(&self) -> Result<Report, BuildError> {
+        Ok(Report {
+            modules: self.modules.clone(),
+            gridos_binaries_bytes: self.binaries.iter().map(|(_, n)| n).sum(),
+            binaries: self.binaries.clone(),
+            skipped: self.skipped.clone(),
+            helper_files: self.helper_files.clone(),
+            cmdline: self.cmdline.clone(),
+            compression: self.profile.compression,
+            source_date_epoch: self.opts.source_date_epoch,
+            entries: self.tree.len(),
+            kernel_bytes: self.kernel_bytes,
+            initramfs_bytes: self.initramfs_bytes,
+            kernel: self.kernel()?.clone(),
+        })
+    }
+}
+
+/// The kernel: a local tree, or Debian's package fetched into the cache.
+fn kernel_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    let (opts, profile, progress) = (b.opts, b.profile, b.progress);
     let kernel = match opts.kernel_root.as_ref().or(profile.kernel.path.as_ref()) {
         Some(root) => {
             progress.step(&format!("kernel from {}", root.display()));
@@ -176,20 +278,25 @@ fn build_with(
         kernel.package.as_deref().unwrap_or("local tree"),
         kernel.package_version.as_deref().unwrap_or("")
     ));
-
-    let mut tree = Tree::new();
     for d in &profile.dirs {
-        tree.insert(d, 0o755, Kind::Dir)?;
+        b.tree.insert(d, 0o755, Kind::Dir)?;
     }
-    tree.insert("dev/console", 0o600, Kind::CharDev(5, 1))?;
+    b.tree.insert("dev/console", 0o600, Kind::CharDev(5, 1))?;
+    b.kernel = Some(kernel);
+    Ok(())
+}
 
-    // 2. Modules and their index.
-    progress.step(&format!("modules: {} wanted", profile.modules.len()));
+/// The wanted modules with their dependencies, and an index that lists only them.
+fn modules_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress
+        .step(&format!("modules: {} wanted", b.profile.modules.len()));
+    let kernel = b.kernel()?;
     let mdir = kernel.modules_dir();
-    let selection = ModuleTree::scan(&mdir)?.select(&profile.modules)?;
     let kbase = format!("lib/modules/{}", kernel.release);
+    let selection = ModuleTree::scan(&mdir)?.select(&b.profile.modules)?;
     for p in selection.paths() {
-        tree.add_file(&format!("{kbase}/{p}"), &mdir.join(p), 0o644)?;
+        b.tree
+            .add_file(&format!("{kbase}/{p}"), &mdir.join(p), 0o644)?;
     }
     let index = selection.index();
     let selected: std::collections::BTreeSet<&str> = selection.paths().into_iter().collect();
@@ -207,90 +314,81 @@ fn build_with(
         ("modules.order", order.into_bytes()),
         ("modules.builtin", builtin),
     ] {
-        tree.insert(&format!("{kbase}/{name}"), 0o644, Kind::File(data))?;
+        b.tree
+            .insert(&format!("{kbase}/{name}"), 0o644, Kind::File(data))?;
     }
-    progress.line(&format!(
+    b.progress.line(&format!(
         "{} modules with dependencies",
         selection.modules.len()
     ));
+    b.modules = selection.paths().iter().map(|s| s.to_string()).collect();
+    Ok(())
+}
 
-    let mut skipped = Vec::new();
-    let mut skip =
-        |what: &'static str, name: &str, path: &Path, required: bool| -> Result<(), BuildError> {
-            if required || opts.strict {
-                return Err(BuildError::Missing {
-                    what,
-                    name: name.into(),
-                    path: path.into(),
-                });
-            }
-            let advice = match hosttools::package_of(name) {
-                Some(pkg) if what == "helper" => format!("install the Debian package {pkg}"),
-                _ => "build it first".to_string(),
-            };
-            progress.line(&format!(
-                "error: {what} {name} not found at {}; skipped ({advice})",
-                path.display()
-            ));
-            skipped.push(name.to_string());
-            Ok(())
-        };
-
-    // 3. gridos binaries.
-    progress.step("gridos binaries");
-    let mut binaries = Vec::new();
-    let mut helper_files = Vec::new();
-    let mut placed = BTreeMap::new();
-    for b in &profile.binaries {
-        let src = opts.bin_dir.join(&b.name);
+/// The gridos binaries and their links; a binary that is not static brings its libraries.
+fn binaries_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress.step("gridos binaries");
+    for bin in &b.profile.binaries {
+        let src = b.opts.bin_dir.join(&bin.name);
         if !src.is_file() {
-            skip("gridos binary", &b.name, &src, b.required)?;
+            b.skip("gridos binary", &bin.name, &src, bin.required)?;
             continue;
         }
-        let n = tree.add_file(&b.dest, &src, 0o755)?;
-        binaries.push((b.dest.clone(), n));
-        for link in &b.links {
-            tree.insert(link, 0o777, Kind::Symlink(b.dest.clone()))?;
+        let n = b.tree.add_file(&bin.dest, &src, 0o755)?;
+        b.binaries.push((bin.dest.clone(), n));
+        for link in &bin.links {
+            b.tree
+                .insert(link, 0o777, Kind::Symlink(bin.dest.clone()))?;
         }
-        // gridos binaries are meant to be static; if one is not, carry its libraries along.
         if elf::dyn_info(&src).is_ok_and(|i| i.interpreter.is_some()) {
-            progress.line(&format!(
+            b.progress.line(&format!(
                 "warning: {} is dynamically linked; adding its libraries",
-                b.name
+                bin.name
             ));
             let libs = elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)?;
-            add_libs(&mut tree, &libs, &mut placed, &mut helper_files)?;
+            add_libs(&mut b.tree, &libs, &mut b.placed, &mut b.helper_files)?;
         }
     }
+    Ok(())
+}
 
-    // 4. Helpers with their shared-library closure.
-    progress.step("helper programs and their libraries");
-    for h in &profile.helpers {
+/// Host helper programs with their shared-library closure.
+fn helpers_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress.step("helper programs and their libraries");
+    for h in &b.profile.helpers {
         let src = PathBuf::from(&h.path);
         if !src.is_file() {
-            skip("helper", &h.path, &src, h.required)?;
+            b.skip("helper", &h.path, &src, h.required)?;
             continue;
         }
         let dest = h.dest.clone().unwrap_or_else(|| h.path.clone());
-        tree.add_file(&dest, &src, 0o755)?;
-        helper_files.push(dest);
+        b.tree.add_file(&dest, &src, 0o755)?;
+        b.helper_files.push(dest);
         let libs = elf::closure(&src, Path::new("/"), elf::DEFAULT_LIB_DIRS)?;
-        add_libs(&mut tree, &libs, &mut placed, &mut helper_files)?;
+        add_libs(&mut b.tree, &libs, &mut b.placed, &mut b.helper_files)?;
     }
-    helper_files.sort();
-    helper_files.dedup();
+    b.helper_files.sort();
+    b.helper_files.dedup();
+    Ok(())
+}
 
-    // 5. Files copied verbatim.
-    progress.step("initramfs files");
-    for dir in profile.files.iter().chain(&opts.overlays) {
-        let n = tree.add_dir("", dir)?;
-        progress.line(&format!("{n} files from {}", dir.display()));
+/// The profile's files and the overlays, copied verbatim.
+fn files_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress.step("initramfs files");
+    for dir in b.profile.files.iter().chain(&b.opts.overlays) {
+        let n = b.tree.add_dir("", dir)?;
+        b.progress
+            .line(&format!("{n} files from {}", dir.display()));
     }
+    Ok(())
+}
 
-    // 6. Archive.
-    progress.step(&format!(
+/// The tree as a (compressed) cpio archive in `out/initramfs.img`.
+fn archive_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    let (opts, profile) = (b.opts, b.profile);
+    b.progress.step(&format!(
         "writing cpio ({} entries, {:?})",
-        tree.len(),
+        b.tree.len(),
         profile.compression
     ));
     std::fs::create_dir_all(&opts.out).map_err(|source| BuildError::Write {
@@ -302,7 +400,7 @@ fn build_with(
         source,
     };
     let mut raw = cpio::Writer::new(Vec::new(), opts.source_date_epoch);
-    for e in tree.entries() {
+    for e in b.tree.entries() {
         raw.append(&e).map_err(wr)?;
     }
     let raw = raw.finish().map_err(wr)?;
@@ -319,37 +417,36 @@ fn build_with(
         }
     };
     write_atomic(&opts.out.join("initramfs.img"), &packed)?;
+    b.initramfs_bytes = packed.len() as u64;
+    Ok(())
+}
 
-    // 7. Kernel and command line.
-    let cmdline = std::iter::once(profile.cmdline.trim())
-        .chain(opts.cmdline_append.iter().map(|s| s.trim()))
+/// The kernel image and the command line next to the archive.
+fn boot_files_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress.step("kernel and command line");
+    let cmdline = std::iter::once(b.profile.cmdline.trim())
+        .chain(b.opts.cmdline_append.iter().map(|s| s.trim()))
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    progress.step("kernel and command line");
-    let vmlinuz = std::fs::read(&kernel.vmlinuz).map_err(|source| BuildError::Write {
-        path: kernel.vmlinuz.clone(),
+    let vmlinuz_path = b.kernel()?.vmlinuz.clone();
+    let vmlinuz = std::fs::read(&vmlinuz_path).map_err(|source| BuildError::Write {
+        path: vmlinuz_path,
         source,
     })?;
-    write_atomic(&opts.out.join("vmlinuz"), &vmlinuz)?;
-    write_atomic(&opts.out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
+    write_atomic(&b.opts.out.join("vmlinuz"), &vmlinuz)?;
+    write_atomic(
+        &b.opts.out.join("cmdline"),
+        format!("{cmdline}\n").as_bytes(),
+    )?;
+    b.kernel_bytes = vmlinuz.len() as u64;
+    b.cmdline = cmdline;
+    Ok(())
+}
 
-    let report = Report {
-        modules: selection.paths().iter().map(|s| s.to_string()).collect(),
-        gridos_binaries_bytes: binaries.iter().map(|(_, n)| n).sum(),
-        binaries,
-        skipped,
-        helper_files,
-        cmdline,
-        compression: profile.compression,
-        source_date_epoch: opts.source_date_epoch,
-        entries: tree.len(),
-        kernel_bytes: vmlinuz.len() as u64,
-        initramfs_bytes: packed.len() as u64,
-        kernel,
-    };
-    progress.step("build report");
-    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    write_atomic(&opts.out.join("build.json"), &json)?;
-    Ok(report)
+/// `out/build.json`: what the build produced, without timestamps (it is reproducible too).
+fn report_step(b: &mut Build<'_>) -> Result<(), BuildError> {
+    b.progress.step("build report");
+    let json = serde_json::to_vec_pretty(&b.report()?).unwrap_or_default();
+    write_atomic(&b.opts.out.join("build.json"), &json)
 }

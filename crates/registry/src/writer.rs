@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use gridtypes::{NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
@@ -216,6 +217,10 @@ fn values(backend: Backend, rows: usize, cols: usize, first: usize) -> String {
     out
 }
 
+/// An uptime report of a batch that passed the checks: its job's index, its node, and what
+/// it says (uptime, stopping).
+type LiveUptime = (usize, i64, (u64, bool));
+
 /// Applies many uptime reports with a handful of statements instead of four per report.
 async fn bulk_uptime(
     conn: &mut AnyConnection,
@@ -226,15 +231,45 @@ async fn bulk_uptime(
     now: i64,
     results: &mut [Option<Result<Written, ApiError>>],
 ) -> Result<(), sqlx::Error> {
-    use std::collections::{HashMap, HashSet};
-    let replay = |v: &Verified| {
-        Some(Err(ApiError::Replay {
-            signer: v.signer_hex.clone(),
-            nonce: v.nonce.clone(),
-        }))
-    };
+    learn_node_ids(conn, backend, node_ids, batch, chunk).await?;
+    let mut used = used_nonces(conn, backend, batch, chunk).await?;
+    // Unknown signers and replays (copies inside this batch too) are refused here, the same
+    // errors as the one-by-one path gives.
+    let mut live: Vec<LiveUptime> = Vec::with_capacity(chunk.len());
+    for &(i, uptime, stopping) in chunk {
+        let v = &batch[i].verified;
+        match node_ids.get(&v.signer_hex) {
+            None => results[i] = Some(Err(unknown_node(&v.signer_hex))),
+            Some(&node) => {
+                if used.insert((v.timestamp, v.signer_hex.clone(), v.nonce.clone())) {
+                    live.push((i, node, (uptime, stopping)));
+                } else {
+                    results[i] = Some(Err(replay(v)));
+                }
+            }
+        }
+    }
+    if live.is_empty() {
+        return Ok(());
+    }
+    let ids = store_uptimes(conn, backend, batch, &live, now).await?;
+    let mut latest: HashMap<i64, (u64, bool)> = HashMap::new();
+    for ((i, node, uptime), id) in live.iter().zip(ids) {
+        latest.insert(*node, *uptime);
+        results[*i] = Some(Ok(Written { id, created: true }));
+    }
+    update_uptimes(conn, backend, &latest, now).await
+}
 
-    // 1. Which signers are registered nodes (asking the database only for keys not seen yet).
+/// Adds the node ids of the chunk's signers to `node_ids`, asking the database only for keys
+/// not seen before.
+async fn learn_node_ids(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    node_ids: &mut NodeIds,
+    batch: &[Job],
+    chunk: &[(usize, u64, bool)],
+) -> Result<(), sqlx::Error> {
     let keys: Vec<&str> = chunk
         .iter()
         .map(|(i, _, _)| batch[*i].verified.signer_hex.as_str())
@@ -242,22 +277,32 @@ async fn bulk_uptime(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    if !keys.is_empty() {
-        let sql = format!(
-            "SELECT id, public_key FROM nodes WHERE public_key IN {}",
-            values(backend, 1, keys.len(), 1)
-        );
-        let mut q = sqlx::query(&sql);
-        for k in &keys {
-            q = q.bind(*k);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            node_ids.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
-        }
+    if keys.is_empty() {
+        return Ok(());
     }
+    let sql = format!(
+        "SELECT id, public_key FROM nodes WHERE public_key IN {}",
+        values(backend, 1, keys.len(), 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for k in &keys {
+        q = q.bind(*k);
+    }
+    for row in q.fetch_all(&mut *conn).await? {
+        node_ids.insert(row.try_get::<String, _>(1)?, row.try_get::<i64, _>(0)?);
+    }
+    Ok(())
+}
 
-    // 2. Nonces used before (almost always none: nonces are 128 random bits). A replay
-    //    carries the signed timestamp of the original, so the lookup is by the whole key.
+/// The chunk's (timestamp, signer, nonce) keys already in the nonce table: almost always none
+/// (nonces are 128 random bits). A replay carries the signed timestamp of its original, so
+/// the lookup is by the whole key.
+async fn used_nonces(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    batch: &[Job],
+    chunk: &[(usize, u64, bool)],
+) -> Result<HashSet<(i64, String, String)>, sqlx::Error> {
     let sql = format!(
         "SELECT ts, signer, nonce FROM nonces WHERE (ts, signer, nonce) IN (VALUES {})",
         values(backend, chunk.len(), 3, 1)
@@ -275,38 +320,24 @@ async fn bulk_uptime(
             row.try_get::<String, _>(2)?,
         ));
     }
+    Ok(used)
+}
 
-    // 3. Refuse unknown signers and replays, including copies inside this batch.
-    let mut live = Vec::with_capacity(chunk.len());
-    for &(i, uptime, stopping) in chunk {
-        let v = &batch[i].verified;
-        match node_ids.get(&v.signer_hex) {
-            None => {
-                results[i] = Some(Err(ApiError::UnknownSigner(format!(
-                    "{} is not a registered node: register with POST /api/v1/nodes first",
-                    v.signer_hex
-                ))))
-            }
-            Some(&node) => {
-                if used.insert((v.timestamp, v.signer_hex.clone(), v.nonce.clone())) {
-                    live.push((i, node, (uptime, stopping)));
-                } else {
-                    results[i] = replay(v);
-                }
-            }
-        }
-    }
-    if live.is_empty() {
-        return Ok(());
-    }
-
-    // 4. Claim the nonces and store the reports verbatim.
+/// Claims the nonces of `live` and stores its reports verbatim; returns the report ids in
+/// the order of `live`.
+async fn store_uptimes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    batch: &[Job],
+    live: &[LiveUptime],
+    now: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
     let sql = format!(
         "INSERT INTO nonces (signer, nonce, ts) VALUES {}",
         values(backend, live.len(), 3, 1)
     );
     let mut q = sqlx::query(&sql);
-    for (i, _, _) in &live {
+    for (i, _, _) in live {
         let v = &batch[*i].verified;
         q = q.bind(&v.signer_hex).bind(&v.nonce).bind(v.timestamp);
     }
@@ -321,7 +352,7 @@ async fn bulk_uptime(
         }
     );
     let mut q = sqlx::query(&sql);
-    for (i, node, _) in &live {
+    for (i, node, _) in live {
         let job = &batch[*i];
         q = q
             .bind(*node)
@@ -367,13 +398,16 @@ async fn bulk_uptime(
             live.len()
         )));
     }
+    Ok(ids)
+}
 
-    // 5. Each node's latest uptime, whether it said it is stopping, and last-seen time.
-    let mut latest: HashMap<i64, (u64, bool)> = HashMap::new();
-    for ((i, node, uptime), id) in live.iter().zip(ids) {
-        latest.insert(*node, *uptime);
-        results[*i] = Some(Ok(Written { id, created: true }));
-    }
+/// Sets each node's latest uptime, whether it said it is stopping, and its last-seen time.
+async fn update_uptimes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    latest: &HashMap<i64, (u64, bool)>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "WITH v(id, up, stop) AS (VALUES {}) \
          UPDATE nodes SET uptime_secs = v.up, stopping = v.stop, last_seen = {} \
@@ -385,7 +419,7 @@ async fn bulk_uptime(
         }
     );
     let mut q = sqlx::query(&sql);
-    for (node, (uptime, stopping)) in &latest {
+    for (node, (uptime, stopping)) in latest {
         q = q
             .bind(*node)
             .bind(*uptime as i64)
@@ -393,6 +427,22 @@ async fn bulk_uptime(
     }
     q.bind(now).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// The refusal of a message whose (timestamp, signer, nonce) was accepted before.
+fn replay(v: &Verified) -> ApiError {
+    ApiError::Replay {
+        signer: v.signer_hex.clone(),
+        nonce: v.nonce.clone(),
+    }
+}
+
+/// The refusal of a node message from a key that is not a registered node.
+fn unknown_node(key: &str) -> ApiError {
+    ApiError::UnknownSigner(format!(
+        "{key} is not a registered node: register with POST {} first",
+        gridapi::paths::NODES
+    ))
 }
 
 /// Applies one job. The outer `Err` is a database failure (the transaction is lost);
@@ -440,10 +490,7 @@ async fn apply(
     .await?
     .rows_affected();
     if claimed == 0 {
-        return Ok(Err(ApiError::Replay {
-            signer: v.signer_hex.clone(),
-            nonce: v.nonce.clone(),
-        }));
+        return Ok(Err(replay(v)));
     }
     match (&v.payload, ctx) {
         (Payload::RegisterTwin {}, _) => register_twin(conn, &v.signer_hex, &job.raw, now).await,
@@ -535,9 +582,7 @@ async fn node_by_key(
             capacity: resources(&r, "")?,
             used: resources(&r, "used_")?,
         }),
-        None => Err(ApiError::UnknownSigner(format!(
-            "{key} is not a registered node: register with POST /api/v1/nodes first"
-        ))),
+        None => Err(unknown_node(key)),
     })
 }
 
