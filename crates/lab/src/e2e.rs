@@ -3,11 +3,11 @@
 //! and loses no report while the registry is down.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use gridapi::{paths, NodeStatus, NodeView, Page, ReportView, StoredKind};
-use gridtypes::{Envelope, Payload, Report};
+use gridtypes::{now, Envelope, Payload, Report};
 
 use crate::qemu::{self, Guest, Machine, CPUS, HDD_BYTES, MEMORY_MIB, SSD_BYTES};
 use crate::registry::{self, Registry};
@@ -46,13 +46,6 @@ pub(crate) const GIB: u64 = 1 << 30;
 /// The memory the OS keeps for itself (DESIGN.md: "1 GiB of memory is kept for the OS"); the
 /// kernel's own share of what QEMU gives must fit in it.
 pub(crate) const OS_RESERVE: u64 = GIB;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 fn step(msg: &str) {
     eprintln!("e2e: {msg}");
@@ -307,6 +300,12 @@ async fn full(args: &E2eArgs, accel: &str, shape: &Shape, work: &Path) -> anyhow
     result
 }
 
+/// The node as the first boot registered it.
+struct Node {
+    id: i64,
+    key: String,
+}
+
 async fn scenario(
     args: &E2eArgs,
     reg: &mut Registry,
@@ -314,13 +313,37 @@ async fn scenario(
     farm: u64,
     work: &Path,
 ) -> anyhow::Result<Timing> {
-    let interval = args.report_interval as i64;
-    let boot_timeout = Duration::from_secs(args.boot_timeout);
+    let (mut guest, node, guest_secs, timing) = first_boot(args, reg, machine, farm).await?;
+    let count_boot1 = ordered_shutdown(reg, &mut guest, &node).await?;
+    machine.serial = work.join("console-boot2.log");
+    let (mut guest, guest_secs2) =
+        second_boot(args, reg, machine, farm, &node, count_boot1).await?;
+    outage(args, reg, &mut guest, &node).await?;
+    reboot(&mut guest).await?;
+    let total = reports(reg, node.id, &node.key).await?.len();
+    step(&format!(
+        "shutdown clean; {total} signed messages of node {} all verify",
+        node.id
+    ));
+    println!(
+        "e2e: 1 passed (register, capacity, units, reboot → same node, outage → nothing lost), 0 failed"
+    );
+    println!("boot1_pid1_to_registered_guest_s={guest_secs:.3}");
+    println!("boot2_pid1_to_registered_guest_s={guest_secs2:.3}");
+    Ok(timing)
+}
 
-    // Boot 1: fresh disks.
+/// Boot 1 on fresh disks: registered once, capacity and units as QEMU made them, the cache on
+/// the SSD, and uptime reports arriving.
+async fn first_boot(
+    args: &E2eArgs,
+    reg: &Registry,
+    machine: &mut Machine,
+    farm: u64,
+) -> anyhow::Result<(Guest, Node, f64, Timing)> {
     let t0 = Instant::now();
     let mut guest = machine.boot()?;
-    let (id, guest_secs) = registered(&mut guest, boot_timeout).await?;
+    let (id, guest_secs) = registered(&mut guest, Duration::from_secs(args.boot_timeout)).await?;
     step(&format!(
         "boot 1: registered as node {id} ({guest_secs:.2} s guest clock from PID 1, {:.0} s wall)",
         t0.elapsed().as_secs_f64()
@@ -332,9 +355,14 @@ async fn scenario(
         "farm {farm} has nodes {ids:?}, want only node {id}"
     );
     let cap = shapes::check_capacity(reg, id, CPUS, MEMORY_MIB, SSD_BYTES, HDD_BYTES).await?;
-    let node = &cap.node;
-    let key = node.public_key.clone();
-    ensure!(node.virtualized, "a QEMU guest must say it is virtualised");
+    ensure!(
+        cap.node.virtualized,
+        "a QEMU guest must say it is virtualised"
+    );
+    let node = Node {
+        id,
+        key: cap.node.public_key.clone(),
+    };
     let cache = shapes::check_cache(&mut guest, Some(shapes::DiskKind::Ssd)).await?;
     step(&format!("boot 1: cache on the {cache}"));
     let timing = shapes::timing(&guest.serial, guest_secs);
@@ -348,27 +376,42 @@ async fn scenario(
         cap.cu,
         cap.su
     ));
-    let before = wait_uptimes(reg, id, &key, |u| u.len() >= 2, "two uptime reports").await?;
+    let before = wait_uptimes(reg, id, &node.key, |u| u.len() >= 2, "two uptime reports").await?;
     step(&format!("boot 1: {} uptime reports arrived", before.len()));
+    Ok((guest, node, guest_secs, timing))
+}
 
-    // Reboot on the same disks.
-    reboot(&mut guest).await?;
-    let count_boot1 = uptimes(reg, id, &key).await?.len();
+/// Ctrl-Alt-Del: the shutdown is ordered, the last report arrives, and the registry shows
+/// the node stopped at once (not `up` until the window runs out). Returns the uptime reports
+/// of boot 1.
+async fn ordered_shutdown(reg: &Registry, guest: &mut Guest, node: &Node) -> anyhow::Result<usize> {
+    reboot(guest).await?;
+    let count_boot1 = uptimes(reg, node.id, &node.key).await?.len();
     step(&format!(
         "boot 1: ordered shutdown after Ctrl-Alt-Del, last report delivered ({count_boot1} uptime reports)"
     ));
-    // The last report said the node is stopping: the registry shows it at once, not `up`
-    // until the up window runs out.
-    let stopped: NodeView = reg.get(&paths::node(id as u64)).await?;
+    let stopped: NodeView = reg.get(&paths::node(node.id as u64)).await?;
     ensure!(
         stopped.status == NodeStatus::Stopped,
         "after an ordered shutdown the node shows {} instead of stopped",
         stopped.status
     );
     step("boot 1: the registry shows the node stopped at once");
-    machine.serial = work.join("console-boot2.log");
+    Ok(count_boot1)
+}
+
+/// Boot 2 on the same disks: the same key, the same node, reports continuing.
+async fn second_boot(
+    args: &E2eArgs,
+    reg: &Registry,
+    machine: &mut Machine,
+    farm: u64,
+    node: &Node,
+    count_boot1: usize,
+) -> anyhow::Result<(Guest, f64)> {
+    let id = node.id;
     let mut guest = machine.boot()?;
-    let (id2, guest_secs2) = registered(&mut guest, boot_timeout).await?;
+    let (id2, guest_secs2) = registered(&mut guest, Duration::from_secs(args.boot_timeout)).await?;
     ensure!(
         id2 == id,
         "after the reboot the node registered as {id2}, was {id}"
@@ -383,7 +426,7 @@ async fn scenario(
     let u = wait_uptimes(
         reg,
         id,
-        &key,
+        &node.key,
         |u| u.len() >= count_boot1 + 2 && this_boot(u).len() >= 2,
         "uptime reports after the reboot",
     )
@@ -392,34 +435,43 @@ async fn scenario(
         "boot 2: same node {id2} and key ({guest_secs2:.2} s guest clock from PID 1 to registered), reports continue ({} so far)",
         u.len()
     ));
+    Ok((guest, guest_secs2))
+}
 
-    // Registry outage.
-    let unreachable_before = console_count(&guest, "registry unreachable");
+/// The registry goes away for `--outage` seconds: the agent notices, queues, and delivers
+/// every report in order once it is back, none missing.
+async fn outage(
+    args: &E2eArgs,
+    reg: &mut Registry,
+    guest: &mut Guest,
+    node: &Node,
+) -> anyhow::Result<()> {
+    let interval = args.report_interval as i64;
+    let unreachable_before = console_count(guest, "registry unreachable");
     reg.stop()?;
-    let stopped_at = unix_now();
+    let stopped_at = now();
     step(&format!("registry stopped for {} s", args.outage));
     tokio::time::sleep(Duration::from_secs(args.outage)).await;
     ensure!(
-        console_count(&guest, "registry unreachable") > unreachable_before,
+        console_count(guest, "registry unreachable") > unreachable_before,
         "the agent never noticed the registry was down"
     );
     // Taken before the restart: the agent may deliver in the moment the server comes up.
-    let restarted_at = unix_now();
+    let restarted_at = now();
     reg.restart().await?;
     guest
         .wait_line(&["registry reachable again"], Duration::from_secs(120))
         .await?;
-    let all = uptimes(reg, id, &key).await?;
+    let all = uptimes(reg, node.id, &node.key).await?;
     let boot2 = this_boot(&all);
-    let late: Vec<&Uptime> = boot2
+    let late = boot2
         .iter()
         .filter(|u| u.received_at >= restarted_at)
-        .collect();
+        .count();
     let expect_late = (args.outage as i64 / interval - 1).max(1) as usize;
     ensure!(
-        late.len() >= expect_late,
-        "only {} uptime reports arrived after the restart, want at least {expect_late} for a {} s outage at one per {interval} s",
-        late.len(),
+        late >= expect_late,
+        "only {late} uptime reports arrived after the restart, want at least {expect_late} for a {} s outage at one per {interval} s",
         args.outage
     );
     // None lost: the node's own uptime counter has no hole wider than two intervals (plus
@@ -438,22 +490,10 @@ async fn scenario(
         );
     }
     step(&format!(
-        "outage {stopped_at}..{restarted_at}: {} queued uptime reports arrived after the restart, in order, none missing ({} this boot)",
-        late.len(),
+        "outage {stopped_at}..{restarted_at}: {late} queued uptime reports arrived after the restart, in order, none missing ({} this boot)",
         boot2.len()
     ));
-
-    reboot(&mut guest).await?;
-    let total = reports(reg, id, &key).await?.len();
-    step(&format!(
-        "shutdown clean; {total} signed messages of node {id} all verify"
-    ));
-    println!(
-        "e2e: 1 passed (register, capacity, units, reboot → same node, outage → nothing lost), 0 failed"
-    );
-    println!("boot1_pid1_to_registered_guest_s={guest_secs:.3}");
-    println!("boot2_pid1_to_registered_guest_s={guest_secs2:.3}");
-    Ok(timing)
+    Ok(())
 }
 
 fn console_count(guest: &Guest, needle: &str) -> usize {
