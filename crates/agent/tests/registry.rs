@@ -1,6 +1,10 @@
 //! "A farmer boots a node and it registers": the agent against a real registry on 127.0.0.1
 //! (SQLite in a tempdir), including an outage of the registry and a restart of the agent.
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

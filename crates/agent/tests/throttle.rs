@@ -2,6 +2,10 @@
 //! 127.0.0.1 that throttles the first try of each request. It tests the client's reaction
 //! (wait at least that long, keep the report, send that same report again), not the registry.
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

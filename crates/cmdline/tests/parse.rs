@@ -1,5 +1,9 @@
 //! The kernel command line as a booting node sees it: valid, malformed and hostile.
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use cmdline::{LogLevel, NetConfig, WipePolicy};
 
 #[test]
