@@ -36,15 +36,14 @@ pub fn load_or_create(path: &Path) -> Result<(SigningKey, bool), IdentityError> 
     };
     match fs::read_to_string(path) {
         Ok(text) => {
-            let mut seed = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut seed)
-                .map_err(|_| IdentityError::Corrupt(path.to_path_buf()))?;
+            let key = gridtypes::keyfile::from_text(&text)
+                .ok_or_else(|| IdentityError::Corrupt(path.to_path_buf()))?;
             // Tighten permissions if someone loosened them.
             let meta = fs::metadata(path).map_err(io(path))?;
             if meta.permissions().mode() & 0o077 != 0 {
                 fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io(path))?;
             }
-            Ok((SigningKey::from_bytes(&seed), false))
+            Ok((key, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -52,7 +51,7 @@ pub fn load_or_create(path: &Path) -> Result<(SigningKey, bool), IdentityError> 
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
             }
             let key = SigningKey::generate(&mut OsRng);
-            let text = format!("{}\n", hex::encode(key.to_bytes()));
+            let text = gridtypes::keyfile::to_text(&key);
             atomicfile::write(path, text.as_bytes(), 0o600).map_err(io(path))?;
             Ok((key, true))
         }

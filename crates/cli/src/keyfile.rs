@@ -52,10 +52,7 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
         }
         Err(e) => return Err(io(path)(e)),
     };
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed)
-        .map_err(|_| KeyError::Corrupt(path.to_path_buf()))?;
-    Ok(SigningKey::from_bytes(&seed))
+    gridtypes::keyfile::from_text(&text).ok_or_else(|| KeyError::Corrupt(path.to_path_buf()))
 }
 
 /// Creates a new key at `path` (mode 0600, temp file + fsync + rename).
@@ -69,7 +66,7 @@ pub fn create(path: &Path, force: bool) -> Result<SigningKey, KeyError> {
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let key = SigningKey::generate(&mut OsRng);
-    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    let text = gridtypes::keyfile::to_text(&key);
     atomicfile::write(path, text.as_bytes(), 0o600).map_err(io(path))?;
     Ok(key)
 }

@@ -5,6 +5,7 @@
 //! [`envelope::Envelope`] signed with ed25519 over the exact payload bytes.
 
 pub mod envelope;
+pub mod keyfile;
 pub mod payload;
 pub mod units;
 
