@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+use gridtypes::{now, Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 use rand::RngCore;
 
 use crate::queue::Entry;
@@ -56,14 +56,6 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The timestamp a queued report measured at `measured_at` is signed with at `now`.
 pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
-}
-
-/// Seconds since the Unix epoch by the node's clock.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Talks to one registry as one node.

@@ -26,7 +26,7 @@ async fn get_json(url: impl reqwest::IntoUrl) -> Value {
 async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Value {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let env = Envelope::seal(key, payload, agent::client::now(), nonce);
+    let env = Envelope::seal(key, payload, gridtypes::now(), nonce);
     let r = reqwest::Client::new()
         .post(format!("{url}{path}"))
         .header("content-type", "application/json")

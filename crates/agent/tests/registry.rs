@@ -58,7 +58,7 @@ impl Registry {
     async fn post(&self, path: &str, key: &SigningKey, payload: &Payload) -> Value {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
-        let env = Envelope::seal(key, payload, agent::client::now(), nonce);
+        let env = Envelope::seal(key, payload, gridtypes::now(), nonce);
         let r = reqwest::Client::new()
             .post(format!("{}{path}", self.url()))
             .header("content-type", "application/json")
@@ -377,7 +377,7 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         other => panic!("{other:?}"),
     };
     // Delivered, then the agent crashed before removing it from the queue: sent again.
-    let entry = Entry::new(Report::uptime(77), agent::client::now() - 30);
+    let entry = Entry::new(Report::uptime(77), gridtypes::now() - 30);
     assert!(matches!(client.report(&entry).await, Outcome::Accepted(_)));
     assert_eq!(client.report(&entry).await, Outcome::Replay);
     let ups = reg.uptimes(node).await;

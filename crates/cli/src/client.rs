@@ -1,6 +1,6 @@
 //! A small client for the registry's JSON API that turns its errors into readable messages.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use gridtypes::{Envelope, Payload, NONCE_LEN};
@@ -123,11 +123,7 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let env = Envelope::seal(key, payload, now, nonce);
+        let env = Envelope::seal(key, payload, gridtypes::now(), nonce);
         let url = format!("{}{path}", self.base);
         let r = self
             .http

@@ -1,15 +1,16 @@
 //! Wire types and pure logic shared by the node agent, the registry and the `grid` CLI.
 //!
-//! Nothing here does I/O: resources are counted in raw bytes on the wire and converted to
-//! grid units only by [`units`], and every message that crosses the network is a
-//! [`envelope::Envelope`] signed with ed25519 over the exact payload bytes.
+//! Nothing here does I/O (reading the clock in [`now`] aside): resources are counted in raw
+//! bytes on the wire and converted to grid units only by [`units`], and every message that
+//! crosses the network is a [`envelope::Envelope`] signed with ed25519 over the exact payload
+//! bytes.
 
 pub mod envelope;
 pub mod payload;
 pub mod units;
 
 pub use envelope::{
-    check_clock, parse_public_key, Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS,
+    check_clock, now, parse_public_key, Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS,
     NONCE_LEN,
 };
 pub use payload::{

@@ -3,7 +3,7 @@
 //! and loses no report while the registry is down.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use gridtypes::{Envelope, Payload, Report};
@@ -46,13 +46,6 @@ pub(crate) const GIB: u64 = 1 << 30;
 /// The memory the OS keeps for itself (DESIGN.md: "1 GiB of memory is kept for the OS"); the
 /// kernel's own share of what QEMU gives must fit in it.
 pub(crate) const OS_RESERVE: u64 = GIB;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 fn step(msg: &str) {
     eprintln!("e2e: {msg}");
@@ -407,7 +400,7 @@ async fn scenario(
     // Registry outage.
     let unreachable_before = console_count(&guest, "registry unreachable");
     reg.stop()?;
-    let stopped_at = unix_now();
+    let stopped_at = gridtypes::now();
     step(&format!("registry stopped for {} s", args.outage));
     tokio::time::sleep(Duration::from_secs(args.outage)).await;
     ensure!(
@@ -415,7 +408,7 @@ async fn scenario(
         "the agent never noticed the registry was down"
     );
     // Taken before the restart: the agent may deliver in the moment the server comes up.
-    let restarted_at = unix_now();
+    let restarted_at = gridtypes::now();
     reg.restart().await?;
     guest
         .wait_line(&["registry reachable again"], Duration::from_secs(120))

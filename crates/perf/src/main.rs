@@ -6,12 +6,12 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, GIB, NONCE_LEN};
+use gridtypes::{now, Envelope, NodeRegistration, Payload, Report, Resources, GIB, NONCE_LEN};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
 use serde_json::{json, Value};
@@ -108,13 +108,6 @@ enum Test {
         #[arg(long, default_value_t = 100_000)]
         nodes: usize,
     },
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn nonce() -> [u8; NONCE_LEN] {

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
-use gridtypes::{Envelope, ResourceTotals, Resources, Units, Verified};
+use gridtypes::{now, Envelope, ResourceTotals, Resources, Units, Verified};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -21,7 +21,7 @@ use crate::db::{resources, Db};
 use crate::error::ApiError;
 use crate::limits::{ip_layer, KeyLimiter};
 use crate::writer::{Writer, Written};
-use crate::{now, Config};
+use crate::Config;
 
 /// Default page size of list endpoints.
 const DEFAULT_LIMIT: i64 = 50;

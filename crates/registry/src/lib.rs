@@ -63,14 +63,6 @@ impl Default for Config {
     }
 }
 
-/// Seconds since the Unix epoch by the registry's clock.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Builds the full application for an open database (needs a tokio runtime: the writer and
 /// the rate limiters' clean-up run as tasks).
 pub fn app(db: Db, config: Config) -> Router {
