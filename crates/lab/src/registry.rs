@@ -55,7 +55,8 @@ impl Registry {
 
     /// Stops the server with SIGTERM (as an operator would) and waits for it.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        Ok(self.process.stop()?)
+        self.process.stop()?;
+        Ok(())
     }
 
     /// GET a JSON document from the API.

@@ -310,25 +310,23 @@ impl RegistryProcess {
     }
 
     /// Stops it with SIGTERM, as an operator would, and waits; kills it after
-    /// [`STOP_TIMEOUT`].
-    pub fn stop(&mut self) -> Result<(), ProcessError> {
+    /// [`STOP_TIMEOUT`]. Its exit status (`None` when it was not running).
+    pub fn stop(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
         let Some(mut c) = self.child.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();
-        while c
-            .try_wait()
-            .map_err(io("waiting for grid-registry"))?
-            .is_none()
-        {
+        loop {
+            if let Some(status) = c.try_wait().map_err(io("waiting for grid-registry"))? {
+                return Ok(Some(status));
+            }
             if t0.elapsed() > STOP_TIMEOUT {
                 let _ = c.kill();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(())
     }
 
     /// Kills it (SIGKILL) and reaps it.
