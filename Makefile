@@ -7,6 +7,9 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 # same image. Given only to the imager: exported to cargo it would change build-script inputs
 # and rebuild ring and libsqlite3-sys on every make call.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# One `SKIPPED` line per test skipped on purpose (GRIDOS_TEST_SKIP, docs/testing.md); printed
+# after the unit tests and at the end of `make test`.
+SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 
 .PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt bench boot-bench baseline-image clean init image
 
@@ -26,6 +29,7 @@ run: deps-run image
 ## Every test: formatting, lints, unit and integration tests on SQLite and a real PostgreSQL,
 ## PID 1 booted in QEMU with Debian's kernel, the image test and the end-to-end test.
 test: deps-test test-packages lint test-unit test-boot-init test-image test-e2e
+	@tests/skip-summary.sh $(SKIP_LOG)
 
 ## The Debian packages each job needs (tools/packages.txt): installed when missing as root,
 ## otherwise named with the exact `sudo apt-get install` line.
@@ -40,8 +44,12 @@ deps-test:
 test-packages:
 	bash tests/packages/run.sh
 
+## A test whose requirement (root, a program, PostgreSQL) is missing fails, unless
+## GRIDOS_TEST_SKIP names it (e.g. GRIDOS_TEST_SKIP=root as a user): then it is listed here.
 test-unit:
-	tests/with-postgres.sh $(CARGO) test --workspace
+	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
+	GRIDOS_SKIP_LOG=$(SKIP_LOG) tests/with-postgres.sh $(CARGO) test --workspace; \
+		status=$$?; tests/skip-summary.sh $(SKIP_LOG); exit $$status
 
 test-boot-init:
 	bash tests/boot-init/run.sh

@@ -6,13 +6,13 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gridtypes::{NodeRegistration, Report, Resources, MAX_TEXT};
+use gridtypes::{now, NodeRegistration, Report, Resources, MAX_TEXT};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use backoff::Backoff;
 
-use crate::client::{now, Client, Outcome};
+use crate::client::{Client, Outcome};
 use crate::identity::{self, IdentityError, KEY_FILE};
 use crate::probe::{Hardware, Probe, ProbeError};
 use crate::queue::{Entry, Queue, QueueError};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, ErrorBody, ErrorCode, Written};
-use gridtypes::{Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+use gridtypes::{now, Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 use rand::RngCore;
 
 use crate::queue::Entry;
@@ -58,8 +58,6 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
 }
-
-pub use gridtypes::now;
 
 /// Talks to one registry as one node.
 #[derive(Debug, Clone)]

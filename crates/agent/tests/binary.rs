@@ -11,11 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, Payload, GIB, NONCE_LEN};
-use rand::rngs::OsRng;
-use rand::RngCore;
+use gridtypes::GIB;
 use serde_json::Value;
+use test_infra::Registry;
 
 fn put(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
@@ -23,44 +21,18 @@ fn put(root: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
-async fn get_json(url: impl reqwest::IntoUrl) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
-}
-
-async fn post(url: &str, path: &str, key: &SigningKey, payload: &Payload) -> Value {
-    let mut nonce = [0u8; NONCE_LEN];
-    OsRng.fill_bytes(&mut nonce);
-    let env = Envelope::seal(key, payload, agent::client::now(), nonce);
-    let r = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .header("content-type", "application/json")
-        .body(env.to_json())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    r.json().await.unwrap()
+async fn get_json(reg: &Registry, path: &str) -> Value {
+    let (status, v) = reg.get(path).await;
+    assert_eq!(status, 200, "{path}: {v}");
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigterm() {
+    let reg = Registry::sqlite().await;
+    let url = reg.url();
+    let farm = reg.farm("f").await;
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let server = registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
-        .await
-        .unwrap();
-    let url = server.url();
-    let twin = SigningKey::generate(&mut OsRng);
-    post(&url, "/api/v1/twins", &twin, &Payload::RegisterTwin {}).await;
-    let farm = post(
-        &url,
-        "/api/v1/farms",
-        &twin,
-        &Payload::CreateFarm { name: "f".into() },
-    )
-    .await["id"]
-        .as_u64()
-        .unwrap();
 
     let sys = dir.path().join("sys");
     put(&sys, "devices/system/cpu/online", "0-1\n");
@@ -126,12 +98,12 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let node: Value = get_json(format!("{url}/api/v1/nodes/1")).await;
+    let node: Value = get_json(&reg, "/api/v1/nodes/1").await;
     assert_eq!(node["capacity"]["cru"], 2);
     assert_eq!(node["capacity"]["hru"].as_u64(), Some(20 * GIB));
     let count = |v: &Value| v["items"].as_array().unwrap().len();
-    let reports_url = format!("{url}/api/v1/nodes/1/reports?kind=uptime");
-    let before: Value = get_json(&reports_url).await;
+    let reports_path = "/api/v1/nodes/1/reports?kind=uptime";
+    let before: Value = get_json(&reg, reports_path).await;
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -141,10 +113,10 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
     wait_for("last uptime report delivered");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let after: Value = get_json(&reports_url).await;
+    let after: Value = get_json(&reg, reports_path).await;
     assert!(count(&after) > count(&before));
     // The last report said the node is stopping: the registry shows it stopped at once.
-    let node: Value = get_json(format!("{url}/api/v1/nodes/1")).await;
+    let node: Value = get_json(&reg, "/api/v1/nodes/1").await;
     assert_eq!(node["status"], "stopped", "{node}");
 }
 

@@ -5,120 +5,39 @@
 // for product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent::probe::Probe;
 use agent::{Config, Status};
 use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, Payload, GIB, NONCE_LEN};
+use gridtypes::{Envelope, Payload, GIB};
 use rand::rngs::OsRng;
-use rand::RngCore;
 use serde_json::Value;
+use test_infra::Registry;
 use tokio::sync::{oneshot, watch};
 
-/// A registry that can be stopped and started again on the same address and database.
-struct Registry {
-    addr: SocketAddr,
-    db_url: String,
-    server: Option<registry::Background>,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}", dir.path().join("registry.db").display());
-        let server =
-            registry::Background::start(&db_url, ([127, 0, 0, 1], 0).into(), Default::default())
-                .await
-                .unwrap();
-        Registry {
-            addr: server.addr(),
-            db_url,
-            server: Some(server),
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn halt(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            s.stop().await.unwrap();
-        }
-    }
-
-    async fn resume(&mut self) {
-        let server = registry::Background::start(&self.db_url, self.addr, Default::default())
-            .await
-            .unwrap();
-        self.server = Some(server);
-    }
-
-    async fn post(&self, path: &str, key: &SigningKey, payload: &Payload) -> Value {
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let env = Envelope::seal(key, payload, agent::client::now(), nonce);
-        let r = reqwest::Client::new()
-            .post(format!("{}{path}", self.url()))
-            .header("content-type", "application/json")
-            .body(env.to_json())
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// A twin creates a farm, as `grid farm create` does; returns the farm id.
-    async fn farm(&self, name: &str) -> u64 {
-        let twin = SigningKey::generate(&mut OsRng);
-        self.post("/api/v1/twins", &twin, &Payload::RegisterTwin {})
-            .await;
-        let v = self
-            .post(
-                "/api/v1/farms",
-                &twin,
-                &Payload::CreateFarm { name: name.into() },
+/// All uptime reports of a node, oldest first, as (uptime_secs, signed_at).
+async fn uptimes(reg: &Registry, node: i64) -> Vec<(u64, i64)> {
+    let (s, v) = reg
+        .get(&format!(
+            "/api/v1/nodes/{node}/reports?kind=uptime&limit=1000"
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
+            let p: Value = serde_json::from_slice(&env.payload).unwrap();
+            (
+                p["uptime_secs"].as_u64().unwrap(),
+                r["signed_at"].as_i64().unwrap(),
             )
-            .await;
-        v["id"].as_u64().unwrap()
-    }
-
-    /// All uptime reports of a node, oldest first, as (uptime_secs, signed_at).
-    async fn uptimes(&self, node: i64) -> Vec<(u64, i64)> {
-        let v = self
-            .get(&format!(
-                "/api/v1/nodes/{node}/reports?kind=uptime&limit=1000"
-            ))
-            .await;
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
-                let p: Value = serde_json::from_slice(&env.payload).unwrap();
-                (
-                    p["uptime_secs"].as_u64().unwrap(),
-                    r["signed_at"].as_i64().unwrap(),
-                )
-            })
-            .collect()
-    }
+        })
+        .collect()
 }
 
 fn put(root: &Path, rel: &str, text: &str) {
@@ -148,8 +67,8 @@ fn fake_sys(root: &Path) -> PathBuf {
     sys
 }
 
-fn config(reg: &Registry, farm: u64, state: &Path, sys: &Path) -> Config {
-    let mut cfg = Config::new(reg.url(), farm, state.to_path_buf());
+fn config(reg: &Registry, farm: i64, state: &Path, sys: &Path) -> Config {
+    let mut cfg = Config::new(reg.url(), farm as u64, state.to_path_buf());
     cfg.uptime_interval = Duration::from_secs(1);
     cfg.probe_interval = Duration::from_secs(3600);
     cfg.retry_min = Duration::from_millis(200);
@@ -215,7 +134,7 @@ fn uptime_files(state: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
-    let mut reg = Registry::start().await;
+    let mut reg = Registry::sqlite().await;
     let farm = reg.farm("farm-one").await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -224,8 +143,8 @@ async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
     let mut agent = spawn(config(&reg, farm, &state, &sys));
     let s = agent.until("registration", |s| s.node_id.is_some()).await;
     let node = s.node_id.unwrap();
-    let v = reg.get(&format!("/api/v1/nodes/{node}")).await;
-    assert_eq!(v["farm_id"].as_u64(), Some(farm));
+    let (_, v) = reg.get(&format!("/api/v1/nodes/{node}")).await;
+    assert_eq!(v["farm_id"].as_i64(), Some(farm));
     assert_eq!(v["public_key"].as_str(), Some(s.public_key.as_str()));
     assert_eq!(v["capacity"]["cru"], 4);
     assert_eq!(v["capacity"]["sru"].as_u64(), Some(100 * GIB));
@@ -261,7 +180,7 @@ async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
     assert_eq!(uptime_files(&state), 0);
 
     // Nothing lost, nothing doubled, in order; the last one is the shutdown report.
-    let ups = reg.uptimes(node).await;
+    let ups = uptimes(&reg, node).await;
     assert_eq!(ups.len() as u64, s.delivered, "{ups:?}");
     assert!(ups.len() >= 6, "{ups:?}");
     assert!(
@@ -283,13 +202,13 @@ async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
     assert_eq!(s2.public_key, s.public_key);
     agent.until("a report", |s| s.delivered >= 1).await;
     agent.shutdown().await;
-    assert!(reg.uptimes(node).await.len() > before);
+    assert!(uptimes(&reg, node).await.len() > before);
     reg.halt().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
-    let mut reg = Registry::start().await;
+    let mut reg = Registry::sqlite().await;
     let farm = reg.farm("farm-two").await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -318,7 +237,7 @@ async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
         .until("the old queue to drain", |s| s.delivered >= left as u64)
         .await;
     let s2 = agent.shutdown().await;
-    let ups = reg.uptimes(node).await;
+    let ups = uptimes(&reg, node).await;
     assert_eq!(
         ups.len() as u64,
         delivered_first_run + s2.delivered,
@@ -330,7 +249,7 @@ async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_farm_is_a_clear_error_and_the_agent_keeps_trying() {
-    let mut reg = Registry::start().await;
+    let mut reg = Registry::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let sys = fake_sys(dir.path());
@@ -349,7 +268,7 @@ async fn wrong_farm_is_a_clear_error_and_the_agent_keeps_trying() {
     assert_eq!(reg.farm("first").await, 1);
     assert_eq!(reg.farm("second").await, 2);
     let s = agent.until("registration", |s| s.node_id.is_some()).await;
-    let v = reg
+    let (_, v) = reg
         .get(&format!("/api/v1/nodes/{}", s.node_id.unwrap()))
         .await;
     assert_eq!(v["farm_id"], 2);
@@ -363,12 +282,12 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
     use agent::queue::Entry;
     use gridtypes::{NodeRegistration, Report, Resources};
 
-    let mut reg = Registry::start().await;
+    let mut reg = Registry::sqlite().await;
     let farm = reg.farm("farm-replay").await;
     let key = SigningKey::generate(&mut OsRng);
     let client = Client::new(&reg.url(), key, Duration::from_secs(2));
     let registration = NodeRegistration {
-        farm_id: farm,
+        farm_id: farm as u64,
         capacity: Resources::from_gib(1, 1.0, 0.0, 0.0),
         serial: None,
         virtualized: false,
@@ -381,10 +300,10 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         other => panic!("{other:?}"),
     };
     // Delivered, then the agent crashed before removing it from the queue: sent again.
-    let entry = Entry::new(Report::uptime(77), agent::client::now() - 30);
+    let entry = Entry::new(Report::uptime(77), gridtypes::now() - 30);
     assert!(matches!(client.report(&entry).await, Outcome::Accepted(_)));
     assert_eq!(client.report(&entry).await, Outcome::Replay);
-    let ups = reg.uptimes(node).await;
+    let ups = uptimes(&reg, node).await;
     assert_eq!(ups.len(), 1);
     // Still inside the registry's window, the report is signed with the time it describes.
     assert_eq!(ups[0].1, entry.measured_at);
@@ -411,7 +330,7 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_on_tmpfs_is_a_warning_in_every_message() {
-    let reg = Registry::start().await;
+    let reg = Registry::sqlite().await;
     let farm = reg.farm("farm-tmpfs").await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -425,7 +344,7 @@ async fn a_cache_on_tmpfs_is_a_warning_in_every_message() {
         .until("two uptime reports", |s| s.delivered >= 2)
         .await;
     let node = s.node_id.unwrap();
-    let all = reg
+    let (_, all) = reg
         .get(&format!("/api/v1/nodes/{node}/reports?limit=1000"))
         .await;
     let items = all["items"].as_array().unwrap();

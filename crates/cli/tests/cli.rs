@@ -7,28 +7,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ed25519_dalek::SigningKey;
-use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, GIB};
+use gridtypes::{Report, Resources, GIB};
 use serde_json::Value;
-
-struct Registry {
-    url: String,
-    _server: registry::Background,
-    _dir: tempfile::TempDir,
-}
-
-async fn registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let server = registry::Background::start(&db, ([127, 0, 0, 1], 0).into(), Default::default())
-        .await
-        .unwrap();
-    Registry {
-        url: server.url(),
-        _server: server,
-        _dir: dir,
-    }
-}
+use test_infra::Registry;
 
 fn grid(reg: &str, key: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_grid"))
@@ -50,31 +31,12 @@ fn ok_json(out: Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-async fn post(url: &str, path: &str, env: &Envelope) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .header("content-type", "application/json")
-        .body(env.to_json())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    r.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farmer_and_auditor_session() {
-    let reg = registry().await;
+    let reg = Registry::sqlite().await;
     let home = tempfile::tempdir().unwrap();
     let key = home.path().join("conf/key");
-    let url = reg.url.clone();
+    let url = reg.url();
     let run = move |args: &[&str]| {
         let (url, key) = (url.clone(), key.clone());
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -112,35 +74,15 @@ async fn farmer_and_auditor_session() {
     assert_eq!(farms[0]["name"], "sunny");
 
     // A node registers itself and reports.
-    let node = SigningKey::generate(&mut rand::rngs::OsRng);
     let capacity = Resources::from_gib(2, 2.0, 20.0, 50.0);
-    let reg_payload = Payload::RegisterNode(NodeRegistration {
-        farm_id: farm as u64,
-        capacity,
-        serial: None,
-        virtualized: true,
-        interfaces: vec![],
-        agent_version: None,
-        warnings: Vec::new(),
-    });
-    let n = post(
-        &reg.url,
-        "/api/v1/nodes",
-        &Envelope::seal(&node, &reg_payload, now(), [1; 16]),
-    )
-    .await;
-    let node_id = n["id"].as_i64().unwrap();
-    let up = Payload::Report(Report::Uptime {
+    let (node, node_id) = reg.node(farm, capacity).await;
+    let up = Report::Uptime {
         uptime_secs: 9,
         stopping: false,
         warnings: vec!["cache on tmpfs: no disk".into()],
-    });
-    post(
-        &reg.url,
-        "/api/v1/reports",
-        &Envelope::seal(&node, &up, now(), [2; 16]),
-    )
-    .await;
+    };
+    let (status, v) = reg.report(&node, up).await;
+    assert_eq!(status, 201, "{v}");
 
     let list = ok_json(run(&["--json", "nodes", "list", "--all"]).await.unwrap());
     assert_eq!(list.as_array().unwrap().len(), 1);

@@ -171,6 +171,16 @@ impl Envelope {
     }
 }
 
+/// Seconds since the Unix epoch by this machine's clock: the timestamp envelopes carry and
+/// [`check_clock`] compares. A clock set before 1970 reads as 0, which every receiver with a
+/// set clock refuses as stale, rather than as an error the sender would have to handle.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Refuses a timestamp more than [`MAX_CLOCK_SKEW_SECS`] from `now`, for every pair of
 /// `i64`s (the difference is taken in 128 bits: it cannot overflow or wrap into the window).
 pub fn check_clock(timestamp: i64, now: i64) -> Result<(), EnvelopeError> {

@@ -1,8 +1,9 @@
 //! Wire types and pure logic shared by the node agent, the registry and the `grid` CLI.
 //!
-//! Nothing here does I/O: resources are counted in raw bytes on the wire and converted to
-//! grid units only by [`units`], and every message that crosses the network is a
-//! [`envelope::Envelope`] signed with ed25519 over the exact payload bytes.
+//! Nothing here does I/O (reading the clock in [`now`] aside): resources are counted in raw
+//! bytes on the wire and converted to grid units only by [`units`], and every message that
+//! crosses the network is a [`envelope::Envelope`] signed with ed25519 over the exact payload
+//! bytes.
 
 pub mod envelope;
 pub mod keyfile;
@@ -10,7 +11,7 @@ pub mod payload;
 pub mod units;
 
 pub use envelope::{
-    check_clock, parse_public_key, Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS,
+    check_clock, now, parse_public_key, Envelope, EnvelopeError, Verified, MAX_CLOCK_SKEW_SECS,
     NONCE_LEN,
 };
 pub use payload::{
@@ -18,12 +19,3 @@ pub use payload::{
     MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
 };
 pub use units::{ResourceTotals, Resources, Units, GIB, MAX_CRU, MAX_DISK, MAX_IPV4, MAX_MRU};
-
-/// Seconds since the Unix epoch by this machine's clock: what envelopes are signed with and
-/// checked against. A clock before 1970 reads as 0 (and fails the freshness check).
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}

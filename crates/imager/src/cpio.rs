@@ -315,14 +315,9 @@ mod tests {
 
     #[test]
     fn gnu_cpio_lists_and_extracts_it() {
-        if std::process::Command::new("cpio")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("cpio not installed; skipping");
+        let Ok(_) = test_infra::require_tool("cpio") else {
             return;
-        }
+        };
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.cpio");
         std::fs::write(&archive, write(&sample(), 86400)).unwrap();

@@ -71,7 +71,7 @@ fn unknown_and_bad_dependencies_are_reported() {
 }
 
 #[test]
-fn large_chain_plans_quickly() {
+fn a_500_service_chain_is_planned_in_chain_order() {
     let names: Vec<String> = (0..500).map(|i| format!("s{i:03}")).collect();
     let d: BTreeMap<String, Vec<String>> = names
         .iter()

@@ -454,16 +454,9 @@ fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
 
 #[tokio::test]
 async fn services_run_with_their_user_capabilities_and_no_new_privs() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root && std::env::var_os("GRIDOS_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipped: not root and GRIDOS_SKIP_ROOT_TESTS is set");
+    let Ok(()) = test_infra::require_root("switches services to other users") else {
         return;
-    }
-    assert!(
-        root,
-        "switching users needs root (set GRIDOS_SKIP_ROOT_TESTS=1 to skip)"
-    );
+    };
     let show = "exec: sh -c 'grep -E \"^(Uid|Gid|CapEff|CapBnd|CapAmb|NoNewPrivs)\" /proc/self/status; exec sleep 100'";
     let h = Harness::start(&[
         (

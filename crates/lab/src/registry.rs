@@ -1,125 +1,62 @@
 //! A `grid-registry` child process on 127.0.0.1 with a SQLite file, and the farmer's set-up
 //! through the real `grid` CLI, exactly as a farmer would do it.
 
-use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use gridapi::{FarmView, Written};
 use serde::de::DeserializeOwned;
+use test_infra::{RegistryCommand, RegistryProcess};
 
 /// A registry server we started and can stop and start again on the same port and file.
 pub struct Registry {
-    bin: PathBuf,
-    db: String,
-    pub addr: SocketAddr,
-    log: PathBuf,
-    child: Option<Child>,
+    process: RegistryProcess,
     http: reqwest::Client,
 }
 
-/// A free port on 127.0.0.1, so parallel runs never collide.
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
-    Ok(l.local_addr()?.port())
-}
-
 impl Registry {
-    /// Starts `grid-registry serve` on `addr` with the SQLite file `db_file`.
+    /// Starts `grid-registry serve` from `bin_dir` on 127.0.0.1:`port` (0: a free one) with the
+    /// SQLite file `db_file`, its output appended to `log`.
     pub async fn start(
         bin_dir: &Path,
         db_file: &Path,
-        addr: SocketAddr,
+        port: u16,
         log: &Path,
     ) -> anyhow::Result<Registry> {
-        let mut r = Registry {
-            bin: bin_dir.join("grid-registry"),
-            db: format!("sqlite://{}", db_file.display()),
-            addr,
-            log: log.to_path_buf(),
-            child: None,
+        let mut cmd = RegistryCommand::new(bin_dir.join("grid-registry"))
+            .database(format!("sqlite://{}", db_file.display()))
+            .log(log);
+        if port != 0 {
+            cmd = cmd.listen(([127, 0, 0, 1], port).into());
+        }
+        Ok(Registry {
+            process: cmd.start().await?,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
-        };
-        r.restart().await?;
-        Ok(r)
+        })
     }
 
     /// The base URL on the host.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.process.url()
     }
 
     /// The same registry as the QEMU guest sees it through user networking.
     pub fn guest_url(&self) -> String {
-        format!("http://10.0.2.2:{}", self.addr.port())
+        format!("http://10.0.2.2:{}", self.process.addr().port())
     }
 
-    /// Starts the server (again) and waits until it answers.
+    /// Starts the server again (after [`Registry::stop`]) and waits until it answers.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        if self.child.is_some() {
-            bail!("registry already running");
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new(&self.bin)
-            .args([
-                "serve",
-                "--db",
-                &self.db,
-                "--listen",
-                &self.addr.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
-        let t0 = Instant::now();
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Some(st) = c.try_wait()? {
-                    self.child = None;
-                    bail!("grid-registry exited with {st}; see {}", self.log.display());
-                }
-            }
-            if self
-                .get::<gridapi::Stats>(gridapi::paths::STATS)
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("grid-registry did not answer on {} within 30 s", self.url());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        Ok(self.process.restart().await?)
     }
 
     /// Stops the server with SIGTERM (as an operator would) and waits for it.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let t0 = Instant::now();
-            while c.try_wait()?.is_none() {
-                if t0.elapsed() > Duration::from_secs(10) {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        self.process.stop()?;
         Ok(())
     }
 
@@ -149,6 +86,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        // In order even when a lab job fails: the registry is the farmer's, kept in `work`.
         let _ = self.stop();
     }
 }
@@ -199,11 +137,10 @@ pub async fn with_farm(
     port: u16,
     farm_name: &str,
 ) -> anyhow::Result<(Registry, u64)> {
-    let port = if port == 0 { free_port()? } else { port };
     let reg = Registry::start(
         bin_dir,
         &work.join("registry.db"),
-        ([127, 0, 0, 1], port).into(),
+        port,
         &work.join("registry.log"),
     )
     .await?;

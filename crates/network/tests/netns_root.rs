@@ -2,7 +2,8 @@
 //! as the DHCP server in one and `gridos-network` in the other. Asserts address, default
 //! route, resolv.conf (a temp path), the IPv6 RA sysctl, retry while no server answers,
 //! renewal at T1, then a static
-//! config. Nothing touches the host's own network. Skipped unless root with `ip` and dnsmasq.
+//! config. Nothing touches the host's own network. Needs root, `ip` and dnsmasq: without them
+//! it fails, unless `GRIDOS_TEST_SKIP` allows the skip (crates/test-infra).
 
 // A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
 // for product code.
@@ -11,13 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn have(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
-}
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -85,16 +79,13 @@ fn ready(dir: &Path) -> bool {
 
 #[test]
 fn dhcp_then_static_in_namespaces() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let Some(dnsmasq) = have("dnsmasq") else {
-        eprintln!("skipped: dnsmasq not installed");
+    let Ok(()) = test_infra::require_root("creates network namespaces and a veth pair") else {
         return;
     };
-    if !root || have("ip").is_none() {
-        eprintln!("skipped: needs root and iproute2");
+    let Ok(tools) = test_infra::require_tools(&["ip", "dnsmasq"]) else {
         return;
-    }
+    };
+    let dnsmasq = &tools[1];
     let pid = std::process::id();
     let mut lab = Lab {
         server: format!("gridos-dhcps-{pid}"),
@@ -123,7 +114,7 @@ fn dhcp_then_static_in_namespaces() {
     let dns_log = dir.path().join("dnsmasq.log");
     let server = Command::new("ip")
         .args(["netns", "exec", &s])
-        .arg(&dnsmasq)
+        .arg(dnsmasq)
         .args([
             "--no-daemon",
             "--conf-file=/dev/null",

@@ -3,7 +3,7 @@
 //! The registry runs as its own process (`grid-registry serve`, next to this binary), and
 //! clients talk to it over 127.0.0.1 only.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +12,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, NodeView, Page, ReportView, Stats, Written};
-use gridtypes::now;
-use gridtypes::{Envelope, NodeRegistration, Payload, Report, Resources, GIB, NONCE_LEN};
+use gridtypes::{now, Envelope, NodeRegistration, Payload, Report, Resources, GIB};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
 use serde_json::{json, Value};
 use sqlx::Connection;
+use test_infra::{nonce, RegistryCommand, RegistryProcess};
 
 #[derive(Parser)]
 #[command(
@@ -112,12 +112,6 @@ enum Test {
     },
 }
 
-fn nonce() -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    OsRng.fill_bytes(&mut n);
-    n
-}
-
 /// Verifications per second with `threads` threads, the same crate and call the registry uses.
 fn verify_ceiling(secs: f64) -> Value {
     let threads = std::thread::available_parallelism()
@@ -160,55 +154,6 @@ fn verify_ceiling(secs: f64) -> Value {
     })
 }
 
-/// A registry process on 127.0.0.1 with a fresh database.
-struct Registry {
-    child: Child,
-    url: String,
-    db: String,
-    _dir: Option<tempfile_dir::Dir>,
-}
-
-mod tempfile_dir {
-    /// A scratch directory removed on drop (std only, to keep this crate's dependencies small).
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn fresh_db(kind: DbKind) -> anyhow::Result<(String, Option<tempfile_dir::Dir>)> {
-    match kind {
-        DbKind::Sqlite => {
-            let dir = std::env::temp_dir().join(format!("gridos-perf-{:x}", OsRng.next_u64()));
-            std::fs::create_dir_all(&dir)?;
-            Ok((
-                format!("sqlite://{}", dir.join("registry.db").display()),
-                Some(tempfile_dir::Dir(dir)),
-            ))
-        }
-        DbKind::Postgres => {
-            let admin = std::env::var("GRIDOS_TEST_POSTGRES_URL")
-                .context("GRIDOS_TEST_POSTGRES_URL is not set: run under tests/with-postgres.sh")?;
-            let name = format!("gridos_perf_{:x}", OsRng.next_u64());
-            let mut conn = sqlx::PgConnection::connect(&admin).await?;
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await?;
-            let base = admin.rsplit_once('/').map(|x| x.0).unwrap_or(&admin);
-            Ok((format!("{base}/{name}"), None))
-        }
-    }
-}
-
 /// The registry binary chosen with `--registry-bin`, or the one next to this binary.
 static REGISTRY_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
@@ -242,57 +187,34 @@ fn unlimited_rates(exe: &std::path::Path) -> Vec<String> {
     .collect()
 }
 
+/// `exe serve` on 127.0.0.1 with a fresh database: a SQLite file of its own, or a database on
+/// the PostgreSQL server `GRIDOS_TEST_POSTGRES_URL` names (else a throwaway one started here).
 async fn start_registry(
     kind: DbKind,
     up_window: i64,
     exe: &std::path::Path,
     extra: &[&str],
-) -> anyhow::Result<Registry> {
-    let (db, dir) = fresh_db(kind).await?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+) -> anyhow::Result<RegistryProcess> {
     if !exe.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p registry`",
             exe.display()
         );
     }
-    let child = Command::new(exe)
-        .args([
-            "serve",
-            "--db",
-            &db,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
+    let mut cmd = RegistryCommand::new(exe)
         .args(["--up-window", &up_window.to_string()])
         .args(unlimited_rates(exe))
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let reg = Registry {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        db,
-        _dir: dir,
-    };
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{}/healthz", reg.url))
-            .send()
-            .await
-            .is_ok()
-        {
-            return Ok(reg);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        .env("RUST_LOG", "warn");
+    if kind == DbKind::Postgres {
+        cmd = cmd.database(test_infra::postgres::fresh_database().await?);
     }
-    bail!("registry did not come up on {}", reg.url)
+    Ok(cmd.start().await?)
+}
+
+/// The registry's process id, for reading its CPU time and memory from /proc.
+fn registry_pid(reg: &RegistryProcess) -> anyhow::Result<u32> {
+    reg.pid().context("the registry is not running")
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<Written> {
@@ -401,8 +323,8 @@ async fn ingest_with(
 ) -> anyhow::Result<Value> {
     let reg = start_registry(kind, 4800, exe, &[]).await?;
     let http = reqwest::Client::new();
-    let farm = farm(&http, &reg.url).await?;
-    let (keys, _) = seed_nodes(&reg.url, farm, 1000, clients).await?;
+    let farm = farm(&http, &reg.url()).await?;
+    let (keys, _) = seed_nodes(&reg.url(), farm, 1000, clients).await?;
     // Sign everything up front: the clients' own signing must not eat the server's CPU.
     let bodies: Vec<Vec<u8>> = (0..reports)
         .map(|i| {
@@ -411,13 +333,13 @@ async fn ingest_with(
             Envelope::seal(key, &p, now(), nonce()).to_json()
         })
         .collect();
-    let stored_before = stored_reports(&http, &reg.url).await?;
-    let cpu0 = cpu_secs(reg.child.id());
+    let stored_before = stored_reports(&http, &reg.url()).await?;
+    let cpu0 = cpu_secs(registry_pid(&reg)?);
     let client0 = cpu_secs(std::process::id());
-    let secs = blast(&reg.url, paths::REPORTS, bodies, clients).await?;
-    let server_cpu = cpu_secs(reg.child.id()) - cpu0;
+    let secs = blast(&reg.url(), paths::REPORTS, bodies, clients).await?;
+    let server_cpu = cpu_secs(registry_pid(&reg)?) - cpu0;
     let client_cpu = cpu_secs(std::process::id()) - client0;
-    let stored = stored_reports(&http, &reg.url).await? - stored_before;
+    let stored = stored_reports(&http, &reg.url()).await? - stored_before;
     if stored != reports as u64 {
         bail!("{stored} reports stored, {reports} sent");
     }
@@ -489,8 +411,8 @@ async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
     let exe = registry_bin()?;
     let reg = start_registry(DbKind::Sqlite, 4800, &exe, &[]).await?;
     let http = reqwest::Client::new();
-    let farm = farm(&http, &reg.url).await?;
-    let (keys, _) = seed_nodes(&reg.url, farm, 1, 1).await?;
+    let farm = farm(&http, &reg.url()).await?;
+    let (keys, _) = seed_nodes(&reg.url(), farm, 1, 1).await?;
     let env = Envelope::seal(
         &keys[0],
         &Payload::Report(Report::uptime(1)),
@@ -499,14 +421,14 @@ async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
     );
     post(
         &http,
-        &format!("{}{}", reg.url, paths::REPORTS),
+        &format!("{}{}", reg.url(), paths::REPORTS),
         env.to_json(),
     )
     .await?;
     // The stored envelopes are planted in the database: the same rows for any registry
     // version, including one that still accepts 47 KB payloads over the API.
     sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&reg.db).await?;
+    let mut conn = sqlx::AnyConnection::connect(reg.db_url()).await?;
     sqlx::raw_sql(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
          INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
@@ -516,15 +438,14 @@ async fn reads_rss(clients: usize, secs: f64) -> anyhow::Result<Value> {
     .execute(&mut conn)
     .await?;
     drop(conn);
-    let pid = reg.child.id();
+    let pid = registry_pid(&reg)?;
     let rss_before = status_kb(pid, "VmRSS:");
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let pages = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let mut tasks = vec![];
     for _ in 0..clients {
-        let (http, url, pages, bytes) =
-            (http.clone(), reg.url.clone(), pages.clone(), bytes.clone());
+        let (http, url, pages, bytes) = (http.clone(), reg.url(), pages.clone(), bytes.clone());
         tasks.push(tokio::spawn(async move {
             let mut after = 0i64;
             while Instant::now() < deadline {
@@ -597,8 +518,8 @@ async fn idle_conns(steps: &[usize], probes: usize) -> anyhow::Result<Value> {
         &[]
     };
     let reg = start_registry(DbKind::Sqlite, 4800, &exe, extra).await?;
-    let addr = reg.url.trim_start_matches("http://").to_string();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", reg.child.id()))?;
+    let addr = reg.url().trim_start_matches("http://").to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", registry_pid(&reg)?))?;
     let fd_limit = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -626,7 +547,7 @@ async fn idle_conns(steps: &[usize], probes: usize) -> anyhow::Result<Value> {
             "healthz_failed_2s": failed,
             "p50_ms": percentile(&lat, 0.5),
             "p99_ms": percentile(&lat, 0.99),
-            "server_rss_mib": status_kb(reg.child.id(), "VmRSS:") as f64 / 1024.0,
+            "server_rss_mib": status_kb(registry_pid(&reg)?, "VmRSS:") as f64 / 1024.0,
         });
         eprintln!("{row}");
         rows.push(row);
@@ -674,12 +595,12 @@ async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result
     let http = reqwest::Client::new();
     let mut farms = vec![];
     for _ in 0..10 {
-        farms.push(farm(&http, &reg.url).await?);
+        farms.push(farm(&http, &reg.url()).await?);
     }
     let per_farm = nodes / farms.len();
     let mut seed_secs = 0.0;
     for f in &farms {
-        seed_secs += seed_nodes(&reg.url, *f, per_farm, 64).await?.1;
+        seed_secs += seed_nodes(&reg.url(), *f, per_farm, 64).await?.1;
     }
     let mut rng = rand::thread_rng();
     let mut lat = Vec::with_capacity(queries);
@@ -707,7 +628,7 @@ async fn node_list(kind: DbKind, nodes: usize, queries: usize) -> anyhow::Result
             ),
         };
         let t = Instant::now();
-        let r = http.get(format!("{}{q}", reg.url)).send().await?;
+        let r = http.get(format!("{}{q}", reg.url())).send().await?;
         if !r.status().is_success() {
             bail!("{q}: {}", r.status());
         }

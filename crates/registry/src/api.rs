@@ -15,7 +15,7 @@ pub use gridapi::{
     FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats,
     StoredKind, Totals, TwinView, Written,
 };
-use gridtypes::{Envelope, ResourceTotals, Units, Verified};
+use gridtypes::{now, Envelope, ResourceTotals, Units, Verified};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
@@ -25,7 +25,7 @@ use crate::db::{resources, Db};
 use crate::error::ApiError;
 use crate::limits::{ip_layer, KeyLimiter};
 use crate::writer::Writer;
-use crate::{now, Config};
+use crate::Config;
 
 /// Default page size of list endpoints.
 const DEFAULT_LIMIT: i64 = 50;

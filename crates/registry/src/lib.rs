@@ -63,8 +63,6 @@ impl Default for Config {
     }
 }
 
-pub use gridtypes::now;
-
 /// Builds the full application for an open database (needs a tokio runtime: the writer and
 /// the rate limiters' clean-up run as tasks).
 pub fn app(db: Db, config: Config) -> Router {

@@ -10,13 +10,12 @@ use std::time::Duration;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use gridtypes::{NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
+use gridtypes::{now, NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::db::{resources, Backend, Db};
 use crate::error::ApiError;
-use crate::now;
 pub use gridapi::Written;
 
 /// Most requests committed in one transaction.

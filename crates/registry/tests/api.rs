@@ -4,16 +4,15 @@
 // for product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{nonce, now, registration, seal, Engine, Harness};
 use ed25519_dalek::SigningKey;
 use gridtypes::{Consumption, Envelope, Payload, Report, Resources, GIB};
 use rand::rngs::OsRng;
 use registry::Config;
 use serde_json::{json, Value};
+use test_infra::client::{node_registration, nonce, seal};
+use test_infra::{now, Engine, Registry, Skipped};
 
-on_both_databases!(
+test_infra::on_both_engines!(
     farmer_registers_twin_farm_and_node,
     node_reports_are_stored_verbatim_and_reverify,
     node_list_filters_and_pages,
@@ -38,8 +37,8 @@ fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
 
-async fn harness(engine: Engine) -> Option<Harness> {
-    Harness::start(engine).await
+async fn harness(engine: Engine) -> Result<Registry, Skipped> {
+    Registry::start(engine).await
 }
 
 fn cap(cru: u64, mru_gib: f64, sru_gib: f64, hru_gib: f64) -> Resources {
@@ -47,7 +46,7 @@ fn cap(cru: u64, mru_gib: f64, sru_gib: f64, hru_gib: f64) -> Resources {
 }
 
 async fn farmer_registers_twin_farm_and_node(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let twin = SigningKey::generate(&mut OsRng);
@@ -75,7 +74,7 @@ async fn farmer_registers_twin_farm_and_node(engine: Engine) {
     let (s, v) = h
         .post(
             "/api/v1/nodes",
-            &seal(&node, &registration(farm_id, cap(2, 2.0, 20.0, 50.0))),
+            &seal(&node, &node_registration(farm_id, cap(2, 2.0, 20.0, 50.0))),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -84,7 +83,7 @@ async fn farmer_registers_twin_farm_and_node(engine: Engine) {
     let (s, v) = h
         .post(
             "/api/v1/nodes",
-            &seal(&node, &registration(farm_id, cap(4, 8.0, 100.0, 50.0))),
+            &seal(&node, &node_registration(farm_id, cap(4, 8.0, 100.0, 50.0))),
         )
         .await;
     assert_eq!((s, v["id"].as_i64()), (200, Some(node_id)), "{v}");
@@ -129,7 +128,7 @@ async fn farmer_registers_twin_farm_and_node(engine: Engine) {
 }
 
 async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -200,7 +199,7 @@ async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
 }
 
 async fn node_list_filters_and_pages(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let f1 = h.farm("one").await;
@@ -270,7 +269,7 @@ async fn node_goes_down_when_reports_stop(engine: Engine) {
         up_window_secs: 2,
         ..Config::default()
     };
-    let Some(h) = Harness::start_with(engine, config).await else {
+    let Ok(h) = Registry::start_with(engine, config).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -295,7 +294,7 @@ async fn node_goes_down_when_reports_stop(engine: Engine) {
 }
 
 async fn node_stopped_in_order_is_not_up_at_once(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -341,7 +340,7 @@ async fn node_stopped_in_order_is_not_up_at_once(engine: Engine) {
 }
 
 async fn malformed_json_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = h.snapshot().await;
@@ -380,7 +379,7 @@ async fn malformed_json_is_refused(engine: Engine) {
 }
 
 async fn unknown_fields_are_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -412,7 +411,7 @@ async fn unknown_fields_are_refused(engine: Engine) {
 }
 
 async fn bad_signature_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -446,7 +445,7 @@ async fn bad_signature_is_refused(engine: Engine) {
 }
 
 async fn unknown_signer_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = h.snapshot().await;
@@ -471,7 +470,7 @@ async fn unknown_signer_is_refused(engine: Engine) {
 }
 
 async fn unknown_farm_is_refused_and_keeps_the_nonce(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("real").await;
@@ -480,7 +479,7 @@ async fn unknown_farm_is_refused_and_keeps_the_nonce(engine: Engine) {
     let n = nonce();
     let env = Envelope::seal(
         &key,
-        &registration(farm + 100, cap(1, 2.0, 60.0, 0.0)),
+        &node_registration(farm + 100, cap(1, 2.0, 60.0, 0.0)),
         now(),
         n,
     );
@@ -492,13 +491,18 @@ async fn unknown_farm_is_refused_and_keeps_the_nonce(engine: Engine) {
         .contains(&(farm + 100).to_string()));
     assert_eq!(h.snapshot().await, before);
     // The refused request did not consume its nonce: the same nonce works for a good request.
-    let env = Envelope::seal(&key, &registration(farm, cap(1, 2.0, 60.0, 0.0)), now(), n);
+    let env = Envelope::seal(
+        &key,
+        &node_registration(farm, cap(1, 2.0, 60.0, 0.0)),
+        now(),
+        n,
+    );
     let (s, v) = h.post("/api/v1/nodes", &env).await;
     assert_eq!(s, 201, "{v}");
 }
 
 async fn stale_timestamps_are_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = h.snapshot().await;
@@ -519,7 +523,7 @@ async fn stale_timestamps_are_refused(engine: Engine) {
 }
 
 async fn replayed_nonce_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -544,25 +548,25 @@ async fn replayed_nonce_is_refused(engine: Engine) {
 }
 
 async fn oversized_body_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = h.snapshot().await;
     let key = SigningKey::generate(&mut OsRng);
-    let big = vec![b' '; h.config.body_limit + 1];
+    let big = vec![b' '; h.config().body_limit + 1];
     let env = Envelope::seal_bytes(&key, big, now(), nonce());
     let (s, v) = h.post("/api/v1/twins", &env).await;
     assert_eq!((s, error_code(&v)), (413, "too_large"), "{v}");
     // Also when the body is not even JSON.
     let (s, v) = h
-        .post_raw("/api/v1/reports", vec![b'x'; 2 * h.config.body_limit])
+        .post_raw("/api/v1/reports", vec![b'x'; 2 * h.config().body_limit])
         .await;
     assert_eq!((s, error_code(&v)), (413, "too_large"), "{v}");
     assert_eq!(h.snapshot().await, before);
 }
 
 async fn wrong_payload_kind_is_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = h.snapshot().await;
@@ -576,7 +580,7 @@ async fn wrong_payload_kind_is_refused(engine: Engine) {
 }
 
 async fn bad_queries_get_json_errors(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     for (path, status, code) in [
@@ -601,7 +605,7 @@ async fn bad_queries_get_json_errors(engine: Engine) {
 }
 
 async fn concurrent_reports_all_land(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -660,7 +664,7 @@ async fn concurrent_reports_all_land(engine: Engine) {
 }
 
 async fn data_survives_a_restart(engine: Engine) {
-    let Some(mut h) = harness(engine).await else {
+    let Ok(mut h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -678,7 +682,7 @@ async fn data_survives_a_restart(engine: Engine) {
 }
 
 async fn concurrent_replays_land_once(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;

@@ -7,13 +7,10 @@
 // for product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{nonce, now, registration, seal, Engine, Harness};
 use ed25519_dalek::SigningKey;
 use gridtypes::{
     Consumption, Envelope, Payload, Report, Resources, MAX_DISK, MAX_TRAFFIC_BYTES, NONCE_LEN,
@@ -21,8 +18,10 @@ use gridtypes::{
 use rand::rngs::OsRng;
 use registry::{Config, Rate, RateLimits};
 use serde_json::Value;
+use test_infra::client::{node_registration, nonce, seal, send};
+use test_infra::{now, Engine, Registry, RegistryCommand, Skipped};
 
-on_both_databases!(
+test_infra::on_both_engines!(
     recased_nonce_is_not_a_new_message,
     recased_signer_clones_no_node_and_no_twin,
     numbers_beyond_physical_bounds_are_refused,
@@ -46,8 +45,8 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
-async fn harness(engine: Engine) -> Option<Harness> {
-    Harness::start(engine).await
+async fn harness(engine: Engine) -> Result<Registry, Skipped> {
+    Registry::start(engine).await
 }
 
 fn cap(cru: u64) -> Resources {
@@ -55,7 +54,7 @@ fn cap(cru: u64) -> Resources {
 }
 
 /// What an attack may not change: the counts, the capacity and every node's last message.
-async fn state(h: &Harness) -> Value {
+async fn state(h: &Registry) -> Value {
     let mut snap = h.snapshot().await;
     let (s, nodes) = h.get("/api/v1/nodes?limit=1000").await;
     assert_eq!(s, 200, "{nodes}");
@@ -77,7 +76,7 @@ async fn state(h: &Harness) -> Value {
 }
 
 /// The attack got `status`/`code`, the server still answers, and nothing changed.
-async fn refused(h: &Harness, got: (u16, Value), status: u16, want: &str, before: &Value) {
+async fn refused(h: &Registry, got: (u16, Value), status: u16, want: &str, before: &Value) {
     assert_eq!((got.0, code(&got.1)), (status, want), "{}", got.1);
     let (s, _) = h.get("/healthz").await;
     assert_eq!(s, 200, "server stopped answering");
@@ -98,7 +97,7 @@ fn recase(hex: &str, n: usize) -> String {
 }
 
 /// A node's stored messages, as anyone can read them.
-async fn stored(h: &Harness, node: i64) -> Vec<Envelope> {
+async fn stored(h: &Registry, node: i64) -> Vec<Envelope> {
     let (s, v) = h
         .get(&format!("/api/v1/nodes/{node}/reports?limit=1000"))
         .await;
@@ -112,7 +111,7 @@ async fn stored(h: &Harness, node: i64) -> Vec<Envelope> {
 }
 
 async fn recased_nonce_is_not_a_new_message(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -169,7 +168,7 @@ async fn recased_nonce_is_not_a_new_message(engine: Engine) {
 }
 
 async fn recased_signer_clones_no_node_and_no_twin(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -221,7 +220,7 @@ async fn recased_signer_clones_no_node_and_no_twin(engine: Engine) {
 }
 
 async fn numbers_beyond_physical_bounds_are_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -233,7 +232,10 @@ async fn numbers_beyond_physical_bounds_are_refused(engine: Engine) {
     };
     let fresh = SigningKey::generate(&mut OsRng);
     let got = h
-        .post("/api/v1/nodes", &seal(&fresh, &registration(farm, huge)))
+        .post(
+            "/api/v1/nodes",
+            &seal(&fresh, &node_registration(farm, huge)),
+        )
         .await;
     refused(&h, got, 400, "malformed", &before).await;
     for report in [
@@ -285,7 +287,7 @@ async fn numbers_beyond_physical_bounds_are_refused(engine: Engine) {
 }
 
 async fn traffic_totals_saturate_and_rows_stay_readable(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -321,7 +323,7 @@ async fn traffic_totals_saturate_and_rows_stay_readable(engine: Engine) {
 }
 
 async fn stats_sum_any_number_of_maximal_nodes(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -359,7 +361,7 @@ async fn stats_sum_any_number_of_maximal_nodes(engine: Engine) {
 }
 
 async fn extreme_timestamps_are_stale(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -389,7 +391,7 @@ async fn extreme_timestamps_are_stale(engine: Engine) {
 }
 
 async fn padded_payloads_are_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -426,7 +428,7 @@ async fn padded_payloads_are_refused(engine: Engine) {
 }
 
 async fn reads_are_bounded_whatever_was_stored(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -455,10 +457,10 @@ async fn reads_are_bounded_whatever_was_stored(engine: Engine) {
     loop {
         let url = format!(
             "{}/api/v1/nodes/{node}/reports?limit=1000&after={after}",
-            h.base
+            h.url()
         );
         let body = h
-            .client
+            .http()
             .get(url)
             .send()
             .await
@@ -499,7 +501,7 @@ fn hex_literal(engine: Engine, bytes: &[u8]) -> String {
 }
 
 async fn new_identities_are_rate_limited_per_address(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let burst = RateLimits::default().new_identities_per_ip.burst as usize;
@@ -508,8 +510,8 @@ async fn new_identities_are_rate_limited_per_address(engine: Engine) {
         let before = state(&h).await;
         let fresh = SigningKey::generate(&mut OsRng);
         let r = h
-            .client
-            .post(format!("{}/api/v1/twins", h.base))
+            .http()
+            .post(format!("{}/api/v1/twins", h.url()))
             .header("content-type", "application/json")
             .body(seal(&fresh, &Payload::RegisterTwin {}).to_json())
             .send()
@@ -549,7 +551,7 @@ async fn keys_are_rate_limited_after_verification(engine: Engine) {
         },
         ..Config::default()
     };
-    let Some(h) = Harness::start_with(engine, config).await else {
+    let Ok(h) = Registry::start_with(engine, config).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -563,7 +565,10 @@ async fn keys_are_rate_limited_after_verification(engine: Engine) {
         assert_eq!(s, 401);
     }
     let (s, v) = h
-        .post("/api/v1/nodes", &seal(&key, &registration(farm, cap(1))))
+        .post(
+            "/api/v1/nodes",
+            &seal(&key, &node_registration(farm, cap(1))),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     for i in 0..4 {
@@ -580,7 +585,7 @@ async fn keys_are_rate_limited_after_verification(engine: Engine) {
 }
 
 async fn one_key_one_role(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -588,7 +593,10 @@ async fn one_key_one_role(engine: Engine) {
     let (node, _) = h.node(farm, cap(1)).await;
     let before = state(&h).await;
     let got = h
-        .post("/api/v1/nodes", &seal(&twin, &registration(farm, cap(1))))
+        .post(
+            "/api/v1/nodes",
+            &seal(&twin, &node_registration(farm, cap(1))),
+        )
         .await;
     refused(&h, got, 409, "role_conflict", &before).await;
     let got = h
@@ -606,7 +614,7 @@ async fn one_key_one_role(engine: Engine) {
 }
 
 async fn writes_must_be_json(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let before = state(&h).await;
@@ -618,21 +626,21 @@ async fn writes_must_be_json(engine: Engine) {
         Some("application/jsonx"),
     ] {
         let mut req = h
-            .client
-            .post(format!("{}/api/v1/twins", h.base))
+            .http()
+            .post(format!("{}/api/v1/twins", h.url()))
             .body(seal(&key, &Payload::RegisterTwin {}).to_json());
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
-        let got = Harness::send(req).await;
+        let got = send(req).await;
         refused(&h, got, 415, "unsupported_media_type", &before).await;
     }
     let req = h
-        .client
-        .post(format!("{}/api/v1/twins", h.base))
+        .http()
+        .post(format!("{}/api/v1/twins", h.url()))
         .header("content-type", "Application/JSON; charset=utf-8")
         .body(seal(&key, &Payload::RegisterTwin {}).to_json());
-    assert_eq!(Harness::send(req).await.0, 201);
+    assert_eq!(send(req).await.0, 201);
 }
 
 async fn full_write_queue_answers_busy(engine: Engine) {
@@ -641,14 +649,14 @@ async fn full_write_queue_answers_busy(engine: Engine) {
         write_queue_bytes: 64,
         ..Config::default()
     };
-    let Some(h) = Harness::start_with(engine, config).await else {
+    let Ok(h) = Registry::start_with(engine, config).await else {
         return;
     };
     let before = state(&h).await;
     let key = SigningKey::generate(&mut OsRng);
     let r = h
-        .client
-        .post(format!("{}/api/v1/twins", h.base))
+        .http()
+        .post(format!("{}/api/v1/twins", h.url()))
         .header("content-type", "application/json")
         .body(seal(&key, &Payload::RegisterTwin {}).to_json())
         .send()
@@ -660,7 +668,7 @@ async fn full_write_queue_answers_busy(engine: Engine) {
 }
 
 async fn farm_names_are_unique_in_any_case(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     h.farm("acme").await;
@@ -681,7 +689,7 @@ async fn farm_names_are_unique_in_any_case(engine: Engine) {
 }
 
 async fn ids_have_one_spelling(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -700,7 +708,7 @@ async fn ids_have_one_spelling(engine: Engine) {
 }
 
 async fn duplicate_json_fields_are_refused(engine: Engine) {
-    let Some(h) = harness(engine).await else {
+    let Ok(h) = harness(engine).await else {
         return;
     };
     let farm = h.farm("f").await;
@@ -736,12 +744,12 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
         max_connections: 32,
         ..Config::default()
     };
-    let Some(h) = Harness::start_with(engine, config).await else {
+    let Ok(h) = Registry::start_with(engine, config).await else {
         return;
     };
     let before = state(&h).await;
     let addr = h.addr();
-    let base = h.base.clone();
+    let base = h.url();
     let outcome = tokio::task::spawn_blocking(move || {
         let open = || {
             let s = TcpStream::connect(addr).unwrap();
@@ -817,7 +825,7 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     );
     assert!(answer.contains("\"timeout\""), "{answer}");
     assert_eq!(closed, 70, "idle connections left open");
-    let (s, _) = Harness::send(h.client.get(format!("{base}/healthz"))).await;
+    let (s, _) = send(h.http().get(format!("{base}/healthz"))).await;
     assert_eq!(s, 200);
     assert_eq!(state(&h).await, before);
 }
@@ -825,41 +833,26 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
 /// The real binary under a 256-descriptor limit, flooded with 600 idle connections: it keeps
 /// its descriptors for the database and answers `/healthz` once the idle ones ahead of it
 /// time out.
-#[test]
-fn descriptor_flood_does_not_starve_the_server() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_flood_does_not_starve_the_server() {
+    let Ok(_) = test_infra::require_tool("prlimit") else {
+        return;
+    };
     // The flood needs 600 descriptors on this side too: lift the soft limit to the hard one,
     // as the registry itself does (a machine's default soft limit may be 1,024).
     registry::server::connection_capacity();
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let log_path = dir.path().join("registry.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new("prlimit")
-        .args(["--nofile=256:256", "--"])
-        .arg(env!("CARGO_BIN_EXE_grid-registry"))
-        .args([
-            "serve",
-            "--db",
-            &db,
-            "--listen",
-            &addr,
-            "--header-timeout",
-            "1",
-            "--idle-timeout",
-            "2",
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("prlimit (util-linux) and the grid-registry binary");
+    let mut reg = RegistryCommand::new(env!("CARGO_BIN_EXE_grid-registry"))
+        .wrapper(["prlimit", "--nofile=256:256", "--"])
+        .args(["--header-timeout", "1", "--idle-timeout", "2"])
+        .log(&log_path)
+        .start()
+        .await
+        .unwrap();
+    let addr = reg.addr();
     let healthz = |timeout: Duration| -> bool {
-        let Ok(mut s) = TcpStream::connect(&addr) else {
+        let Ok(mut s) = TcpStream::connect(addr) else {
             return false;
         };
         s.set_read_timeout(Some(timeout)).unwrap();
@@ -872,16 +865,9 @@ fn descriptor_flood_does_not_starve_the_server() {
         let _ = s.read_to_string(&mut out);
         out.starts_with("HTTP/1.1 200")
     };
-    let t = Instant::now();
-    while !healthz(Duration::from_secs(1)) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(healthz(Duration::from_secs(1)), "registry not answering");
     let flood: Vec<TcpStream> = (0..600)
-        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
     assert!(
         flood.len() >= 256,
@@ -895,9 +881,8 @@ fn descriptor_flood_does_not_starve_the_server() {
     );
     drop(flood);
     assert!(healthz(Duration::from_secs(5)));
-    assert!(child.try_wait().unwrap().is_none(), "registry exited");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(reg.exited(), None, "registry exited");
+    reg.kill();
     // The server saw the limit and sized itself to it (256 - its reserve), instead of
     // failing accept() with EMFILE.
     let log = std::fs::read_to_string(&log_path).unwrap();

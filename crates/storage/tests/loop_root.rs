@@ -1,7 +1,8 @@
 //! Root test: sparse files as loop devices, made and removed by the test itself.
 //! Checks partitioning, mkfs, mount, re-use after a "reboot", and that the `empty`
-//! policy refuses a disk with a filesystem signature. Skipped (with a message) when
-//! not root or when losetup/sfdisk/mkfs.btrfs are missing.
+//! policy refuses a disk with a filesystem signature. Needs root, loop devices and the
+//! partitioning tools: without them it fails, unless `GRIDOS_TEST_SKIP` allows the skip
+//! (crates/test-infra).
 
 // A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
 // for product code.
@@ -10,12 +11,6 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn have(tool: &str) -> bool {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(tool).exists())
-}
 
 struct Loops {
     devs: Vec<String>,
@@ -74,17 +69,17 @@ fn ext_magic(path: &Path) -> [u8; 2] {
 
 #[test]
 fn cache_on_loop_devices() {
-    if
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() } != 0
-        || !Path::new("/dev/loop-control").exists()
-        || !["losetup", "sfdisk", "mkfs.btrfs", "wipefs"]
-            .iter()
-            .all(|t| have(t))
-    {
-        eprintln!("skipped: needs root, /dev/loop-control, losetup, sfdisk, mkfs.btrfs, wipefs");
+    let Ok(()) = test_infra::require_root("attaches loop devices, partitions and mounts them")
+    else {
         return;
-    }
+    };
+    let Ok(()) = test_infra::require_device("/dev/loop-control", "loop devices") else {
+        return;
+    };
+    let Ok(_) = test_infra::require_tools(&["losetup", "sfdisk", "partx", "mkfs.btrfs", "wipefs"])
+    else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let blank = t.path().join("blank.img");
     let data = t.path().join("data.img");
