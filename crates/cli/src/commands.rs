@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportView, Stats};
-use gridapi::{Totals, Written};
-use gridtypes::{Envelope, Payload, Report, Resources, Units, GIB};
+use gridapi::{ContractFilter, ContractState, ContractView, Totals, Written};
+use gridtypes::{ContractRequest, Envelope, Payload, Report, Resources, Units, GIB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::Client;
 use crate::{
-    keyfile, Cli, Command, FarmCmd, ImageCmd, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd,
-    UnitsArgs,
+    keyfile, Cli, Command, ContractStateArg, ContractsCmd, FarmCmd, ImageCmd, KeyCmd,
+    NodeFilterArgs, NodesCmd, StatusArg, TwinCmd, UnitsArgs,
 };
 
 /// Runs one parsed command line.
@@ -101,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             });
         }
+        Command::Contracts(c) => contracts(&client, &key_path, c, j).await?,
         Command::Units(u) => units(&u, j)?,
     }
     Ok(())
@@ -167,6 +168,12 @@ trait Paged: Serialize {
 }
 
 impl Paged for Paging {
+    fn set_after(&mut self, after: i64) {
+        self.after = Some(after);
+    }
+}
+
+impl Paged for ContractFilter {
     fn set_after(&mut self, after: i64) {
         self.after = Some(after);
     }
@@ -383,4 +390,95 @@ fn units(u: &UnitsArgs, j: bool) -> anyhow::Result<()> {
         format!("{kind} units: CU {} SU {}\n", units.cu, units.su)
     });
     Ok(())
+}
+
+async fn contracts(
+    client: &Client,
+    key_path: &Path,
+    cmd: ContractsCmd,
+    j: bool,
+) -> anyhow::Result<()> {
+    match cmd {
+        ContractsCmd::Create(a) => {
+            let key = keyfile::load(key_path)?;
+            let payload = Payload::CreateContract(ContractRequest {
+                node_id: a.node,
+                resources: Resources {
+                    cru: a.cru,
+                    mru: a.mru,
+                    sru: a.sru,
+                    hru: a.hru,
+                    ipv4: a.ipv4,
+                },
+            });
+            payload.validate()?;
+            let w = client.post_signed(paths::CONTRACTS, &key, &payload).await?;
+            print(j, &w, |w| {
+                format!(
+                    "contract {} reserves {} cores, {} GiB memory, {} GiB SSD, {} GiB HDD on node {}\n",
+                    w.id,
+                    a.cru,
+                    gib(a.mru),
+                    gib(a.sru),
+                    gib(a.hru),
+                    a.node
+                )
+            });
+        }
+        ContractsCmd::List {
+            twin,
+            node,
+            state,
+            all,
+        } => {
+            let filter = ContractFilter {
+                twin: twin.map(|t| t as i64),
+                node: node.map(|n| n as i64),
+                state: state.map(|s| match s {
+                    ContractStateArg::Active => ContractState::Active,
+                    ContractStateArg::Cancelled => ContractState::Cancelled,
+                }),
+                ..ContractFilter::default()
+            };
+            let list: Vec<ContractView> = all_pages(client, paths::CONTRACTS, filter, all).await?;
+            print(j, &list, |list| contract_table(list));
+        }
+        ContractsCmd::Show { id } => {
+            let c: ContractView = client.get(&paths::contract(id)).await?;
+            print(j, &c, |c| contract_table(std::slice::from_ref(c)));
+        }
+        ContractsCmd::Cancel { id } => {
+            let key = keyfile::load(key_path)?;
+            let payload = Payload::CancelContract { contract_id: id };
+            payload.validate()?;
+            let w = client
+                .post_signed(paths::CONTRACTS_CANCEL, &key, &payload)
+                .await?;
+            print(j, &w, |w| format!("contract {} cancelled\n", w.id));
+        }
+    }
+    Ok(())
+}
+
+fn contract_table(list: &[ContractView]) -> String {
+    let mut out = format!(
+        "{:>6} {:>6} {:>6} {:<9} {:>4} {:>8} {:>9} {:>9} {:>4}\n",
+        "ID", "TWIN", "NODE", "STATE", "CRU", "MRU GiB", "SRU GiB", "HRU GiB", "IPV4"
+    );
+    for c in list {
+        let r = &c.resources;
+        out += &format!(
+            "{:>6} {:>6} {:>6} {:<9} {:>4} {:>8} {:>9} {:>9} {:>4}\n",
+            c.id,
+            c.twin_id,
+            c.node_id,
+            c.state.as_str(),
+            r.cru,
+            gib(r.mru),
+            gib(r.sru),
+            gib(r.hru),
+            r.ipv4
+        );
+    }
+    out
 }

@@ -51,6 +51,9 @@ enum Command {
     /// List and inspect nodes.
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// Reserve capacity on a node (as a twin), list and cancel reservations.
+    #[command(subcommand)]
+    Contracts(ContractsCmd),
     /// Grid-wide totals.
     Stats,
     /// Compute CU and SU from raw resources with the grid's formulas.
@@ -93,6 +96,73 @@ enum FarmCmd {
     },
     /// List farms.
     List,
+}
+
+#[derive(Subcommand)]
+enum ContractsCmd {
+    /// Reserve capacity on a node; prints the contract id.
+    Create(ContractArgs),
+    /// List contracts, optionally of one twin or node.
+    List {
+        /// Only this twin's contracts.
+        #[arg(long)]
+        twin: Option<u64>,
+        /// Only contracts on this node.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Only active or only cancelled ones.
+        #[arg(long, value_enum)]
+        state: Option<ContractStateArg>,
+        /// Follow pages until the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One contract.
+    Show {
+        /// Contract id.
+        id: u64,
+    },
+    /// End a contract of yours: the node frees the capacity and tears its workloads down.
+    Cancel {
+        /// Contract id.
+        id: u64,
+    },
+}
+
+#[derive(Args)]
+struct ContractArgs {
+    /// The node to reserve on (`grid nodes list --min-cru …` finds one).
+    #[arg(long)]
+    node: u64,
+    /// Cores.
+    #[arg(long, default_value_t = 0)]
+    cru: u64,
+    /// Memory, e.g. 256MiB or 2GiB (plain numbers are bytes).
+    #[arg(long, value_parser = size, default_value = "0")]
+    mru: u64,
+    /// SSD, e.g. 2GiB.
+    #[arg(long, value_parser = size, default_value = "0")]
+    sru: u64,
+    /// HDD, e.g. 1TB.
+    #[arg(long, value_parser = size, default_value = "0")]
+    hru: u64,
+    /// Public IPv4 addresses.
+    #[arg(long, default_value_t = 0)]
+    ipv4: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ContractStateArg {
+    /// Still reserved.
+    Active,
+    /// Ended.
+    Cancelled,
+}
+
+/// A size with an optional binary (KiB, MiB, GiB, TiB) or decimal (KB, MB, GB, TB) unit.
+fn size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size ({e}): use e.g. 256MiB, 2GiB or 1TB"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]

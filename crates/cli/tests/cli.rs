@@ -130,6 +130,81 @@ async fn farmer_and_auditor_session() {
     let stats = ok_json(run(&["--json", "stats"]).await.unwrap());
     assert_eq!(stats["all"]["nodes"], 1);
     assert_eq!(stats["twins"], 1);
+
+    // The twin rents part of the node, cannot rent more than is free, and cancels.
+    let c = ok_json(
+        run(&[
+            "--json",
+            "contracts",
+            "create",
+            "--node",
+            &id,
+            "--cru",
+            "1",
+            "--mru",
+            "256MiB",
+            "--sru",
+            "2GiB",
+        ])
+        .await
+        .unwrap(),
+    );
+    let contract = c["id"].as_i64().unwrap().to_string();
+    let shown = ok_json(run(&["--json", "nodes", "show", &id]).await.unwrap());
+    assert_eq!(shown["used"]["mru"], 256u64 << 20);
+    assert_eq!(shown["free"]["sru"], 18 * GIB);
+    let out = run(&[
+        "contracts",
+        "create",
+        "--node",
+        &id,
+        "--cru",
+        "1",
+        "--sru",
+        "19GiB",
+    ])
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("insufficient_capacity") && err.contains("sru"),
+        "{err}"
+    );
+    let out = run(&["contracts", "create", "--node", &id, "--mru", "lots"])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("256MiB"));
+    let list = ok_json(
+        run(&[
+            "--json",
+            "contracts",
+            "list",
+            "--node",
+            &id,
+            "--state",
+            "active",
+        ])
+        .await
+        .unwrap(),
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let human = run(&["contracts", "show", &contract]).await.unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("active"));
+    ok_json(
+        run(&["--json", "contracts", "cancel", &contract])
+            .await
+            .unwrap(),
+    );
+    let shown = ok_json(
+        run(&["--json", "contracts", "show", &contract])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(shown["state"], "cancelled");
+    let node_now = ok_json(run(&["--json", "nodes", "show", &id]).await.unwrap());
+    assert_eq!(node_now["used"]["mru"], 0);
 }
 
 #[test]

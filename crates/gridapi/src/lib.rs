@@ -22,6 +22,10 @@ pub mod paths {
     pub const REPORTS: &str = "/api/v1/reports";
     /// Grid-wide totals.
     pub const STATS: &str = "/api/v1/stats";
+    /// Contracts: POST a signed `CreateContract`, GET the list.
+    pub const CONTRACTS: &str = "/api/v1/contracts";
+    /// POST a signed `CancelContract`.
+    pub const CONTRACTS_CANCEL: &str = "/api/v1/contracts/cancel";
 
     /// One twin.
     pub fn twin(id: u64) -> String {
@@ -38,6 +42,10 @@ pub mod paths {
     /// A node's stored reports.
     pub fn node_reports(id: u64) -> String {
         format!("{NODES}/{id}/reports")
+    }
+    /// One contract.
+    pub fn contract(id: u64) -> String {
+        format!("{CONTRACTS}/{id}")
     }
 }
 
@@ -69,6 +77,12 @@ pub enum ErrorCode {
     Replay,
     /// The payload names a farm that does not exist (422).
     UnknownFarm,
+    /// The payload names a node that does not exist (422).
+    UnknownNode,
+    /// The node has less free capacity than the contract asks for (409).
+    InsufficientCapacity,
+    /// The signer may not act on this (e.g. another twin's contract) (403).
+    Forbidden,
     /// A payload of another kind was sent to this endpoint (400).
     WrongKind,
     /// A unique name is taken (409).
@@ -100,6 +114,9 @@ impl ErrorCode {
             ErrorCode::StaleTimestamp => "stale_timestamp",
             ErrorCode::Replay => "replay",
             ErrorCode::UnknownFarm => "unknown_farm",
+            ErrorCode::UnknownNode => "unknown_node",
+            ErrorCode::InsufficientCapacity => "insufficient_capacity",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::WrongKind => "wrong_kind",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotFound => "not_found",
@@ -361,6 +378,68 @@ impl StoredKind {
     }
 }
 
+/// Whether a contract still holds its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractState {
+    /// Reserved: the node runs what the twin deploys under it.
+    Active,
+    /// Ended by the twin: the capacity is free again and the node tears the workloads down.
+    Cancelled,
+}
+
+impl ContractState {
+    /// The state as stored and written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContractState::Active => "active",
+            ContractState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for ContractState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A twin's reservation on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractView {
+    /// Contract id.
+    pub id: i64,
+    /// The twin that pays.
+    pub twin_id: i64,
+    /// The node that runs the workloads.
+    pub node_id: i64,
+    /// What is reserved.
+    pub resources: Resources,
+    /// Active or cancelled.
+    pub state: ContractState,
+    /// When it was created (Unix seconds, the registry's clock).
+    pub created_at: i64,
+    /// When it was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cancelled_at: Option<i64>,
+}
+
+/// Filters of the contract list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractFilter {
+    /// Only this twin's contracts.
+    pub twin: Option<i64>,
+    /// Only contracts on this node.
+    pub node: Option<i64>,
+    /// Only active or only cancelled ones.
+    pub state: Option<ContractState>,
+    /// Contracts with an id greater than this.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +459,9 @@ mod tests {
             ErrorCode::StaleTimestamp,
             ErrorCode::Replay,
             ErrorCode::UnknownFarm,
+            ErrorCode::UnknownNode,
+            ErrorCode::InsufficientCapacity,
+            ErrorCode::Forbidden,
             ErrorCode::WrongKind,
             ErrorCode::Conflict,
             ErrorCode::NotFound,

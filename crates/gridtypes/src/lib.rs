@@ -5,6 +5,7 @@
 //! crosses the network is a [`envelope::Envelope`] signed with ed25519 over the exact payload
 //! bytes.
 
+pub mod deployment;
 pub mod envelope;
 pub mod keyfile;
 pub mod payload;
@@ -15,7 +16,7 @@ pub use envelope::{
     NONCE_LEN,
 };
 pub use payload::{
-    Consumption, Interface, NodeRegistration, Payload, PayloadError, Report, ReportKind,
-    MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
+    Consumption, ContractRequest, Interface, NodeRegistration, Payload, PayloadError, Report,
+    ReportKind, MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
 };
 pub use units::{ResourceTotals, Resources, Units, GIB, MAX_CRU, MAX_DISK, MAX_IPV4, MAX_MRU};

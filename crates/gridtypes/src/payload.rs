@@ -56,6 +56,24 @@ pub enum Payload {
     RegisterNode(NodeRegistration),
     /// A node's periodic report.
     Report(Report),
+    /// A twin reserves capacity on a node; what runs there comes later, sealed to the node.
+    CreateContract(ContractRequest),
+    /// A twin ends one of its contracts: the capacity is freed and the node tears down what
+    /// ran under it.
+    CancelContract {
+        /// The contract to end.
+        contract_id: u64,
+    },
+}
+
+/// What a twin reserves on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractRequest {
+    /// The node that will run the workloads.
+    pub node_id: u64,
+    /// Raw capacity reserved (bytes for memory and disks, as everywhere on the wire).
+    pub resources: Resources,
 }
 
 /// A node's registration: which farm, what it has, how it can be reached.
@@ -231,7 +249,10 @@ impl Payload {
     /// what a stored message can cost the registry and every auditor who reads it.
     pub fn max_len(&self) -> usize {
         match self {
-            Payload::RegisterTwin {} | Payload::CreateFarm { .. } => 512,
+            Payload::RegisterTwin {}
+            | Payload::CreateFarm { .. }
+            | Payload::CreateContract(_)
+            | Payload::CancelContract { .. } => 512,
             // 8 warnings of 128 bytes even if every byte is escaped as \u00XX, plus the numbers.
             Payload::Report(Report::Uptime { .. } | Report::Capacity { .. }) => 8192,
             Payload::Report(Report::Consumption(_)) => 1024,
@@ -258,6 +279,8 @@ impl Payload {
             Payload::CreateFarm { .. } => "create_farm",
             Payload::RegisterNode(_) => "register_node",
             Payload::Report(_) => "report",
+            Payload::CreateContract(_) => "create_contract",
+            Payload::CancelContract { .. } => "cancel_contract",
         }
     }
 
@@ -321,6 +344,25 @@ impl Payload {
                 capacity.validate().map_err(invalid)?;
                 check_warnings(warnings)
             }
+            Payload::CreateContract(c) => {
+                if c.node_id == 0 || c.node_id > i64::MAX as u64 {
+                    return Err(invalid(format!("node_id {} is out of range", c.node_id)));
+                }
+                c.resources.validate().map_err(invalid)?;
+                let r = &c.resources;
+                if r.cru == 0 && r.mru == 0 && r.sru == 0 && r.hru == 0 && r.ipv4 == 0 {
+                    return Err(invalid("a contract must reserve something".into()));
+                }
+                Ok(())
+            }
+            Payload::CancelContract { contract_id } => {
+                if *contract_id == 0 || *contract_id > i64::MAX as u64 {
+                    return Err(invalid(format!(
+                        "contract_id {contract_id} is out of range"
+                    )));
+                }
+                Ok(())
+            }
             Payload::Report(Report::Consumption(c)) => {
                 c.used.validate().map_err(invalid)?;
                 if c.traffic_bytes > MAX_TRAFFIC_BYTES {
@@ -377,6 +419,17 @@ mod tests {
             },
             Payload::RegisterNode(reg),
             Payload::Report(Report::uptime(1)),
+            Payload::CreateContract(ContractRequest {
+                node_id: 1,
+                resources: Resources {
+                    cru: 1,
+                    mru: 256 << 20,
+                    sru: 2 << 30,
+                    hru: 0,
+                    ipv4: 0,
+                },
+            }),
+            Payload::CancelContract { contract_id: 7 },
             Payload::Report(Report::Capacity {
                 capacity: Resources::from_gib(1, 1.0, 1.0, 1.0),
                 warnings: vec!["cache on tmpfs".into()],

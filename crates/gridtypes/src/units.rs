@@ -85,6 +85,33 @@ impl Resources {
         }
     }
 
+    /// Both together (never wrapping).
+    pub fn saturating_add(&self, other: &Resources) -> Resources {
+        Resources {
+            cru: self.cru.saturating_add(other.cru),
+            mru: self.mru.saturating_add(other.mru),
+            sru: self.sru.saturating_add(other.sru),
+            hru: self.hru.saturating_add(other.hru),
+            ipv4: self.ipv4.saturating_add(other.ipv4),
+        }
+    }
+
+    /// The resources of which `self` asks more than `available` has, by name (`cru`, `mru`,
+    /// `sru`, `hru`, `ipv4`); empty when it fits.
+    pub fn exceeding(&self, available: &Resources) -> Vec<&'static str> {
+        [
+            ("cru", self.cru, available.cru),
+            ("mru", self.mru, available.mru),
+            ("sru", self.sru, available.sru),
+            ("hru", self.hru, available.hru),
+            ("ipv4", self.ipv4, available.ipv4),
+        ]
+        .into_iter()
+        .filter(|(_, want, have)| want > have)
+        .map(|(name, _, _)| name)
+        .collect()
+    }
+
     /// Memory in GiB.
     pub fn mru_gib(&self) -> f64 {
         gib(self.mru)

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use gridapi::paths;
 pub use gridapi::{
-    FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats,
-    StoredKind, Totals, TwinView, Written,
+    ContractFilter, ContractState, ContractView, FarmView, NodeFilter, NodeStatus, NodeView, Page,
+    Paging, ReportFilter, ReportView, Stats, StoredKind, Totals, TwinView, Written,
 };
 use gridtypes::{now, Envelope, ResourceTotals, Units, Verified};
 use serde::de::DeserializeOwned;
@@ -76,6 +76,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(list_reports),
         )
         .route(paths::REPORTS, post(post_report))
+        .route(paths::CONTRACTS, post(create_contract).get(list_contracts))
+        .route(paths::CONTRACTS_CANCEL, post(cancel_contract))
+        .route(&format!("{}/{{id}}", paths::CONTRACTS), get(get_contract))
         .route(paths::STATS, get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -160,6 +163,22 @@ async fn register_node(
     body: Body,
 ) -> AppResult<(StatusCode, Json<Written>)> {
     signed_write(&s, &headers, body, "register_node").await
+}
+
+async fn create_contract(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "create_contract").await
+}
+
+async fn cancel_contract(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "cancel_contract").await
 }
 
 async fn post_report(
@@ -494,6 +513,71 @@ async fn list_reports(
     )
     .await?;
     Ok(Json(page))
+}
+
+// ---- contracts ----
+
+const CONTRACT_COLUMNS: &str =
+    "id, twin_id, node_id, cru, mru, sru, hru, ipv4, state, created_at, cancelled_at";
+
+fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
+    let state = match r.try_get::<String, _>("state")?.as_str() {
+        "active" => ContractState::Active,
+        "cancelled" => ContractState::Cancelled,
+        other => {
+            return Err(sqlx::Error::Decode(
+                format!("unknown contract state {other:?}").into(),
+            ))
+        }
+    };
+    Ok(ContractView {
+        id: r.try_get("id")?,
+        twin_id: r.try_get("twin_id")?,
+        node_id: r.try_get("node_id")?,
+        resources: resources(r, "")?,
+        state,
+        created_at: r.try_get("created_at")?,
+        cancelled_at: r.try_get("cancelled_at")?,
+    })
+}
+
+async fn list_contracts(
+    State(s): S,
+    Q(f): Q<ContractFilter>,
+) -> AppResult<Json<Page<ContractView>>> {
+    let limit = page_limit(f.limit)?;
+    // Each filter is bound whether given or not, so the statement text is the same for
+    // every query and the database plans it once.
+    let sql = format!(
+        "SELECT {CONTRACT_COLUMNS} FROM contracts WHERE id > $1 \
+         AND ($2 = 0 OR twin_id = $2) AND ($3 = 0 OR node_id = $3) AND ($4 = '' OR state = $4) \
+         ORDER BY id LIMIT $5"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(f.after.unwrap_or(0))
+        .bind(f.twin.unwrap_or(0))
+        .bind(f.node.unwrap_or(0))
+        .bind(f.state.map_or("", ContractState::as_str))
+        .bind(limit)
+        .fetch_all(&s.db.pool)
+        .await?;
+    let items = rows
+        .iter()
+        .map(contract_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(page(items, limit, |c| c.id)))
+}
+
+async fn get_contract(State(s): S, Path(id): Path<String>) -> AppResult<Json<ContractView>> {
+    let id = parse_id(&id, "contract")?;
+    let row = sqlx::query(&format!(
+        "SELECT {CONTRACT_COLUMNS} FROM contracts WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&s.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("contract {id} does not exist")))?;
+    Ok(Json(contract_view(&row)?))
 }
 
 // ---- stats ----

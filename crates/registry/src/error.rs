@@ -61,6 +61,15 @@ pub enum ApiError {
     /// The payload names a farm that does not exist.
     #[error("farm {0} does not exist")]
     UnknownFarm(i64),
+    /// The payload names a node that does not exist.
+    #[error("node {0} does not exist")]
+    UnknownNode(i64),
+    /// The node cannot hold what a contract asks for.
+    #[error("{0}")]
+    InsufficientCapacity(String),
+    /// The signer may not act on what it names.
+    #[error("{0}")]
+    Forbidden(String),
     /// A signed payload of another kind was sent to this endpoint.
     #[error("this endpoint accepts {expected} payloads, got {got}")]
     WrongKind {
@@ -108,6 +117,9 @@ impl ApiError {
             ApiError::StaleTimestamp(_) => ErrorCode::StaleTimestamp,
             ApiError::Replay { .. } => ErrorCode::Replay,
             ApiError::UnknownFarm(_) => ErrorCode::UnknownFarm,
+            ApiError::UnknownNode(_) => ErrorCode::UnknownNode,
+            ApiError::InsufficientCapacity(_) => ErrorCode::InsufficientCapacity,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::WrongKind { .. } => ErrorCode::WrongKind,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -132,7 +144,9 @@ impl ApiError {
             | ApiError::UnknownSigner(_)
             | ApiError::StaleTimestamp(_) => StatusCode::UNAUTHORIZED,
             ApiError::Replay { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::UnknownFarm(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnknownFarm(_) | ApiError::UnknownNode(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InsufficientCapacity(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

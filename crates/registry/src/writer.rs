@@ -10,7 +10,11 @@ use std::time::Duration;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use gridtypes::{now, NodeRegistration, Payload, Report, Resources, Verified, MAX_CLOCK_SKEW_SECS};
+use gridapi::ContractState;
+use gridtypes::{
+    now, ContractRequest, NodeRegistration, Payload, Report, Resources, Verified,
+    MAX_CLOCK_SKEW_SECS,
+};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -166,7 +170,7 @@ async fn apply_all(
                 stopping,
                 ..
             }) => uptimes.push((i, *uptime_secs, *stopping)),
-            _ => results[i] = Some(apply(&mut tx, job, now).await?),
+            _ => results[i] = Some(apply(&mut tx, db.backend, job, now).await?),
         }
     }
     for chunk in uptimes.chunks(UPTIME_CHUNK) {
@@ -448,6 +452,7 @@ fn unknown_node(key: &str) -> ApiError {
 /// the inner one is the request's own fault and leaves the transaction usable.
 async fn apply(
     conn: &mut AnyConnection,
+    backend: Backend,
     job: &Job,
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
@@ -465,6 +470,8 @@ async fn apply(
         Nothing,
         Twin(i64),
         Node(Option<NodeState>),
+        Contract { twin: i64, node: NodeState },
+        Cancel(ContractRow),
     }
     let ctx = match &v.payload {
         Payload::RegisterTwin {} => {
@@ -478,6 +485,15 @@ async fn apply(
             Ctx::Node(node_by_key(conn, &v.signer_hex).await?.ok())
         }
         Payload::Report(_) => Ctx::Node(Some(check!(node_by_key(conn, &v.signer_hex)))),
+        Payload::CreateContract(req) => {
+            let twin = check!(twin_id(conn, &v.signer_hex));
+            let node = check!(node_with_room(conn, backend, req));
+            Ctx::Contract { twin, node }
+        }
+        Payload::CancelContract { contract_id } => {
+            let twin = check!(twin_id(conn, &v.signer_hex));
+            Ctx::Cancel(check!(cancellable(conn, backend, twin, *contract_id)))
+        }
     };
     let claimed = sqlx::query(
         "INSERT INTO nonces (signer, nonce, ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -501,6 +517,12 @@ async fn apply(
         }
         (Payload::Report(report), Ctx::Node(Some(node))) => {
             store_report(conn, job, node, report, now).await
+        }
+        (Payload::CreateContract(req), Ctx::Contract { twin, node }) => {
+            create_contract(conn, twin, node, req, &job.raw, now).await
+        }
+        (Payload::CancelContract { .. }, Ctx::Cancel(contract)) => {
+            cancel_contract(conn, backend, contract, now).await
         }
         _ => Ok(Err(ApiError::Unavailable(
             "internal: request context does not match payload".into(),
@@ -583,6 +605,184 @@ async fn node_by_key(
         }),
         None => Err(unknown_node(key)),
     })
+}
+
+/// The node a contract asks for, locked for the rest of the transaction (on PostgreSQL;
+/// SQLite's one writer already is the lock), when its free capacity holds the request.
+async fn node_with_room(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    req: &ContractRequest,
+) -> Result<Result<NodeState, ApiError>, sqlx::Error> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT id, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
+         FROM nodes WHERE id = $1{lock}"
+    ))
+    .bind(req.node_id as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else {
+        return Ok(Err(ApiError::UnknownNode(req.node_id as i64)));
+    };
+    let node = NodeState {
+        id: r.try_get("id")?,
+        capacity: resources(&r, "")?,
+        used: resources(&r, "used_")?,
+    };
+    let free = node.capacity.saturating_sub(&node.used);
+    let short = req.resources.exceeding(&free);
+    if !short.is_empty() {
+        return Ok(Err(ApiError::InsufficientCapacity(format!(
+            "node {} cannot hold this contract: it asks for more {} than is free \
+             (asked {:?}, free {:?})",
+            node.id,
+            short.join(", "),
+            req.resources,
+            free
+        ))));
+    }
+    Ok(Ok(node))
+}
+
+/// A contract that `twin` may cancel.
+struct ContractRow {
+    id: i64,
+    node_id: i64,
+    resources: Resources,
+}
+
+async fn cancellable(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    twin: i64,
+    id: u64,
+) -> Result<Result<ContractRow, ApiError>, sqlx::Error> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT id, twin_id, node_id, state, cru, mru, sru, hru, ipv4 FROM contracts \
+         WHERE id = $1{lock}"
+    ))
+    .bind(id as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else {
+        return Ok(Err(ApiError::NotFound(format!(
+            "contract {id} does not exist"
+        ))));
+    };
+    if r.try_get::<i64, _>("twin_id")? != twin {
+        return Ok(Err(ApiError::Forbidden(format!(
+            "contract {id} belongs to another twin"
+        ))));
+    }
+    if r.try_get::<String, _>("state")? != ContractState::Active.as_str() {
+        return Ok(Err(ApiError::Conflict(format!(
+            "contract {id} is already cancelled"
+        ))));
+    }
+    Ok(Ok(ContractRow {
+        id: r.try_get("id")?,
+        node_id: r.try_get("node_id")?,
+        resources: resources(&r, "")?,
+    }))
+}
+
+async fn create_contract(
+    conn: &mut AnyConnection,
+    twin: i64,
+    node: NodeState,
+    req: &ContractRequest,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let r = &req.resources;
+    let id: i64 = sqlx::query(
+        "INSERT INTO contracts (twin_id, node_id, cru, mru, sru, hru, ipv4, state, envelope, \
+            created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(twin)
+    .bind(node.id)
+    .bind(r.cru as i64)
+    .bind(r.mru as i64)
+    .bind(r.sru as i64)
+    .bind(r.hru as i64)
+    .bind(r.ipv4 as i64)
+    .bind(ContractState::Active.as_str())
+    .bind(raw)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    let used = node.used.saturating_add(r);
+    set_used(conn, node.id, &node.capacity, &used).await?;
+    Ok(Ok(Written { id, created: true }))
+}
+
+async fn cancel_contract(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    contract: ContractRow,
+    now: i64,
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    sqlx::query("UPDATE contracts SET state = $1, cancelled_at = $2 WHERE id = $3")
+        .bind(ContractState::Cancelled.as_str())
+        .bind(now)
+        .bind(contract.id)
+        .execute(&mut *conn)
+        .await?;
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let r = sqlx::query(&format!(
+        "SELECT cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
+         FROM nodes WHERE id = $1{lock}"
+    ))
+    .bind(contract.node_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let capacity = resources(&r, "")?;
+    let used = resources(&r, "used_")?.saturating_sub(&contract.resources);
+    set_used(conn, contract.node_id, &capacity, &used).await?;
+    Ok(Ok(Written {
+        id: contract.id,
+        created: false,
+    }))
+}
+
+/// Sets what a node's contracts use and what is left free.
+async fn set_used(
+    conn: &mut AnyConnection,
+    node: i64,
+    capacity: &Resources,
+    used: &Resources,
+) -> Result<(), sqlx::Error> {
+    let free = capacity.saturating_sub(used);
+    sqlx::query(
+        "UPDATE nodes SET used_cru = $1, used_mru = $2, used_sru = $3, used_hru = $4, \
+            used_ipv4 = $5, free_cru = $6, free_mru = $7, free_sru = $8, free_hru = $9 \
+         WHERE id = $10",
+    )
+    .bind(used.cru as i64)
+    .bind(used.mru as i64)
+    .bind(used.sru as i64)
+    .bind(used.hru as i64)
+    .bind(used.ipv4 as i64)
+    .bind(free.cru as i64)
+    .bind(free.mru as i64)
+    .bind(free.sru as i64)
+    .bind(free.hru as i64)
+    .bind(node)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn register_twin(
@@ -731,7 +931,8 @@ async fn store_report(
             set_resources(conn, node.id, capacity, &node.used, now).await?;
         }
         Report::Consumption(c) => {
-            set_resources(conn, node.id, &node.capacity, &c.used, now).await?;
+            // What a node says its workloads use is kept in the stored report; what counts
+            // as used on the node is the registry's own contracts.
             // Saturating: a total can never leave the 64-bit integer range (on SQLite it
             // would silently turn into a REAL and break every read of the row).
             sqlx::query(
