@@ -164,10 +164,71 @@ pub fn lease_of(m: &Message) -> Result<Lease> {
     })
 }
 
+/// Where the options start: after the 236-byte fixed header and the 4-byte magic cookie.
+const OPTIONS_AT: usize = 240;
+
+/// Whether dhcproto's decoder takes option `code` with a value of `len` bytes without a
+/// `debug_assert!` or an unchecked `len - n` (panics in debug builds, wrapped lengths in
+/// release). None of these options means anything in a reply to a client.
+fn decodable_length(code: u8, len: usize) -> bool {
+    match code {
+        80 => len == 0,        // Rapid Commit
+        81 => len >= 3,        // Client FQDN
+        94 => len == 3,        // Client Network Interface
+        151 => len >= 1,       // Bulk Leasequery status code
+        152..=155 => len == 4, // Bulk Leasequery times
+        _ => true,
+    }
+}
+
+/// Refuses a packet whose options dhcproto would panic on, walking them as it does:
+/// consecutive instances of one code are joined (RFC 3396) and decoded as one; pad (0) ends
+/// a run; end (255) or a truncated option ends the walk.
+fn check_option_lengths(bytes: &[u8]) -> Result<()> {
+    let check = |run: Option<(u8, usize)>| match run {
+        Some((code, len)) if !decodable_length(code, len) => Err(Error::Packet(format!(
+            "option {code} has a {len}-byte value, a length it never has"
+        ))),
+        _ => Ok(()),
+    };
+    let mut rest = bytes.get(OPTIONS_AT..).unwrap_or_default();
+    let mut run: Option<(u8, usize)> = None;
+    while let Some(&code) = rest.first() {
+        if code == 0 || code == 255 {
+            check(run.take())?;
+            if code == 255 {
+                break;
+            }
+            rest = &rest[1..];
+            continue;
+        }
+        let Some(&len) = rest.get(1) else { break };
+        let len = usize::from(len);
+        let Some(tail) = rest.get(2 + len..) else {
+            break;
+        };
+        run = match run {
+            Some((c, total)) if c == code => Some((c, total + len)),
+            other => {
+                check(other)?;
+                Some((code, len))
+            }
+        };
+        rest = tail;
+    }
+    check(run)
+}
+
 /// Decodes a packet; `Ok(None)` when it is not a reply to our `xid` and `mac`.
 pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Result<Option<Reply>> {
+    check_option_lengths(bytes)?;
     let m = Message::decode(&mut Decoder::new(bytes)).map_err(|e| Error::Packet(e.to_string()))?;
-    if m.opcode() != Opcode::BootReply || m.xid() != xid || m.chaddr().get(..6) != Some(&mac[..]) {
+    // `chaddr()` slices the 16-byte field by the sender's `hlen`: a larger one would panic.
+    if m.opcode() != Opcode::BootReply
+        || m.xid() != xid
+        || m.hlen() > 16
+        || m.chaddr().get(..6) != Some(&mac[..])
+    {
         return Ok(None);
     }
     Ok(match m.opts().msg_type() {
@@ -272,6 +333,54 @@ mod tests {
         let m = Message::decode(&mut Decoder::new(&n)).unwrap();
         assert_eq!(m.ciaddr(), lease.addr);
         assert!(m.opts().get(OptionCode::ServerIdentifier).is_none());
+    }
+
+    /// Found by `make fuzz`: a reply for our xid with `hlen` above 16 made dhcproto's
+    /// `chaddr()` slice past its 16-byte array, so one packet from any host on the link
+    /// stopped gridos-network with a panic, in release builds too.
+    #[test]
+    fn fuzz_hardware_address_length_above_16_is_ignored() {
+        for hlen in [17u8, 22, 255] {
+            let mut b = reply(MessageType::Offer, 7, None);
+            b[2] = hlen;
+            assert_eq!(parse_reply(&b, 7, &MAC).unwrap(), None, "hlen {hlen}");
+        }
+    }
+
+    /// Found by `make fuzz`: options whose length dhcproto's decoder `debug_assert!`s (or
+    /// subtracts from unchecked) panicked in debug builds; they are refused with their code.
+    #[test]
+    fn fuzz_option_lengths_dhcproto_cannot_decode_are_refused() {
+        let with = |opts: &[u8]| {
+            let mut b = reply(MessageType::Ack, 7, None);
+            assert_eq!(b.pop(), Some(255), "the encoder ends with the End option");
+            b.extend_from_slice(opts);
+            b.push(255);
+            parse_reply(&b, 7, &MAC)
+        };
+        for (code, value) in [
+            (80u8, &[1u8][..]),
+            (81, &[0, 0][..]),
+            (94, &[1, 2][..]),
+            (151, &[][..]),
+            (152, &[0, 0, 0][..]),
+            (155, &[0; 5][..]),
+        ] {
+            let mut opt = vec![code, value.len() as u8];
+            opt.extend_from_slice(value);
+            let err = with(&opt).unwrap_err().to_string();
+            assert!(err.contains(&format!("option {code} ")), "{err}");
+        }
+        // Split over two instances (RFC 3396) the lengths add up: 2 + 2 is a valid 4, and
+        // 4 + 4 is not.
+        assert!(matches!(
+            with(&[152, 2, 0, 0, 152, 2, 0, 1]),
+            Ok(Some(Reply::Ack(_)))
+        ));
+        assert!(with(&[152, 4, 0, 0, 0, 0, 152, 4, 0, 0, 0, 1]).is_err());
+        // A pad between them makes two options: each is checked alone.
+        assert!(with(&[152, 2, 0, 0, 0, 152, 2, 0, 1]).is_err());
+        assert!(matches!(with(&[80, 0]), Ok(Some(Reply::Ack(_)))));
     }
 
     #[test]
