@@ -125,6 +125,9 @@ const MAX_REPORT_INTERVAL: u32 = 86_400;
 /// Longest value accepted for any key; longer ones are rejected as malformed.
 const MAX_VALUE: usize = 1024;
 
+/// Longest rejected value quoted in a [`Warning`], in bytes.
+const MAX_WARNING_VALUE: usize = 64;
+
 /// Splits a command line into words, honouring double quotes as the kernel does.
 fn words(line: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -155,8 +158,14 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// At most [`MAX_WARNING_VALUE`] bytes of `v`, cut at a character boundary: counting
+/// characters would let four-byte ones make a warning four times longer.
 fn truncated(v: &str) -> String {
-    v.chars().take(64).collect()
+    let mut end = v.len().min(MAX_WARNING_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_string()
 }
 
 fn valid_hostname(v: &str) -> bool {

@@ -96,3 +96,20 @@ fn cmdline_hostile_input_is_bounded() {
         assert_eq!(s.hostname, "gridos");
     }
 }
+
+/// Found by `make fuzz`: the value in a warning was cut at 64 characters, not the 64 bytes
+/// its documentation promises, so multi-byte characters made it up to four times longer.
+#[test]
+fn cmdline_fuzz_warning_value_is_64_bytes_even_for_wide_characters() {
+    for wide in ["ࠀ", "é", "😀"] {
+        let line = format!("gridos.hostname={}", wide.repeat(100));
+        let (_, w) = cmdline::parse(&line);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].value.len() <= 64, "{} bytes", w[0].value.len());
+        assert!(
+            w[0].value.len() > 60,
+            "cut at a character boundary, not shorter"
+        );
+        assert!(wide.repeat(100).starts_with(&w[0].value));
+    }
+}
