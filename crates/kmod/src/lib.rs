@@ -52,6 +52,7 @@ pub fn module_name(path: &str) -> String {
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p = pattern.as_bytes();
     let t = text.as_bytes();
+    let last_close = p.iter().rposition(|&c| c == b']');
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while let Some(&tc) = t.get(ti) {
@@ -66,7 +67,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
                 ti += 1;
                 continue;
             }
-            Some(b'[') => match class_match(p, pi, tc) {
+            Some(b'[') => match class_match(p, pi, tc, last_close) {
                 Some((true, next)) => {
                     pi = next;
                     ti += 1;
@@ -100,12 +101,19 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
-/// Matches `c` against the class starting at `p[start] == '['`; returns (matched, index after `]`).
-fn class_match(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+/// Matches `c` against the class starting at `p[start] == '['`; returns (matched, index after `]`),
+/// or `None` when the class is not closed. `last_close` is the index of the pattern's last `]`.
+fn class_match(p: &[u8], start: usize, c: u8, last_close: Option<usize>) -> Option<(bool, usize)> {
     let mut i = start + 1;
     let negate = matches!(p.get(i), Some(b'!') | Some(b'^'));
     if negate {
         i += 1;
+    }
+    // Any `]` after the first member closes the class (the scan below never steps over one),
+    // so whether it closes is known without scanning: scanning every unclosed `[` again at
+    // each step made `*[[[…` patterns cubic.
+    if last_close.is_none_or(|j| j <= i) {
+        return None;
     }
     let mut matched = false;
     let mut first = true;
