@@ -304,12 +304,15 @@ pub struct Loaded {
 }
 
 /// Reads every `*.yaml` / `*.yml` file of `dir`; a bad file never hides the good ones.
+///
+/// A name given by two files (`web.yaml` and `web.yml`) is bad: which one wins would depend
+/// on the order the directory lists them in.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::ReadDir {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let mut loaded = Loaded::default();
+    let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
@@ -321,10 +324,29 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
         else {
             continue;
         };
-        let result = read_limited(&path).and_then(|text| parse_service(name, &path, &text));
+        files.entry(name.to_string()).or_default().push(path);
+    }
+    let mut loaded = Loaded::default();
+    for (name, mut paths) in files {
+        paths.sort();
+        let result = match paths.as_slice() {
+            [path] => read_limited(path).and_then(|text| parse_service(&name, path, &text)),
+            _ => Err(ConfigError::Invalid {
+                name: name.chars().take(64).collect(),
+                message: format!(
+                    "defined by {} files: {}",
+                    paths.len(),
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        };
         match result {
             Ok(svc) => {
-                loaded.services.insert(name.to_string(), svc);
+                loaded.services.insert(name, svc);
             }
             Err(e) => {
                 loaded

@@ -122,6 +122,31 @@ fn load_dir_keeps_good_files_and_reports_bad_ones() {
     assert!(config::load_dir(&dir.path().join("missing")).is_err());
 }
 
+/// Found by `make fuzz`: `ba.yaml` and `ba.yml` both loaded as service `ba`, and which one
+/// ran depended on the order the directory listed them in (one good and one bad file made
+/// `ba` both a service and a bad file).
+#[test]
+fn load_dir_fuzz_name_defined_by_two_files_is_bad() {
+    for (yaml, yml) in [
+        ("exec: /bin/true", "exec: /bin/true"),
+        ("exec: /bin/true", "exec: ["),
+        ("exec: [", "exec: /bin/false"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ba.yaml"), yaml).expect("write");
+        std::fs::write(dir.path().join("ba.yml"), yml).expect("write");
+        std::fs::write(dir.path().join("other.yml"), "exec: /bin/true").expect("write");
+        let loaded = config::load_dir(dir.path()).expect("load");
+        assert_eq!(loaded.services.keys().collect::<Vec<_>>(), ["other"]);
+        assert_eq!(loaded.bad.keys().collect::<Vec<_>>(), ["ba"]);
+        let why = &loaded.bad["ba"];
+        assert!(
+            why.contains("defined by 2 files") && why.contains("ba.yaml") && why.contains("ba.yml"),
+            "{why}"
+        );
+    }
+}
+
 #[test]
 fn signal_names() {
     use nix::sys::signal::Signal;
