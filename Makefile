@@ -11,7 +11,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # after the unit tests and at the end of `make test`.
 SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt bench boot-bench baseline-image clean init image
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench baseline-image clean init image
 
 all: build
 
@@ -74,6 +74,14 @@ image: deps-image init
 	$(CARGO) build -q -p imager
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
+
+## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
+## envelopes and payloads, module index files, registry queries) fed FUZZ_CASES arbitrary and
+## mutated inputs per property (crates/fuzz; results in BENCHMARKS.md). A failure prints
+## its shrunk input.
+FUZZ_CASES ?= 1000000
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p fuzz -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check

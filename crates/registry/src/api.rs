@@ -6,7 +6,7 @@ use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
@@ -28,9 +28,9 @@ use crate::writer::Writer;
 use crate::Config;
 
 /// Default page size of list endpoints.
-const DEFAULT_LIMIT: i64 = 50;
+pub const DEFAULT_LIMIT: i64 = 50;
 /// Largest page a client may ask for.
-const MAX_LIMIT: i64 = 1000;
+pub const MAX_LIMIT: i64 = 1000;
 /// Reports shown inline with one node.
 const INLINE_REPORTS: i64 = 20;
 /// Stored bytes one page of reports or nodes may carry; a page stops early (with `next`)
@@ -196,15 +196,21 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Q<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|q| Q(q.0))
-            .map_err(|e| ApiError::Malformed(e.body_text()))
+        parse_query(&parts.uri).map(Q)
     }
 }
 
+/// Reads a request's query string into `T` as [`Q`] does; public so the fuzz tests
+/// (crates/fuzz) reach the parser without a server.
+pub fn parse_query<T: DeserializeOwned>(uri: &Uri) -> AppResult<T> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::Malformed(e.body_text()))
+}
+
 /// Parses an id in its one spelling (decimal digits, no sign, no leading zero), so one
-/// resource has one URL.
-fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
+/// resource has one URL. Public for the fuzz tests (crates/fuzz).
+pub fn parse_id(raw: &str, what: &str) -> AppResult<i64> {
     let canonical =
         !raw.is_empty() && !raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
     canonical
@@ -244,7 +250,9 @@ async fn bounded_page<'q, T>(
     Ok(page)
 }
 
-fn page_limit(limit: Option<i64>) -> AppResult<i64> {
+/// The page size a list asks for: [`DEFAULT_LIMIT`] when absent, refused outside
+/// 1..=[`MAX_LIMIT`]. Public for the fuzz tests (crates/fuzz).
+pub fn page_limit(limit: Option<i64>) -> AppResult<i64> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
