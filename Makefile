@@ -81,7 +81,7 @@ image: deps-image init
 ## its shrunk input.
 FUZZ_CASES ?= 1000000
 fuzz:
-	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p fuzz -- --test-threads=2
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p fuzz --no-fail-fast -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check
