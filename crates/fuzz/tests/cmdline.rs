@@ -1,6 +1,10 @@
 //! The kernel command line (`cmdline::parse`) and the network service's reading of
 //! `gridos.net` (`network::config`): whatever the bootloader or a farmer typed.
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use cmdline::{LogLevel, NetConfig, Settings, WipePolicy};
 use fuzz::{config, lossy, mutated, text, text_of, watch};
 use network::config::{from_cmdline, parse_static, Mode};

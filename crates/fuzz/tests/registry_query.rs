@@ -1,11 +1,15 @@
 //! The registry's reading of request paths and query strings (`registry::api::parse_id`,
 //! `parse_query` for the list filters and pagination cursors, `page_limit`): open to anyone.
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use axum::http::Uri;
 use fuzz::{config, text, text_of, watch};
 use proptest::prelude::*;
 use registry::api::{
-    page_limit, parse_id, parse_query, NodeFilter, Paging, ReportFilter, Status, StoredKind,
+    page_limit, parse_id, parse_query, NodeFilter, NodeStatus, Paging, ReportFilter, StoredKind,
     DEFAULT_LIMIT, MAX_LIMIT,
 };
 
@@ -109,11 +113,11 @@ fn query_piece() -> impl Strategy<Value = String> {
     (key, value, any::<bool>()).prop_map(|(k, v, eq)| if eq { format!("{k}={v}") } else { k })
 }
 
-fn status_name(s: Status) -> &'static str {
+fn status_name(s: NodeStatus) -> &'static str {
     match s {
-        Status::Up => "up",
-        Status::Down => "down",
-        Status::Stopped => "stopped",
+        NodeStatus::Up => "up",
+        NodeStatus::Down => "down",
+        NodeStatus::Stopped => "stopped",
     }
 }
 
@@ -162,7 +166,7 @@ proptest! {
     #[test]
     fn node_filter_round_trips(
         farm in proptest::option::of(any::<i64>()),
-        status in proptest::option::of(proptest::sample::select(vec![Status::Up, Status::Down, Status::Stopped])),
+        status in proptest::option::of(proptest::sample::select(vec![NodeStatus::Up, NodeStatus::Down, NodeStatus::Stopped])),
         min_cru in proptest::option::of(any::<i64>()),
         min_hru in proptest::option::of(any::<i64>()),
         after in proptest::option::of(any::<i64>()),

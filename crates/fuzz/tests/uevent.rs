@@ -2,6 +2,10 @@
 //! settle watcher (`disks::settle::parse_uevent`) read the same netlink bytes, which any
 //! process on the node may also multicast (udev-style `libudev` messages included).
 
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use fuzz::{config, mutated, text_of, watch};
 use proptest::prelude::*;
 
