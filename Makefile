@@ -76,9 +76,9 @@ image: deps-image init
 		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
 
 ## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
-## envelopes and payloads, module index files, registry queries) fed FUZZ_CASES arbitrary and
-## mutated inputs per property (crates/fuzz; results in BENCHMARKS.md). A failure prints
-## its shrunk input.
+## envelopes and payloads, deployments, module index files, registry queries) fed
+## FUZZ_CASES arbitrary and mutated inputs per property (crates/fuzz; results in
+## BENCHMARKS.md). A failure prints its shrunk input.
 FUZZ_CASES ?= 1000000
 fuzz:
 	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p fuzz --no-fail-fast -- --test-threads=2

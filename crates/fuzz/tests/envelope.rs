@@ -12,9 +12,9 @@ use fuzz::{config, config_div, mutate, mutations, text, text_of, watch};
 use gridtypes::envelope::decode_fixed;
 use gridtypes::payload::{MAX_FARM_NAME, MAX_INTERFACES};
 use gridtypes::{
-    check_clock, parse_public_key, Consumption, Envelope, EnvelopeError, Interface,
-    NodeRegistration, Payload, PayloadError, Report, Resources, MAX_CRU, MAX_DISK, MAX_IPV4,
-    MAX_MRU, MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, NONCE_LEN,
+    check_clock, parse_public_key, Consumption, ContractRequest, Envelope, EnvelopeError,
+    Interface, NodeRegistration, Payload, PayloadError, Report, Resources, MAX_CRU, MAX_DISK,
+    MAX_IPV4, MAX_MRU, MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, NONCE_LEN,
 };
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -123,8 +123,9 @@ fn interfaces() -> impl Strategy<Value = Vec<Interface>> {
     ]
 }
 
-/// Every payload kind, with values inside and just outside their ranges.
-fn payload() -> impl Strategy<Value = Payload> {
+/// Every payload kind, with values inside and just outside their ranges. Boxed arm by arm:
+/// the unboxed union of eight tuple strategies overflowed a test thread's stack in debug.
+fn payload() -> BoxedStrategy<Payload> {
     let registration = (
         edge_u64(),
         resources(),
@@ -146,32 +147,56 @@ fn payload() -> impl Strategy<Value = Payload> {
                     warnings,
                 })
             },
-        );
-    prop_oneof![
-        Just(Payload::RegisterTwin {}),
-        prop_oneof![
-            "[a-zA-Z0-9_.-]{1,64}",
-            text_of("ab-_. /é", MAX_FARM_NAME + 2)
-        ]
-        .prop_map(|name| Payload::CreateFarm { name }),
-        registration,
-        (edge_u64(), any::<bool>(), warnings()).prop_map(|(uptime_secs, stopping, warnings)| {
+        )
+        .boxed();
+    let farm = prop_oneof![
+        "[a-zA-Z0-9_.-]{1,64}",
+        text_of("ab-_. /é", MAX_FARM_NAME + 2)
+    ]
+    .prop_map(|name| Payload::CreateFarm { name })
+    .boxed();
+    let uptime = (edge_u64(), any::<bool>(), warnings())
+        .prop_map(|(uptime_secs, stopping, warnings)| {
             Payload::Report(Report::Uptime {
                 uptime_secs,
                 stopping,
                 warnings,
             })
-        }),
-        (resources(), warnings()).prop_map(|(capacity, warnings)| Payload::Report(
-            Report::Capacity { capacity, warnings }
-        )),
-        (resources(), edge_u64()).prop_map(|(used, traffic_bytes)| Payload::Report(
-            Report::Consumption(Consumption {
+        })
+        .boxed();
+    let capacity = (resources(), warnings())
+        .prop_map(|(capacity, warnings)| Payload::Report(Report::Capacity { capacity, warnings }))
+        .boxed();
+    let consumption = (resources(), edge_u64())
+        .prop_map(|(used, traffic_bytes)| {
+            Payload::Report(Report::Consumption(Consumption {
                 used,
-                traffic_bytes
-            })
-        )),
+                traffic_bytes,
+            }))
+        })
+        .boxed();
+    let contract = (
+        edge_u64(),
+        prop_oneof![Just(Resources::default()), resources()],
+    )
+        .prop_map(|(node_id, resources)| {
+            Payload::CreateContract(ContractRequest { node_id, resources })
+        })
+        .boxed();
+    let cancel = edge_u64()
+        .prop_map(|contract_id| Payload::CancelContract { contract_id })
+        .boxed();
+    prop_oneof![
+        Just(Payload::RegisterTwin {}).boxed(),
+        farm,
+        registration,
+        uptime,
+        capacity,
+        consumption,
+        contract,
+        cancel,
     ]
+    .boxed()
 }
 
 /// Any JSON value, nested a little.
@@ -224,6 +249,9 @@ const FIELDS: &[&str] = &[
     "ipv4",
     "mac",
     "ips",
+    "node_id",
+    "resources",
+    "contract_id",
 ];
 
 fn field_name() -> impl Strategy<Value = String> {
@@ -240,6 +268,8 @@ fn payload_shaped_json() -> impl Strategy<Value = Vec<u8>> {
         "create_farm",
         "register_node",
         "report",
+        "create_contract",
+        "cancel_contract",
         "steal_tft",
     ]);
     let report = proptest::option::of(proptest::sample::select(vec![

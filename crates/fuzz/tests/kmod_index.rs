@@ -220,10 +220,11 @@ fn check_load_list(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn shipped_load_list() -> String {
+fn shipped_load_list() -> Result<String, TestCaseError> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../initramfs/etc/gridos/modules-load");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    std::fs::read_to_string(&path)
+        .map_err(|e| TestCaseError::fail(format!("{}: {e}", path.display())))
 }
 
 proptest! {
@@ -285,7 +286,7 @@ proptest! {
 
     #[test]
     fn load_list_mutated(muts in mutations(), extra in text_of("abc-_/# \n\t", 80)) {
-        let mut seed = shipped_load_list();
+        let mut seed = shipped_load_list()?;
         seed.push_str(&extra);
         check_load_list(&lossy(&mutate(seed.as_bytes(), &muts)))?;
     }

@@ -1,5 +1,6 @@
 //! The registry's reading of request paths and query strings (`registry::api::parse_id`,
-//! `parse_query` for the list filters and pagination cursors, `page_limit`): open to anyone.
+//! `parse_query` for the node, report, contract and plain list filters and their pagination
+//! cursors, `page_limit`): open to anyone.
 
 // A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
 // for product code.
@@ -9,8 +10,8 @@ use axum::http::Uri;
 use fuzz::{config, text, text_of, watch};
 use proptest::prelude::*;
 use registry::api::{
-    page_limit, parse_id, parse_query, NodeFilter, NodeStatus, Paging, ReportFilter, StoredKind,
-    DEFAULT_LIMIT, MAX_LIMIT,
+    page_limit, parse_id, parse_query, ContractFilter, ContractState, NodeFilter, NodeStatus,
+    Paging, ReportFilter, StoredKind, DEFAULT_LIMIT, MAX_LIMIT,
 };
 
 fn check_id(raw: &str) -> Result<(), TestCaseError> {
@@ -53,6 +54,9 @@ fn check_query(query: &str) -> Result<(), TestCaseError> {
     if let Ok(p) = parse_query::<Paging>(&uri) {
         check_limit(p.limit)?;
     }
+    if let Ok(f) = parse_query::<ContractFilter>(&uri) {
+        check_limit(f.limit)?;
+    }
     Ok(())
 }
 
@@ -74,7 +78,8 @@ fn encode(s: &str, mask: u64, upper: bool) -> String {
 }
 
 const KEYS: &[&str] = &[
-    "farm", "status", "min_cru", "min_mru", "min_sru", "min_hru", "after", "limit", "kind",
+    "farm", "status", "min_cru", "min_mru", "min_sru", "min_hru", "after", "limit", "kind", "twin",
+    "node", "state",
 ];
 
 fn query_piece() -> impl Strategy<Value = String> {
@@ -194,6 +199,39 @@ proptest! {
         let f: NodeFilter = parse_query(&uri).map_err(|e| TestCaseError::fail(format!("{q}: {e}")))?;
         prop_assert_eq!((f.farm, f.status, f.min_cru, f.min_hru, f.after, f.limit), (farm, status, min_cru, min_hru, after, limit));
         prop_assert_eq!((f.min_mru, f.min_sru), (None, None));
+    }
+
+    #[test]
+    fn contract_filter_round_trips(
+        twin in proptest::option::of(any::<i64>()),
+        node in proptest::option::of(any::<i64>()),
+        state in proptest::option::of(proptest::sample::select(vec![ContractState::Active, ContractState::Cancelled])),
+        after in proptest::option::of(any::<i64>()),
+        limit in proptest::option::of(any::<i64>()),
+        mask in any::<u64>(),
+    ) {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        for (k, v) in [("twin", twin), ("node", node), ("after", after), ("limit", limit)] {
+            if let Some(v) = v {
+                pairs.push((k, v.to_string()));
+            }
+        }
+        if let Some(s) = state {
+            let name = match s {
+                ContractState::Active => "active",
+                ContractState::Cancelled => "cancelled",
+            };
+            pairs.push(("state", name.to_string()));
+        }
+        let q: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k, mask, false), encode(v, mask.rotate_left(23), true)))
+            .collect();
+        let q = q.join("&");
+        check_query(&q)?;
+        let uri = Uri::try_from(format!("/api/v1/contracts?{q}")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let f: ContractFilter = parse_query(&uri).map_err(|e| TestCaseError::fail(format!("{q}: {e}")))?;
+        prop_assert_eq!((f.twin, f.node, f.state, f.after, f.limit), (twin, node, state, after, limit));
     }
 
     #[test]
