@@ -47,6 +47,18 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// What a `SELECT` ends with to lock the rows it read until the transaction ends:
+    /// `FOR UPDATE` on PostgreSQL, where replicas write side by side; nothing on SQLite,
+    /// whose one writer already is the lock.
+    pub fn row_lock(self) -> &'static str {
+        match self {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+}
+
 /// An open, migrated database.
 #[derive(Debug, Clone)]
 pub struct Db {

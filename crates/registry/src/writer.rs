@@ -607,31 +607,39 @@ async fn node_by_key(
     })
 }
 
-/// The node a contract asks for, locked for the rest of the transaction (on PostgreSQL;
-/// SQLite's one writer already is the lock), when its free capacity holds the request.
+/// Node `id`'s capacity and what its contracts use, locked for the rest of the transaction
+/// (see [`Backend::row_lock`]).
+async fn locked_node(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: i64,
+) -> Result<Option<NodeState>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT id, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
+         FROM nodes WHERE id = $1{}",
+        backend.row_lock()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(NodeState {
+            id: r.try_get("id")?,
+            capacity: resources(&r, "")?,
+            used: resources(&r, "used_")?,
+        })
+    })
+    .transpose()
+}
+
+/// The node a contract asks for, locked, when its free capacity holds the request.
 async fn node_with_room(
     conn: &mut AnyConnection,
     backend: Backend,
     req: &ContractRequest,
 ) -> Result<Result<NodeState, ApiError>, sqlx::Error> {
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
-    let row = sqlx::query(&format!(
-        "SELECT id, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
-         FROM nodes WHERE id = $1{lock}"
-    ))
-    .bind(req.node_id as i64)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(r) = row else {
+    let Some(node) = locked_node(conn, backend, req.node_id as i64).await? else {
         return Ok(Err(ApiError::UnknownNode(req.node_id as i64)));
-    };
-    let node = NodeState {
-        id: r.try_get("id")?,
-        capacity: resources(&r, "")?,
-        used: resources(&r, "used_")?,
     };
     let free = node.capacity.saturating_sub(&node.used);
     let short = req.resources.exceeding(&free);
@@ -661,13 +669,10 @@ async fn cancellable(
     twin: i64,
     id: u64,
 ) -> Result<Result<ContractRow, ApiError>, sqlx::Error> {
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
     let row = sqlx::query(&format!(
         "SELECT id, twin_id, node_id, state, cru, mru, sru, hru, ipv4 FROM contracts \
-         WHERE id = $1{lock}"
+         WHERE id = $1{}",
+        backend.row_lock()
     ))
     .bind(id as i64)
     .fetch_optional(&mut *conn)
@@ -737,20 +742,12 @@ async fn cancel_contract(
         .bind(contract.id)
         .execute(&mut *conn)
         .await?;
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
-    let r = sqlx::query(&format!(
-        "SELECT cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4 \
-         FROM nodes WHERE id = $1{lock}"
-    ))
-    .bind(contract.node_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let capacity = resources(&r, "")?;
-    let used = resources(&r, "used_")?.saturating_sub(&contract.resources);
-    set_used(conn, contract.node_id, &capacity, &used).await?;
+    // The contracts table references the node: it exists.
+    let node = locked_node(conn, backend, contract.node_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    let used = node.used.saturating_sub(&contract.resources);
+    set_used(conn, node.id, &node.capacity, &used).await?;
     Ok(Ok(Written {
         id: contract.id,
         created: false,
