@@ -19,6 +19,7 @@ test_infra::on_both_engines!(
     contracts_need_a_twin_and_a_node,
     bad_contract_payloads_are_refused,
     consumption_reports_do_not_override_contracts,
+    replayed_and_concurrent_contracts_never_over_commit,
 );
 
 const MIB: u64 = 1 << 20;
@@ -298,4 +299,50 @@ async fn consumption_reports_do_not_override_contracts(engine: Engine) {
     let n = node_view(&h, node).await;
     assert_eq!(n.used, ask(2, 2 * GIB, 20 * GIB));
     assert_eq!(n.traffic_bytes, 1000);
+}
+
+async fn replayed_and_concurrent_contracts_never_over_commit(engine: Engine) {
+    let Ok(h) = Registry::start(engine).await else {
+        return;
+    };
+    let (node, twin, _) = setup(&h).await;
+    // The same signed request twice: one contract, the copy is a replay.
+    let env = seal(
+        &twin,
+        &Payload::CreateContract(ContractRequest {
+            node_id: node as u64,
+            resources: ask(1, GIB, GIB),
+        }),
+    );
+    let (s, v) = h.post(paths::CONTRACTS, &env).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h.post(paths::CONTRACTS, &env).await;
+    assert_eq!((s, error_code(&v)), (409, "replay"), "{v}");
+    assert_eq!(node_view(&h, node).await.used, ask(1, GIB, GIB));
+
+    // 12 requests of one core each race for the 3 cores left: exactly 3 land.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (client, twin) = ((*h).clone(), twin.clone());
+        tasks.spawn(async move {
+            let p = Payload::CreateContract(ContractRequest {
+                node_id: node as u64,
+                resources: ask(1, 0, 0),
+            });
+            client.post(paths::CONTRACTS, &seal(&twin, &p)).await
+        });
+    }
+    let mut landed = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (s, v) = r.unwrap();
+        match s {
+            201 => landed += 1,
+            409 => assert_eq!(error_code(&v), "insufficient_capacity", "{v}"),
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    assert_eq!(landed, 3);
+    let n = node_view(&h, node).await;
+    assert_eq!(n.used.cru, node_capacity().cru);
+    assert_eq!(n.free.cru, 0);
 }
