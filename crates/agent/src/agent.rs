@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gridtypes::{now, NodeRegistration, Report, Resources, MAX_TEXT};
+use gridtypes::{mailbox, now, NodeRegistration, Report, Resources, MAX_TEXT};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -133,6 +133,9 @@ struct Agent {
     client: Client,
     queue: Queue,
     hw: Hardware,
+    /// The X25519 key twins seal deployments to (gridtypes::mailbox), published with every
+    /// registration.
+    box_key: String,
     status: watch::Sender<Status>,
     backoff: Backoff,
     next_attempt: Option<Instant>,
@@ -155,6 +158,7 @@ impl Agent {
             virtualized: self.hw.virtualized,
             interfaces: self.hw.interfaces.clone(),
             agent_version: Some(concat!("gridos-agent ", env!("CARGO_PKG_VERSION")).into()),
+            box_key: Some(self.box_key.clone()),
             warnings: self.warnings(),
         }
     }
@@ -438,6 +442,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let key_path = cfg.key_path();
     let (key, created) = identity::load_or_create(&key_path)?;
+    let box_key = mailbox::box_key_hex(&mailbox::box_public(&key.verifying_key()));
     let client = Client::new(&cfg.registry, key, cfg.http_timeout);
     tracing::info!(
         key = %key_path.display(),
@@ -470,6 +475,7 @@ pub async fn run(
         client,
         queue,
         hw,
+        box_key,
         status,
         next_attempt: Some(Instant::now()),
     };

@@ -44,6 +44,7 @@ async fn an_oversized_answer_is_not_buffered() {
         virtualized: true,
         interfaces: vec![],
         agent_version: None,
+        box_key: None,
         warnings: vec![],
     };
     match client.register(&reg).await {

@@ -293,6 +293,7 @@ async fn a_report_sent_twice_is_a_replay_not_a_duplicate() {
         virtualized: false,
         interfaces: vec![],
         agent_version: None,
+        box_key: None,
         warnings: Vec::new(),
     };
     let node = match client.register(&registration).await {

@@ -124,6 +124,7 @@ async fn online_and_register(registry: &str, farm: u32) -> Result<(), String> {
         virtualized: Probe::default().virtualized(),
         interfaces: Vec::new(),
         agent_version: Some(concat!("gridos-baseline-init ", env!("CARGO_PKG_VERSION")).into()),
+        box_key: None,
         warnings: Vec::new(),
     };
     let id = register(registry, key, &reg).await?;

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::{
-    keyfile, Cli, Command, ContractStateArg, ContractsCmd, FarmCmd, ImageCmd, KeyCmd,
-    NodeFilterArgs, NodesCmd, StatusArg, TwinCmd, UnitsArgs,
+    deploy, keyfile, Cli, Command, ContractStateArg, ContractsCmd, DeploymentsCmd, FarmCmd,
+    ImageCmd, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd, UnitsArgs,
 };
 
 /// Runs one parsed command line.
@@ -102,6 +102,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Contracts(c) => contracts(&client, &key_path, c, j).await?,
+        Command::Deploy(a) => {
+            let key = keyfile::load(&key_path)?;
+            let workloads = deploy::read_app(&a.file)?;
+            let p = deploy::post(&client, &key, a.contract, workloads).await?;
+            print(j, &p, |p| {
+                format!(
+                    "deployment version {} of contract {} ({} workloads) sealed to node {}
+                     follow it with: grid deployments show {}
+",
+                    p.version, p.contract_id, p.workloads, p.node_id, p.contract_id
+                )
+            });
+        }
+        Command::Deployments(DeploymentsCmd::Show { id }) => {
+            let key = keyfile::load(&key_path)?;
+            let r = deploy::show(&client, &key, id).await?;
+            print(j, &r, deploy::report_text);
+        }
+        Command::Deployments(DeploymentsCmd::Delete { id }) => {
+            let key = keyfile::load(&key_path)?;
+            let p = deploy::post(&client, &key, id, Vec::new()).await?;
+            print(j, &p, |p| {
+                format!(
+                    "deployment version {} of contract {} removes every workload; the contract \
+                     keeps its capacity until `grid contracts cancel {}`\n",
+                    p.version, p.contract_id, p.contract_id
+                )
+            });
+        }
         Command::Units(u) => units(&u, j)?,
     }
     Ok(())

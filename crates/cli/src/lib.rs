@@ -4,6 +4,7 @@
 
 mod client;
 mod commands;
+mod deploy;
 mod keyfile;
 
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ enum Command {
     /// Reserve capacity on a node (as a twin), list and cancel reservations.
     #[command(subcommand)]
     Contracts(ContractsCmd),
+    /// Run an app file's workloads under a contract: sealed to the node, relayed by the
+    /// registry, which cannot read them.
+    Deploy(DeployArgs),
+    /// Follow (`show`) and remove (`delete`) what runs under a contract.
+    #[command(subcommand)]
+    Deployments(DeploymentsCmd),
     /// Grid-wide totals.
     Stats,
     /// Compute CU and SU from raw resources with the grid's formulas.
@@ -124,6 +131,32 @@ enum ContractsCmd {
     },
     /// End a contract of yours: the node frees the capacity and tears its workloads down.
     Cancel {
+        /// Contract id.
+        id: u64,
+    },
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// App file (YAML or JSON): `workloads:`, a list of containers and volumes
+    /// (docs/deployments.md).
+    file: PathBuf,
+    /// The contract to run them under (`grid contracts create`).
+    #[arg(long)]
+    contract: u64,
+}
+
+#[derive(Subcommand)]
+enum DeploymentsCmd {
+    /// The node's latest word on a contract's deployment, checked against its signature and
+    /// opened with your key.
+    Show {
+        /// Contract id.
+        id: u64,
+    },
+    /// Remove every workload of a contract (a new version with none); the contract and its
+    /// capacity stay until `grid contracts cancel`.
+    Delete {
         /// Contract id.
         id: u64,
     },

@@ -207,6 +207,181 @@ async fn farmer_and_auditor_session() {
     assert_eq!(node_now["used"]["mru"], 0);
 }
 
+/// A twin deploys an app file under its contract; the test plays the node: it polls its
+/// mailbox, opens the deployment and answers with a sealed status that `grid` opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_deploys_and_reads_the_node_answer() {
+    use gridapi::{paths, MailboxPage};
+    use gridtypes::mailbox::{self, DeploymentState, DeploymentStatus, WorkloadStatus};
+    use gridtypes::{Envelope, Payload, Sealed};
+
+    let reg = Registry::sqlite().await;
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("key");
+    let other = home.path().join("other");
+    let url = reg.url().to_string();
+    let run = |key: &Path, args: &[&str]| {
+        let (url, key) = (url.clone(), key.to_path_buf());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grid(&url, &key, &args)
+        })
+    };
+    let farm = reg.farm("deploy-farm").await;
+    let (node, node_id) = reg
+        .node(farm, Resources::from_gib(4, 8.0, 100.0, 0.0))
+        .await;
+    let node_arg = node_id.to_string();
+    for k in [&key, &other] {
+        ok_json(run(k, &["--json", "key", "new"]).await.unwrap());
+        ok_json(run(k, &["--json", "twin", "register"]).await.unwrap());
+    }
+    let c = ok_json(
+        run(
+            &key,
+            &[
+                "--json",
+                "contracts",
+                "create",
+                "--node",
+                &node_arg,
+                "--cru",
+                "1",
+                "--mru",
+                "512MiB",
+                "--sru",
+                "2GiB",
+            ],
+        )
+        .await
+        .unwrap(),
+    );
+    let contract = c["id"].as_i64().unwrap();
+    let cid = contract.to_string();
+    let app = home.path().join("app.yaml");
+    std::fs::write(
+        &app,
+        "workloads:\n\
+         - kind: container\n  name: web\n  image: 127.0.0.1:5000/gridos/hello:1\n  \
+           resources: {cru: 1, mru: 256MiB, sru: 1GiB}\n",
+    )
+    .unwrap();
+    let app_arg = app.to_str().unwrap();
+
+    let shown = ok_json(
+        run(&key, &["--json", "deployments", "show", &cid])
+            .await
+            .unwrap(),
+    );
+    assert!(shown["deployment_version"].is_null(), "{shown}");
+    let posted = ok_json(
+        run(&key, &["--json", "deploy", app_arg, "--contract", &cid])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (posted["version"].as_u64(), posted["workloads"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let shown = ok_json(
+        run(&key, &["--json", "deployments", "show", &cid])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(shown["state"], "requested", "{shown}");
+
+    // Another twin's key cannot deploy here; more than the contract holds is refused locally.
+    let out = run(&other, &["deploy", app_arg, "--contract", &cid])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another twin"));
+    let big = home.path().join("big.yaml");
+    std::fs::write(
+        &big,
+        "workloads:\n- kind: volume\n  name: data\n  size: 3GiB\n",
+    )
+    .unwrap();
+    let out = run(&key, &["deploy", big.to_str().unwrap(), "--contract", &cid])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserve"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The node's side.
+    let poll = Payload::PollMailbox {
+        after: 0,
+        wait_secs: 0,
+    };
+    let (s, v) = reg.signed(paths::MAILBOX_POLL, &node, &poll).await;
+    assert_eq!(s, 200, "{v}");
+    let page: MailboxPage = serde_json::from_value(v).unwrap();
+    let env = Envelope::from_json(page.items[0].deployment.as_ref().unwrap()).unwrap();
+    let Payload::Deploy(sealed) = env.open_relayed().unwrap().payload else {
+        panic!("not a deployment")
+    };
+    let d = mailbox::open_deployment(&mailbox::box_secret(&node), &sealed.sealed).unwrap();
+    assert_eq!(d.workloads[0].name(), "web");
+    let twin_key = gridtypes::parse_public_key(&page.items[0].twin_key).unwrap();
+    let st = DeploymentStatus {
+        contract_id: contract as u64,
+        version: 1,
+        state: DeploymentState::Running,
+        reason: None,
+        workloads: vec![WorkloadStatus {
+            name: "web".into(),
+            state: DeploymentState::Running,
+            reason: None,
+            address: Some("10.64.0.2".into()),
+        }],
+    };
+    let p = Payload::DeploymentStatus(Sealed {
+        contract_id: contract as u64,
+        version: 1,
+        sealed: mailbox::seal_status(&twin_key, &st).unwrap(),
+    });
+    let (s, v) = reg.signed(paths::MAILBOX_STATUS, &node, &p).await;
+    assert_eq!(s, 201, "{v}");
+
+    let shown = ok_json(
+        run(&key, &["--json", "deployments", "show", &cid])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(shown["state"], "running", "{shown}");
+    assert_eq!(shown["status"]["workloads"][0]["address"], "10.64.0.2");
+    let human = run(&key, &["deployments", "show", &cid]).await.unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("web") && text.contains("10.64.0.2"), "{text}");
+    // Another twin's key cannot open the node's answer.
+    let out = run(&other, &["deployments", "show", &cid]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
+
+    // Delete: a new version with no workloads; the node has not answered it yet.
+    let gone = ok_json(
+        run(&key, &["--json", "deployments", "delete", &cid])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (gone["version"].as_u64(), gone["workloads"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let shown = ok_json(
+        run(&key, &["--json", "deployments", "show", &cid])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(shown["state"], "requested", "{shown}");
+    assert_eq!(shown["status"]["version"], 1);
+}
+
 #[test]
 fn units_match_the_formulas() {
     let key = Path::new("/nonexistent");

@@ -13,6 +13,7 @@ use gridtypes::deployment::{
     check_image, Container, ContainerResources, Deployment, DiskKind, Mount, Port, Protocol,
     Restart, Volume, Workload, MAX_IMAGE_REF, MAX_NAME, MAX_WORKLOADS,
 };
+use gridtypes::mailbox;
 use gridtypes::Resources;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -24,7 +25,7 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
 /// What `validate` promises about a deployment it accepts, and what the node then relies on.
 fn check_valid(d: &Deployment) -> Result<(), TestCaseError> {
     prop_assert!(d.contract_id > 0 && d.version > 0);
-    prop_assert!(!d.workloads.is_empty() && d.workloads.len() <= MAX_WORKLOADS);
+    prop_assert!(d.workloads.len() <= MAX_WORKLOADS);
     let names: BTreeSet<&str> = d.workloads.iter().map(Workload::name).collect();
     prop_assert_eq!(names.len(), d.workloads.len(), "names are unique");
     for w in &d.workloads {
@@ -62,7 +63,9 @@ fn check_valid(d: &Deployment) -> Result<(), TestCaseError> {
         prop_assert_eq!(u128::from(got), want.min(u128::from(u64::MAX)));
     }
     prop_assert!(d.fits(&total).is_ok());
-    prop_assert!(d.fits(&Resources::default()).is_err());
+    // Every workload reserves something, so only the empty deployment (the twin's removal
+    // of everything) fits a contract of nothing.
+    prop_assert_eq!(d.fits(&Resources::default()).is_ok(), d.workloads.is_empty());
     // As written again, it reads back as the same deployment.
     let again = serde_json::to_vec(d).map_err(fail)?;
     let back: Deployment = serde_json::from_slice(&again).map_err(fail)?;
@@ -318,5 +321,45 @@ proptest! {
             prop_assert!(!i.is_empty() && i.len() <= MAX_IMAGE_REF);
             prop_assert!(!i.contains(|c: char| c.is_whitespace() || c.is_control()), "{:?}", i);
         }
+    }
+}
+
+/// The node's box key: one per run, as a node has one.
+fn node_key() -> &'static ed25519_dalek::SigningKey {
+    static KEY: std::sync::OnceLock<ed25519_dalek::SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(&[7; 32]))
+}
+
+proptest! {
+    // Each case seals and opens (two X25519 operations each).
+    #![proptest_config(fuzz::config_div(8))]
+
+    /// A sealed deployment opens to exactly what was sealed, and any change to the box (a
+    /// bit, a byte, a cut, an insertion) is refused, never opened to something else.
+    #[test]
+    fn sealed_boxes(d in deployment(), muts in mutations()) {
+        let secret = mailbox::box_secret(node_key());
+        let public = mailbox::box_public(&node_key().verifying_key());
+        let Ok(sealed) = mailbox::seal_deployment(&public, &d) else {
+            // Only a deployment over the size limit cannot be sealed.
+            prop_assert!(serde_json::to_vec(&d).map_err(fail)?.len() > mailbox::MAX_DEPLOYMENT_BYTES);
+            return Ok(());
+        };
+        let opened = mailbox::open_deployment(&secret, &sealed);
+        prop_assert_eq!(opened.as_ref().ok(), d.validate().is_ok().then_some(&d));
+        let changed = mutate(&sealed, &muts);
+        let _w = watch("gridtypes::mailbox::open_deployment", &changed);
+        let again = mailbox::open_deployment(&secret, &changed);
+        if changed != sealed {
+            prop_assert!(again.is_err(), "a changed box opened");
+        }
+    }
+
+    /// Bytes that were never a sealed box, of every length around the limits.
+    #[test]
+    fn not_boxes(b in fuzz::bytes(mailbox::SEAL_OVERHEAD * 3)) {
+        let _w = watch("gridtypes::mailbox::open", &b);
+        prop_assert!(mailbox::open_deployment(&mailbox::box_secret(node_key()), &b).is_err());
+        prop_assert!(mailbox::open_status(node_key(), &b).is_err());
     }
 }

@@ -10,11 +10,13 @@ use std::sync::OnceLock;
 use ed25519_dalek::SigningKey;
 use fuzz::{config, config_div, mutate, mutations, text, text_of, watch};
 use gridtypes::envelope::decode_fixed;
+use gridtypes::mailbox;
 use gridtypes::payload::{MAX_FARM_NAME, MAX_INTERFACES};
 use gridtypes::{
     check_clock, parse_public_key, Consumption, ContractRequest, Envelope, EnvelopeError,
-    Interface, NodeRegistration, Payload, PayloadError, Report, Resources, MAX_CRU, MAX_DISK,
-    MAX_IPV4, MAX_MRU, MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, NONCE_LEN,
+    Interface, NodeRegistration, Payload, PayloadError, Report, Resources, Sealed, MAX_CRU,
+    MAX_DISK, MAX_IPV4, MAX_MRU, MAX_PAYLOAD_BYTES, MAX_POLL_WAIT_SECS, MAX_TEXT,
+    MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, NONCE_LEN,
 };
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -144,6 +146,7 @@ fn payload() -> BoxedStrategy<Payload> {
                     virtualized,
                     interfaces,
                     agent_version,
+                    box_key: None,
                     warnings,
                 })
             },
@@ -186,6 +189,32 @@ fn payload() -> BoxedStrategy<Payload> {
     let cancel = edge_u64()
         .prop_map(|contract_id| Payload::CancelContract { contract_id })
         .boxed();
+    let limit = mailbox::MAX_DEPLOYMENT_BYTES + mailbox::SEAL_OVERHEAD;
+    let sealed_len = prop_oneof![
+        0..=mailbox::SEAL_OVERHEAD + 1,
+        limit - 1..=limit + 1,
+        0..=limit + 8
+    ];
+    let sealed = (edge_u64(), edge_u64(), sealed_len, any::<bool>())
+        .prop_map(|(contract_id, version, len, deploy)| {
+            let s = Sealed {
+                contract_id,
+                version,
+                sealed: vec![0xa5; len],
+            };
+            if deploy {
+                Payload::Deploy(s)
+            } else {
+                Payload::DeploymentStatus(s)
+            }
+        })
+        .boxed();
+    let poll = (edge_u64(), any::<u32>())
+        .prop_map(|(after, wait_secs)| Payload::PollMailbox {
+            after,
+            wait_secs: wait_secs % (2 * MAX_POLL_WAIT_SECS + 1),
+        })
+        .boxed();
     prop_oneof![
         Just(Payload::RegisterTwin {}).boxed(),
         farm,
@@ -195,6 +224,8 @@ fn payload() -> BoxedStrategy<Payload> {
         consumption,
         contract,
         cancel,
+        sealed,
+        poll,
     ]
     .boxed()
 }
@@ -237,6 +268,7 @@ const FIELDS: &[&str] = &[
     "virtualized",
     "interfaces",
     "agent_version",
+    "box_key",
     "warnings",
     "uptime_secs",
     "stopping",
@@ -252,6 +284,10 @@ const FIELDS: &[&str] = &[
     "node_id",
     "resources",
     "contract_id",
+    "version",
+    "sealed",
+    "after",
+    "wait_secs",
 ];
 
 fn field_name() -> impl Strategy<Value = String> {
@@ -270,6 +306,9 @@ fn payload_shaped_json() -> impl Strategy<Value = Vec<u8>> {
         "report",
         "create_contract",
         "cancel_contract",
+        "deploy",
+        "deployment_status",
+        "poll_mailbox",
         "steal_tft",
     ]);
     let report = proptest::option::of(proptest::sample::select(vec![

@@ -26,6 +26,12 @@ pub mod paths {
     pub const CONTRACTS: &str = "/api/v1/contracts";
     /// POST a signed `CancelContract`.
     pub const CONTRACTS_CANCEL: &str = "/api/v1/contracts/cancel";
+    /// A twin POSTs a signed `Deploy` (a deployment sealed to the node).
+    pub const MAILBOX: &str = "/api/v1/mailbox";
+    /// A node POSTs a signed `PollMailbox`; the answer is a [`crate::MailboxPage`].
+    pub const MAILBOX_POLL: &str = "/api/v1/mailbox/poll";
+    /// A node POSTs a signed `DeploymentStatus` (sealed to the twin).
+    pub const MAILBOX_STATUS: &str = "/api/v1/mailbox/status";
 
     /// One twin.
     pub fn twin(id: u64) -> String {
@@ -46,6 +52,10 @@ pub mod paths {
     /// One contract.
     pub fn contract(id: u64) -> String {
         format!("{CONTRACTS}/{id}")
+    }
+    /// The node's latest signed status of a contract's deployment ([`crate::StatusView`]).
+    pub fn contract_status(id: u64) -> String {
+        format!("{CONTRACTS}/{id}/status")
     }
 }
 
@@ -85,8 +95,10 @@ pub enum ErrorCode {
     Forbidden,
     /// A payload of another kind was sent to this endpoint (400).
     WrongKind,
-    /// A unique name is taken (409).
+    /// A unique name is taken, or the contract is no longer active (409).
     Conflict,
+    /// A deployment or status version older than (or as old as) the one stored (409).
+    StaleVersion,
     /// The thing asked for does not exist (404).
     NotFound,
     /// The registry's database failed (500).
@@ -119,6 +131,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::WrongKind => "wrong_kind",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::StaleVersion => "stale_version",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Database => "database",
             ErrorCode::Unavailable => "unavailable",
@@ -252,6 +265,10 @@ pub struct NodeView {
     pub interfaces: Box<RawValue>,
     /// Agent version.
     pub agent_version: Option<String>,
+    /// The X25519 key deployments are sealed to (`gridtypes::mailbox`); none from agents
+    /// that take no deployments.
+    #[serde(default)]
+    pub box_key: Option<String>,
     /// Total raw capacity.
     pub capacity: Resources,
     /// Reserved by workloads.
@@ -398,6 +415,18 @@ impl ContractState {
     }
 }
 
+impl std::str::FromStr for ContractState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(ContractState::Active),
+            "cancelled" => Ok(ContractState::Cancelled),
+            other => Err(format!("unknown contract state {other:?}")),
+        }
+    }
+}
+
 impl std::fmt::Display for ContractState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -422,6 +451,77 @@ pub struct ContractView {
     /// When it was cancelled.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cancelled_at: Option<i64>,
+    /// The newest deployment version the twin posted (its content is sealed to the node).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deployment_version: Option<i64>,
+    /// The deployment version the node's latest status describes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_version: Option<i64>,
+}
+
+/// One contract in a node's mailbox: what the node must run under it, if anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxItem {
+    /// The contract.
+    pub contract_id: i64,
+    /// The mailbox revision of its last change (the cursor the node polls after).
+    pub rev: i64,
+    /// Active, or cancelled: then the node tears down what ran under it.
+    pub state: ContractState,
+    /// The twin that owns it.
+    pub twin_id: i64,
+    /// That twin's ed25519 key, hex: the only key whose deployments the node takes.
+    pub twin_key: String,
+    /// What the contract reserved.
+    pub resources: Resources,
+    /// The twin's newest signed `Deploy` envelope, byte for byte as the twin sent it
+    /// (the node checks the twin's signature itself), base64; none before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub deployment: Option<Vec<u8>>,
+}
+
+/// The answer to a mailbox poll: contracts changed since the node's cursor, oldest change
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxPage {
+    /// Changed contracts, by `rev`.
+    pub items: Vec<MailboxItem>,
+    /// What to poll after next: the last item's `rev`, or the cursor sent when none.
+    pub rev: i64,
+    /// More changes wait: poll again at once.
+    pub more: bool,
+}
+
+/// A node's latest status of a contract's deployment, for the twin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The contract.
+    pub contract_id: i64,
+    /// The node that signed it.
+    pub node_id: i64,
+    /// That node's ed25519 key, hex (the twin checks the envelope against it).
+    pub node_key: String,
+    /// The node's signed `DeploymentStatus` envelope, byte for byte, base64.
+    #[serde(with = "gridtypes::envelope::b64")]
+    pub envelope: Vec<u8>,
+}
+
+/// `Option<Vec<u8>>` as an optional base64 string.
+mod opt_b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => gridtypes::envelope::b64::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "gridtypes::envelope::b64")] Vec<u8>);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 /// Filters of the contract list.

@@ -56,7 +56,8 @@ pub enum DeploymentError {
 }
 
 /// A twin's desired state for one contract. A newer `version` replaces an older one whole;
-/// the node refuses a version it has already seen or passed.
+/// the node refuses a version it has already seen or passed. A version without workloads
+/// tears down everything the contract ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
@@ -247,11 +248,13 @@ impl Deployment {
         if self.version == 0 {
             return Err(invalid("version", "must be 1 or more"));
         }
-        if self.workloads.is_empty() || self.workloads.len() > MAX_WORKLOADS {
+        // No workloads is a version like any other: the twin removes everything the contract
+        // ran (`grid deployments delete`) and keeps the contract.
+        if self.workloads.len() > MAX_WORKLOADS {
             return Err(invalid(
                 "workloads",
                 format!(
-                    "{} workloads: between 1 and {MAX_WORKLOADS}",
+                    "{} workloads: at most {MAX_WORKLOADS}",
                     self.workloads.len()
                 ),
             ));
@@ -678,8 +681,20 @@ mod tests {
         assert!(with(&|c| c.resources.mru = 1 << 20).contains("resources.mru"));
         assert!(with(&|c| c.resources.sru = 0).contains("resources.sru"));
 
+        // Empty is the twin's removal of everything; too many is refused.
         let mut d = deployment();
         d.workloads.clear();
+        assert_eq!(d.validate(), Ok(()));
+        let w = deployment().workloads[0].clone();
+        d.workloads = (0..=MAX_WORKLOADS)
+            .map(|i| {
+                let mut w = w.clone();
+                if let Workload::Container(c) = &mut w {
+                    c.name = format!("c{i}");
+                }
+                w
+            })
+            .collect();
         assert!(refused(&d).contains("workloads"));
         let mut d = deployment();
         d.version = 0;

@@ -156,10 +156,26 @@ impl Envelope {
         Ok((signer, nonce))
     }
 
+    /// Verifies the signature and decodes the payload, whatever the timestamp: for a message
+    /// relayed from storage (a twin's deployment the node reads hours later, a stored
+    /// report an auditor checks), where replays are refused by what it carries (versions),
+    /// not by the clock.
+    pub fn open_relayed(&self) -> Result<Verified, EnvelopeError> {
+        self.open_checked(|| Ok(()))
+    }
+
     /// Verifies the signature, the timestamp against `now` and decodes the payload.
     pub fn open(&self, now: i64) -> Result<Verified, EnvelopeError> {
+        self.open_checked(|| check_clock(self.timestamp, now))
+    }
+
+    /// The signature first (a forger learns nothing), then `clock`, then the payload.
+    fn open_checked(
+        &self,
+        clock: impl FnOnce() -> Result<(), EnvelopeError>,
+    ) -> Result<Verified, EnvelopeError> {
         let (signer, nonce) = self.verify_parts()?;
-        check_clock(self.timestamp, now)?;
+        clock()?;
         let payload = Payload::from_bytes(&self.payload)?;
         Ok(Verified {
             signer,
@@ -225,14 +241,18 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, EnvelopeError> {
         .map_err(|_| EnvelopeError::BadSigner(format!("{s} is not a curve point")))
 }
 
-mod b64 {
+/// Bytes as standard base64 with padding in JSON (non-canonical encodings are refused), for
+/// `#[serde(with = "gridtypes::envelope::b64")]`.
+pub mod b64 {
     use super::*;
     use serde::{Deserializer, Serializer};
 
+    /// Writes `v` as a base64 string.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&B64.encode(v))
     }
 
+    /// Reads a base64 string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         B64.decode(s.as_bytes())

@@ -8,6 +8,7 @@
 pub mod deployment;
 pub mod envelope;
 pub mod keyfile;
+pub mod mailbox;
 pub mod payload;
 pub mod units;
 
@@ -17,6 +18,7 @@ pub use envelope::{
 };
 pub use payload::{
     Consumption, ContractRequest, Interface, NodeRegistration, Payload, PayloadError, Report,
-    ReportKind, MAX_PAYLOAD_BYTES, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
+    ReportKind, Sealed, MAX_PAYLOAD_BYTES, MAX_POLL_WAIT_SECS, MAX_TEXT, MAX_TRAFFIC_BYTES,
+    MAX_UPTIME_SECS, MAX_WARNINGS,
 };
 pub use units::{ResourceTotals, Resources, Units, GIB, MAX_CRU, MAX_DISK, MAX_IPV4, MAX_MRU};

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::mailbox::{MAX_DEPLOYMENT_BYTES, MAX_STATUS_BYTES, SEAL_OVERHEAD};
 use crate::units::Resources;
 
 /// Longest farm name the registry accepts.
@@ -64,6 +65,37 @@ pub enum Payload {
         /// The contract to end.
         contract_id: u64,
     },
+    /// A twin posts a version of a contract's deployment, sealed to the node
+    /// ([`crate::mailbox`]); the registry keeps the newest and relays it.
+    Deploy(Sealed),
+    /// A node posts how a deployment version stands, sealed to the twin.
+    DeploymentStatus(Sealed),
+    /// A node asks for what changed in its mailbox since `after`, waiting up to `wait_secs`
+    /// for something to arrive (long poll: the node needs no inbound port).
+    PollMailbox {
+        /// The mailbox revision the node has already handled (0: everything).
+        after: u64,
+        /// How long the registry may hold the request when nothing is new.
+        #[serde(default)]
+        wait_secs: u32,
+    },
+}
+
+/// Longest a mailbox poll may wait for news; well under every HTTP client's timeout.
+pub const MAX_POLL_WAIT_SECS: u32 = 25;
+
+/// A sealed box for one version of one contract's deployment: the registry reads the
+/// numbers, never the box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// The contract.
+    pub contract_id: u64,
+    /// The deployment version (the one it carries or the one its status describes).
+    pub version: u64,
+    /// The sealed box, base64.
+    #[serde(with = "crate::envelope::b64")]
+    pub sealed: Vec<u8>,
 }
 
 /// What a twin reserves on one node.
@@ -96,6 +128,10 @@ pub struct NodeRegistration {
     /// Agent version that sent this.
     #[serde(default)]
     pub agent_version: Option<String>,
+    /// The X25519 key deployments are sealed to, lowercase hex ([`crate::mailbox`]). Nodes
+    /// without one take no deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_key: Option<String>,
     /// Conditions the farmer and auditors must see, as in [`Report::Uptime`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -165,6 +201,19 @@ impl Report {
         }
     }
 }
+
+fn check_contract_id(id: u64) -> Result<(), PayloadError> {
+    if id == 0 || id > i64::MAX as u64 {
+        return Err(PayloadError::Invalid(format!(
+            "contract_id {id} is out of range"
+        )));
+    }
+    Ok(())
+}
+
+/// The most bytes a [`Payload::Deploy`] or [`Payload::DeploymentStatus`] takes: the base64 of
+/// the largest sealed box plus room for the numbers and pretty-printing.
+const MAX_SEALED_PAYLOAD: usize = (MAX_DEPLOYMENT_BYTES + SEAL_OVERHEAD).div_ceil(3) * 4 + 512;
 
 /// At most this many warnings in one message, each at most [`MAX_TEXT`] bytes.
 pub const MAX_WARNINGS: usize = 8;
@@ -252,7 +301,10 @@ impl Payload {
             Payload::RegisterTwin {}
             | Payload::CreateFarm { .. }
             | Payload::CreateContract(_)
-            | Payload::CancelContract { .. } => 512,
+            | Payload::CancelContract { .. }
+            | Payload::PollMailbox { .. } => 512,
+            // The base64 of the largest sealed deployment or status, and the numbers.
+            Payload::Deploy(_) | Payload::DeploymentStatus(_) => MAX_SEALED_PAYLOAD,
             // 8 warnings of 128 bytes even if every byte is escaped as \u00XX, plus the numbers.
             Payload::Report(Report::Uptime { .. } | Report::Capacity { .. }) => 8192,
             Payload::Report(Report::Consumption(_)) => 1024,
@@ -281,6 +333,9 @@ impl Payload {
             Payload::Report(_) => "report",
             Payload::CreateContract(_) => "create_contract",
             Payload::CancelContract { .. } => "cancel_contract",
+            Payload::Deploy(_) => "deploy",
+            Payload::DeploymentStatus(_) => "deployment_status",
+            Payload::PollMailbox { .. } => "poll_mailbox",
         }
     }
 
@@ -326,6 +381,9 @@ impl Payload {
                         "more than {MAX_INTERFACES} addresses on one interface"
                     )));
                 }
+                if let Some(k) = &reg.box_key {
+                    crate::mailbox::parse_box_key(k).map_err(|e| invalid(e.to_string()))?;
+                }
                 check_warnings(&reg.warnings)
             }
             Payload::Report(Report::Uptime {
@@ -355,10 +413,33 @@ impl Payload {
                 }
                 Ok(())
             }
-            Payload::CancelContract { contract_id } => {
-                if *contract_id == 0 || *contract_id > i64::MAX as u64 {
+            Payload::CancelContract { contract_id } => check_contract_id(*contract_id),
+            Payload::Deploy(s) | Payload::DeploymentStatus(s) => {
+                check_contract_id(s.contract_id)?;
+                if s.version == 0 || s.version > i64::MAX as u64 {
+                    return Err(invalid(format!("version {} is out of range", s.version)));
+                }
+                let max = if matches!(self, Payload::Deploy(_)) {
+                    MAX_DEPLOYMENT_BYTES
+                } else {
+                    MAX_STATUS_BYTES
+                } + SEAL_OVERHEAD;
+                if s.sealed.len() <= SEAL_OVERHEAD || s.sealed.len() > max {
                     return Err(invalid(format!(
-                        "contract_id {contract_id} is out of range"
+                        "sealed box of {} bytes: between {} and {max}",
+                        s.sealed.len(),
+                        SEAL_OVERHEAD + 1
+                    )));
+                }
+                Ok(())
+            }
+            Payload::PollMailbox { after, wait_secs } => {
+                if *after > i64::MAX as u64 {
+                    return Err(invalid(format!("after {after} is out of range")));
+                }
+                if *wait_secs > MAX_POLL_WAIT_SECS {
+                    return Err(invalid(format!(
+                        "wait_secs {wait_secs} is more than {MAX_POLL_WAIT_SECS}"
                     )));
                 }
                 Ok(())
@@ -410,6 +491,7 @@ mod tests {
                 ips: vec!["10.0.2.15/24".into()],
             }],
             agent_version: Some("0.1.0".into()),
+            box_key: Some("11".repeat(32)),
             warnings: Vec::new(),
         };
         for p in [
@@ -475,6 +557,7 @@ mod tests {
             virtualized: false,
             interfaces: vec![],
             agent_version: None,
+            box_key: None,
             warnings: Vec::new(),
         });
         assert!(zero_farm.validate().is_err());

@@ -302,6 +302,7 @@ async fn seed_nodes(
             virtualized: false,
             interfaces: vec![],
             agent_version: None,
+            box_key: None,
             warnings: Vec::new(),
         });
         bodies.push(Envelope::seal(&key, &reg, now(), nonce()).to_json());

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`: signed writes from twins and nodes, open reads for auditors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Path, State};
@@ -12,10 +13,11 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use gridapi::paths;
 pub use gridapi::{
-    ContractFilter, ContractState, ContractView, FarmView, NodeFilter, NodeStatus, NodeView, Page,
-    Paging, ReportFilter, ReportView, Stats, StoredKind, Totals, TwinView, Written,
+    ContractFilter, ContractState, ContractView, FarmView, MailboxItem, MailboxPage, NodeFilter,
+    NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats, StatusView, StoredKind,
+    Totals, TwinView, Written,
 };
-use gridtypes::{now, Envelope, ResourceTotals, Units, Verified};
+use gridtypes::{now, Envelope, Payload, ResourceTotals, Units, Verified};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
@@ -79,6 +81,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::CONTRACTS, post(create_contract).get(list_contracts))
         .route(paths::CONTRACTS_CANCEL, post(cancel_contract))
         .route(&format!("{}/{{id}}", paths::CONTRACTS), get(get_contract))
+        .route(
+            &format!("{}/{{id}}/status", paths::CONTRACTS),
+            get(get_status),
+        )
+        .route(paths::MAILBOX, post(post_deployment))
+        .route(paths::MAILBOX_POLL, post(poll_mailbox))
+        .route(paths::MAILBOX_STATUS, post(post_status))
         .route(paths::STATS, get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -345,7 +354,7 @@ async fn get_farm(State(s): S, Path(id): Path<String>) -> AppResult<Json<FarmVie
 // ---- nodes ----
 
 const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
-    agent_version, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
+    agent_version, box_key, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
     cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen, stopping";
 
 fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
@@ -371,6 +380,7 @@ fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
             .or_else(|_| RawValue::from_string("null".into()))
             .map_err(|e| sqlx::Error::Decode(e.into()))?,
         agent_version: r.try_get("agent_version")?,
+        box_key: r.try_get("box_key")?,
         capacity,
         used,
         free: capacity.saturating_sub(&used),
@@ -525,19 +535,17 @@ async fn list_reports(
 
 // ---- contracts ----
 
-const CONTRACT_COLUMNS: &str =
-    "id, twin_id, node_id, cru, mru, sru, hru, ipv4, state, created_at, cancelled_at";
+const CONTRACT_COLUMNS: &str = "id, twin_id, node_id, cru, mru, sru, hru, ipv4, state, \
+    created_at, cancelled_at, deployment_version, status_version";
+
+fn contract_state(r: &AnyRow) -> Result<ContractState, sqlx::Error> {
+    r.try_get::<String, _>("state")?
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+}
 
 fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
-    let state = match r.try_get::<String, _>("state")?.as_str() {
-        "active" => ContractState::Active,
-        "cancelled" => ContractState::Cancelled,
-        other => {
-            return Err(sqlx::Error::Decode(
-                format!("unknown contract state {other:?}").into(),
-            ))
-        }
-    };
+    let state = contract_state(r)?;
     Ok(ContractView {
         id: r.try_get("id")?,
         twin_id: r.try_get("twin_id")?,
@@ -546,6 +554,8 @@ fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
         state,
         created_at: r.try_get("created_at")?,
         cancelled_at: r.try_get("cancelled_at")?,
+        deployment_version: r.try_get("deployment_version")?,
+        status_version: r.try_get("status_version")?,
     })
 }
 
@@ -586,6 +596,118 @@ async fn get_contract(State(s): S, Path(id): Path<String>) -> AppResult<Json<Con
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("contract {id} does not exist")))?;
     Ok(Json(contract_view(&row)?))
+}
+
+// ---- mailboxes ----
+
+/// Contracts one poll answers with: each carries at most one sealed deployment (about
+/// 30 KiB), so a page stays near [`PAGE_BYTES`].
+const MAILBOX_PAGE: i64 = 32;
+/// How often a waiting poll looks at the database even without a tick from this process's
+/// writer (another registry process on the same PostgreSQL may have written).
+const MAILBOX_RECHECK: Duration = Duration::from_secs(5);
+
+async fn post_deployment(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "deploy").await
+}
+
+async fn post_status(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "deployment_status").await
+}
+
+/// A node's long poll: answers at once when its mailbox changed after `after`, otherwise
+/// when it does or `wait_secs` pass (an empty page).
+async fn poll_mailbox(State(s): S, headers: HeaderMap, body: Body) -> AppResult<Json<MailboxPage>> {
+    let (v, _) = open_signed(&s, &headers, body, "poll_mailbox").await?;
+    let Payload::PollMailbox { after, wait_secs } = v.payload else {
+        return Err(ApiError::WrongKind {
+            expected: "poll_mailbox",
+            got: v.payload.kind(),
+        });
+    };
+    let node: i64 = sqlx::query("SELECT id FROM nodes WHERE public_key = $1")
+        .bind(&v.signer_hex)
+        .fetch_optional(&s.db.pool)
+        .await?
+        .ok_or_else(|| crate::writer::unknown_node(&v.signer_hex))?
+        .try_get(0)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs.into());
+    let mut changes = s.writer.mailbox_changes();
+    loop {
+        changes.borrow_and_update();
+        let page = mailbox_page(&s.db, node, after as i64).await?;
+        if !page.items.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(page));
+        }
+        let wake = (tokio::time::Instant::now() + MAILBOX_RECHECK).min(deadline);
+        if let Ok(Err(_)) = tokio::time::timeout_at(wake, changes.changed()).await {
+            // The writer is gone; the database may still answer.
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+async fn mailbox_page(db: &Db, node: i64, after: i64) -> AppResult<MailboxPage> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.rev, c.state, c.twin_id, t.public_key, c.cru, c.mru, c.sru, c.hru, \
+            c.ipv4, c.deployment FROM contracts c JOIN twins t ON t.id = c.twin_id \
+         WHERE c.node_id = $1 AND c.rev > $2 ORDER BY c.rev LIMIT $3",
+    )
+    .bind(node)
+    .bind(after)
+    .bind(MAILBOX_PAGE)
+    .fetch_all(&db.pool)
+    .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            Ok(MailboxItem {
+                contract_id: r.try_get("id")?,
+                rev: r.try_get("rev")?,
+                state: contract_state(r)?,
+                twin_id: r.try_get("twin_id")?,
+                twin_key: r.try_get("public_key")?,
+                resources: resources(r, "")?,
+                deployment: r.try_get("deployment")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(MailboxPage {
+        rev: items.last().map_or(after, |i| i.rev),
+        more: items.len() as i64 == MAILBOX_PAGE,
+        items,
+    })
+}
+
+async fn get_status(State(s): S, Path(id): Path<String>) -> AppResult<Json<StatusView>> {
+    let id = parse_id(&id, "contract")?;
+    let row = sqlx::query(
+        "SELECT c.node_id, n.public_key, c.status FROM contracts c \
+         JOIN nodes n ON n.id = c.node_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&s.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("contract {id} does not exist")))?;
+    let envelope: Option<Vec<u8>> = row.try_get("status")?;
+    Ok(Json(StatusView {
+        contract_id: id,
+        node_id: row.try_get("node_id")?,
+        node_key: row.try_get("public_key")?,
+        envelope: envelope.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "the node has not reported on contract {id}'s deployment yet"
+            ))
+        })?,
+    }))
 }
 
 // ---- stats ----

@@ -81,6 +81,9 @@ pub enum ApiError {
     /// A unique name is taken.
     #[error("{0}")]
     Conflict(String),
+    /// A version not newer than the one stored.
+    #[error("{0}")]
+    StaleVersion(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -122,6 +125,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::WrongKind { .. } => ErrorCode::WrongKind,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::StaleVersion(_) => ErrorCode::StaleVersion,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Database(_) => ErrorCode::Database,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
@@ -143,7 +147,9 @@ impl ApiError {
             ApiError::BadSignature(_)
             | ApiError::UnknownSigner(_)
             | ApiError::StaleTimestamp(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Replay { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Replay { .. } | ApiError::Conflict(_) | ApiError::StaleVersion(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::UnknownFarm(_) | ApiError::UnknownNode(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InsufficientCapacity(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use gridapi::ContractState;
 use gridtypes::{
-    now, ContractRequest, NodeRegistration, Payload, Report, Resources, Verified,
+    now, ContractRequest, NodeRegistration, Payload, Report, Resources, Sealed, Verified,
     MAX_CLOCK_SKEW_SECS,
 };
 use sqlx::{AnyConnection, Row};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::db::{resources, Backend, Db};
 use crate::error::ApiError;
@@ -44,18 +44,29 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
     /// One permit per byte of request that may wait for the writer.
     bytes: Arc<Semaphore>,
+    /// Counts committed batches that changed some node's mailbox: mailbox polls wait on it.
+    mailbox: watch::Receiver<u64>,
 }
 
 impl Writer {
     /// Starts the writer task on `db`, holding at most `queue_bytes` of waiting requests.
     pub fn spawn(db: Db, queue_bytes: usize) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(db, rx));
+        let (changed, mailbox) = watch::channel(0);
+        tokio::spawn(run(db, rx, changed));
         let permits = queue_bytes.min(Semaphore::MAX_PERMITS);
         Writer {
             tx,
             bytes: Arc::new(Semaphore::new(permits)),
+            mailbox,
         }
+    }
+
+    /// Changes whenever a committed batch touched a mailbox (a contract created or
+    /// cancelled, a deployment posted). Another registry process on the same PostgreSQL
+    /// does not tick it: a poll also looks again every few seconds.
+    pub fn mailbox_changes(&self) -> watch::Receiver<u64> {
+        self.mailbox.clone()
     }
 
     /// Applies a verified request and waits until it is committed; answers `busy` at once
@@ -89,7 +100,7 @@ type NodeIds = std::collections::HashMap<String, i64>;
 /// Entries kept in [`NodeIds`] before it is emptied (about 150 MB).
 const MAX_CACHED_NODES: usize = 1_000_000;
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+async fn run(db: Db, mut rx: mpsc::Receiver<Job>, mailbox: watch::Sender<u64>) {
     let mut node_ids = NodeIds::new();
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -102,7 +113,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                 if node_ids.len() > MAX_CACHED_NODES {
                     node_ids.clear();
                 }
-                commit_batch(&db, &mut node_ids, &mut batch).await;
+                commit_batch(&db, &mut node_ids, &mut batch, &mailbox).await;
             }
             _ = prune.tick() => {
                 let horizon = now() - 2 * MAX_CLOCK_SKEW_SECS;
@@ -120,7 +131,12 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
 
 /// Commits `batch` in one transaction; if the transaction fails, retries each job alone
 /// so one poisoned request cannot fail the others.
-async fn commit_batch(db: &Db, node_ids: &mut NodeIds, batch: &mut Vec<Job>) {
+async fn commit_batch(
+    db: &Db,
+    node_ids: &mut NodeIds,
+    batch: &mut Vec<Job>,
+    mailbox: &watch::Sender<u64>,
+) {
     let result = apply_all(db, node_ids, batch).await;
     if result.is_err() {
         // Ids learnt inside a transaction that rolled back may name nodes that do not exist.
@@ -128,8 +144,19 @@ async fn commit_batch(db: &Db, node_ids: &mut NodeIds, batch: &mut Vec<Job>) {
     }
     match result {
         Ok(results) => {
+            let mut mail = false;
             for (job, result) in batch.drain(..).zip(results) {
+                mail |= result.is_ok()
+                    && matches!(
+                        job.verified.payload,
+                        Payload::Deploy(_)
+                            | Payload::CreateContract(_)
+                            | Payload::CancelContract { .. }
+                    );
                 let _ = job.reply.send(result);
+            }
+            if mail {
+                mailbox.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
         Err(e) if batch.len() == 1 => {
@@ -145,7 +172,7 @@ async fn commit_batch(db: &Db, node_ids: &mut NodeIds, batch: &mut Vec<Job>) {
             );
             for job in std::mem::take(batch) {
                 let mut one = vec![job];
-                Box::pin(commit_batch(db, node_ids, &mut one)).await;
+                Box::pin(commit_batch(db, node_ids, &mut one, mailbox)).await;
             }
         }
     }
@@ -441,7 +468,7 @@ fn replay(v: &Verified) -> ApiError {
 }
 
 /// The refusal of a node message from a key that is not a registered node.
-fn unknown_node(key: &str) -> ApiError {
+pub(crate) fn unknown_node(key: &str) -> ApiError {
     ApiError::UnknownSigner(format!(
         "{key} is not a registered node: register with POST {} first",
         gridapi::paths::NODES
@@ -472,6 +499,7 @@ async fn apply(
         Node(Option<NodeState>),
         Contract { twin: i64, node: NodeState },
         Cancel(ContractRow),
+        Mail(MailRow),
     }
     let ctx = match &v.payload {
         Payload::RegisterTwin {} => {
@@ -493,6 +521,27 @@ async fn apply(
         Payload::CancelContract { contract_id } => {
             let twin = check!(twin_id(conn, &v.signer_hex));
             Ctx::Cancel(check!(cancellable(conn, backend, twin, *contract_id)))
+        }
+        Payload::Deploy(s) => {
+            let twin = check!(twin_id(conn, &v.signer_hex));
+            Ctx::Mail(check!(deployable(conn, backend, twin, s)))
+        }
+        Payload::DeploymentStatus(s) => {
+            let node = check!(node_by_key(conn, &v.signer_hex));
+            Ctx::Mail(check!(status_target(
+                conn,
+                backend,
+                node.id,
+                s,
+                v.timestamp
+            )))
+        }
+        // Polls are reads: the API answers them without the writer.
+        Payload::PollMailbox { .. } => {
+            return Ok(Err(ApiError::WrongKind {
+                expected: "a write",
+                got: "poll_mailbox",
+            }))
         }
     };
     let claimed = sqlx::query(
@@ -523,6 +572,10 @@ async fn apply(
         }
         (Payload::CancelContract { .. }, Ctx::Cancel(contract)) => {
             cancel_contract(conn, backend, contract, now).await
+        }
+        (Payload::Deploy(s), Ctx::Mail(row)) => deploy(conn, row, s, &job.raw).await,
+        (Payload::DeploymentStatus(s), Ctx::Mail(row)) => {
+            store_status(conn, row, s, v.timestamp, &job.raw).await
         }
         _ => Ok(Err(ApiError::Unavailable(
             "internal: request context does not match payload".into(),
@@ -708,9 +761,10 @@ async fn create_contract(
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let r = &req.resources;
+    let rev = next_rev(conn, node.id).await?;
     let id: i64 = sqlx::query(
         "INSERT INTO contracts (twin_id, node_id, cru, mru, sru, hru, ipv4, state, envelope, \
-            created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            created_at, rev) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(twin)
     .bind(node.id)
@@ -722,6 +776,7 @@ async fn create_contract(
     .bind(ContractState::Active.as_str())
     .bind(raw)
     .bind(now)
+    .bind(rev)
     .fetch_one(&mut *conn)
     .await?
     .try_get(0)?;
@@ -736,21 +791,185 @@ async fn cancel_contract(
     contract: ContractRow,
     now: i64,
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
-    sqlx::query("UPDATE contracts SET state = $1, cancelled_at = $2 WHERE id = $3")
-        .bind(ContractState::Cancelled.as_str())
-        .bind(now)
-        .bind(contract.id)
-        .execute(&mut *conn)
-        .await?;
     // The contracts table references the node: it exists.
     let node = locked_node(conn, backend, contract.node_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
+    let rev = next_rev(conn, node.id).await?;
+    sqlx::query("UPDATE contracts SET state = $1, cancelled_at = $2, rev = $3 WHERE id = $4")
+        .bind(ContractState::Cancelled.as_str())
+        .bind(now)
+        .bind(rev)
+        .bind(contract.id)
+        .execute(&mut *conn)
+        .await?;
     let used = node.used.saturating_sub(&contract.resources);
     set_used(conn, node.id, &node.capacity, &used).await?;
     Ok(Ok(Written {
         id: contract.id,
         created: false,
+    }))
+}
+
+/// Takes node `node`'s next mailbox revision. The UPDATE locks the node's row until the
+/// transaction ends, so a node's revisions commit in the order they are taken and a poll
+/// after revision `r` can never miss a change numbered below one it has seen.
+async fn next_rev(conn: &mut AnyConnection, node: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE nodes SET mailbox_rev = mailbox_rev + 1 WHERE id = $1 RETURNING mailbox_rev",
+    )
+    .bind(node)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)
+}
+
+/// A contract as its mailbox messages need it, locked for the transaction.
+struct MailRow {
+    id: i64,
+    node_id: i64,
+}
+
+/// The contract a twin's deployment goes to: its own, active, and the version newer than
+/// the stored one.
+async fn deployable(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    twin: i64,
+    s: &Sealed,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
+        return Ok(Err(no_contract(s.contract_id)));
+    };
+    let id = s.contract_id;
+    if r.try_get::<i64, _>("twin_id")? != twin {
+        return Ok(Err(ApiError::Forbidden(format!(
+            "contract {id} belongs to another twin"
+        ))));
+    }
+    if r.try_get::<String, _>("state")? != ContractState::Active.as_str() {
+        return Ok(Err(ApiError::Conflict(format!(
+            "contract {id} is cancelled: create a new contract to deploy"
+        ))));
+    }
+    if let Some(have) = r.try_get::<Option<i64>, _>("deployment_version")? {
+        if s.version as i64 <= have {
+            return Ok(Err(ApiError::StaleVersion(format!(
+                "contract {id} already has deployment version {have}: post version {} or higher",
+                have + 1
+            ))));
+        }
+    }
+    Ok(Ok(MailRow {
+        id: id as i64,
+        node_id: r.try_get("node_id")?,
+    }))
+}
+
+/// The contract a node's status is about: on this node, about a posted version, and not
+/// older than the status stored (a status queued on the node arrives late, never first).
+async fn status_target(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    node: i64,
+    s: &Sealed,
+    signed_at: i64,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
+        return Ok(Err(no_contract(s.contract_id)));
+    };
+    let id = s.contract_id;
+    if r.try_get::<i64, _>("node_id")? != node {
+        return Ok(Err(ApiError::Forbidden(format!(
+            "contract {id} is not on node {node}"
+        ))));
+    }
+    let posted = r.try_get::<Option<i64>, _>("deployment_version")?;
+    if posted.is_none_or(|p| s.version as i64 > p) {
+        return Ok(Err(ApiError::Conflict(format!(
+            "contract {id} has no deployment version {} (newest: {})",
+            s.version,
+            posted.map_or("none".into(), |p| p.to_string())
+        ))));
+    }
+    let stored = (
+        r.try_get::<Option<i64>, _>("status_version")?,
+        r.try_get::<Option<i64>, _>("status_signed_at")?,
+    );
+    if let (Some(v), Some(t)) = stored {
+        if (s.version as i64, signed_at) < (v, t) {
+            return Ok(Err(ApiError::StaleVersion(format!(
+                "contract {id} already has a status of version {v} signed at {t}"
+            ))));
+        }
+    }
+    Ok(Ok(MailRow {
+        id: id as i64,
+        node_id: node,
+    }))
+}
+
+fn no_contract(id: u64) -> ApiError {
+    ApiError::NotFound(format!("contract {id} does not exist"))
+}
+
+async fn mail_row(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: u64,
+) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT twin_id, node_id, state, deployment_version, status_version, status_signed_at \
+         FROM contracts WHERE id = $1{}",
+        backend.row_lock()
+    ))
+    .bind(id as i64)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+async fn deploy(
+    conn: &mut AnyConnection,
+    row: MailRow,
+    s: &Sealed,
+    raw: &[u8],
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    let rev = next_rev(conn, row.node_id).await?;
+    sqlx::query(
+        "UPDATE contracts SET deployment_version = $1, deployment = $2, rev = $3 WHERE id = $4",
+    )
+    .bind(s.version as i64)
+    .bind(raw)
+    .bind(rev)
+    .bind(row.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(Written {
+        id: row.id,
+        created: true,
+    }))
+}
+
+async fn store_status(
+    conn: &mut AnyConnection,
+    row: MailRow,
+    s: &Sealed,
+    signed_at: i64,
+    raw: &[u8],
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    sqlx::query(
+        "UPDATE contracts SET status_version = $1, status_signed_at = $2, status = $3 \
+         WHERE id = $4",
+    )
+    .bind(s.version as i64)
+    .bind(signed_at)
+    .bind(raw)
+    .bind(row.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(Written {
+        id: row.id,
+        created: true,
     }))
 }
 
@@ -849,12 +1068,13 @@ async fn register_node(
     // sets it, keeping whatever workloads already use.
     let row = sqlx::query(
         "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
-            cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
+            box_key, cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
             registered_at, updated_at, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, $7, $7, $7) \
+         VALUES ($1, $2, $3, $4, $5, $6, $8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, $7, $7, $7) \
          ON CONFLICT (public_key) DO UPDATE SET farm_id = excluded.farm_id, \
             serial = excluded.serial, virtualized = excluded.virtualized, \
-            interfaces = excluded.interfaces, agent_version = excluded.agent_version \
+            interfaces = excluded.interfaces, agent_version = excluded.agent_version, \
+            box_key = excluded.box_key \
          RETURNING id",
     )
     .bind(&v.signer_hex)
@@ -864,6 +1084,7 @@ async fn register_node(
     .bind(interfaces)
     .bind(reg.agent_version.as_deref())
     .bind(now)
+    .bind(reg.box_key.as_deref())
     .fetch_one(&mut *conn)
     .await?;
     let id: i64 = row.try_get(0)?;

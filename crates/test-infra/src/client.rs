@@ -38,6 +38,7 @@ pub fn node_registration(farm: i64, capacity: Resources) -> Payload {
             ips: vec!["10.0.2.15/24".into()],
         }],
         agent_version: Some("test".into()),
+        box_key: None,
         warnings: Vec::new(),
     })
 }
@@ -134,12 +135,17 @@ impl Client {
         id(&v)
     }
 
-    /// Registers a fresh node in `farm` ([`node_registration`]); its key and id.
+    /// Registers a fresh node in `farm` ([`node_registration`], with the box key of its
+    /// identity key as an agent publishes it); its key and id.
     pub async fn node(&self, farm: i64, capacity: Resources) -> (SigningKey, i64) {
         let key = new_key();
-        let (s, v) = self
-            .signed("/api/v1/nodes", &key, &node_registration(farm, capacity))
-            .await;
+        let mut reg = node_registration(farm, capacity);
+        if let Payload::RegisterNode(r) = &mut reg {
+            r.box_key = Some(gridtypes::mailbox::box_key_hex(
+                &gridtypes::mailbox::box_public(&key.verifying_key()),
+            ));
+        }
+        let (s, v) = self.signed("/api/v1/nodes", &key, &reg).await;
         assert_eq!(s, 201, "node registration: {v}");
         (key, id(&v))
     }

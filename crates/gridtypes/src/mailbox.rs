@@ -1,0 +1,392 @@
+//! What travels through a node's mailbox at the registry, and the sealing that keeps the
+//! registry from reading it.
+//!
+//! A twin's deployment is sealed to the node (an anonymous crypto_box sealed box: X25519,
+//! XSalsa20-Poly1305) and the node's status answers are sealed back to the twin. Whoever
+//! sealed a box is not known from the box itself: authenticity comes from the ed25519
+//! envelope around it ([`crate::Payload::Deploy`], [`crate::Payload::DeploymentStatus`]),
+//! which the registry stores verbatim and hands on, so the node checks the twin's own
+//! signature and the twin the node's.
+//!
+//! The X25519 keys are the birational images of the ed25519 identity keys (libsodium's
+//! `crypto_sign_ed25519_{pk,sk}_to_curve25519`): neither side keeps a second secret, and a
+//! twin needs nothing published to be answered. A node still publishes its box key in its
+//! signed registration ([`crate::NodeRegistration::box_key`]), so a twin seals to exactly
+//! what the node announced and a later agent may move to a separate key without a protocol
+//! change.
+
+use crypto_box::aead::OsRng;
+use crypto_box::{PublicKey, SecretKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::deployment::{Deployment, DeploymentError, MAX_NAME, MAX_WORKLOADS};
+use crate::envelope::decode_fixed;
+
+/// Largest deployment a twin may seal: its JSON bytes. Sealed, base64'd and signed, it still
+/// fits the registry's request limit with room to spare.
+pub const MAX_DEPLOYMENT_BYTES: usize = 16 * 1024;
+/// Largest status a node may seal: its JSON bytes.
+pub const MAX_STATUS_BYTES: usize = 12 * 1024;
+/// What sealing adds to a message: an ephemeral public key and a Poly1305 tag.
+pub const SEAL_OVERHEAD: usize = crypto_box::SEALBYTES;
+/// Longest reason a status gives for a state.
+pub const MAX_REASON: usize = 512;
+/// Longest address a workload reports.
+pub const MAX_ADDRESS: usize = 64;
+
+/// Why sealing or opening failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The box does not open with this key: sealed to someone else, or changed on the way.
+    #[error(
+        "the sealed box does not open with this key (sealed to another key, or tampered with)"
+    )]
+    NotForUs,
+    /// The box key text is not 64 lowercase hex digits.
+    #[error("box key {0:?} is not 64 lowercase hex digits")]
+    BadKey(String),
+    /// The message is larger than its kind allows.
+    #[error("{what} is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// What was sealed or opened.
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The opened bytes are not a message of the expected shape.
+    #[error("the opened {what} is malformed: {why}")]
+    Malformed {
+        /// What was expected.
+        what: &'static str,
+        /// serde's or validation's reason.
+        why: String,
+    },
+    /// The random source failed while sealing.
+    #[error("sealing failed: no randomness or an internal crypto error")]
+    Seal,
+}
+
+/// The X25519 secret that belongs to an ed25519 identity key.
+pub fn box_secret(key: &SigningKey) -> SecretKey {
+    SecretKey::from(key.to_scalar_bytes())
+}
+
+/// The X25519 public key that belongs to an ed25519 public key.
+pub fn box_public(key: &VerifyingKey) -> PublicKey {
+    PublicKey::from(key.to_montgomery().to_bytes())
+}
+
+/// A box public key as written on the wire: 64 lowercase hex digits.
+pub fn box_key_hex(key: &PublicKey) -> String {
+    hex::encode(key.as_bytes())
+}
+
+/// Parses a box public key from its wire form.
+pub fn parse_box_key(s: &str) -> Result<PublicKey, SealError> {
+    decode_fixed::<32>(s)
+        .map(PublicKey::from)
+        .ok_or_else(|| SealError::BadKey(s.chars().take(80).collect()))
+}
+
+/// Seals `plaintext` so that only the holder of `to`'s secret can open it.
+pub fn seal(to: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    to.seal(&mut OsRng, plaintext).map_err(|_| SealError::Seal)
+}
+
+/// Opens a box sealed to `secret`'s public key; refuses anything larger than `max` sealed
+/// bytes before doing any work.
+pub fn open(secret: &SecretKey, sealed: &[u8], max: usize) -> Result<Vec<u8>, SealError> {
+    if sealed.len() > max + SEAL_OVERHEAD {
+        return Err(SealError::TooLarge {
+            what: "sealed box",
+            len: sealed.len(),
+            max: max + SEAL_OVERHEAD,
+        });
+    }
+    secret.unseal(sealed).map_err(|_| SealError::NotForUs)
+}
+
+/// Seals a deployment to a node after checking it; what goes into [`crate::Sealed::sealed`]
+/// of a [`crate::Payload::Deploy`].
+pub fn seal_deployment(to: &PublicKey, d: &Deployment) -> Result<Vec<u8>, SealError> {
+    // A deployment is plain data: it always serialises.
+    let bytes = serde_json::to_vec(d).unwrap_or_default();
+    if bytes.len() > MAX_DEPLOYMENT_BYTES {
+        return Err(SealError::TooLarge {
+            what: "deployment",
+            len: bytes.len(),
+            max: MAX_DEPLOYMENT_BYTES,
+        });
+    }
+    seal(to, &bytes)
+}
+
+/// Opens and validates a deployment sealed to this node.
+pub fn open_deployment(secret: &SecretKey, sealed: &[u8]) -> Result<Deployment, SealError> {
+    let bytes = open(secret, sealed, MAX_DEPLOYMENT_BYTES)?;
+    let malformed = |why: String| SealError::Malformed {
+        what: "deployment",
+        why,
+    };
+    let d: Deployment = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+    d.validate()
+        .map_err(|e: DeploymentError| malformed(e.to_string()))?;
+    Ok(d)
+}
+
+/// Where a deployment, or one of its workloads, stands on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Posted by the twin; the node has not taken it up yet (never sent by a node for a
+    /// whole deployment; `grid` shows it while no status answers the newest version).
+    Requested,
+    /// The node is pulling images and creating what the deployment asks for.
+    Provisioning,
+    /// Everything runs.
+    Running,
+    /// The node gave up on it; the reason says why.
+    Failed,
+    /// Torn down: the twin removed it, or its contract ended.
+    Deleted,
+}
+
+impl DeploymentState {
+    /// The state's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Requested => "requested",
+            DeploymentState::Provisioning => "provisioning",
+            DeploymentState::Running => "running",
+            DeploymentState::Failed => "failed",
+            DeploymentState::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a node tells the twin about one version of its deployment (sealed to the twin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentStatus {
+    /// The contract.
+    pub contract_id: u64,
+    /// The deployment version this describes.
+    pub version: u64,
+    /// The whole deployment's state.
+    pub state: DeploymentState,
+    /// Why it is failed or deleted, or what provisioning is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each workload by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+/// One workload's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadStatus {
+    /// The workload's name in the deployment.
+    pub name: String,
+    /// Its state.
+    pub state: DeploymentState,
+    /// Why, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A container's address on the twin's network on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl DeploymentStatus {
+    /// Range checks: a status the twin reads is bounded like everything else.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workloads.len() > MAX_WORKLOADS {
+            return Err(format!(
+                "{} workloads, at most {MAX_WORKLOADS}",
+                self.workloads.len()
+            ));
+        }
+        let long = |s: &Option<String>, max: usize| s.as_ref().is_some_and(|s| s.len() > max);
+        if long(&self.reason, MAX_REASON) {
+            return Err(format!("reason longer than {MAX_REASON} bytes"));
+        }
+        for w in &self.workloads {
+            if w.name.len() > MAX_NAME {
+                return Err(format!("workload name longer than {MAX_NAME} bytes"));
+            }
+            if long(&w.reason, MAX_REASON) || long(&w.address, MAX_ADDRESS) {
+                return Err(format!(
+                    "workload {:?}: reason or address too long ({MAX_REASON} and {MAX_ADDRESS} bytes at most)",
+                    w.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seals a status to the twin that owns the contract.
+pub fn seal_status(twin: &VerifyingKey, s: &DeploymentStatus) -> Result<Vec<u8>, SealError> {
+    let bytes = serde_json::to_vec(s).unwrap_or_default();
+    if bytes.len() > MAX_STATUS_BYTES {
+        return Err(SealError::TooLarge {
+            what: "status",
+            len: bytes.len(),
+            max: MAX_STATUS_BYTES,
+        });
+    }
+    seal(&box_public(twin), &bytes)
+}
+
+/// Opens a status sealed to this twin.
+pub fn open_status(twin: &SigningKey, sealed: &[u8]) -> Result<DeploymentStatus, SealError> {
+    let bytes = open(&box_secret(twin), sealed, MAX_STATUS_BYTES)?;
+    let malformed = |why: String| SealError::Malformed {
+        what: "status",
+        why,
+    };
+    let s: DeploymentStatus =
+        serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+    s.validate().map_err(malformed)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::{Volume, Workload};
+    use rand::rngs::OsRng as Rng;
+
+    fn deployment() -> Deployment {
+        Deployment {
+            contract_id: 7,
+            version: 1,
+            workloads: vec![Workload::Volume(Volume {
+                name: "data".into(),
+                size: 1 << 20,
+                disk: Default::default(),
+            })],
+        }
+    }
+
+    #[test]
+    fn a_box_for_node_a_opens_on_a_only() {
+        let a = SigningKey::generate(&mut Rng);
+        let b = SigningKey::generate(&mut Rng);
+        let sealed = seal_deployment(&box_public(&a.verifying_key()), &deployment()).unwrap();
+        assert_eq!(
+            open_deployment(&box_secret(&a), &sealed).unwrap(),
+            deployment()
+        );
+        assert_eq!(
+            open_deployment(&box_secret(&b), &sealed),
+            Err(SealError::NotForUs)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let a = SigningKey::generate(&mut Rng);
+        let sealed = seal_deployment(&box_public(&a.verifying_key()), &deployment()).unwrap();
+        for i in 0..sealed.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut t = sealed.clone();
+                t[i] ^= bit;
+                assert_eq!(
+                    open_deployment(&box_secret(&a), &t),
+                    Err(SealError::NotForUs),
+                    "byte {i}"
+                );
+            }
+        }
+        assert_eq!(
+            open_deployment(&box_secret(&a), &sealed[..sealed.len() - 1]),
+            Err(SealError::NotForUs)
+        );
+        assert_eq!(
+            open_deployment(&box_secret(&a), &[]),
+            Err(SealError::NotForUs)
+        );
+    }
+
+    #[test]
+    fn the_derived_keys_are_a_pair() {
+        // The public half computed from the ed25519 public key is the one the secret half
+        // (computed from the ed25519 seed) belongs to.
+        let k = SigningKey::generate(&mut Rng);
+        assert_eq!(
+            box_secret(&k).public_key().as_bytes(),
+            box_public(&k.verifying_key()).as_bytes()
+        );
+        let hex = box_key_hex(&box_public(&k.verifying_key()));
+        assert_eq!(parse_box_key(&hex).unwrap().as_bytes().len(), 32);
+        assert!(parse_box_key(&hex.to_uppercase()).is_err());
+        assert!(parse_box_key(&hex[2..]).is_err());
+    }
+
+    #[test]
+    fn oversized_and_invalid_contents_are_refused() {
+        let a = SigningKey::generate(&mut Rng);
+        let pk = box_public(&a.verifying_key());
+        // Valid JSON of a deployment that does not validate is refused after opening.
+        let mut bad = deployment();
+        bad.version = 0;
+        let sealed = seal(&pk, &serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert!(matches!(
+            open_deployment(&box_secret(&a), &sealed),
+            Err(SealError::Malformed { .. })
+        ));
+        // More sealed bytes than any deployment are refused before decryption.
+        let big = seal(&pk, &vec![b' '; MAX_DEPLOYMENT_BYTES + 1]).unwrap();
+        assert!(matches!(
+            open_deployment(&box_secret(&a), &big),
+            Err(SealError::TooLarge { .. })
+        ));
+        let mut huge = deployment();
+        huge.workloads = vec![Workload::Volume(Volume {
+            name: "x".repeat(MAX_DEPLOYMENT_BYTES),
+            size: 1 << 20,
+            disk: Default::default(),
+        })];
+        assert!(matches!(
+            seal_deployment(&pk, &huge),
+            Err(SealError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn status_round_trips_to_the_twin_only() {
+        let twin = SigningKey::generate(&mut Rng);
+        let other = SigningKey::generate(&mut Rng);
+        let s = DeploymentStatus {
+            contract_id: 7,
+            version: 2,
+            state: DeploymentState::Running,
+            reason: None,
+            workloads: vec![WorkloadStatus {
+                name: "web".into(),
+                state: DeploymentState::Running,
+                reason: None,
+                address: Some("10.20.0.2".into()),
+            }],
+        };
+        let sealed = seal_status(&twin.verifying_key(), &s).unwrap();
+        assert_eq!(open_status(&twin, &sealed).unwrap(), s);
+        assert_eq!(open_status(&other, &sealed), Err(SealError::NotForUs));
+        let mut long = s.clone();
+        long.reason = Some("x".repeat(MAX_REASON + 1));
+        let sealed = seal(
+            &box_public(&twin.verifying_key()),
+            &serde_json::to_vec(&long).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            open_status(&twin, &sealed),
+            Err(SealError::Malformed { .. })
+        ));
+    }
+}
