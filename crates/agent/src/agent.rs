@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use backoff::Backoff;
 
 use crate::client::{Client, Outcome};
+use crate::deployments::NoRuntime;
 use crate::identity::{self, IdentityError, KEY_FILE};
 use crate::probe::{Hardware, Probe, ProbeError};
 use crate::queue::{Entry, Queue, QueueError};
@@ -91,6 +92,11 @@ impl Config {
     /// The report queue's directory.
     pub fn queue_dir(&self) -> PathBuf {
         self.state_dir.join("queue")
+    }
+
+    /// Where the twins' deployments are kept (crates/reconcile).
+    pub fn deployments_dir(&self) -> PathBuf {
+        self.state_dir.join("deployments")
     }
 }
 
@@ -443,6 +449,7 @@ pub async fn run(
     let key_path = cfg.key_path();
     let (key, created) = identity::load_or_create(&key_path)?;
     let box_key = mailbox::box_key_hex(&mailbox::box_public(&key.verifying_key()));
+    let box_secret = mailbox::box_secret(&key);
     let client = Client::new(&cfg.registry, key, cfg.http_timeout);
     tracing::info!(
         key = %key_path.display(),
@@ -469,6 +476,15 @@ pub async fn run(
         s.capacity = capacity;
         s.queued = queued;
     });
+    // Deployments run beside the reports, in their own task: a slow provisioning must not
+    // hold back an uptime report, nor a registry outage the workloads' restoration.
+    let mailbox_task = {
+        let (client, dir) = (client.clone(), cfg.deployments_dir());
+        let retry = (cfg.retry_min, cfg.retry_max);
+        AbortOnDrop(tokio::spawn(async move {
+            crate::deployments::run(client, &dir, box_secret, NoRuntime, retry).await
+        }))
+    };
     let mut agent = Agent {
         backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
         cfg,
@@ -509,6 +525,9 @@ pub async fn run(
             _ = sleep_until(wake) => agent.attempt().await?,
         }
     }
+    // Workloads keep running through an agent restart; only the mailbox loop stops. Its
+    // state files are replaced atomically, so stopping it at an await point loses nothing.
+    drop(mailbox_task);
     // Planned shutdown: a last uptime report, so the registry sees the node was up until now
     // and shows it stopped at once.
     agent.enqueue_uptime(true)?;
@@ -529,6 +548,15 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// Stops a task when the agent stops, whichever way it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often the disk measurement file is looked at.

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use gridapi::{paths, ErrorBody, ErrorCode, Written};
-use gridtypes::{now, Envelope, NodeRegistration, Payload, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+use gridapi::{paths, ErrorBody, ErrorCode, MailboxPage, Written};
+use gridtypes::mailbox::{self, DeploymentStatus};
+use gridtypes::{now, Envelope, NodeRegistration, Payload, Sealed, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 use rand::RngCore;
 
 use crate::queue::Entry;
@@ -54,6 +55,10 @@ pub const RESIGN_WINDOW_SECS: i64 = MAX_CLOCK_SKEW_SECS - 60;
 /// plain HTTP) must not make the node buffer more.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Most bytes of a mailbox page the agent reads: 32 contracts with the largest sealed
+/// deployment each are about 1 MiB.
+pub const MAX_MAILBOX_BYTES: usize = 2 << 20;
+
 /// The timestamp a queued report measured at `measured_at` is signed with at `now`.
 pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
@@ -65,6 +70,7 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     key: SigningKey,
+    timeout: Duration,
 }
 
 /// Sorts an HTTP answer into an [`Outcome`].
@@ -105,6 +111,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             http,
             key,
+            timeout,
         }
     }
 
@@ -135,18 +142,91 @@ impl Client {
         self.post(paths::REPORTS, env).await
     }
 
+    /// Asks the node's mailbox for what changed after revision `after`, letting the registry
+    /// hold the request up to `wait_secs` when nothing did (long poll).
+    pub async fn poll(&self, after: i64, wait_secs: u32) -> Result<MailboxPage, Outcome> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let p = Payload::PollMailbox {
+            after: after.max(0) as u64,
+            wait_secs,
+        };
+        let env = Envelope::seal(&self.key, &p, now(), nonce);
+        // The registry answers after the wait; the usual timeout counts from there.
+        let timeout = Duration::from_secs(wait_secs.into()) + self.timeout;
+        let (status, body) = self
+            .exchange(paths::MAILBOX_POLL, env, timeout, MAX_MAILBOX_BYTES)
+            .await?;
+        if status == 200 {
+            return serde_json::from_slice(&body).map_err(|e| {
+                Outcome::Unavailable(format!("mailbox answer is not a mailbox page: {e}"))
+            });
+        }
+        Err(classify(status, &String::from_utf8_lossy(&body)))
+    }
+
+    /// Delivers a deployment status, sealed to the twin `twin_key`.
+    pub async fn post_status(&self, twin_key: &str, status: &DeploymentStatus) -> Outcome {
+        let sealed = match gridtypes::parse_public_key(twin_key)
+            .map_err(|e| e.to_string())
+            .and_then(|k| mailbox::seal_status(&k, status).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Refused {
+                    status: 0,
+                    code: ErrorCode::Malformed,
+                    message: format!("cannot seal the status to twin {twin_key}: {e}"),
+                }
+            }
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let p = Payload::DeploymentStatus(Sealed {
+            contract_id: status.contract_id,
+            version: status.version,
+            sealed,
+        });
+        let env = Envelope::seal(&self.key, &p, now(), nonce);
+        self.post(paths::MAILBOX_STATUS, env).await
+    }
+
     async fn post(&self, path: &str, env: Envelope) -> Outcome {
+        match self
+            .exchange(path, env, self.timeout, MAX_ANSWER_BYTES)
+            .await
+        {
+            Ok((status, body)) => classify(status, &String::from_utf8_lossy(&body)),
+            Err(o) => o,
+        }
+    }
+
+    /// Sends `env` and reads at most `max` bytes of the answer; transport failures, `429` and
+    /// oversized answers come back as the [`Outcome`] they mean.
+    async fn exchange(
+        &self,
+        path: &str,
+        env: Envelope,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<(u16, Vec<u8>), Outcome> {
         let url = format!("{}{path}", self.base);
         let resp = match self
             .http
             .post(&url)
+            .timeout(timeout)
             .header("content-type", "application/json")
             .body(env.to_json())
             .send()
             .await
         {
             Ok(r) => r,
-            Err(e) => return Outcome::Unavailable(format!("{url}: {}", svclog::error_chain(&e))),
+            Err(e) => {
+                return Err(Outcome::Unavailable(format!(
+                    "{url}: {}",
+                    svclog::error_chain(&e)
+                )))
+            }
         };
         let status = resp.status().as_u16();
         if status == 429 {
@@ -154,27 +234,31 @@ impl Client {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok());
-            return Outcome::Throttled {
+            return Err(Outcome::Throttled {
                 retry_after: parse_retry_after(header),
-            };
+            });
         }
         let mut resp = resp;
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= max => {
                     body.extend_from_slice(&chunk)
                 }
                 Ok(Some(_)) => {
-                    return Outcome::Unavailable(format!(
-                        "{url}: answer larger than {MAX_ANSWER_BYTES} bytes: not a registry"
-                    ))
+                    return Err(Outcome::Unavailable(format!(
+                        "{url}: answer larger than {max} bytes: not a registry"
+                    )))
                 }
                 Ok(None) => break,
-                Err(e) => return Outcome::Unavailable(format!("{url}: reading the answer: {e}")),
+                Err(e) => {
+                    return Err(Outcome::Unavailable(format!(
+                        "{url}: reading the answer: {e}"
+                    )))
+                }
             }
         }
-        classify(status, &String::from_utf8_lossy(&body))
+        Ok((status, body))
     }
 }
 

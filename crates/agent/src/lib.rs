@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod deployments;
 pub mod identity;
 pub mod probe;
 pub mod queue;

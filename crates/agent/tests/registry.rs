@@ -365,3 +365,118 @@ async fn a_cache_on_tmpfs_is_a_warning_in_every_message() {
     }
     agent.shutdown().await;
 }
+
+/// The node's latest status of `contract`, opened with the twin's key, once `ok` holds.
+async fn status_when(
+    reg: &Registry,
+    twin: &SigningKey,
+    contract: i64,
+    what: &str,
+    ok: impl Fn(&gridtypes::mailbox::DeploymentStatus) -> bool,
+) -> gridtypes::mailbox::DeploymentStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = reg
+            .get(&gridapi::paths::contract_status(contract as u64))
+            .await;
+        if s == 200 {
+            let view: gridapi::StatusView = serde_json::from_value(v).unwrap();
+            let env = Envelope::from_json(&view.envelope).unwrap();
+            let verified = env.open_relayed().unwrap();
+            assert_eq!(verified.signer_hex, view.node_key);
+            let Payload::DeploymentStatus(sealed) = verified.payload else {
+                panic!("not a status")
+            };
+            let st = gridtypes::mailbox::open_status(twin, &sealed.sealed).unwrap();
+            if ok(&st) {
+                return st;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_deployment_is_taken_up_answered_and_kept_across_restarts() {
+    use gridtypes::deployment::{Deployment, Volume, Workload};
+    use gridtypes::mailbox::{self, DeploymentState};
+    use gridtypes::{ContractRequest, Resources, Sealed};
+
+    let reg = Registry::sqlite().await;
+    let farm = reg.farm("farm-deploy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+    let mut agent = spawn(config(&reg, farm, &state, &sys));
+    let node = agent
+        .until("registration", |s| s.node_id.is_some())
+        .await
+        .node_id
+        .unwrap();
+
+    let (twin, _) = reg.twin().await;
+    let ask = Payload::CreateContract(ContractRequest {
+        node_id: node as u64,
+        resources: Resources {
+            cru: 1,
+            mru: GIB,
+            sru: 10 * GIB,
+            hru: 0,
+            ipv4: 0,
+        },
+    });
+    let (s, v) = reg.signed(gridapi::paths::CONTRACTS, &twin, &ask).await;
+    assert_eq!(s, 201, "{v}");
+    let contract = v["id"].as_i64().unwrap();
+    let (s, v) = reg.get(&gridapi::paths::node(node as u64)).await;
+    assert_eq!(s, 200, "{v}");
+    let to = mailbox::parse_box_key(v["box_key"].as_str().unwrap()).unwrap();
+    let d = Deployment {
+        contract_id: contract as u64,
+        version: 1,
+        workloads: vec![Workload::Volume(Volume {
+            name: "data".into(),
+            size: GIB,
+            disk: Default::default(),
+        })],
+    };
+    let p = Payload::Deploy(Sealed {
+        contract_id: contract as u64,
+        version: 1,
+        sealed: mailbox::seal_deployment(&to, &d).unwrap(),
+    });
+    let (s, v) = reg.signed(gridapi::paths::MAILBOX, &twin, &p).await;
+    assert_eq!(s, 201, "{v}");
+
+    // This agent has no volume runtime: the twin hears so, from the node, sealed.
+    let st = status_when(&reg, &twin, contract, "the node's answer", |s| {
+        s.version == 1 && s.state == DeploymentState::Failed
+    })
+    .await;
+    let reason = st.workloads[0].reason.clone().unwrap();
+    assert!(reason.contains("no volume runtime"), "{reason}");
+    let record = state.join(format!("deployments/contract-{contract}.json"));
+    assert!(record.exists());
+
+    // Cancelled while the agent is stopped: torn down and said so after the restart.
+    agent.shutdown().await;
+    let cancel = Payload::CancelContract {
+        contract_id: contract as u64,
+    };
+    let (s, v) = reg
+        .signed(gridapi::paths::CONTRACTS_CANCEL, &twin, &cancel)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let agent = spawn(config(&reg, farm, &state, &sys));
+    status_when(&reg, &twin, contract, "the teardown", |s| {
+        s.state == DeploymentState::Deleted
+    })
+    .await;
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(kept["cancelled"], true);
+    agent.shutdown().await;
+}

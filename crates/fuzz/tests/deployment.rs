@@ -65,7 +65,10 @@ fn check_valid(d: &Deployment) -> Result<(), TestCaseError> {
     prop_assert!(d.fits(&total).is_ok());
     // Every workload reserves something, so only the empty deployment (the twin's removal
     // of everything) fits a contract of nothing.
-    prop_assert_eq!(d.fits(&Resources::default()).is_ok(), d.workloads.is_empty());
+    prop_assert_eq!(
+        d.fits(&Resources::default()).is_ok(),
+        d.workloads.is_empty()
+    );
     // As written again, it reads back as the same deployment.
     let again = serde_json::to_vec(d).map_err(fail)?;
     let back: Deployment = serde_json::from_slice(&again).map_err(fail)?;

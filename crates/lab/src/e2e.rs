@@ -314,6 +314,7 @@ async fn scenario(
     work: &Path,
 ) -> anyhow::Result<Timing> {
     let (mut guest, node, guest_secs, timing) = first_boot(args, reg, machine, farm).await?;
+    deployment(args, reg, &node, work).await?;
     let count_boot1 = ordered_shutdown(reg, &mut guest, &node).await?;
     machine.serial = work.join("console-boot2.log");
     let (mut guest, guest_secs2) =
@@ -381,6 +382,64 @@ async fn first_boot(
     Ok((guest, node, guest_secs, timing))
 }
 
+/// A twin rents part of the node and deploys to it with `grid`, through the node's sealed
+/// mailbox: the node takes it up (long poll through QEMU's NAT), keeps it on its cache
+/// partition and answers, sealed to the twin. This image has no volume runtime yet, so the
+/// answer is a failure that says so.
+async fn deployment(
+    args: &E2eArgs,
+    reg: &Registry,
+    node: &Node,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let key = work.join("twin.key");
+    let url = reg.url();
+    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    grid(&["key", "new"])?;
+    grid(&["twin", "register"])?;
+    let id = node.id.to_string();
+    let c = grid(&[
+        "contracts",
+        "create",
+        "--node",
+        &id,
+        "--mru",
+        "64MiB",
+        "--sru",
+        "256MiB",
+    ])?;
+    let contract = c["id"].to_string();
+    let app = work.join("app.yaml");
+    std::fs::write(
+        &app,
+        "workloads:\n  - kind: volume\n    name: data\n    size: 128MiB\n",
+    )?;
+    let app = app.to_string_lossy().into_owned();
+    grid(&["deploy", &app, "--contract", &contract])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = grid(&["deployments", "show", &contract])?;
+        if shown["state"] == "failed" {
+            let reason = shown["status"]["workloads"][0]["reason"].to_string();
+            ensure!(
+                reason.contains("no volume runtime"),
+                "the node failed the deployment for another reason: {shown}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the node did not answer deployment 1 of contract {contract}: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    step(&format!(
+        "deployment: contract {contract} sealed to node {}, taken up and answered through the mailbox",
+        node.id
+    ));
+    Ok(())
+}
+
 /// Ctrl-Alt-Del: the shutdown is ordered, the last report arrives, and the registry shows
 /// the node stopped at once (not `up` until the window runs out). Returns the uptime reports
 /// of boot 1.
@@ -423,6 +482,13 @@ async fn second_boot(
     let n: Page<NodeView> = reg.get(&format!("{}?farm={farm}", paths::NODES)).await?;
     let ids: Vec<i64> = n.items.iter().map(|n| n.id).collect();
     ensure!(ids == [id], "the reboot made a second node: {ids:?}");
+    guest
+        .wait_line(
+            &["deployment state loaded", "contracts=1"],
+            Duration::from_secs(10),
+        )
+        .await
+        .context("boot 2 lost the deployment kept on the cache partition")?;
     let u = wait_uptimes(
         reg,
         id,

@@ -94,29 +94,6 @@ impl Drop for Registry {
 /// The farmer's side, through the `grid` CLI: a key, a twin, a farm. Idempotent: an existing
 /// key is kept and an existing farm of that name is found again.
 pub fn setup_farm(bin_dir: &Path, registry: &str, key: &Path, name: &str) -> anyhow::Result<u64> {
-    fn grid<T: DeserializeOwned>(
-        bin_dir: &Path,
-        registry: &str,
-        key: &Path,
-        args: &[&str],
-    ) -> anyhow::Result<T> {
-        let out = Command::new(bin_dir.join("grid"))
-            .args(["--registry", registry, "--key"])
-            .arg(key)
-            .arg("--json")
-            .args(args)
-            .output()
-            .with_context(|| format!("running grid {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "grid {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("grid {} printed no JSON", args.join(" ")))
-    }
     if !key.exists() {
         grid::<serde_json::Value>(bin_dir, registry, key, &["key", "new"])?;
     }
@@ -127,6 +104,31 @@ pub fn setup_farm(bin_dir: &Path, registry: &str, key: &Path, name: &str) -> any
     }
     let w: Written = grid(bin_dir, registry, key, &["farm", "create", name])?;
     Ok(w.id as u64)
+}
+
+/// Runs `grid --json ARGS` as the holder of `key` and reads what it prints.
+pub fn grid<T: DeserializeOwned>(
+    bin_dir: &Path,
+    registry: &str,
+    key: &Path,
+    args: &[&str],
+) -> anyhow::Result<T> {
+    let out = Command::new(bin_dir.join("grid"))
+        .args(["--registry", registry, "--key"])
+        .arg(key)
+        .arg("--json")
+        .args(args)
+        .output()
+        .with_context(|| format!("running grid {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "grid {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("grid {} printed no JSON", args.join(" ")))
 }
 
 /// What every lab job starts with: a registry on 127.0.0.1:`port` (0: a free one) with its

@@ -1,0 +1,148 @@
+//! The node's mailbox loop: long-polls the registry for what twins deploy, hands it to the
+//! reconciler (crates/reconcile) and delivers the sealed statuses it produces.
+
+use std::path::Path;
+use std::time::Duration;
+
+use backoff::Backoff;
+use gridapi::ErrorCode;
+use gridtypes::deployment::Deployment;
+use gridtypes::mailbox::{DeploymentState, DeploymentStatus, WorkloadStatus};
+use gridtypes::Resources;
+use reconcile::{Provisioner, Reconciler, Reporter, Store, StoreError};
+
+use crate::client::{Client, Outcome};
+
+/// How long the registry may hold a poll (the protocol's maximum).
+pub const POLL_WAIT_SECS: u32 = gridtypes::MAX_POLL_WAIT_SECS;
+
+/// Delivers statuses through the registry client.
+pub struct StatusSender(pub Client);
+
+impl Reporter for StatusSender {
+    async fn send(&self, twin_key: &str, status: &DeploymentStatus) -> bool {
+        match self.0.post_status(twin_key, status).await {
+            Outcome::Accepted(_) | Outcome::Replay => true,
+            // A newer status of ours is already there: this one has nothing left to say.
+            Outcome::Refused {
+                code: ErrorCode::StaleVersion,
+                ..
+            } => true,
+            Outcome::Refused {
+                status: code,
+                code: error,
+                message,
+            } => {
+                // Sending it again can never succeed; keeping it would block nothing but
+                // would be retried forever.
+                tracing::error!(contract = status.contract_id, version = status.version, http = code, %error, message, "registry refused a deployment status: dropped");
+                true
+            }
+            Outcome::Unavailable(why) => {
+                tracing::debug!(why, "status not delivered; kept for the next try");
+                false
+            }
+            Outcome::Throttled { .. } => false,
+        }
+    }
+}
+
+/// The provisioner of an agent without a container runtime: every workload is answered as
+/// failed, with the reason, so the twin learns it at once instead of waiting.
+#[derive(Debug, Default)]
+pub struct NoRuntime;
+
+impl Provisioner for NoRuntime {
+    async fn apply(&self, _: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
+        d.workloads
+            .iter()
+            .map(|w| WorkloadStatus {
+                name: w.name().to_string(),
+                state: DeploymentState::Failed,
+                reason: Some(format!(
+                    "gridos-agent {} has no {} runtime on this node yet",
+                    env!("CARGO_PKG_VERSION"),
+                    w.kind()
+                )),
+                address: None,
+            })
+            .collect()
+    }
+
+    async fn remove(&self, _: i64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Runs the mailbox loop for ever (the agent aborts it on shutdown): restores what the
+/// state in `dir` says must run, then polls, takes up and reports. Failures are logged and
+/// retried with backoff; nothing here ends the agent.
+pub async fn run(
+    client: Client,
+    dir: &Path,
+    secret: crypto_box::SecretKey,
+    provisioner: impl Provisioner,
+    retry: (Duration, Duration),
+) {
+    let mut backoff = Backoff::new(retry.0, retry.1);
+    let mut reconciler = loop {
+        match open(dir, &client, secret.clone(), &provisioner).await {
+            Ok(r) => break r,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::error!(error = &e as &dyn std::error::Error, retry_in = ?wait, "deployment state unusable");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    backoff.reset();
+    loop {
+        match client.poll(reconciler.cursor(), POLL_WAIT_SECS).await {
+            Ok(page) => {
+                if let Err(e) = reconciler.take(&page).await {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "deployment state not saved"
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                // Statuses a registry outage held back go out with the next answer.
+                if reconciler.unsent() > 0 {
+                    let _ = reconciler.flush().await;
+                }
+                backoff.reset();
+            }
+            Err(Outcome::Throttled { retry_after }) => {
+                tokio::time::sleep(retry_after.unwrap_or_else(|| backoff.next_delay())).await;
+            }
+            Err(o) => {
+                let wait = backoff.next_delay();
+                // Before the node's registration went through, the mailbox does not know it.
+                tracing::debug!(outcome = ?o, retry_in = ?wait, "mailbox poll failed");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn open<'p, P: Provisioner>(
+    dir: &Path,
+    client: &Client,
+    secret: crypto_box::SecretKey,
+    provisioner: &'p P,
+) -> Result<Reconciler<&'p P, StatusSender>, StoreError> {
+    let mut r = Reconciler::open(
+        Store::open(dir)?,
+        secret,
+        provisioner,
+        StatusSender(client.clone()),
+    )?;
+    tracing::info!(
+        contracts = r.records().len(),
+        cursor = r.cursor(),
+        "deployment state loaded"
+    );
+    r.restore().await?;
+    Ok(r)
+}
