@@ -10,6 +10,8 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # One `SKIPPED` line per test skipped on purpose (GRIDOS_TEST_SKIP, docs/testing.md); printed
 # after the unit tests and at the end of `make test`.
 SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
+# Where `make init` gathers the executables the image takes (the imager's --bin-dir).
+IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
 .PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench baseline-image clean init image
 
@@ -62,18 +64,24 @@ test-image:
 test-e2e:
 	bash tests/e2e/run.sh
 
-## The static node executables as they go into the initramfs: `init` (PID 1) and the
-## multi-call `gridos` (gridctl, agent, network, storage; crates/node).
+## The static node executables as they go into the initramfs, gathered in $(IMAGE_BIN):
+## `init` (PID 1, profile initramfs) and the multi-call `gridos` (gridctl, agent, network,
+## storage, entropy; crates/node; profile services, where a panic aborts the service).
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
-		--profile initramfs --target x86_64-unknown-linux-gnu -p init -p node
+		--profile initramfs --target x86_64-unknown-linux-gnu -p init
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile services --target x86_64-unknown-linux-gnu -p node
+	@mkdir -p $(IMAGE_BIN)
+	cp -f $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs/init \
+		$(TARGET_DIR)/x86_64-unknown-linux-gnu/services/gridos $(IMAGE_BIN)/
 
 ## out/vmlinuz, out/initramfs.img, out/cmdline, out/build.json from image/profile.yaml.
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.
 image: deps-image init
 	$(CARGO) build -q -p imager
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
-		--bin-dir $(TARGET_DIR)/x86_64-unknown-linux-gnu/initramfs --cache $(BUILD)/image-cache
+		--bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
 
 ## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
 ## envelopes and payloads, deployments, module index files, registry queries) fed

@@ -37,7 +37,7 @@ mkdir -p "$out"
 build() { # out-dir
     local t0=$SECONDS
     (cd "$repo" && nice -n 10 "$imager" build --quiet --profile image/profile.yaml --out "$1" \
-        --bin-dir "$target_dir/x86_64-unknown-linux-gnu/initramfs" --cache "$repo/build/image-cache" \
+        --bin-dir "$target_dir/image-bin" --cache "$repo/build/image-cache" \
         --overlay tests/image/overlay) >&2
     log "built $1 in $((SECONDS - t0)) s"
 }

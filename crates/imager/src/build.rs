@@ -21,7 +21,7 @@ pub struct Options {
     pub profile: PathBuf,
     /// Where `vmlinuz`, `initramfs.img`, `cmdline` and `build.json` are written.
     pub out: PathBuf,
-    /// Where the gridos binaries are (`target/x86_64-unknown-linux-gnu/initramfs`).
+    /// Where the gridos binaries are (`target/image-bin`, gathered by `make init`).
     pub bin_dir: PathBuf,
     /// Download and extraction cache for kernel packages.
     pub cache: PathBuf,

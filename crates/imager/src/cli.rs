@@ -14,7 +14,7 @@ pub struct BuildArgs {
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Folder holding the static gridos binaries
-    /// [default: $CARGO_TARGET_DIR or target, then x86_64-unknown-linux-gnu/initramfs].
+    /// [default: $CARGO_TARGET_DIR or target, then image-bin, where `make init` gathers them].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
     /// Kernel package download cache.
@@ -51,7 +51,7 @@ impl BuildArgs {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("target"));
-            target.join("x86_64-unknown-linux-gnu/initramfs")
+            target.join("image-bin")
         });
         let mut cmdline_append: Vec<String> = self
             .farm
