@@ -273,7 +273,10 @@ impl ImageStore {
             digest: d.digest.clone(),
             why: format!("has a negative size {}", d.size),
         })?;
-        let tmp = self.root.join("tmp").join(format!("blob-{hex}"));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("blob-{hex}-{}", unique()));
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -353,7 +356,10 @@ impl ImageStore {
                 })
             }
         };
-        let tmp = self.root.join("tmp").join(format!("layer-{hex}"));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("layer-{hex}-{}", unique()));
         let (blob, tmp2) = (blob.to_path_buf(), tmp.clone());
         let done = tokio::task::spawn_blocking(move || unpack(&blob, gzip, &tmp2, max_bytes))
             .await
@@ -382,13 +388,26 @@ impl ImageStore {
             }
         };
         atomicfile_size(&size_file, bytes)?;
-        fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            // Another pull of the same layer finished first: its copy is as good as ours.
+            let _ = fs::remove_dir_all(&tmp);
+            if !dir.is_dir() {
+                return Err(io_err(&dir)(e));
+            }
+        }
         Ok((dir, bytes))
     }
 }
 
 fn atomicfile_size(path: &Path, bytes: u64) -> Result<(), ImageError> {
     atomicfile::write(path, bytes.to_string().as_bytes(), 0o644).map_err(io_err(path))
+}
+
+/// A name no other download or unpack in this process (or an earlier one: `tmp/` is emptied
+/// at open) uses, so two pulls sharing a layer never write into one file.
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The hex of a `sha256:` digest; other algorithms are refused.

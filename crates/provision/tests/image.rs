@@ -336,3 +336,34 @@ async fn unknown_images_and_hostile_layers_are_refused() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_image_share_its_layers() {
+    let Some(reg) = registry() else { return };
+    let big = vec![7u8; 2 << 20];
+    let reference = push(&reg, "gridos/shared:1", vec![layer(&[("blob", &big)])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let images = std::sync::Arc::new(store(&reg, dir.path()));
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            let (images, reference) = (images.clone(), reference.clone());
+            tokio::spawn(async move { images.pull(&reference, 8 << 20).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for p in pulls {
+        got.push(p.await.unwrap().unwrap());
+    }
+    assert!(got.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("layers/sha256"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+}
