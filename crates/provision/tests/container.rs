@@ -1,0 +1,157 @@
+//! Containers started for real on this host (as root): busybox from Debian's busybox-static in
+//! a layer, an overlayfs root, its own namespaces. cgroup v2 limits need a cgroup v2 host and
+//! are checked on a booted node (the end-to-end test).
+
+// A failed unwrap, expect or assertion is a failed test: the workspace's deny of them is
+// for product code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use provision::container::{self, ContainerError, Spec};
+
+struct Host {
+    dir: tempfile::TempDir,
+    layer: PathBuf,
+}
+
+fn host() -> Option<Host> {
+    test_infra::require_root("mounts overlayfs and makes namespaces").ok()?;
+    let busybox = test_infra::require_tool("busybox").ok()?;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer");
+    std::fs::create_dir_all(layer.join("bin")).unwrap();
+    std::fs::create_dir_all(layer.join("etc")).unwrap();
+    std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
+    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "touch"] {
+        std::os::unix::fs::symlink("busybox", layer.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(layer.join("etc/motd"), "from the image\n").unwrap();
+    Some(Host { dir, layer })
+}
+
+fn spec(h: &Host, id: &str, script: &str) -> Spec {
+    Spec {
+        id: id.to_string(),
+        hostname: id.to_string(),
+        layers: vec![h.layer.clone()],
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into(), "GREETING=hi".into()],
+        workdir: "/".into(),
+        uid: 0,
+        gid: 0,
+        cgroup: None,
+    }
+}
+
+/// Runs a container to its end: its exit code and everything it printed.
+fn run(root: &Path, s: &Spec) -> (i32, String) {
+    let started = container::start(root, s).unwrap();
+    let mut out = String::new();
+    std::fs::File::from(started.output)
+        .read_to_string(&mut out)
+        .unwrap();
+    match waitpid(started.pid, None).unwrap() {
+        WaitStatus::Exited(_, code) => (code, out),
+        other => panic!("{other:?}: {out}"),
+    }
+}
+
+#[test]
+fn a_container_runs_in_its_own_namespaces_on_its_own_root() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let (code, out) = run(
+        &root,
+        &spec(
+            &h,
+            "web-1",
+            "echo pid $$; hostname; cat /etc/motd; echo $GREETING; echo to-stderr >&2; \
+             cat /proc/net/dev | tail -n +3 | cut -d: -f1; touch /written; ls /",
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "pid 1", "its own PID namespace: {out}");
+    assert_eq!(lines[1], "web-1", "its own host name: {out}");
+    assert_eq!(lines[2], "from the image");
+    assert_eq!(lines[3], "hi");
+    assert!(lines.contains(&"to-stderr"), "{out}");
+    // Its own network namespace: loopback only.
+    assert!(lines.contains(&"lo"), "{out}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("eth") || l.starts_with("en")),
+        "{out}"
+    );
+    // What it writes lands in its upper directory, never in the shared layer.
+    assert!(!h.layer.join("written").exists());
+    assert!(root.join("web-1/upper/written").exists());
+    assert!(!Path::new("/written").exists());
+}
+
+#[test]
+fn it_runs_as_the_user_and_in_the_directory_asked() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let mut s = spec(&h, "user-1", "id -u; id -g; echo $PWD");
+    s.uid = 1000;
+    s.gid = 1001;
+    s.workdir = "/etc".into();
+    let (code, out) = run(&root, &s);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["1000", "1001", "/etc"]);
+}
+
+#[test]
+fn a_start_that_fails_names_its_step() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let mut s = spec(&h, "bad-1", "");
+    s.args = vec!["/no/such/program".into()];
+    match container::start(&root, &s) {
+        Err(ContainerError::Start { step, errno, .. }) => {
+            assert_eq!(step, "executing the program");
+            assert_eq!(errno, nix::errno::Errno::ENOENT);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut s = spec(&h, "bad-2", "true");
+    s.workdir = "/no/such/dir".into();
+    match container::start(&root, &s) {
+        Err(ContainerError::Start { step, .. }) => {
+            assert_eq!(step, "entering the working directory")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut s = spec(&h, "bad-3", "true");
+    s.args = vec!["a\0b".into()];
+    assert!(matches!(
+        container::start(&root, &s),
+        Err(ContainerError::Nul { .. })
+    ));
+}
+
+#[test]
+fn many_containers_start_at_once_from_one_process() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    // Threads cloning at the same time: the child must never need the allocator.
+    let outs: Vec<(i32, String)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = spec(&h, &format!("many-{i}"), "hostname");
+                let root = root.clone();
+                sc.spawn(move || run(&root, &s))
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (i, (code, out)) in outs.iter().enumerate() {
+        assert_eq!((*code, out.trim()), (0, format!("many-{i}").as_str()));
+    }
+}
