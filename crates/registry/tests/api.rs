@@ -9,7 +9,7 @@ use gridtypes::{Consumption, Envelope, Payload, Report, Resources, GIB};
 use rand::rngs::OsRng;
 use registry::Config;
 use serde_json::{json, Value};
-use test_infra::client::{node_registration, nonce, seal};
+use test_infra::client::{error_code, node_registration, nonce, seal};
 use test_infra::{now, Engine, Registry, Skipped};
 
 test_infra::on_both_engines!(
@@ -32,10 +32,6 @@ test_infra::on_both_engines!(
     concurrent_replays_land_once,
     data_survives_a_restart,
 );
-
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 async fn harness(engine: Engine) -> Result<Registry, Skipped> {
     Registry::start(engine).await

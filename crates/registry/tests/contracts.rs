@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use gridapi::{paths, ContractState, ContractView, NodeView, Page};
 use gridtypes::{Consumption, ContractRequest, Payload, Report, Resources, GIB};
 use serde_json::Value;
-use test_infra::client::{nonce, seal};
+use test_infra::client::{error_code, nonce, seal};
 use test_infra::{now, Engine, Registry};
 
 test_infra::on_both_engines!(
@@ -23,10 +23,6 @@ test_infra::on_both_engines!(
 );
 
 const MIB: u64 = 1 << 20;
-
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 fn node_capacity() -> Resources {
     Resources {

@@ -12,7 +12,7 @@ use gridtypes::deployment::{Deployment, Volume, Workload};
 use gridtypes::mailbox::{self, DeploymentState, DeploymentStatus};
 use gridtypes::{ContractRequest, Envelope, Payload, Resources, Sealed, GIB};
 use serde_json::Value;
-use test_infra::client::{node_registration, seal};
+use test_infra::client::{error_code, node_registration, seal};
 use test_infra::{Engine, Registry};
 
 test_infra::on_both_engines!(
@@ -24,10 +24,6 @@ test_infra::on_both_engines!(
     a_long_mailbox_comes_in_pages,
     nodes_publish_their_box_key,
 );
-
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 fn capacity() -> Resources {
     Resources {

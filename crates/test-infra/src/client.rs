@@ -43,6 +43,11 @@ pub fn node_registration(farm: i64, capacity: Resources) -> Payload {
     })
 }
 
+/// The registry's `error.code` in an answer body, `<none>` when there is none.
+pub fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
 /// Sends a request; the status and the body as JSON (or as a JSON string when it is not JSON).
 /// Panics when there is no answer at all: the tests using it expect one.
 pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
