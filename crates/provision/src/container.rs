@@ -12,7 +12,7 @@
 //! networks exist, plugged its network namespace in), so nothing the workload runs ever
 //! starts outside its limits.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -374,148 +374,178 @@ fn make_cgroup(parent: &Path, id: &str, l: &Limits) -> io::Result<PathBuf> {
     Ok(cg)
 }
 
-/// The first process of the container, between `clone` and `execve`. System calls only.
+/// The first process of the container, between `clone` and `execve`. System calls only:
+/// each phase returns the number of the step that failed (its `errno` is still set).
 fn child(p: &Prepared, (out, err, go): (i32, i32, i32)) -> isize {
-    let fail = |step: u32| -> isize {
-        let errno = nix::errno::Errno::last_raw();
-        let mut report = [0u8; 8];
-        report[..4].copy_from_slice(&step.to_ne_bytes());
-        report[4..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: writes 8 bytes from a stack buffer to our own pipe end.
-        unsafe {
-            libc::write(err, report.as_ptr().cast(), report.len());
-            libc::_exit(127)
-        }
-    };
-    let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: for every call below, each pointer is to a NUL-terminated string or buffer
-    // prepared before the clone and alive in this copy of the memory; no call allocates.
-    unsafe {
-        // First of all, let go of every other descriptor: the clone copied all of them,
-        // including the pipes of containers other threads are starting, and a copy held
-        // here would keep their parents waiting for an end-of-file.
-        let mut keep = [out, err, go];
-        keep.sort_unstable();
-        let mut from = 3u32;
-        for fd in keep {
-            let fd = fd as u32;
-            if fd > from {
-                close_range(from, fd - 1);
+    let step = release_and_wait(out, err, go)
+        .and_then(|()| enter_root(p))
+        .and_then(|()| become_workload(p, out));
+    let step = match step {
+        // SAFETY: the pointers are prepared, NUL-terminated and NULL-terminated arrays; execve
+        // returns only when it failed.
+        Ok(()) => unsafe {
+            for prog in &p.programs {
+                libc::execve(prog.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
             }
-            from = from.max(fd + 1);
+            16
+        },
+        Err(step) => step,
+    };
+    let errno = nix::errno::Errno::last_raw();
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&step.to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a stack buffer to our own pipe end, then ends the process
+    // without running anything of the parent's (no atexit handlers, no flushing).
+    unsafe {
+        libc::write(err, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// Lets go of every descriptor but the three pipes, then waits for the parent's go (it has
+/// moved this process into its cgroup by then) and makes that cgroup its namespace's root.
+fn release_and_wait(out: i32, err: i32, go: i32) -> Result<(), u32> {
+    // The clone copied every descriptor, the pipes of containers other threads are starting
+    // included, and a copy held here would keep their parents waiting for an end-of-file.
+    let mut keep = [out, err, go];
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep {
+        let fd = fd as u32;
+        if fd > from {
+            close_range(from, fd - 1);
         }
-        close_range(from, u32::MAX);
-        let mut b = [0u8; 1];
-        if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
-            return fail(0);
-        }
-        // Now in its cgroup: that cgroup is the root of what it sees.
-        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
-            return fail(1);
-        }
-        let root = c"/";
-        if libc::mount(
-            null,
-            root.as_ptr(),
-            null,
+        from = from.max(fd + 1);
+    }
+    close_range(from, u32::MAX);
+    let mut b = [0u8; 1];
+    // SAFETY: reads one byte into a stack buffer from our own pipe end.
+    if unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) } != 1 {
+        return Err(0);
+    }
+    // SAFETY: a plain system call.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(1);
+    }
+    Ok(())
+}
+
+/// `mount(2)` on prepared strings; true when it worked.
+fn mount(src: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: &CStr) -> bool {
+    let data = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        data.as_ptr().cast()
+    };
+    // SAFETY: NUL-terminated strings alive for the call; data is one or null.
+    unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data) == 0 }
+}
+
+/// Private mounts, the overlay root with /proc, /dev and /sys, then `pivot_root` into it.
+fn enter_root(p: &Prepared) -> Result<(), u32> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: a null source and type are allowed for a propagation change.
+    let private = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
-        ) != 0
-        {
-            return fail(2);
+        )
+    };
+    if private != 0 {
+        return Err(2);
+    }
+    if !mount(
+        c"overlay",
+        &p.merged,
+        c"overlay",
+        libc::MS_NODEV,
+        &p.overlay_opts,
+    ) {
+        return Err(3);
+    }
+    if !mount(c"proc", &p.proc_dir, c"proc", nosuid, c"") {
+        return Err(4);
+    }
+    let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    if !mount(
+        c"tmpfs",
+        &p.dev_dir,
+        c"tmpfs",
+        dev_flags,
+        c"mode=755,size=65536k",
+    ) {
+        return Err(5);
+    }
+    for (path, dev) in &p.devices {
+        // SAFETY: a prepared NUL-terminated path.
+        if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev) } != 0 {
+            return Err(6);
         }
-        if libc::mount(
-            c"overlay".as_ptr(),
-            p.merged.as_ptr(),
-            c"overlay".as_ptr(),
-            libc::MS_NODEV,
-            p.overlay_opts.as_ptr().cast(),
-        ) != 0
-        {
-            return fail(3);
-        }
-        let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        if libc::mount(
-            c"proc".as_ptr(),
-            p.proc_dir.as_ptr(),
-            c"proc".as_ptr(),
-            nosuid,
-            std::ptr::null(),
-        ) != 0
-        {
-            return fail(4);
-        }
-        if libc::mount(
-            c"tmpfs".as_ptr(),
-            p.dev_dir.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            c"mode=755,size=65536k".as_ptr().cast(),
-        ) != 0
-        {
-            return fail(5);
-        }
-        for (path, dev) in &p.devices {
-            if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, *dev) != 0 {
-                return fail(6);
-            }
-        }
-        if libc::mount(
-            c"sysfs".as_ptr(),
-            p.sys_dir.as_ptr(),
-            c"sysfs".as_ptr(),
-            nosuid | libc::MS_RDONLY,
-            std::ptr::null(),
-        ) != 0
-        {
-            return fail(7);
-        }
-        // pivot_root(".", "."): the old root ends up on top of the new one, then goes.
+    }
+    if !mount(
+        c"sysfs",
+        &p.sys_dir,
+        c"sysfs",
+        nosuid | libc::MS_RDONLY,
+        c"",
+    ) {
+        return Err(7);
+    }
+    // pivot_root(".", "."): the old root ends up on top of the new one, then goes.
+    // SAFETY: prepared NUL-terminated paths and string literals.
+    unsafe {
         if libc::chdir(p.merged.as_ptr()) != 0
             || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
         {
-            return fail(8);
+            return Err(8);
         }
-        if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 || libc::chdir(root.as_ptr()) != 0 {
-            return fail(9);
+        if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(9);
         }
+    }
+    Ok(())
+}
+
+/// Host name, output, groups, user and working directory of the workload.
+fn become_workload(p: &Prepared, out: i32) -> Result<(), u32> {
+    // SAFETY: plain system calls on prepared buffers and our own descriptors.
+    unsafe {
         if libc::sethostname(p.hostname.as_ptr().cast(), p.hostname.len()) != 0 {
-            return fail(10);
+            return Err(10);
         }
         if libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
-            return fail(11);
+            return Err(11);
         }
         let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
         if devnull < 0 || libc::dup2(devnull, 0) < 0 {
-            return fail(11);
+            return Err(11);
         }
         // Raw system calls: glibc's setuid and friends stop every thread the process had at
         // the clone (threads this copy does not have) and would wait for them for ever.
         if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
-            return fail(12);
+            return Err(12);
         }
         if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
-            return fail(13);
+            return Err(13);
         }
         if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
-            return fail(14);
+            return Err(14);
         }
         if libc::chdir(p.workdir.as_ptr()) != 0 {
-            return fail(15);
+            return Err(15);
         }
-        for prog in &p.programs {
-            libc::execve(prog.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
-        }
-        fail(16)
     }
+    Ok(())
 }
 
 /// Closes descriptors `first..=last` (`close_range(2)`, Linux 5.9; older kernels get a loop
-/// over the first 4096).
-///
-/// # Safety
-/// Only for the child between clone and exec, which owns every descriptor it closes.
-unsafe fn close_range(first: u32, last: u32) {
+/// over the first 4096). Only for the child between clone and exec, which owns every
+/// descriptor it closes.
+fn close_range(first: u32, last: u32) {
     // SAFETY: plain system calls on integers.
     unsafe {
         if libc::syscall(libc::SYS_close_range, first, last, 0) != 0 {
