@@ -14,7 +14,9 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 ///
 /// The data goes to `.tmp-<name>` in the same directory (mode `mode`, exact: not filtered by
 /// the umask), is fsynced, renamed over `path`, and the directory is fsynced so the rename
-/// itself is durable. The directory must exist.
+/// itself is durable. The directory must exist. The temp name is fixed per target, so one
+/// path must have one writer at a time (concurrent writers of one path need names of their
+/// own, as the image cache's layer sizes do).
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
