@@ -387,7 +387,8 @@ impl ImageStore {
                 });
             }
         };
-        write_size(&self.root, &size_file, bytes)?;
+        atomicfile::write(&size_file, bytes.to_string().as_bytes(), 0o644)
+            .map_err(io_err(&size_file))?;
         if let Err(e) = fs::rename(&tmp, &dir) {
             // Another pull of the same layer finished first: its copy is as good as ours.
             let _ = fs::remove_dir_all(&tmp);
@@ -397,17 +398,6 @@ impl ImageStore {
         }
         Ok((dir, bytes))
     }
-}
-
-/// Writes a layer's size beside it: through a temp file of its own in `tmp/` (not
-/// `atomicfile`, whose one temp name per target two concurrent pulls of the layer would
-/// share), synced, renamed into place.
-fn write_size(root: &Path, path: &Path, bytes: u64) -> Result<(), ImageError> {
-    let tmp = root.join("tmp").join(format!("size-{}", unique()));
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    std::io::Write::write_all(&mut f, bytes.to_string().as_bytes()).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// A name no other download or unpack in this process (or an earlier one: `tmp/` is emptied
