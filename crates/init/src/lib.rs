@@ -16,5 +16,6 @@ pub mod power;
 pub mod privs;
 pub mod reaper;
 pub mod ring;
+pub mod rootfs;
 pub mod supervisor;
 pub mod uevent;

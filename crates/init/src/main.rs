@@ -78,6 +78,14 @@ fn pid1_main() -> anyhow::Result<()> {
         std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     }
     boot::ensure_console();
+    // Before anything is mounted in the tree: the copy then holds the whole system.
+    let t_move = logging::boot_seconds();
+    let moved = match init::rootfs::on_rootfs() {
+        Ok(true) => Some(init::rootfs::leave_rootfs()),
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    };
+    let t_move = logging::boot_seconds() - t_move;
     let mounts = boot::mount_all();
     logging::start_kmsg();
     let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -89,6 +97,20 @@ fn pid1_main() -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "gridos init started as PID 1"
     );
+    match moved {
+        Some(Ok(m)) => tracing::info!(
+            entries = m.entries,
+            bytes = m.bytes,
+            left_behind = m.left_behind,
+            ms = (t_move * 1000.0).round(),
+            "root moved from the initramfs' rootfs to a tmpfs"
+        ),
+        Some(Err(e)) => tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "root left on the initramfs' rootfs: containers cannot start (pivot_root refuses it)"
+        ),
+        None => {}
+    }
     for m in mounts {
         match m {
             Ok(target) => tracing::info!(target, "mounted"),
