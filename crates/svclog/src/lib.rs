@@ -4,9 +4,11 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Seconds since boot (`CLOCK_MONOTONIC`), the clock the kernel log uses too.
 pub fn boot_seconds() -> f64 {
@@ -39,19 +41,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Logs to stderr at `RUST_LOG` if set, else at `default_level`.
+/// Logs to stderr at `RUST_LOG` if set (`info`, `agent=debug,warn`: levels by target; span
+/// and field filters are not taken), else at `default_level`.
 ///
 /// Under PID 1 (stderr not a terminal) lines carry the boot clock and no colour codes; run by
 /// hand on a terminal they carry wall-clock time and colour.
 pub fn init(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| default_level.parse().ok())
+        .unwrap_or_else(|| {
+            Targets::new().with_default(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
-        builder.init();
+        builder.finish().with(filter).init();
     } else {
-        builder.with_ansi(false).with_timer(BootClock).init();
+        builder
+            .with_ansi(false)
+            .with_timer(BootClock)
+            .finish()
+            .with(filter)
+            .init();
     }
 }
