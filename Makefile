@@ -66,7 +66,7 @@ test-e2e:
 
 ## The static node executables as they go into the initramfs, gathered in $(IMAGE_BIN):
 ## `init` (PID 1, profile initramfs) and the multi-call `gridos` (gridctl, agent, network,
-## storage, entropy; crates/node; profile services, where a panic aborts the service).
+## provision, storage, entropy; crates/node; profile services, where a panic aborts the service).
 init:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
 		--profile initramfs --target x86_64-unknown-linux-gnu -p init

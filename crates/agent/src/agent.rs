@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use backoff::Backoff;
 
 use crate::client::{Client, Outcome};
-use crate::deployments::NoRuntime;
+use crate::deployments::{NoRuntime, Remote};
 use crate::identity::{self, IdentityError, KEY_FILE};
 use crate::probe::{Hardware, Probe, ProbeError};
 use crate::queue::{Entry, Queue, QueueError};
@@ -63,6 +63,9 @@ pub struct Config {
     pub probe: Probe,
     /// File the storage service writes when the cache is on tmpfs (nothing survives a reboot).
     pub tmpfs_marker: PathBuf,
+    /// The provision service's socket (crates/provision); `None`: no workload runtime, every
+    /// deployment is answered as failed with that reason.
+    pub provision_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             probe: Probe::default(),
             tmpfs_marker: PathBuf::from("/run/gridos/storage-tmpfs"),
+            provision_socket: None,
         }
     }
 
@@ -481,8 +485,15 @@ pub async fn run(
     let mailbox_task = {
         let (client, dir) = (client.clone(), cfg.deployments_dir());
         let retry = (cfg.retry_min, cfg.retry_max);
+        let socket = cfg.provision_socket.clone();
         AbortOnDrop(tokio::spawn(async move {
-            crate::deployments::run(client, &dir, box_secret, NoRuntime, retry).await
+            match socket {
+                Some(path) => {
+                    let remote = Remote::new(&path);
+                    crate::deployments::run(client, &dir, box_secret, remote, retry).await
+                }
+                None => crate::deployments::run(client, &dir, box_secret, NoRuntime, retry).await,
+            }
         }))
     };
     let mut agent = Agent {

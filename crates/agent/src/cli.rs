@@ -27,6 +27,10 @@ struct Args {
     /// Where the node key and the report queue live (the cache partition).
     #[arg(long, env = "GRIDOS_STATE_DIR", default_value = "/var/cache/gridos")]
     state_dir: PathBuf,
+    /// The provision service's socket; without it the node runs no workloads and tells
+    /// twins so.
+    #[arg(long)]
+    provision_socket: Option<PathBuf>,
     /// Seconds between uptime reports (overrides `gridos.report_interval=`; default 2400).
     #[arg(long)]
     uptime_interval: Option<u64>,
@@ -144,6 +148,7 @@ where
     cfg.retry_max = Duration::from_secs(args.retry_max.max(1)).min(cfg.uptime_interval);
     cfg.refused_retry = Duration::from_secs(args.refused_retry.max(1));
     cfg.probe = probe;
+    cfg.provision_socket = args.provision_socket.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -11,6 +11,8 @@ use gridtypes::mailbox::{DeploymentState, DeploymentStatus, WorkloadStatus};
 use gridtypes::Resources;
 use reconcile::{Provisioner, Reconciler, Reporter, Store, StoreError};
 
+use provision::service::{self, ClientError, Request, Response};
+
 use crate::client::{Client, Outcome};
 
 /// How long the registry may hold a poll (the protocol's maximum).
@@ -74,6 +76,92 @@ impl Provisioner for NoRuntime {
     }
 }
 
+/// The provisioner of a node: the provision service, over its local socket.
+#[derive(Debug)]
+pub struct Remote(service::Client);
+
+/// How long an apply may take (image pulls included) before the agent gives up on it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the agent waits for the provision service to come (back) up before it tells the
+/// twin that it is not there.
+const SERVICE_WAIT: Duration = Duration::from_secs(60);
+
+impl Remote {
+    /// A provisioner talking to the socket at `path`.
+    pub fn new(path: &Path) -> Remote {
+        Remote(service::Client::new(path))
+    }
+
+    /// Sends `req`, waiting up to [`SERVICE_WAIT`] for a service that is not listening.
+    async fn call(&self, req: &Request, timeout: Duration) -> Result<Response, String> {
+        let deadline = tokio::time::Instant::now() + SERVICE_WAIT;
+        loop {
+            match self.0.call(req, timeout).await {
+                Ok(Response::Error { message }) => return Err(message),
+                Ok(answer) => return Ok(answer),
+                Err(e @ ClientError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        "provision service not there yet"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(format!("the node's {}", svclog::error_chain(&e))),
+            }
+        }
+    }
+}
+
+impl Provisioner for Remote {
+    async fn apply(&self, contract: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
+        let req = Request::Apply {
+            contract,
+            deployment: d.clone(),
+        };
+        let why = match self.call(&req, APPLY_TIMEOUT).await {
+            Ok(Response::Workloads { workloads }) => return workloads,
+            Ok(other) => format!("the node's provision service answered {other:?}"),
+            Err(why) => why,
+        };
+        d.workloads
+            .iter()
+            .map(|w| WorkloadStatus {
+                name: w.name().to_string(),
+                state: DeploymentState::Failed,
+                reason: Some(why.clone()),
+                address: None,
+            })
+            .collect()
+    }
+
+    async fn remove(&self, contract: i64) -> Result<(), String> {
+        match self
+            .call(&Request::Remove { contract }, Duration::from_secs(120))
+            .await?
+        {
+            Response::Removed => Ok(()),
+            other => Err(format!("the node's provision service answered {other:?}")),
+        }
+    }
+
+    async fn current(&self, contract: i64) -> Option<Vec<WorkloadStatus>> {
+        // One try, no waiting: the next round asks again.
+        match self
+            .0
+            .call(&Request::Statuses { contract }, Duration::from_secs(10))
+            .await
+        {
+            Ok(Response::Workloads { workloads }) => Some(workloads),
+            _ => None,
+        }
+    }
+
+    async fn lost_workloads(&self) -> bool {
+        // Not reachable now: the next call finds out (and waits for it).
+        self.0.check().await.unwrap_or(false)
+    }
+}
+
 /// Runs the mailbox loop for ever (the agent aborts it on shutdown): restores what the
 /// state in `dir` says must run, then polls, takes up and reports. Failures are logged and
 /// retried with backoff; nothing here ends the agent.
@@ -97,6 +185,15 @@ pub async fn run(
     };
     backoff.reset();
     loop {
+        // A provision service that was restarted lost its containers: they come back first.
+        if provisioner.lost_workloads().await {
+            if let Err(e) = reconciler.restore().await {
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "deployments not restored"
+                );
+            }
+        }
         match client.poll(reconciler.cursor(), POLL_WAIT_SECS).await {
             Ok(page) => {
                 if let Err(e) = reconciler.take(&page).await {
@@ -106,6 +203,13 @@ pub async fn run(
                     );
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
+                }
+                // Crashes, restarts and exits since the last round reach the twin.
+                if let Err(e) = reconciler.refresh().await {
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "deployment state not saved"
+                    );
                 }
                 // Statuses a registry outage held back go out with the next answer.
                 if reconciler.unsent() > 0 {

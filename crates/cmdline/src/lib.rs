@@ -81,6 +81,10 @@ pub struct Settings {
     /// Seconds between the agent's uptime reports (`gridos.report_interval`); `None` keeps the
     /// agent's default (40 min). Test rigs set a few seconds to watch reports flow.
     pub report_interval: Option<u32>,
+    /// OCI registries (`host:port`) the provision service speaks plain HTTP to
+    /// (`gridos.plain_http=`, comma-separated): a registry on the farm's own network, or the
+    /// test rig's on the host. TLS is the default for every other.
+    pub plain_http: Vec<String>,
 }
 
 impl Default for Settings {
@@ -93,6 +97,7 @@ impl Default for Settings {
             wipe: WipePolicy::default(),
             hostname: "gridos".to_string(),
             report_interval: None,
+            plain_http: Vec::new(),
         }
     }
 }
@@ -203,6 +208,22 @@ fn parse_net(v: &str) -> Option<NetConfig> {
     })
 }
 
+/// `host:port` pairs, comma-separated: a host name or IPv4 address and a port.
+fn parse_hosts(value: &str) -> Option<Vec<String>> {
+    value
+        .split(',')
+        .map(|h| {
+            let (host, port) = h.rsplit_once(':')?;
+            let host_ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            (host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)).then(|| h.to_string())
+        })
+        .collect()
+}
+
 /// Parses `/proc/cmdline` text into settings plus the warnings for malformed values.
 pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
     let mut s = Settings::default();
@@ -270,6 +291,10 @@ pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
                     s.report_interval = Some(secs)
                 }
                 _ => bad("expected seconds between 1 and 86400"),
+            },
+            "gridos.plain_http" => match parse_hosts(value) {
+                Some(hosts) => s.plain_http = hosts,
+                None => bad("expected host:port[,host:port...]"),
             },
             _ => {}
         }

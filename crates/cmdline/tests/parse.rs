@@ -19,7 +19,8 @@ fn cmdline_defaults_when_empty() {
 fn cmdline_valid_keys() {
     let line = "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet gridos.farm=42 \
         gridos.registry=https://registry.example/api gridos.net=eth0:10.0.0.5/24:10.0.0.1 \
-        gridos.log=debug gridos.wipe=all gridos.hostname=node-1 gridos.report_interval=5\n";
+        gridos.log=debug gridos.wipe=all gridos.hostname=node-1 gridos.report_interval=5 \
+        gridos.plain_http=10.0.2.2:5000,oci.farm.lan:80\n";
     let (s, w) = cmdline::parse(line);
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(s.farm, Some(42));
@@ -36,6 +37,7 @@ fn cmdline_valid_keys() {
     assert_eq!(s.wipe, WipePolicy::All);
     assert_eq!(s.hostname, "node-1");
     assert_eq!(s.report_interval, Some(5));
+    assert_eq!(s.plain_http, ["10.0.2.2:5000", "oci.farm.lan:80"]);
 }
 
 #[test]
@@ -51,7 +53,8 @@ fn cmdline_unknown_keys_ignored_and_quotes_honoured() {
 fn cmdline_malformed_values_are_reported_and_defaulted() {
     let line = "gridos.farm=abc gridos.farm=0 gridos.registry=ftp://x gridos.net=eth0:10.0.0.5/40:10.0.0.1 \
         gridos.net=eth0:10.0.0.5/24:fe80::1 gridos.log=loud gridos.wipe=everything gridos.hostname=-bad \
-        gridos.report_interval=0 gridos.report_interval=86401 gridos.report_interval=1m";
+        gridos.report_interval=0 gridos.report_interval=86401 gridos.report_interval=1m \
+        gridos.plain_http=10.0.2.2 gridos.plain_http=a:0 gridos.plain_http=a:1,b/c:2 gridos.plain_http=";
     let (s, w) = cmdline::parse(line);
     assert_eq!(s, cmdline::Settings::default());
     let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
@@ -68,7 +71,11 @@ fn cmdline_malformed_values_are_reported_and_defaulted() {
             "gridos.hostname",
             "gridos.report_interval",
             "gridos.report_interval",
-            "gridos.report_interval"
+            "gridos.report_interval",
+            "gridos.plain_http",
+            "gridos.plain_http",
+            "gridos.plain_http",
+            "gridos.plain_http"
         ]
     );
     assert!(w[0].to_string().contains("using the default"));

@@ -123,6 +123,9 @@ const WORDS: &[&str] = &[
     "gridos.net=:::",
     "gridos.log=debug",
     "gridos.log=loud",
+    "gridos.plain_http=10.0.2.2:5000",
+    "gridos.plain_http=a:1,,b:2",
+    "gridos.plain_http=host:99999",
     "gridos.wipe=none",
     "gridos.wipe=all",
     "gridos.hostname=node-1",
@@ -184,6 +187,9 @@ fn render(s: &Settings, noise: &[String]) -> String {
     if let Some(i) = s.report_interval {
         w.push(format!("gridos.report_interval={i}"));
     }
+    if !s.plain_http.is_empty() {
+        w.push(format!("gridos.plain_http={}", s.plain_http.join(",")));
+    }
     w.join(" ")
 }
 
@@ -216,9 +222,10 @@ fn settings() -> impl Strategy<Value = Settings> {
         proptest::sample::select(vec![WipePolicy::None, WipePolicy::Empty, WipePolicy::All]),
         "[a-zA-Z0-9][a-zA-Z0-9-]{0,62}",
         proptest::option::of(1u32..=86_400),
+        proptest::collection::vec("[a-z0-9][a-z0-9.-]{0,20}:[1-9][0-9]{0,3}", 0..3),
     )
         .prop_map(
-            |(farm, registry, net, log, wipe, hostname, report_interval)| Settings {
+            |(farm, registry, net, log, wipe, hostname, report_interval, plain_http)| Settings {
                 farm,
                 registry,
                 net,
@@ -226,6 +233,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                 wipe,
                 hostname,
                 report_interval,
+                plain_http,
             },
         )
 }

@@ -470,17 +470,30 @@ fn check_mount_path(at: &str, path: &str) -> Result<(), DeploymentError> {
     }
 }
 
-/// An OCI image reference, checked for shape (the distribution spec's grammar, simplified):
-/// lowercase path components, an optional tag, an optional sha256 digest.
+/// An image reference taken apart (`[registry[:port]/]repository[:tag][@sha256:<64 hex>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `host[:port]`, when the reference names one.
+    pub registry: Option<String>,
+    /// Slash-separated components.
+    pub repository: String,
+    /// The tag, when given.
+    pub tag: Option<String>,
+    /// `sha256:<hex>`, when given.
+    pub digest: Option<String>,
+}
+
+/// Checks that `image` is an image reference a registry client takes.
 pub fn check_image(at: &str, image: &str) -> Result<(), DeploymentError> {
-    let bad = |why: &str| {
-        Err(invalid(
-            at,
-            format!("{image:?} is not an image reference: {why}"),
-        ))
-    };
+    parse_image(image)
+        .map(|_| ())
+        .map_err(|why| invalid(at, format!("{image:?} is not an image reference: {why}")))
+}
+
+/// Takes an image reference apart, or says what is wrong with it.
+pub fn parse_image(image: &str) -> Result<ImageRef, &'static str> {
     if image.is_empty() || image.len() > MAX_IMAGE_REF {
-        return bad("1 to 512 characters");
+        return Err("1 to 512 characters");
     }
     let (name_tag, digest) = match image.split_once('@') {
         Some((n, d)) => (n, Some(d)),
@@ -493,7 +506,7 @@ pub fn check_image(at: &str, image: &str) -> Result<(), DeploymentError> {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return bad("a digest is sha256: and 64 lowercase hex digits");
+            return Err("a digest is sha256: and 64 lowercase hex digits");
         }
     }
     // A tag follows the last ':' that comes after the last '/' (a registry port comes before).
@@ -512,10 +525,11 @@ pub fn check_image(at: &str, image: &str) -> Result<(), DeploymentError> {
                 .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             && !t.starts_with(['.', '-']);
         if !ok {
-            return bad("a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -");
+            return Err("a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -");
         }
     }
     let mut parts: Vec<&str> = name.split('/').collect();
+    let mut registry = None;
     // The first component is a registry host when it has a '.' or ':' or is localhost.
     if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
         let host = parts.remove(0);
@@ -532,8 +546,9 @@ pub fn check_image(at: &str, image: &str) -> Result<(), DeploymentError> {
             });
         let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
         if !host_ok || !port_ok {
-            return bad("the registry host or port is malformed");
+            return Err("the registry host or port is malformed");
         }
+        registry = Some(host.to_string());
     }
     let component_ok = |c: &str| {
         !c.is_empty()
@@ -543,11 +558,16 @@ pub fn check_image(at: &str, image: &str) -> Result<(), DeploymentError> {
             && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
     };
     if parts.is_empty() || !parts.iter().all(|c| component_ok(c)) {
-        return bad(
+        return Err(
             "repository components are lowercase a-z 0-9 . _ -, starting and ending alphanumeric",
         );
     }
-    Ok(())
+    Ok(ImageRef {
+        registry,
+        repository: parts.join("/"),
+        tag: tag.map(str::to_string),
+        digest: digest.map(str::to_string),
+    })
 }
 
 #[cfg(test)]

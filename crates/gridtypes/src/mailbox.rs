@@ -148,6 +148,9 @@ pub enum DeploymentState {
     Provisioning,
     /// Everything runs.
     Running,
+    /// A container whose process ended and that its restart policy leaves ended (a
+    /// finished job; a workload state only).
+    Exited,
     /// The node gave up on it; the reason says why.
     Failed,
     /// Torn down: the twin removed it, or its contract ended.
@@ -161,6 +164,7 @@ impl DeploymentState {
             DeploymentState::Requested => "requested",
             DeploymentState::Provisioning => "provisioning",
             DeploymentState::Running => "running",
+            DeploymentState::Exited => "exited",
             DeploymentState::Failed => "failed",
             DeploymentState::Deleted => "deleted",
         }

@@ -283,13 +283,16 @@ async fn full(args: &E2eArgs, accel: &str, shape: &Shape, work: &Path) -> anyhow
     std::fs::create_dir_all(work)?;
     let (mut reg, farm) = registry::with_farm(&args.bin_dir, work, 0, "e2e-farm").await?;
     step(&format!("registry on {} (SQLite), farm {farm}", reg.url()));
+    let images = crate::images::start().await?;
+    step(&format!("OCI registry serving {}", images.busybox));
     let append = format!(
-        "gridos.farm={farm} gridos.registry={} gridos.report_interval={} gridos.hostname=e2e-node",
+        "gridos.farm={farm} gridos.registry={} gridos.report_interval={} gridos.hostname=e2e-node {}",
         reg.guest_url(),
-        args.report_interval
+        args.report_interval,
+        images.plain_http()
     );
     let mut machine = shape.machine(&args.image, accel, work, append);
-    let result = scenario(args, &mut reg, &mut machine, farm, work).await;
+    let result = scenario(args, &mut reg, &mut machine, farm, work, &images.busybox).await;
     if result.is_err() {
         eprintln!(
             "e2e: last console lines ({}):\n{}",
@@ -312,14 +315,17 @@ async fn scenario(
     machine: &mut Machine,
     farm: u64,
     work: &Path,
+    image: &str,
 ) -> anyhow::Result<Timing> {
     let (mut guest, node, guest_secs, timing) = first_boot(args, reg, machine, farm).await?;
-    deployment(args, reg, &node, work).await?;
+    let contract = deployment(args, reg, &node, work, image).await?;
     let count_boot1 = ordered_shutdown(reg, &mut guest, &node).await?;
     machine.serial = work.join("console-boot2.log");
     let (mut guest, guest_secs2) =
         second_boot(args, reg, machine, farm, &node, count_boot1).await?;
+    restored(&mut guest, &contract).await?;
     outage(args, reg, &mut guest, &node).await?;
+    teardown(args, reg, &mut guest, work, &contract).await?;
     reboot(&mut guest).await?;
     let total = reports(reg, node.id, &node.key).await?.len();
     step(&format!(
@@ -382,16 +388,26 @@ async fn first_boot(
     Ok((guest, node, guest_secs, timing))
 }
 
-/// A twin rents part of the node and deploys to it with `grid`, through the node's sealed
-/// mailbox: the node takes it up (long poll through QEMU's NAT), keeps it on its cache
-/// partition and answers, sealed to the twin. This image has no volume runtime yet, so the
-/// answer is a failure that says so.
+/// The deployment's workload `name` as `grid deployments show` prints it.
+fn workload<'a>(shown: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    shown["status"]["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"] == name)
+}
+
+/// A twin rents part of the node and deploys two containers to it with `grid`, through the
+/// node's sealed mailbox: the node takes it up (long poll through QEMU's NAT), keeps it on
+/// its cache partition, pulls the image from the OCI registry on the host and runs it.
+/// `web` runs; `hog` fills more memory than it reserved and is killed by its cgroup's limit.
+/// Returns the contract id.
 async fn deployment(
     args: &E2eArgs,
     reg: &Registry,
     node: &Node,
     work: &Path,
-) -> anyhow::Result<()> {
+    image: &str,
+) -> anyhow::Result<String> {
     let key = work.join("twin.key");
     let url = reg.url();
     let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
@@ -403,8 +419,10 @@ async fn deployment(
         "create",
         "--node",
         &id,
+        "--cru",
+        "2",
         "--mru",
-        "64MiB",
+        "128MiB",
         "--sru",
         "256MiB",
     ])?;
@@ -412,30 +430,103 @@ async fn deployment(
     let app = work.join("app.yaml");
     std::fs::write(
         &app,
-        "workloads:\n  - kind: volume\n    name: data\n    size: 128MiB\n",
+        format!(
+            "workloads:\n\
+             - kind: container\n  name: web\n  image: {image}\n  \
+               cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
+               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
+             - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
+               cmd: [sh, -c, 'x=$(yes | head -c 64000000); echo survived']\n  \
+               resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n"
+        ),
     )?;
     let app = app.to_string_lossy().into_owned();
+    let t0 = Instant::now();
     grid(&["deploy", &app, "--contract", &contract])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = t0 + Duration::from_secs(300);
     loop {
         let shown = grid(&["deployments", "show", &contract])?;
-        if shown["state"] == "failed" {
-            let reason = shown["status"]["workloads"][0]["reason"].to_string();
+        let state = |n: &str| workload(&shown, n).map(|w| w["state"].clone());
+        if state("web") == Some("running".into()) && state("hog").is_some_and(|s| s != "running") {
+            let hog = workload(&shown, "hog").cloned().unwrap_or_default();
             ensure!(
-                reason.contains("no volume runtime"),
-                "the node failed the deployment for another reason: {shown}"
+                hog["state"] == "failed"
+                    && hog["reason"].to_string().contains("killed by signal 9"),
+                "the container over its memory limit was not killed by it: {shown}"
             );
             break;
         }
         ensure!(
+            shown["state"] != "failed" || state("web") == Some("running".into()),
+            "the node failed the deployment: {shown}"
+        );
+        ensure!(
             Instant::now() < deadline,
-            "the node did not answer deployment 1 of contract {contract}: {shown}"
+            "the node did not run contract {contract} in time: {shown}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     step(&format!(
-        "deployment: contract {contract} sealed to node {}, taken up and answered through the mailbox",
-        node.id
+        "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
+         registry, web running and hog killed at its 24 MiB memory limit ({:.0} s wall)",
+        node.id,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(contract)
+}
+
+/// After the reboot the node runs the deployment again from its cache partition.
+async fn restored(guest: &mut Guest, contract: &str) -> anyhow::Result<()> {
+    let needle = format!("contract={contract}");
+    guest
+        .wait_line(
+            &["container started", &needle, "container=web"],
+            Duration::from_secs(300),
+        )
+        .await
+        .context("boot 2 did not start the deployment's web container again")?;
+    step(&format!(
+        "boot 2: contract {contract}'s web container runs again"
+    ));
+    Ok(())
+}
+
+/// The twin deletes the deployment: the node stops and removes the container, says
+/// `deleted`; the twin cancels the contract and the node's capacity is free again.
+async fn teardown(
+    args: &E2eArgs,
+    reg: &Registry,
+    guest: &mut Guest,
+    work: &Path,
+    contract: &str,
+) -> anyhow::Result<()> {
+    let key = work.join("twin.key");
+    let url = reg.url();
+    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    grid(&["deployments", "delete", contract])?;
+    let needle = format!("contract={contract}");
+    guest
+        .wait_line(
+            &["container removed", &needle, "container=web"],
+            Duration::from_secs(120),
+        )
+        .await
+        .context("the node did not remove the deleted deployment's container")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = grid(&["deployments", "show", contract])?;
+        if shown["state"] == "deleted" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the node did not report the deletion: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    grid(&["contracts", "cancel", contract])?;
+    step(&format!(
+        "teardown: contract {contract}'s containers stopped and removed, reported deleted, contract cancelled"
     ));
     Ok(())
 }

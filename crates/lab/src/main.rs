@@ -4,6 +4,7 @@
 
 mod bench;
 mod e2e;
+mod images;
 mod qemu;
 mod registry;
 mod run;

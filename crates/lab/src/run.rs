@@ -69,10 +69,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         work.join("registry.db").display(),
         work.join("registry.log").display()
     );
+    let images = crate::images::start()
+        .await
+        .context("starting the OCI registry for the node's containers")?;
+    let app = work.join("app.yaml");
+    std::fs::write(&app, app_yaml(&images.busybox))
+        .with_context(|| format!("writing {}", app.display()))?;
+    eprintln!(
+        "== OCI registry serving {} to the node; a deployment of it: {}",
+        images.busybox,
+        app.display()
+    );
     let append = format!(
-        "gridos.farm={farm} gridos.registry={} gridos.report_interval={}",
+        "gridos.farm={farm} gridos.registry={} gridos.report_interval={} {}",
         reg.guest_url(),
-        args.report_interval
+        args.report_interval,
+        images.plain_http()
     );
     let machine = Machine::node(&args.image, &accel, &work, append, "console.log");
     eprintln!(
@@ -111,7 +123,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             reg.url(),
                             registry::nodes_table(&args.bin_dir, &reg.url())
                         );
-                        eprintln!("{}", next_steps(&args.bin_dir, &reg.url(), farm, node));
+                        eprintln!("{}", next_steps(&args.bin_dir, &reg.url(), farm, node, &app));
                     }
                 }
             }
@@ -124,8 +136,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What to try next, with this run's registry, farm and node filled in.
-fn next_steps(bin_dir: &std::path::Path, url: &str, farm: u64, node: i64) -> String {
+/// A deployment of one container from `image`, for the first session.
+fn app_yaml(image: &str) -> String {
+    format!(
+        "# grid deploy this --contract ID: one container, its output kept on the node.\n\
+         workloads:\n\
+         \x20 - kind: container\n\
+         \x20   name: web\n\
+         \x20   image: {image}\n\
+         \x20   cmd: [sh, -c, 'echo hello from $(hostname); exec sleep 1000000']\n\
+         \x20   resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
+    )
+}
+
+/// What to try next, with this run's registry, farm, node and deployment file filled in.
+fn next_steps(
+    bin_dir: &std::path::Path,
+    url: &str,
+    farm: u64,
+    node: i64,
+    app: &std::path::Path,
+) -> String {
     let grid = bin_dir.join("grid");
     format!(
         "\n== the node is registered. In another terminal, try:\n\
@@ -134,8 +165,14 @@ fn next_steps(bin_dir: &std::path::Path, url: &str, farm: u64, node: i64) -> Str
          \x20   $grid nodes list --farm {farm}      # this farm's nodes, units and status\n\
          \x20   $grid nodes show {node}             # capacity and its latest signed reports, re-verified here\n\
          \x20   $grid stats                    # grid-wide totals\n\
-         \x20   $grid --key /tmp/me.key key new && $grid --key /tmp/me.key twin register   # a twin of your own\n\
+         \x20   export GRID_KEY=/tmp/me.key\n\
+         \x20   $grid key new && $grid twin register   # a twin of your own\n\
+         \x20   $grid contracts create --node {node} --cru 1 --mru 256MiB --sru 1GiB   # prints the contract id, C\n\
+         \x20   $grid deploy {app} --contract C     # sealed to the node; it pulls and runs the container\n\
+         \x20   $grid deployments show C          # requested → provisioning → running\n\
+         \x20   $grid deployments delete C && $grid contracts cancel C\n\
          Ctrl-C here shuts the node down in order; `$grid nodes show {node}` then says stopped.",
-        grid = grid.display()
+        grid = grid.display(),
+        app = app.display()
     )
 }

@@ -1,11 +1,10 @@
-//! `gridos`: four node programs in one static executable, picked by the name it runs as.
+//! `gridos`: the node programs in one static executable, picked by the name it runs as.
 //!
 //! Each static program carries its own copy of std, tokio, glibc's static parts and the
 //! libraries they share (init, zbus, tracing, clap, serde); five separate binaries came to
 //! 15.5 MB against a 10 MB budget. The image installs this file as `/usr/bin/gridos` with
-//! `gridctl`, `gridos-agent`, `gridos-entropy`, `gridos-network` and `gridos-storage` linked
-//! to it; `argv[0]`
-//! picks the program.
+//! `gridctl`, `gridos-agent`, `gridos-entropy`, `gridos-network`, `gridos-provision` and
+//! `gridos-storage` linked to it; `argv[0]` picks the program.
 //!
 //! PID 1 stays its own executable (`crates/init`, under 3 MB): the one process that must never
 //! die carries no HTTP, TLS or netlink code, and its name-service stubs (which make host-name
@@ -16,11 +15,12 @@
 //! dependencies.
 
 /// The names this executable answers to.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 6] = [
     "gridctl",
     "gridos-agent",
     "gridos-entropy",
     "gridos-network",
+    "gridos-provision",
     "gridos-storage",
 ];
 
@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         "gridos-agent" => agent::cli::run(args),
         "gridos-entropy" => entropy::cli::run(args),
         "gridos-network" => network::cli::run(args),
+        "gridos-provision" => provision::cli::run(args),
         "gridos-storage" => storage::cli::run(args),
         other => anyhow::bail!(
             "gridos: run as one of {} (a link with that name), not as {other:?}",

@@ -117,12 +117,30 @@ const STEPS: &[&str] = &[
     "detaching the old root",
     "setting the host name",
     "redirecting output",
+    "dropping capabilities",
     "dropping supplementary groups",
     "setting the group",
     "setting the user",
     "entering the working directory",
     "executing the program",
 ];
+
+/// Capabilities a workload keeps (Docker's default set without `CAP_MKNOD`: cgroup v2 has no
+/// device controller short of BPF, so a device node it made would open the host's disks).
+/// Everything else leaves the bounding set before `execve`, so not even a root process or
+/// a set-uid program in the image can gain it back.
+pub const KEPT_CAPABILITIES: u64 = {
+    // Numbers from linux/capability.h: chown, dac_override, fowner, fsetid, kill, setgid,
+    // setuid, setpcap, net_bind_service, net_raw, sys_chroot, audit_write, setfcap.
+    const KEPT: [u32; 13] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < KEPT.len() {
+        mask |= 1 << KEPT[i];
+        i += 1;
+    }
+    mask
+};
 
 /// Everything the child uses, made before the clone.
 struct Prepared {
@@ -361,10 +379,12 @@ fn make_cgroup(parent: &Path, id: &str, l: &Limits) -> io::Result<PathBuf> {
     let cg = parent.join(id);
     fs::create_dir_all(&cg)?;
     const PERIOD: u64 = 100_000;
-    fs::write(
-        cg.join("cpu.max"),
-        format!("{} {PERIOD}", l.cores.saturating_mul(PERIOD)),
-    )?;
+    // No cores reserved: the container shares what the node has left, without a quota.
+    let quota = match l.cores {
+        0 => "max".to_string(),
+        n => n.saturating_mul(PERIOD).to_string(),
+    };
+    fs::write(cg.join("cpu.max"), format!("{quota} {PERIOD}"))?;
     fs::write(cg.join("memory.max"), l.memory.to_string())?;
     // Swap would let a container use more memory than it reserved.
     if cg.join("memory.swap.max").exists() {
@@ -387,7 +407,7 @@ fn child(p: &Prepared, (out, err, go): (i32, i32, i32)) -> isize {
             for prog in &p.programs {
                 libc::execve(prog.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
             }
-            16
+            17
         },
         Err(step) => step,
     };
@@ -524,19 +544,70 @@ fn become_workload(p: &Prepared, out: i32) -> Result<(), u32> {
         if devnull < 0 || libc::dup2(devnull, 0) < 0 {
             return Err(11);
         }
+    }
+    // Still root here: a process that changed to another user has no capabilities left
+    // to drop its bounding set with.
+    drop_capabilities().map_err(|()| 12u32)?;
+    // SAFETY: plain system calls on prepared buffers.
+    unsafe {
         // Raw system calls: glibc's setuid and friends stop every thread the process had at
         // the clone (threads this copy does not have) and would wait for them for ever.
         if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0 {
-            return Err(12);
-        }
-        if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
             return Err(13);
         }
-        if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
+        if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
             return Err(14);
         }
-        if libc::chdir(p.workdir.as_ptr()) != 0 {
+        if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
             return Err(15);
+        }
+        if libc::chdir(p.workdir.as_ptr()) != 0 {
+            return Err(16);
+        }
+    }
+    Ok(())
+}
+
+/// Empties the ambient and inheritable sets and shrinks the bounding set to
+/// [`KEPT_CAPABILITIES`]: what `execve` gives the workload comes from these alone.
+fn drop_capabilities() -> Result<(), ()> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(());
+        }
+        for cap in 0..64u32 {
+            if KEPT_CAPABILITIES & (1 << cap) != 0 {
+                continue;
+            }
+            // EINVAL past the kernel's last capability: the loop is done.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                if nix::errno::Errno::last() == nix::errno::Errno::EINVAL {
+                    break;
+                }
+                return Err(());
+            }
+        }
+    }
+    // capget/capset, version 3 (two 32-bit words per set): the inheritable set goes.
+    let mut header = [0x2008_0522u32, 0];
+    let mut data = [0u32; 6];
+    // SAFETY: a header and room for two cap_user_data_t (3 u32 each) on the stack.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) != 0 {
+            return Err(());
+        }
+        data[2] = 0;
+        data[5] = 0;
+        if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+            return Err(());
         }
     }
     Ok(())

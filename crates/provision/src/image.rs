@@ -34,7 +34,7 @@ pub enum ImageError {
     Reference {
         /// As the twin wrote it.
         reference: String,
-        /// The parser's reason.
+        /// What is wrong with it.
         why: String,
     },
     /// The registry refused, is unreachable, or answered something that is not an image.
@@ -136,6 +136,32 @@ struct RunConfig {
     user: Option<String>,
 }
 
+/// The client's reference for `image`, taken apart by gridtypes' own parser (the one the
+/// deployment was validated with). Not oci-spec's `FromStr`: its regular expression pulls a
+/// whole regex engine, 0.4 MB, into the node's executable.
+fn oci_reference(image: &str) -> Result<Reference, ImageError> {
+    let r = gridtypes::deployment::parse_image(image).map_err(|why| ImageError::Reference {
+        reference: image.to_string(),
+        why: why.to_string(),
+    })?;
+    // Docker Hub's conventions, as every client has them.
+    let registry = r.registry.unwrap_or_else(|| "docker.io".to_string());
+    let repository = if registry == "docker.io" && !r.repository.contains('/') {
+        format!("library/{}", r.repository)
+    } else {
+        r.repository
+    };
+    Ok(match (r.tag, r.digest) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(registry, repository, tag, digest)
+        }
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest),
+        (tag, None) => {
+            Reference::with_tag(registry, repository, tag.unwrap_or_else(|| "latest".into()))
+        }
+    })
+}
+
 /// Largest image config read (they are a few kB).
 const MAX_CONFIG_BYTES: i64 = 1 << 20;
 
@@ -184,13 +210,7 @@ impl ImageStore {
     /// Pulls `reference` (what is cached is not fetched again) and unpacks its layers,
     /// refusing an image whose layers, compressed or unpacked, need more than `max_bytes`.
     pub async fn pull(&self, reference: &str, max_bytes: u64) -> Result<Image, ImageError> {
-        let r: Reference =
-            reference
-                .parse()
-                .map_err(|e: oci_client::ParseError| ImageError::Reference {
-                    reference: reference.to_string(),
-                    why: e.to_string(),
-                })?;
+        let r = oci_reference(reference)?;
         let registry_err = |e: oci_client::errors::OciDistributionError| ImageError::Registry {
             reference: reference.to_string(),
             why: e.to_string(),
@@ -622,5 +642,29 @@ mod nix_xattr {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod reference_tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_like_every_client() {
+        let r = oci_reference("busybox").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.whole(), "docker.io/library/busybox:latest");
+        let r = oci_reference("10.0.2.2:5000/gridos/busybox:1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("10.0.2.2:5000", "gridos/busybox", Some("1"))
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = oci_reference(&format!("ghcr.io/x/y@{d}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.tag(), r.digest()), (None, Some(d.as_str())));
+        assert!(matches!(
+            oci_reference("UPPER/case"),
+            Err(ImageError::Reference { .. })
+        ));
     }
 }

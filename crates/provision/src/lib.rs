@@ -1,10 +1,15 @@
 //! What runs twins' workloads on a node: the image cache ([`image`]: OCI images pulled and
-//! verified into content-addressed, shared layers) and the start of one container
-//! ([`container`]: overlayfs root, own namespaces, cgroup v2 limits, output in a pipe). The
-//! supervision around them (restart policy, bounded logs, stop and delete, the twin's network)
-//! comes next (docs/deployments.md).
+//! verified into content-addressed, shared layers), the start of one container
+//! ([`container`]: overlayfs root, own namespaces, cgroup v2 limits, output in a pipe), the
+//! supervision of every contract's containers ([`runtime`]: restart policy, bounded logs,
+//! stop and delete) and the local socket the agent drives it through ([`service`]). See
+//! docs/deployments.md.
 
+pub mod cli;
 pub mod container;
 pub mod image;
+pub mod runtime;
+pub mod service;
 
 pub use image::{Image, ImageError, ImageStore};
+pub use runtime::{Config, Runtime, RuntimeError};

@@ -5,110 +5,21 @@
 // for product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{
-    OciImageManifest, IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE,
-};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use provision::{ImageError, ImageStore};
-
-/// A `docker-registry serve` on a free loopback port, its storage in a temp dir.
-struct OciRegistry {
-    child: Child,
-    addr: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use test_infra::oci::OciRegistry;
 
 fn registry() -> Option<OciRegistry> {
     let bin = test_infra::require_tool("docker-registry").ok()?;
     test_infra::require_root("unpacks layers with owners, whiteout devices and overlay xattrs")
         .ok()?;
-    let dir = tempfile::tempdir().unwrap();
-    let port = test_infra::process::free_port().unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let storage = dir.path().join("storage");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned at once, so a failed start below still kills and reaps it.
-    let reg = OciRegistry {
-        child,
-        addr,
-        storage,
-        _dir: dir,
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&reg.addr).is_ok() {
-            return Some(reg);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("docker-registry did not listen on {}", reg.addr);
+    Some(OciRegistry::start(&bin).unwrap())
 }
 
-/// A tar.gz layer of `(path, contents)` files; a path ending in `/` is a directory, and
-/// `link:TARGET` contents make a symlink.
 fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        if let Some(dir) = path.strip_suffix('/') {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            b.append_data(&mut h, dir, &[][..]).unwrap();
-        } else if let Some(target) = data.strip_prefix(b"link:") {
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            b.append_link(&mut h, path, std::str::from_utf8(target).unwrap())
-                .unwrap();
-        } else {
-            h.set_mode(0o755);
-            h.set_size(data.len() as u64);
-            // Written by hand: `append_data` refuses the `..` a hostile layer carries.
-            let name = path.as_bytes();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
+    test_infra::oci::layer(files).unwrap()
 }
 
 fn config() -> Vec<u8> {
@@ -116,29 +27,7 @@ fn config() -> Vec<u8> {
 }
 
 async fn push(reg: &OciRegistry, name: &str, layers: Vec<Vec<u8>>) -> String {
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
-    let reference = format!("{}/{name}", reg.addr);
-    let r: Reference = reference.parse().unwrap();
-    let layers: Vec<ImageLayer> = layers
-        .into_iter()
-        .map(|l| ImageLayer::new(l, IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(), None))
-        .collect();
-    let config = Config::new(config(), IMAGE_CONFIG_MEDIA_TYPE.to_string(), None);
-    let manifest = OciImageManifest::build(&layers, &config, None);
-    client
-        .push(
-            &r,
-            &layers,
-            config,
-            &RegistryAuth::Anonymous,
-            Some(manifest),
-        )
-        .await
-        .unwrap();
-    reference
+    reg.push(name, layers, config()).await.unwrap()
 }
 
 fn store(reg: &OciRegistry, dir: &Path) -> ImageStore {

@@ -35,6 +35,19 @@ pub trait Provisioner: Send + Sync {
 
     /// Removes everything of `contract` (nothing there is fine).
     fn remove(&self, contract: i64) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// How the workloads of `contract` stand now, for what changes after `apply` returned
+    /// (a crash, a restart, an exit, an OOM kill); only those the runtime knows are listed.
+    /// `None`: the runtime cannot say now.
+    fn current(&self, _contract: i64) -> impl Future<Output = Option<Vec<WorkloadStatus>>> + Send {
+        std::future::ready(None)
+    }
+
+    /// True when what ran was lost since the last call (the runtime was restarted): the
+    /// caller then applies every deployment again ([`Reconciler::restore`]).
+    fn lost_workloads(&self) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
 }
 
 /// A provisioner the caller keeps: the reconciler may be rebuilt (its state reopened after a
@@ -51,6 +64,14 @@ impl<P: Provisioner> Provisioner for &P {
 
     async fn remove(&self, contract: i64) -> Result<(), String> {
         (**self).remove(contract).await
+    }
+
+    async fn current(&self, contract: i64) -> Option<Vec<WorkloadStatus>> {
+        (**self).current(contract).await
+    }
+
+    async fn lost_workloads(&self) -> bool {
+        (**self).lost_workloads().await
     }
 }
 
@@ -232,6 +253,43 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
         self.store.save(&r)?;
         self.records.insert(r.contract_id, r);
         Ok(())
+    }
+
+    /// Asks the runtime how each deployed workload stands now and tells the twin what
+    /// changed since the last status (same version, newer signature: the registry keeps the
+    /// newest).
+    pub async fn refresh(&mut self) -> Result<(), StoreError> {
+        let running: Vec<(i64, Deployment, DeploymentStatus)> = self
+            .records
+            .values()
+            .filter(|r| !r.cancelled)
+            .filter_map(|r| Some((r.contract_id, r.deployment.clone()?, r.status.clone()?)))
+            .filter(|(_, d, s)| s.version == d.version && s.state != DeploymentState::Provisioning)
+            .collect();
+        for (id, d, last) in running {
+            let Some(now) = self.provisioner.current(id).await else {
+                continue;
+            };
+            let mut workloads = last.workloads.clone();
+            for w in &mut workloads {
+                if let Some(n) = now.iter().find(|n| n.name == w.name) {
+                    w.state = n.state;
+                    w.reason.clone_from(&n.reason);
+                    w.address.clone_from(&n.address);
+                }
+            }
+            let status = outcome(id, &d, workloads);
+            if status != last {
+                tracing::info!(
+                    contract = id,
+                    version = d.version,
+                    state = status.state.as_str(),
+                    "workload states changed"
+                );
+                self.set_status(id, status)?;
+            }
+        }
+        self.flush().await
     }
 
     /// Sends every status the registry does not have yet; what fails stays for the next call.

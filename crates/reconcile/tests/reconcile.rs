@@ -29,8 +29,16 @@ impl Log {
     }
 }
 
+/// What the runtime says when asked how workloads stand now (`None`: it cannot say).
+type Now = Arc<Mutex<Option<Vec<WorkloadStatus>>>>;
+
+/// A world's log and "now" answers, as one provisioner.
+fn recording(log: &Log, now: &Now) -> Recording {
+    Recording(log.clone(), now.clone())
+}
+
 /// Runs nothing, records every call; a workload named `bad` fails.
-struct Recording(Log);
+struct Recording(Log, Now);
 
 impl Provisioner for Recording {
     async fn apply(&self, contract: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
@@ -53,6 +61,10 @@ impl Provisioner for Recording {
     async fn remove(&self, contract: i64) -> Result<(), String> {
         self.0.push(format!("remove {contract}"));
         Ok(())
+    }
+
+    async fn current(&self, _: i64) -> Option<Vec<WorkloadStatus>> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -92,6 +104,7 @@ struct World {
     node: SigningKey,
     twin: Twin,
     log: Log,
+    now: Now,
     rev: i64,
 }
 
@@ -141,6 +154,7 @@ impl World {
                 down: Default::default(),
             },
             log: Log::default(),
+            now: Now::default(),
             rev: 0,
         }
     }
@@ -149,7 +163,7 @@ impl World {
         Reconciler::open(
             Store::open(self.dir.path()).unwrap(),
             mailbox::box_secret(&self.node),
-            Recording(self.log.clone()),
+            recording(&self.log, &self.now),
             self.twin.clone(),
         )
         .unwrap()
@@ -230,6 +244,43 @@ async fn a_deployment_is_provisioned_and_reported() {
     r.take(&w.deploy(&volumes(3, &[]))).await.unwrap();
     assert_eq!(w.log.take(), ["apply 7 v3"]);
     assert_eq!(w.twin.sent().last(), Some(&(3, DeploymentState::Deleted)));
+}
+
+/// A workload that crashes after `apply` returned: the next refresh tells the twin, with the
+/// same version; nothing changed, nothing is sent; a runtime that cannot say changes nothing.
+#[tokio::test]
+async fn later_changes_of_workloads_reach_the_twin() {
+    let mut w = World::new();
+    let mut r = w.reconciler();
+    r.take(&w.deploy(&volumes(1, &["data", "logs"])))
+        .await
+        .unwrap();
+    w.twin.sent();
+    r.refresh().await.unwrap();
+    assert!(w.twin.sent().is_empty(), "the runtime said nothing");
+    let crashed = WorkloadStatus {
+        name: "logs".into(),
+        state: DeploymentState::Failed,
+        reason: Some("killed by signal 9".into()),
+        address: None,
+    };
+    *w.now.lock().unwrap() = Some(vec![crashed.clone()]);
+    r.refresh().await.unwrap();
+    assert_eq!(w.twin.sent(), [(1, DeploymentState::Failed)]);
+    let status = r.records()[&CONTRACT].status.clone().unwrap();
+    assert_eq!(status.workloads[0].state, DeploymentState::Running);
+    assert_eq!(status.workloads[1], crashed);
+    r.refresh().await.unwrap();
+    assert!(w.twin.sent().is_empty(), "nothing changed since");
+    // It runs again: running again.
+    *w.now.lock().unwrap() = Some(vec![WorkloadStatus {
+        state: DeploymentState::Running,
+        reason: None,
+        ..crashed
+    }]);
+    r.refresh().await.unwrap();
+    assert_eq!(w.twin.sent(), [(1, DeploymentState::Running)]);
+    assert!(w.log.take().iter().all(|l| l.starts_with("apply")));
 }
 
 #[tokio::test]

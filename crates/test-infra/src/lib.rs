@@ -13,6 +13,9 @@
 //! - [`Client`]: requests as a node, a twin or an auditor sends them, sealed with
 //!   `gridtypes`' own envelope code.
 //!
+//! - [`oci`]: an OCI distribution registry (`docker-registry`) on 127.0.0.1, and images
+//!   built from files (busybox) and pushed to it.
+//!
 //! The gates need nothing else; the servers and the client are behind the `servers` feature.
 
 // Test support: a panic here is how the calling test fails, with the message saying why.
@@ -25,6 +28,8 @@ pub use gate::{require_device, require_root, require_tool, require_tools, Skippe
 
 #[cfg(feature = "servers")]
 pub mod client;
+#[cfg(feature = "oci")]
+pub mod oci;
 #[cfg(feature = "servers")]
 pub mod postgres;
 #[cfg(feature = "servers")]

@@ -1,0 +1,136 @@
+//! `gridos-provision`: the node's workload runtime as a service, driven by the agent over a
+//! local socket (docs/deployments.md).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::runtime::{Config, Runtime};
+use crate::service::{self, Peers};
+
+/// Runs twins' containers for the agent.
+#[derive(Debug, Parser)]
+#[command(name = "gridos-provision", version)]
+struct Args {
+    /// Images, container directories and logs (on the cache partition).
+    #[arg(long, default_value = "/var/cache/gridos/workloads")]
+    state_dir: PathBuf,
+    /// The socket the agent connects to.
+    #[arg(long, default_value = "/run/gridos/provision.sock")]
+    socket: PathBuf,
+    /// The group (name or number) allowed to connect besides root: the agent's.
+    #[arg(long, default_value = "gridos-agent")]
+    agent_group: String,
+    /// The cgroup v2 directory containers' cgroups go under; `none` runs them without
+    /// limits (only for hosts without cgroup v2).
+    #[arg(long, default_value = "/sys/fs/cgroup/workloads")]
+    cgroup: String,
+    /// An OCI registry (`host:port`) spoken to without TLS; also taken from the kernel
+    /// command line's `gridos.plain_http=`.
+    #[arg(long)]
+    plain_http: Vec<String>,
+}
+
+/// The program's entry: `args` is its whole command line, program name first.
+pub fn run<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Args::parse_from(args);
+    svclog::init("info");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Within the service's pids.max: file work (unpacking, logs) waits for a thread.
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let gid = group_id(&args.agent_group)?;
+    load_modules();
+    let mut cfg = Config::new(&args.state_dir);
+    cfg.cgroup = (args.cgroup != "none").then(|| PathBuf::from(&args.cgroup));
+    cfg.plain_http = args.plain_http;
+    if let Ok(line) = std::fs::read_to_string("/proc/cmdline") {
+        let (settings, _) = cmdline::parse(&line);
+        cfg.plain_http.extend(settings.plain_http);
+    }
+    let runtime = tokio::task::spawn_blocking(move || Runtime::open(cfg))
+        .await
+        .context("opening the runtime")??;
+    let runtime = Arc::new(runtime);
+    let listener = bind(&args.socket, gid)?;
+    let instance = hex::encode(rand::random::<[u8; 8]>());
+    tracing::info!(socket = %args.socket.display(), "provision service ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    service::serve(listener, runtime.clone(), Peers { gid }, instance, async {
+        term.recv().await;
+    })
+    .await;
+    tracing::info!("stopping every container");
+    runtime.shutdown().await;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+/// Loads overlayfs: no device asks for it, so init's coldplug does not, and the kernel has no
+/// `modprobe` to call on a node. A kernel with it built in, or a host, needs nothing.
+fn load_modules() {
+    for module in ["overlay"] {
+        match kmod::load_module(module) {
+            Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                module,
+                error = &e as &dyn std::error::Error,
+                "cannot load module; containers may not start"
+            ),
+        }
+    }
+}
+
+/// Binds the socket, readable and writable by root and `gid` only.
+fn bind(path: &Path, gid: u32) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous run refuses the bind.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the old {}", path.display()))
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// A group's id from its number or its name in /etc/group.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .with_context(|| format!("no group {group:?} in /etc/group"))
+}

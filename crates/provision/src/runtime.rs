@@ -1,0 +1,806 @@
+//! The workloads of every contract on the node: images pulled into the shared cache,
+//! containers started in their own cgroups and watched, started again by their restart
+//! policy, their output kept in a bounded log, stopped and deleted on request.
+//!
+//! Nothing here is kept across a restart of the service: the agent holds the desired state
+//! (crates/reconcile) and applies it again, and [`Runtime::open`] first clears what a dead
+//! predecessor left (processes, cgroups, container directories).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gridtypes::deployment::{Container, Deployment, Restart, Workload};
+use gridtypes::mailbox::{DeploymentState, WorkloadStatus};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+use crate::container::{self, Limits, Spec};
+use crate::image::ImageStore;
+use svclog::error_chain;
+
+/// How the runtime is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its state: `images/`, `containers/`, `logs/` (on the cache partition).
+    pub root: PathBuf,
+    /// The cgroup v2 directory containers' cgroups are made in (`/sys/fs/cgroup/workloads`);
+    /// `None` runs them without limits (hosts without cgroup v2, in tests).
+    pub cgroup: Option<PathBuf>,
+    /// Registries (`host:port`) spoken to without TLS.
+    pub plain_http: Vec<String>,
+    /// Bytes of output kept per container (the newest; two files of half each).
+    pub log_bytes: u64,
+    /// How long a stopped container has between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Longest an image pull may take.
+    pub pull_timeout: Duration,
+}
+
+impl Config {
+    /// The node's defaults under `root`.
+    pub fn new(root: &Path) -> Config {
+        Config {
+            root: root.to_path_buf(),
+            cgroup: None,
+            plain_http: Vec::new(),
+            log_bytes: 1 << 20,
+            stop_timeout: Duration::from_secs(10),
+            pull_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why the runtime could not be opened or a log read.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A directory or cgroup of the runtime.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The image cache.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// No such container under that contract.
+    #[error("contract {contract} has no container {name:?} on this node")]
+    NoSuchWorkload {
+        /// The contract.
+        contract: i64,
+        /// The name asked for.
+        name: String,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::Io { what, path, source }
+}
+
+/// Most processes and threads in one container.
+const PIDS_PER_CONTAINER: u64 = 1024;
+/// Longest pause between two starts of a container that keeps failing.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+/// A container that ran this long starts again without delay after an exit.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// One container being watched.
+struct Watched {
+    spec: Container,
+    status: Arc<Mutex<WorkloadStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// All workloads of the node.
+pub struct Runtime {
+    cfg: Config,
+    images: ImageStore,
+    contracts: tokio::sync::Mutex<BTreeMap<i64, BTreeMap<String, Watched>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("root", &self.cfg.root)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Opens the runtime: kills and removes what a previous instance left running, prepares
+    /// the workloads' cgroup (controllers handed down to containers).
+    pub fn open(cfg: Config) -> Result<Runtime, RuntimeError> {
+        if let Some(cg) = &cfg.cgroup {
+            clear_cgroups(cg)?;
+        }
+        let containers = cfg.root.join("containers");
+        if containers.exists() {
+            std::fs::remove_dir_all(&containers)
+                .map_err(io_err("removing old containers", &containers))?;
+        }
+        for d in ["containers", "logs"] {
+            let p = cfg.root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        let images = ImageStore::open(&cfg.root.join("images"), cfg.plain_http.clone())?;
+        Ok(Runtime {
+            cfg,
+            images,
+            contracts: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Makes the containers of `contract` exactly those of `d`: what changed or went is
+    /// stopped and removed, what is new is pulled and started. Answers each workload's state.
+    pub async fn apply(&self, contract: i64, d: &Deployment) -> Vec<WorkloadStatus> {
+        let mut all = self.contracts.lock().await;
+        let current = all.entry(contract).or_default();
+        let wanted: BTreeMap<&str, &Container> = d
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Container(c) => Some((c.name.as_str(), c)),
+                Workload::Volume(_) => None,
+            })
+            .collect();
+        let gone: Vec<String> = current
+            .iter()
+            .filter(|(name, w)| wanted.get(name.as_str()) != Some(&&w.spec))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(w) = current.remove(&name) {
+                self.stop(contract, &name, w).await;
+            }
+        }
+        let mut statuses = Vec::with_capacity(d.workloads.len());
+        for w in &d.workloads {
+            statuses.push(match w {
+                Workload::Container(c) => match current.get(&c.name) {
+                    Some(running) => lock(&running.status).clone(),
+                    None => {
+                        let (status, watched) = self.start(contract, c).await;
+                        if let Some(watched) = watched {
+                            current.insert(c.name.clone(), watched);
+                        }
+                        status
+                    }
+                },
+                Workload::Volume(v) => failed(
+                    &v.name,
+                    "volumes are not provisioned by this node's gridos yet".into(),
+                ),
+            });
+        }
+        if current.is_empty() {
+            all.remove(&contract);
+        }
+        statuses
+    }
+
+    /// Stops and removes every container of `contract`, with its logs.
+    pub async fn remove(&self, contract: i64) {
+        let mut all = self.contracts.lock().await;
+        if let Some(current) = all.remove(&contract) {
+            for (name, w) in current {
+                self.stop(contract, &name, w).await;
+            }
+        }
+    }
+
+    /// Stops everything (the service is shutting down); nothing is removed but processes.
+    pub async fn shutdown(&self) {
+        let mut all = self.contracts.lock().await;
+        let stops = all.values_mut().flat_map(|c| c.values());
+        for w in stops {
+            let _ = w.stop.send(true);
+        }
+        for (_, current) in std::mem::take(&mut *all) {
+            for (_, w) in current {
+                let _ = w.task.await;
+            }
+        }
+    }
+
+    /// Where each container of `contract` stands now.
+    pub async fn statuses(&self, contract: i64) -> Vec<WorkloadStatus> {
+        let all = self.contracts.lock().await;
+        all.get(&contract)
+            .map(|c| c.values().map(|w| lock(&w.status).clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The newest `max_bytes` of what container `name` of `contract` printed.
+    pub async fn logs(
+        &self,
+        contract: i64,
+        name: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let known = self
+            .contracts
+            .lock()
+            .await
+            .get(&contract)
+            .is_some_and(|c| c.contains_key(name));
+        if !known {
+            return Err(RuntimeError::NoSuchWorkload {
+                contract,
+                name: name.to_string(),
+            });
+        }
+        let path = self.log_path(contract, name);
+        let max = max_bytes.min(self.cfg.log_bytes);
+        tokio::task::spawn_blocking(move || tail(&path, max))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| RuntimeError::Io {
+                what: "reading the log",
+                path: PathBuf::new(),
+                source: e,
+            })
+    }
+
+    fn id(contract: i64, name: &str) -> String {
+        format!("c{contract}-{name}")
+    }
+
+    fn log_path(&self, contract: i64, name: &str) -> PathBuf {
+        self.cfg
+            .root
+            .join("logs")
+            .join(format!("{}.log", Self::id(contract, name)))
+    }
+
+    /// Pulls `c`'s image and starts it; the watcher when it started (or failed in a way
+    /// its restart policy retries).
+    async fn start(&self, contract: i64, c: &Container) -> (WorkloadStatus, Option<Watched>) {
+        let pulled = tokio::time::timeout(
+            self.cfg.pull_timeout,
+            self.images.pull(&c.image, c.resources.sru),
+        )
+        .await;
+        let image = match pulled {
+            Ok(Ok(image)) => image,
+            Ok(Err(e)) => return (failed(&c.name, error_chain(&e)), None),
+            Err(_) => {
+                let why = format!(
+                    "pulling {} took longer than {} s",
+                    c.image,
+                    self.cfg.pull_timeout.as_secs()
+                );
+                return (failed(&c.name, why), None);
+            }
+        };
+        if !c.mounts.is_empty() {
+            let why = "mounting volumes is not supported by this node's gridos yet".into();
+            return (failed(&c.name, why), None);
+        }
+        let spec = match self.spec(contract, c, &image) {
+            Ok(s) => s,
+            Err(why) => return (failed(&c.name, why), None),
+        };
+        let status = Arc::new(Mutex::new(WorkloadStatus {
+            name: c.name.clone(),
+            state: DeploymentState::Provisioning,
+            reason: None,
+            address: None,
+        }));
+        let (stop, stopped) = watch::channel(false);
+        let (first_tx, first_rx) = oneshot::channel();
+        let w = Watcher {
+            root: self.cfg.root.join("containers"),
+            log: Log::new(self.log_path(contract, &c.name), self.cfg.log_bytes),
+            spec,
+            restart: c.restart,
+            status: status.clone(),
+            stop_timeout: self.cfg.stop_timeout,
+            contract,
+        };
+        let task = tokio::spawn(w.run(stopped, first_tx));
+        // The first start's outcome is the answer; a container that failed to start and
+        // will not be retried is not kept.
+        let first = first_rx.await.unwrap_or(false);
+        let answer = lock(&status).clone();
+        let keep = first || c.restart != Restart::Never;
+        if !keep {
+            let _ = task.await;
+            self.discard(contract, &c.name).await;
+            return (answer, None);
+        }
+        let watched = Watched {
+            spec: c.clone(),
+            status,
+            stop,
+            task,
+        };
+        (answer, Some(watched))
+    }
+
+    fn spec(
+        &self,
+        contract: i64,
+        c: &Container,
+        image: &crate::image::Image,
+    ) -> Result<Spec, String> {
+        let mut args = c.entrypoint.clone().unwrap_or(image.entrypoint.clone());
+        // The twin's command replaces the image's; a new entrypoint drops the image's command.
+        if !c.cmd.is_empty() {
+            args.extend(c.cmd.iter().cloned());
+        } else if c.entrypoint.is_none() {
+            args.extend(image.cmd.iter().cloned());
+        }
+        let mut env: BTreeMap<String, String> = image
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(c.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let (uid, gid) = numeric_user(&image.user)?;
+        Ok(Spec {
+            id: Self::id(contract, &c.name),
+            hostname: c.name.clone(),
+            layers: image.layers.clone(),
+            args,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            workdir: image.workdir.clone(),
+            uid,
+            gid,
+            cgroup: self.cfg.cgroup.clone().map(|cg| {
+                let limits = Limits {
+                    cores: c.resources.cru,
+                    memory: c.resources.mru,
+                    pids: PIDS_PER_CONTAINER,
+                };
+                (cg, limits)
+            }),
+        })
+    }
+
+    /// Stops one container and removes its directory, cgroup and log.
+    async fn stop(&self, contract: i64, name: &str, w: Watched) {
+        let _ = w.stop.send(true);
+        let _ = w.task.await;
+        self.discard(contract, name).await;
+    }
+
+    /// Removes the directory and log of a container that no longer runs.
+    async fn discard(&self, contract: i64, name: &str) {
+        let id = Self::id(contract, name);
+        let dir = self.cfg.root.join("containers").join(&id);
+        let log = self.log_path(contract, name);
+        let removed = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(rotated(&log));
+            let _ = std::fs::remove_file(&log);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => tracing::info!(contract, container = %name, "container removed"),
+            Ok(Err(e)) => tracing::error!(
+                contract,
+                container = %name,
+                error = &e as &dyn std::error::Error,
+                "container directory not removed"
+            ),
+            Err(e) => {
+                tracing::error!(contract, container = %name, error = %e, "container removal failed")
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn failed(name: &str, reason: String) -> WorkloadStatus {
+    WorkloadStatus {
+        name: name.to_string(),
+        state: DeploymentState::Failed,
+        reason: Some(reason),
+        address: None,
+    }
+}
+
+/// `uid[:gid]` in numbers; names would need the image's /etc/passwd, read through its layers.
+fn numeric_user(user: &str) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let uid: u32 = u.parse().map_err(|_| {
+        format!("the image's user {user:?} is a name; this node runs images whose user is numeric (uid[:gid])")
+    })?;
+    let gid = if g.is_empty() {
+        uid
+    } else {
+        g.parse()
+            .map_err(|_| format!("the image's group in {user:?} is not numeric"))?
+    };
+    Ok((uid, gid))
+}
+
+/// Kills every process left in the workloads' cgroups and removes them, then hands the
+/// cpu, memory and pids controllers down to the containers' cgroups.
+fn clear_cgroups(cg: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(cg).map_err(io_err("creating the cgroup", cg))?;
+    let entries = std::fs::read_dir(cg).map_err(io_err("reading the cgroup", cg))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        // The kill is asynchronous: rmdir fails with EBUSY until the processes are gone.
+        let mut tries = 0;
+        while let Err(err) = std::fs::remove_dir(&path) {
+            tries += 1;
+            if tries > 100 {
+                return Err(io_err("removing a leftover cgroup", &path)(err));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(cgroup = %path.display(), "killed and removed a container left by a previous run");
+    }
+    // Only what the kernel offers here: a missing controller then fails the container that
+    // needs it, with its name, instead of the whole service.
+    let offered = std::fs::read_to_string(cg.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == *c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if wanted.len() < 3 {
+        tracing::warn!(
+            offered = offered.trim(),
+            "the workloads' cgroup lacks some of cpu, memory, pids"
+        );
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let ctl = cg.join("cgroup.subtree_control");
+    std::fs::write(&ctl, wanted.join(" ")).map_err(io_err("enabling controllers in", &ctl))
+}
+
+/// The bounded output of one container: `NAME.log`, moved to `NAME.log.1` when it holds
+/// half the budget (the previous `.1` goes).
+#[derive(Clone)]
+struct Log {
+    path: PathBuf,
+    half: u64,
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
+impl Log {
+    fn new(path: PathBuf, bytes: u64) -> Log {
+        Log {
+            path,
+            half: (bytes / 2).max(1),
+        }
+    }
+
+    fn append(&self, data: &[u8]) -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let len = f.metadata()?.len();
+        if len > 0 && len + data.len() as u64 > self.half {
+            drop(f);
+            std::fs::rename(&self.path, rotated(&self.path))?;
+            f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        // A single burst beyond the budget keeps its newest part.
+        let skip = (data.len() as u64).saturating_sub(self.half) as usize;
+        f.write_all(&data[skip..])
+    }
+}
+
+/// The last `max` bytes of a log and its rotated predecessor.
+fn tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in [rotated(path), path.to_path_buf()] {
+        match std::fs::File::open(&p) {
+            Ok(mut f) => {
+                f.read_to_end(&mut out)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let skip = (out.len() as u64).saturating_sub(max) as usize;
+    out.drain(..skip);
+    Ok(out)
+}
+
+/// Starts one container, watches it, starts it again by its policy, stops it on request.
+struct Watcher {
+    root: PathBuf,
+    log: Log,
+    spec: Spec,
+    restart: Restart,
+    status: Arc<Mutex<WorkloadStatus>>,
+    stop_timeout: Duration,
+    contract: i64,
+}
+
+impl Watcher {
+    fn set(&self, state: DeploymentState, reason: Option<String>) {
+        let mut s = lock(&self.status);
+        s.state = state;
+        s.reason = reason;
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>, first: oneshot::Sender<bool>) {
+        let mut first = Some(first);
+        let mut delay = Duration::from_secs(1);
+        let log = Arc::new(self.log.clone());
+        loop {
+            let (root, spec) = (self.root.clone(), self.spec.clone());
+            let started = tokio::task::spawn_blocking(move || container::start(&root, &spec))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| error_chain(&e)));
+            let began = tokio::time::Instant::now();
+            let ended = match started {
+                Ok(s) => {
+                    tracing::info!(contract = self.contract, container = %self.spec.hostname, pid = s.pid.as_raw(), "container started");
+                    self.set(DeploymentState::Running, None);
+                    if let Some(f) = first.take() {
+                        let _ = f.send(true);
+                    }
+                    let pump = tokio::spawn(pump(s.output, log.clone()));
+                    let ended = self.watch(s.pid, s.cgroup.as_deref(), &mut stop).await;
+                    // The pipe ends when the last process holding it is gone.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+                    if let Some(cg) = &s.cgroup {
+                        remove_cgroup(cg).await;
+                    }
+                    let Some(code) = ended else { return };
+                    Some(code)
+                }
+                Err(why) => {
+                    tracing::warn!(contract = self.contract, container = %self.spec.hostname, why, "container did not start");
+                    self.set(DeploymentState::Failed, Some(why));
+                    if let Some(f) = first.take() {
+                        let _ = f.send(false);
+                    }
+                    if self.restart == Restart::Never {
+                        return;
+                    }
+                    None
+                }
+            };
+            let again = match (ended, self.restart) {
+                (None, _) => true,
+                (Some(_), Restart::Always) => true,
+                (Some(code), Restart::OnFailure) => code != 0,
+                (Some(_), Restart::Never) => false,
+            };
+            if let Some(code) = ended {
+                let state = if code == 0 {
+                    DeploymentState::Exited
+                } else {
+                    DeploymentState::Failed
+                };
+                let reason = describe_exit(code, again.then_some(delay));
+                tracing::info!(contract = self.contract, container = %self.spec.hostname, reason, "container ended");
+                self.set(state, Some(reason));
+            }
+            if !again {
+                // Nothing more to run; it stays listed until it is removed.
+                let _ = stop.wait_for(|s| *s).await;
+                return;
+            }
+            if began.elapsed() >= HEALTHY_RUN {
+                delay = Duration::from_secs(1);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            delay = (delay * 2).min(MAX_RESTART_DELAY);
+        }
+    }
+
+    /// Waits for the container's first process to end (its exit code, 128 + signal for a
+    /// signal), or for a stop: then SIGTERM, SIGKILL after the timeout, and `None`.
+    async fn watch(
+        &self,
+        pid: Pid,
+        cgroup: Option<&Path>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<i32> {
+        let exited = exit_of(pid);
+        tokio::pin!(exited);
+        tokio::select! {
+            code = &mut exited => return Some(code),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        // The first process of a PID namespace gets only the signals it handles.
+        let _ = kill(pid, Signal::SIGTERM);
+        if tokio::time::timeout(self.stop_timeout, &mut exited)
+            .await
+            .is_err()
+        {
+            match cgroup {
+                Some(cg) => {
+                    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+                }
+                None => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+            exited.await;
+        }
+        tracing::info!(contract = self.contract, container = %self.spec.hostname, "container stopped");
+        None
+    }
+}
+
+fn describe_exit(code: i32, again: Option<Duration>) -> String {
+    let how = if code > 128 {
+        format!("killed by signal {}", code - 128)
+    } else {
+        format!("exited with status {code}")
+    };
+    match again {
+        Some(d) => format!("{how}; starting again in {} s", d.as_secs()),
+        None => how,
+    }
+}
+
+/// Waits for `pid` (a child of this process) to end and reaps it, without a thread: its
+/// pidfd becomes readable when it exits.
+async fn exit_of(pid: Pid) -> i32 {
+    loop {
+        match wait_pidfd(pid).await {
+            Ok(()) => {}
+            Err(e) => {
+                // No pidfd (a kernel before 5.3): poll instead.
+                tracing::debug!(error = %e, "pidfd unavailable");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            // Reaped elsewhere, or not ours: nothing left to wait for.
+            Err(_) => return 128 + libc::SIGKILL,
+        }
+    }
+}
+
+async fn wait_pidfd(pid: Pid) -> io::Result<()> {
+    // SAFETY: a plain system call with an integer pid and no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open (and the same
+    // descriptor) until it is dropped.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    let _ready = afd.readable().await?;
+    Ok(())
+}
+
+/// Copies the container's output into its log until the pipe closes.
+async fn pump(output: OwnedFd, log: Arc<Log>) {
+    let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "container output not read"
+            );
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if rx.readable().await.is_err() {
+            return;
+        }
+        match rx.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let (log, data) = (log.clone(), buf[..n].to_vec());
+                let written = tokio::task::spawn_blocking(move || log.append(&data)).await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "container output lost"
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Removes an emptied container cgroup (its processes may take a moment to be gone).
+async fn remove_cgroup(cg: &Path) {
+    for _ in 0..100 {
+        match std::fs::remove_dir(cg) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    tracing::error!(cgroup = %cg.display(), "container cgroup not removed");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_output_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c1-web.log");
+        let log = Log::new(path.clone(), 100);
+        for i in 0..40 {
+            log.append(format!("line {i:02}\n").as_bytes()).unwrap();
+        }
+        let all = tail(&path, 1000).unwrap();
+        assert!(all.len() <= 100, "{}", all.len());
+        assert!(String::from_utf8_lossy(&all).ends_with("line 39\n"));
+        let last = tail(&path, 8).unwrap();
+        assert_eq!(last, b"line 39\n");
+        // One write beyond the budget keeps its end.
+        log.append(&[b'x'; 500]).unwrap();
+        let all = tail(&path, 1000).unwrap();
+        assert!(all.len() <= 100 && all.ends_with(b"xxxx"));
+    }
+
+    #[test]
+    fn users_must_be_numeric() {
+        assert_eq!(numeric_user(""), Ok((0, 0)));
+        assert_eq!(numeric_user("1000"), Ok((1000, 1000)));
+        assert_eq!(numeric_user("1000:50"), Ok((1000, 50)));
+        assert!(numeric_user("nginx").unwrap_err().contains("numeric"));
+        assert!(numeric_user("1:wheel").is_err());
+    }
+
+    #[test]
+    fn exits_are_told_plainly() {
+        assert_eq!(describe_exit(0, None), "exited with status 0");
+        assert_eq!(
+            describe_exit(137, Some(Duration::from_secs(4))),
+            "killed by signal 9; starting again in 4 s"
+        );
+    }
+}
