@@ -325,6 +325,7 @@ async fn scenario(
         second_boot(args, reg, machine, farm, &node, count_boot1).await?;
     restored(&mut guest, &contract).await?;
     outage(args, reg, &mut guest, &node).await?;
+    redeploy(args, reg, work, &contract, image).await?;
     teardown(args, reg, &mut guest, work, &contract).await?;
     reboot(&mut guest).await?;
     let total = reports(reg, node.id, &node.key).await?.len();
@@ -428,6 +429,10 @@ async fn deployment(
     ])?;
     let contract = c["id"].to_string();
     let app = work.join("app.yaml");
+    // hog first reads its limits from inside (its own cgroup, mounted read-only at
+    // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill.
+    let check = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
+                 test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4";
     std::fs::write(
         &app,
         format!(
@@ -436,7 +441,7 @@ async fn deployment(
                cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
                resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
-               cmd: [sh, -c, 'x=$(yes | head -c 64000000); echo survived']\n  \
+               cmd: [sh, -c, '{check}; x=$(yes | head -c 64000000); echo survived']\n  \
                resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n"
         ),
     )?;
@@ -444,15 +449,20 @@ async fn deployment(
     let t0 = Instant::now();
     grid(&["deploy", &app, "--contract", &contract])?;
     let deadline = t0 + Duration::from_secs(300);
+    let mut web_running = None;
     loop {
         let shown = grid(&["deployments", "show", &contract])?;
         let state = |n: &str| workload(&shown, n).map(|w| w["state"].clone());
+        if web_running.is_none() && state("web") == Some("running".into()) {
+            web_running = Some(t0.elapsed());
+        }
         if state("web") == Some("running".into()) && state("hog").is_some_and(|s| s != "running") {
             let hog = workload(&shown, "hog").cloned().unwrap_or_default();
             ensure!(
                 hog["state"] == "failed"
                     && hog["reason"].to_string().contains("killed by signal 9"),
-                "the container over its memory limit was not killed by it: {shown}"
+                "hog was not killed at its memory limit (status 3: memory.max is not the \
+                 reserved 24 MiB; 4: cpu.max is not one core): {shown}"
             );
             break;
         }
@@ -468,11 +478,70 @@ async fn deployment(
     }
     step(&format!(
         "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
-         registry, web running and hog killed at its 24 MiB memory limit ({:.0} s wall)",
+         registry, web running, hog saw its limits in its cgroup (memory.max 24 MiB, cpu.max one \
+         core) and was killed at the memory limit ({:.0} s wall)",
         node.id,
         t0.elapsed().as_secs_f64()
     ));
+    if let Some(t) = web_running {
+        println!("deploy_to_running_uncached_s={:.1}", t.as_secs_f64());
+    }
     Ok(contract)
+}
+
+/// Version 2 keeps `web` as it runs, drops `hog` and adds `web2` of the same image: the node
+/// leaves `web` alone and starts `web2` from the image it already has. Prints the wall time
+/// from `grid deploy` to `web2` running (the image cached).
+async fn redeploy(
+    args: &E2eArgs,
+    reg: &Registry,
+    work: &Path,
+    contract: &str,
+    image: &str,
+) -> anyhow::Result<()> {
+    let key = work.join("twin.key");
+    let url = reg.url();
+    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let app = work.join("app-v2.yaml");
+    std::fs::write(
+        &app,
+        format!(
+            "workloads:\n\
+             - kind: container\n  name: web\n  image: {image}\n  \
+               cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
+               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
+             - kind: container\n  name: web2\n  image: {image}\n  \
+               cmd: [sh, -c, 'echo version 2; exec sleep 1000000']\n  \
+               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
+        ),
+    )?;
+    let app = app.to_string_lossy().into_owned();
+    let t0 = Instant::now();
+    grid(&["deploy", &app, "--contract", contract])?;
+    loop {
+        let shown = grid(&["deployments", "show", contract])?;
+        let running =
+            |n: &str| workload(&shown, n).map(|w| w["state"].clone()) == Some("running".into());
+        if shown["status"]["version"] == 2 && running("web2") {
+            ensure!(running("web"), "web did not keep running: {shown}");
+            ensure!(
+                workload(&shown, "hog").is_none(),
+                "version 2 still lists hog: {shown}"
+            );
+            break;
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "version 2 of contract {contract} did not run in time: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    step(&format!(
+        "redeploy: version 2 keeps web, drops hog, starts web2 from the cached image ({took:.1} s wall)"
+    ));
+    println!("deploy_to_running_cached_s={took:.1}");
+    Ok(())
 }
 
 /// After the reboot the node runs the deployment again from its cache partition.
@@ -503,15 +572,26 @@ async fn teardown(
     let key = work.join("twin.key");
     let url = reg.url();
     let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
-    grid(&["deployments", "delete", contract])?;
     let needle = format!("contract={contract}");
-    guest
-        .wait_line(
-            &["container removed", &needle, "container=web"],
-            Duration::from_secs(120),
-        )
-        .await
-        .context("the node did not remove the deleted deployment's container")?;
+    let needles = ["container removed", needle.as_str(), "container=web"];
+    // Version 2 already removed web's first container: the deletion must add a line.
+    let removed = |guest: &Guest| {
+        std::fs::read_to_string(&guest.serial)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    };
+    let before = removed(guest);
+    grid(&["deployments", "delete", contract])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while removed(guest) == before {
+        ensure!(
+            guest.running() && Instant::now() < deadline,
+            "the node did not remove the deleted deployment's container"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let shown = grid(&["deployments", "show", contract])?;

@@ -123,6 +123,7 @@ const STEPS: &[&str] = &[
     "setting the user",
     "entering the working directory",
     "executing the program",
+    "mounting /sys/fs/cgroup",
 ];
 
 /// Capabilities a workload keeps (Docker's default set without `CAP_MKNOD`: cgroup v2 has no
@@ -149,6 +150,9 @@ struct Prepared {
     proc_dir: CString,
     dev_dir: CString,
     sys_dir: CString,
+    /// `/sys/fs/cgroup` under the root, when the container has a cgroup: its own cgroup
+    /// (the namespace's root), read-only, so a workload can read its limits.
+    cgroup_dir: Option<CString>,
     devices: Vec<(CString, libc::dev_t)>,
     hostname: Vec<u8>,
     workdir: CString,
@@ -341,6 +345,10 @@ fn prepare(
         proc_dir: path("/proc", &merged.join("proc"))?,
         dev_dir: path("/dev", &merged.join("dev"))?,
         sys_dir: path("/sys", &merged.join("sys"))?,
+        cgroup_dir: match &spec.cgroup {
+            Some(_) => Some(path("/sys/fs/cgroup", &merged.join("sys/fs/cgroup"))?),
+            None => None,
+        },
         devices,
         hostname: spec.hostname.as_bytes().to_vec(),
         workdir: cstring(id, "the working directory", spec.workdir.as_bytes())?,
@@ -514,6 +522,11 @@ fn enter_root(p: &Prepared) -> Result<(), u32> {
         c"",
     ) {
         return Err(7);
+    }
+    if let Some(cg) = &p.cgroup_dir {
+        if !mount(c"cgroup2", cg, c"cgroup2", nosuid | libc::MS_RDONLY, c"") {
+            return Err(18);
+        }
     }
     // pivot_root(".", "."): the old root ends up on top of the new one, then goes.
     // SAFETY: prepared NUL-terminated paths and string literals.

@@ -368,6 +368,33 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
     }
     assert_eq!(rt.statuses(7).await.len(), 1, "garbage changed nothing");
 
+    // A process that is neither root nor in the agent's group is hung up on before the
+    // hello, even when the socket's mode would let it connect.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rig.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            // SAFETY: raw system calls change the credentials of this thread only (glibc's
+            // wrappers would change every thread of the test process).
+            unsafe {
+                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+            }
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut got).map(|_| got)
+        })
+    };
+    // Hung up on: an empty read or a reset, never a hello nor a connection left open
+    // (which would end in the read's timeout).
+    match stranger.join().unwrap() {
+        Ok(got) => assert!(got.is_empty(), "a stranger was answered: {got:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+
     // The service goes and comes back as a new instance: the client is told once.
     stop.send(()).unwrap();
     task.await.unwrap();
