@@ -323,7 +323,7 @@ async fn scenario(
     machine.serial = work.join("console-boot2.log");
     let (mut guest, guest_secs2) =
         second_boot(args, reg, machine, farm, &node, count_boot1).await?;
-    restored(&mut guest, &contract).await?;
+    restored(args, reg, &mut guest, work, &contract).await?;
     outage(args, reg, &mut guest, &node).await?;
     redeploy(args, reg, work, &contract, image).await?;
     teardown(args, reg, &mut guest, work, &contract).await?;
@@ -430,9 +430,13 @@ async fn deployment(
     let contract = c["id"].to_string();
     let app = work.join("app.yaml");
     // hog first reads its limits from inside (its own cgroup, mounted read-only at
-    // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill.
+    // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill. Then
+    // its volume: after a reboot the mark it left is there and it ends with status 0; on the
+    // first boot it leaves the mark and 64 MB must not fit in the 32 MiB volume (else 9).
     let check = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
-                 test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4";
+                 test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
+                 test -f /data/mark && exit 0; touch /data/mark || exit 8; \
+                 dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big";
     std::fs::write(
         &app,
         format!(
@@ -440,8 +444,10 @@ async fn deployment(
              - kind: container\n  name: web\n  image: {image}\n  \
                cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
                resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
+             - kind: volume\n  name: data\n  size: 32MiB\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
                cmd: [sh, -c, '{check}; x=$(yes | head -c 64000000); echo survived']\n  \
+               mounts: [{{volume: data, path: /data}}]\n  \
                resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n"
         ),
     )?;
@@ -457,12 +463,18 @@ async fn deployment(
             web_running = Some(t0.elapsed());
         }
         if state("web") == Some("running".into()) && state("hog").is_some_and(|s| s != "running") {
+            let data = workload(&shown, "data").cloned().unwrap_or_default();
+            ensure!(
+                data["state"] == "running" && data["reason"].is_null(),
+                "the volume is not a btrfs subvolume with its quota: {shown}"
+            );
             let hog = workload(&shown, "hog").cloned().unwrap_or_default();
             ensure!(
                 hog["state"] == "failed"
                     && hog["reason"].to_string().contains("killed by signal 9"),
                 "hog was not killed at its memory limit (status 3: memory.max is not the \
-                 reserved 24 MiB; 4: cpu.max is not one core): {shown}"
+                 reserved 24 MiB; 4: cpu.max is not one core; 8: its volume is not writable; \
+                 9: its 32 MiB volume took 64 MB): {shown}"
             );
             break;
         }
@@ -479,7 +491,8 @@ async fn deployment(
     step(&format!(
         "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
          registry, web running, hog saw its limits in its cgroup (memory.max 24 MiB, cpu.max one \
-         core) and was killed at the memory limit ({:.0} s wall)",
+         core), could not put 64 MB in its 32 MiB volume, and was killed at the memory limit \
+         ({:.0} s wall)",
         node.id,
         t0.elapsed().as_secs_f64()
     ));
@@ -544,8 +557,15 @@ async fn redeploy(
     Ok(())
 }
 
-/// After the reboot the node runs the deployment again from its cache partition.
-async fn restored(guest: &mut Guest, contract: &str) -> anyhow::Result<()> {
+/// After the reboot the node runs the deployment again from its cache partition: `web` is
+/// started again, and `hog` finds the mark it left in its volume and ends with status 0.
+async fn restored(
+    args: &E2eArgs,
+    reg: &Registry,
+    guest: &mut Guest,
+    work: &Path,
+    contract: &str,
+) -> anyhow::Result<()> {
     let needle = format!("contract={contract}");
     guest
         .wait_line(
@@ -554,8 +574,32 @@ async fn restored(guest: &mut Guest, contract: &str) -> anyhow::Result<()> {
         )
         .await
         .context("boot 2 did not start the deployment's web container again")?;
+    let key = work.join("twin.key");
+    let url = reg.url();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let shown = registry::grid::<serde_json::Value>(
+            &args.bin_dir,
+            &url,
+            &key,
+            &["deployments", "show", contract],
+        )?;
+        let hog = workload(&shown, "hog").cloned().unwrap_or_default();
+        if hog["state"] == "exited" {
+            break;
+        }
+        ensure!(
+            hog["state"] != "failed" || hog["reason"].to_string().contains("killed by signal 9"),
+            "hog failed after the reboot (status 8: its volume is not writable): {shown}"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "hog did not find its volume's mark after the reboot: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     step(&format!(
-        "boot 2: contract {contract}'s web container runs again"
+        "boot 2: contract {contract}'s web container runs again; hog found what it wrote to its volume before the reboot"
     ));
     Ok(())
 }

@@ -88,7 +88,28 @@ pub struct Spec {
     /// Where the container's cgroup is made (a cgroup v2 directory), and its limits; `None`
     /// runs it in the caller's cgroup (hosts without cgroup v2, in tests).
     pub cgroup: Option<(PathBuf, Limits)>,
+    /// Host directories (volumes) bind-mounted into the container.
+    pub binds: Vec<Bind>,
 }
+
+/// A host directory mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The directory on the host.
+    pub source: PathBuf,
+    /// An absolute path in the container (made when missing, inside the container's root).
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The descriptor numbers the child keeps the volumes' detached mounts at (at most
+/// [`gridtypes::deployment::MAX_MOUNTS`] of them).
+const BIND_FD_BASE: i32 = 900;
+/// `open_tree(2)`: a detached copy of the mount at the path.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `move_mount(2)`: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// A started container.
 #[derive(Debug)]
@@ -124,6 +145,8 @@ const STEPS: &[&str] = &[
     "entering the working directory",
     "executing the program",
     "mounting /sys/fs/cgroup",
+    "opening a volume",
+    "mounting a volume",
 ];
 
 /// Capabilities a workload keeps (Docker's default set without `CAP_MKNOD`: cgroup v2 has no
@@ -153,6 +176,7 @@ struct Prepared {
     /// `/sys/fs/cgroup` under the root, when the container has a cgroup: its own cgroup
     /// (the namespace's root), read-only, so a workload can read its limits.
     cgroup_dir: Option<CString>,
+    binds: Vec<PreparedBind>,
     devices: Vec<(CString, libc::dev_t)>,
     hostname: Vec<u8>,
     workdir: CString,
@@ -166,6 +190,19 @@ struct Prepared {
     envp_ptrs: Vec<*const libc::c_char>,
     uid: libc::uid_t,
     gid: libc::gid_t,
+}
+
+/// A [`Bind`] as the child uses it.
+struct PreparedBind {
+    /// The host directory, copied as a detached mount before `pivot_root` hides it.
+    source: CString,
+    /// The descriptor holding that copy until it is attached.
+    fd: i32,
+    /// Each directory from the top down to the target, made after `pivot_root` so that a
+    /// symlink in the image resolves inside the container, never on the host.
+    dirs: Vec<CString>,
+    target: CString,
+    read_only: bool,
 }
 
 /// Starts `spec` under `root` (where container directories live).
@@ -349,6 +386,12 @@ fn prepare(
             Some(_) => Some(path("/sys/fs/cgroup", &merged.join("sys/fs/cgroup"))?),
             None => None,
         },
+        binds: spec
+            .binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| prepare_bind(id, i, b))
+            .collect::<Result<_, _>>()?,
         devices,
         hostname: spec.hostname.as_bytes().to_vec(),
         workdir: cstring(id, "the working directory", spec.workdir.as_bytes())?,
@@ -381,6 +424,24 @@ fn prepare(
         .chain([std::ptr::null()])
         .collect();
     Ok(p)
+}
+
+fn prepare_bind(id: &str, i: usize, b: &Bind) -> Result<PreparedBind, ContainerError> {
+    let fd = BIND_FD_BASE + i as i32;
+    let mut dirs = Vec::new();
+    let mut at = String::new();
+    for part in b.target.split('/').filter(|p| !p.is_empty()) {
+        at.push('/');
+        at.push_str(part);
+        dirs.push(cstring(id, "a volume's path", at.as_bytes())?);
+    }
+    Ok(PreparedBind {
+        source: cstring(id, "a volume's directory", b.source.as_os_str().as_bytes())?,
+        fd,
+        target: cstring(id, "a volume's path", b.target.as_bytes())?,
+        dirs,
+        read_only: b.read_only,
+    })
 }
 
 fn make_cgroup(parent: &Path, id: &str, l: &Limits) -> io::Result<PathBuf> {
@@ -528,6 +589,24 @@ fn enter_root(p: &Prepared) -> Result<(), u32> {
             return Err(18);
         }
     }
+    for b in &p.binds {
+        // A detached copy of the volume's directory (open_tree(2), Linux 5.2), attached in
+        // the container only after pivot_root: a mount from the host's tree would be refused
+        // once that tree is gone.
+        // SAFETY: a prepared NUL-terminated path; the descriptors are ours (close-on-exec).
+        unsafe {
+            let fd = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                b.source.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            ) as i32;
+            if fd < 0 || libc::dup3(fd, b.fd, libc::O_CLOEXEC) < 0 {
+                return Err(19);
+            }
+            libc::close(fd);
+        }
+    }
     // pivot_root(".", "."): the old root ends up on top of the new one, then goes.
     // SAFETY: prepared NUL-terminated paths and string literals.
     unsafe {
@@ -539,6 +618,44 @@ fn enter_root(p: &Prepared) -> Result<(), u32> {
         if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
             return Err(9);
         }
+    }
+    mount_binds(&p.binds)
+}
+
+/// Mounts the volumes, inside the container's root now: their directories come from the
+/// descriptors opened before `pivot_root`.
+fn mount_binds(binds: &[PreparedBind]) -> Result<(), u32> {
+    for b in binds {
+        for d in &b.dirs {
+            // SAFETY: a prepared NUL-terminated path; an existing directory is fine.
+            if unsafe { libc::mkdir(d.as_ptr(), 0o755) } != 0
+                && nix::errno::Errno::last() != nix::errno::Errno::EEXIST
+            {
+                return Err(20);
+            }
+        }
+        // SAFETY: our own descriptor and a prepared NUL-terminated path.
+        let moved = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                b.fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                b.target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if moved != 0 {
+            return Err(20);
+        }
+        let flags = libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+        // A bind mount takes its flags only from a remount.
+        let ro = if b.read_only { libc::MS_RDONLY } else { 0 };
+        if !mount(c"", &b.target, c"", flags | libc::MS_REMOUNT | ro, c"") {
+            return Err(20);
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(b.fd) };
     }
     Ok(())
 }

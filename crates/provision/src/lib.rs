@@ -2,14 +2,15 @@
 //! verified into content-addressed, shared layers), the start of one container
 //! ([`container`]: overlayfs root, own namespaces, cgroup v2 limits, output in a pipe), the
 //! supervision of every contract's containers ([`runtime`]: restart policy, bounded logs,
-//! stop and delete) and the local socket the agent drives it through ([`service`]). See
-//! docs/deployments.md.
+//! stop and delete), their volumes ([`volume`]: btrfs subvolumes with a quota) and the local
+//! socket the agent drives it through ([`service`]). See docs/deployments.md.
 
 pub mod cli;
 pub mod container;
 pub mod image;
 pub mod runtime;
 pub mod service;
+pub mod volume;
 
 pub use image::{Image, ImageError, ImageStore};
 pub use runtime::{Config, Runtime, RuntimeError};

@@ -21,8 +21,9 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
-use crate::container::{self, Limits, Spec};
+use crate::container::{self, Bind, Limits, Spec};
 use crate::image::ImageStore;
+use crate::volume;
 use svclog::error_chain;
 
 /// How the runtime is set up.
@@ -130,7 +131,7 @@ impl Runtime {
             std::fs::remove_dir_all(&containers)
                 .map_err(io_err("removing old containers", &containers))?;
         }
-        for d in ["containers", "logs"] {
+        for d in ["containers", "logs", "volumes"] {
             let p = cfg.root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -165,37 +166,98 @@ impl Runtime {
                 self.stop(contract, &name, w).await;
             }
         }
-        let mut statuses = Vec::with_capacity(d.workloads.len());
+        // Volumes before the containers that mount them; those the deployment dropped go
+        // (every container that mounted one was changed, so it is stopped by now).
+        let mut by_name: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
+        let mut ready: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let keep: Vec<String> = d
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Volume(v) => Some(v.name.clone()),
+                Workload::Container(_) => None,
+            })
+            .collect();
+        self.drop_volumes(contract, &keep).await;
         for w in &d.workloads {
-            statuses.push(match w {
-                Workload::Container(c) => match current.get(&c.name) {
+            if let Workload::Volume(v) = w {
+                let path = self.volume_path(contract, &v.name);
+                let (at, size) = (path.clone(), v.size);
+                let status = match blocking(move || volume::ensure(&at, size)).await {
+                    Ok(note) => {
+                        ready.insert(v.name.clone(), path);
+                        WorkloadStatus {
+                            name: v.name.clone(),
+                            state: DeploymentState::Running,
+                            reason: note,
+                            address: None,
+                        }
+                    }
+                    Err(why) => failed(&v.name, why),
+                };
+                by_name.insert(v.name.clone(), status);
+            }
+        }
+        for w in &d.workloads {
+            if let Workload::Container(c) = w {
+                let status = match current.get(&c.name) {
                     Some(running) => lock(&running.status).clone(),
                     None => {
-                        let (status, watched) = self.start(contract, c).await;
+                        let (status, watched) = self.start(contract, c, &ready).await;
                         if let Some(watched) = watched {
                             current.insert(c.name.clone(), watched);
                         }
                         status
                     }
-                },
-                Workload::Volume(v) => failed(
-                    &v.name,
-                    "volumes are not provisioned by this node's gridos yet".into(),
-                ),
-            });
+                };
+                by_name.insert(c.name.clone(), status);
+            }
         }
+        let statuses = d
+            .workloads
+            .iter()
+            .filter_map(|w| by_name.remove(w.name()))
+            .collect();
         if current.is_empty() {
             all.remove(&contract);
         }
         statuses
     }
 
-    /// Stops and removes every container of `contract`, with its logs.
+    /// Stops and removes every container of `contract`, with its logs, and its volumes.
     pub async fn remove(&self, contract: i64) {
         let mut all = self.contracts.lock().await;
         if let Some(current) = all.remove(&contract) {
             for (name, w) in current {
                 self.stop(contract, &name, w).await;
+            }
+        }
+        self.drop_volumes(contract, &[]).await;
+    }
+
+    fn volume_path(&self, contract: i64, name: &str) -> PathBuf {
+        self.cfg.root.join("volumes").join(Self::id(contract, name))
+    }
+
+    /// Deletes the volumes of `contract` whose names are not in `keep`.
+    async fn drop_volumes(&self, contract: i64, keep: &[String]) {
+        let prefix = format!("c{contract}-");
+        let dir = self.cfg.root.join("volumes");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_prefix(&prefix) else {
+                continue;
+            };
+            if keep.iter().any(|k| k == name) {
+                continue;
+            }
+            let path = e.path();
+            match blocking(move || volume::delete(&path)).await {
+                Ok(()) => tracing::info!(contract, volume = %name, "volume deleted"),
+                Err(why) => tracing::error!(contract, volume = %name, why, "volume not deleted"),
             }
         }
     }
@@ -267,7 +329,24 @@ impl Runtime {
 
     /// Pulls `c`'s image and starts it; the watcher when it started (or failed in a way
     /// its restart policy retries).
-    async fn start(&self, contract: i64, c: &Container) -> (WorkloadStatus, Option<Watched>) {
+    async fn start(
+        &self,
+        contract: i64,
+        c: &Container,
+        volumes: &BTreeMap<String, PathBuf>,
+    ) -> (WorkloadStatus, Option<Watched>) {
+        let mut binds = Vec::with_capacity(c.mounts.len());
+        for m in &c.mounts {
+            let Some(source) = volumes.get(&m.volume) else {
+                let why = format!("volume {:?} is not ready", m.volume);
+                return (failed(&c.name, why), None);
+            };
+            binds.push(Bind {
+                source: source.clone(),
+                target: m.path.clone(),
+                read_only: m.read_only,
+            });
+        }
         let pulled = tokio::time::timeout(
             self.cfg.pull_timeout,
             self.images.pull(&c.image, c.resources.sru),
@@ -285,12 +364,8 @@ impl Runtime {
                 return (failed(&c.name, why), None);
             }
         };
-        if !c.mounts.is_empty() {
-            let why = "mounting volumes is not supported by this node's gridos yet".into();
-            return (failed(&c.name, why), None);
-        }
         let spec = match self.spec(contract, c, &image) {
-            Ok(s) => s,
+            Ok(s) => Spec { binds, ..s },
             Err(why) => return (failed(&c.name, why), None),
         };
         let status = Arc::new(Mutex::new(WorkloadStatus {
@@ -368,6 +443,7 @@ impl Runtime {
                 };
                 (cg, limits)
             }),
+            binds: Vec::new(),
         })
     }
 
@@ -405,6 +481,16 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("the volume task failed: {e}"))
+        .and_then(|r| r)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

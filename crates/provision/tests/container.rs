@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use nix::sys::wait::{waitpid, WaitStatus};
-use provision::container::{self, ContainerError, Spec};
+use provision::container::{self, Bind, ContainerError, Spec};
 
 struct Host {
     dir: tempfile::TempDir,
@@ -43,6 +43,7 @@ fn spec(h: &Host, id: &str, script: &str) -> Spec {
         uid: 0,
         gid: 0,
         cgroup: None,
+        binds: Vec::new(),
     }
 }
 
@@ -154,4 +155,70 @@ fn many_containers_start_at_once_from_one_process() {
     for (i, (code, out)) in outs.iter().enumerate() {
         assert_eq!((*code, out.trim()), (0, format!("many-{i}").as_str()));
     }
+}
+
+#[test]
+fn volumes_are_mounted_read_write_or_read_only() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let (data, shared) = (
+        h.dir.path().join("vol-data"),
+        h.dir.path().join("vol-shared"),
+    );
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("motd"), "shared\n").unwrap();
+    let mut s = spec(
+        &h,
+        "vol-1",
+        "echo written > /srv/data/out; cat /mnt/a/b/motd; touch /mnt/a/b/x 2>/dev/null && echo writable; true",
+    );
+    s.binds = vec![
+        Bind {
+            source: data.clone(),
+            target: "/srv/data".into(),
+            read_only: false,
+        },
+        Bind {
+            source: shared.clone(),
+            target: "/mnt/a/b".into(),
+            read_only: true,
+        },
+    ];
+    let (code, out) = run(&root, &s);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "shared\n", "the read-only volume refused the write");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(!shared.join("x").exists());
+}
+
+/// A symlink in the image pointing at a host path does not lead a volume's mount point out
+/// of the container: its directories are made inside the container's root.
+#[test]
+fn a_volume_path_through_an_image_symlink_stays_inside() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let hostside = h.dir.path().join("hostside");
+    std::fs::create_dir_all(&hostside).unwrap();
+    std::os::unix::fs::symlink(&hostside, h.layer.join("evil")).unwrap();
+    let vol = h.dir.path().join("vol-evil");
+    std::fs::create_dir_all(&vol).unwrap();
+    let mut s = spec(&h, "evil-1", "true");
+    s.binds = vec![Bind {
+        source: vol,
+        target: "/evil/sub".into(),
+        read_only: false,
+    }];
+    match container::start(&root, &s) {
+        Err(ContainerError::Start { step, .. }) => assert_eq!(step, "mounting a volume"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&hostside).unwrap().count(),
+        0,
+        "nothing made on the host"
+    );
 }

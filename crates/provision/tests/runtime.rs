@@ -410,3 +410,61 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
     assert!(!client.take_restarted());
     rt.remove(7).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_outlive_their_containers_and_go_with_the_deployment() {
+    let Some(rig) = rig().await else { return };
+    let rt = Runtime::open(rig.config()).unwrap();
+    let with_volume = |version: u64, script: &str| -> Deployment {
+        let v = json!({"kind": "volume", "name": "data", "size": 8 << 20});
+        let c = json!({"kind": "container", "name": "app", "image": rig.image,
+                       "cmd": ["-c", script], "restart": "never",
+                       "mounts": [{"volume": "data", "path": "/var/data"}],
+                       "resources": {"cru": 1, "mru": 64 << 20, "sru": 64 << 20}});
+        let d: Deployment = serde_json::from_value(
+            json!({"contract_id": 7, "version": version, "workloads": [v, c]}),
+        )
+        .unwrap();
+        d.validate().unwrap();
+        d
+    };
+    let s = rt
+        .apply(
+            7,
+            &with_volume(1, "echo kept > /var/data/file; exec sleep 1000"),
+        )
+        .await;
+    let (st, note) = state(&s, "data");
+    assert_eq!(st, DeploymentState::Running);
+    // This host's /tmp is no btrfs: the size is not enforced, and the status says so.
+    assert!(note.contains("not enforced") || note.is_empty(), "{note}");
+    assert_eq!(state(&s, "app").0, DeploymentState::Running);
+    let file = rig.dir.path().join("workloads/volumes/c7-data/file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the container did not write to its volume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new version of the container finds what the old one wrote.
+    let s = rt
+        .apply(7, &with_volume(2, "cat /var/data/file; exec sleep 1000"))
+        .await;
+    assert_eq!(state(&s, "app").0, DeploymentState::Running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log(&rt, "app").await != "kept\n" {
+        assert!(Instant::now() < deadline, "{:?}", log(&rt, "app").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A version without it deletes it; so does removing the contract.
+    let empty: Deployment =
+        serde_json::from_value(json!({"contract_id": 7, "version": 3, "workloads": []})).unwrap();
+    assert!(rt.apply(7, &empty).await.is_empty());
+    assert!(!file.parent().unwrap().exists());
+    rt.apply(7, &with_volume(4, "exec sleep 1000")).await;
+    assert!(file.parent().unwrap().exists());
+    rt.remove(7).await;
+    assert!(!file.parent().unwrap().exists());
+}
