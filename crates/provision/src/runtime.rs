@@ -305,15 +305,12 @@ impl Runtime {
         }
         let path = self.log_path(contract, name);
         let max = max_bytes.min(self.cfg.log_bytes);
-        tokio::task::spawn_blocking(move || tail(&path, max))
+        let at = path.clone();
+        tokio::task::spawn_blocking(move || tail(&at, max))
             .await
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r)
-            .map_err(|e| RuntimeError::Io {
-                what: "reading the log",
-                path: PathBuf::new(),
-                source: e,
-            })
+            .map_err(io_err("reading the log", &path))
     }
 
     fn id(contract: i64, name: &str) -> String {

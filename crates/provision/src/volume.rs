@@ -50,6 +50,12 @@ pub fn ensure(path: &Path, size: u64) -> Result<Option<String>, String> {
     }
     if !path.exists() {
         btrfs(&["subvolume", "create"], path)?;
+    } else if !is_subvolume(path) {
+        // Made while the cache was on tmpfs and copied here when it moved: a qgroup limit on
+        // it would land on the subvolume holding it, the whole cache partition.
+        return Ok(Some(
+            "size not enforced: the volume was made before the cache moved to btrfs".to_string(),
+        ));
     }
     // Quotas are enabled once per file system; enabling them again is harmless.
     btrfs(&["quota", "enable"], parent)?;
