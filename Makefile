@@ -84,7 +84,8 @@ image: deps-image init
 		--bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
 
 ## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
-## envelopes and payloads, deployments, module index files, registry queries) fed
+## envelopes and payloads, deployments, module index files, registry queries, the
+## provision service's socket lines) fed
 ## FUZZ_CASES arbitrary and mutated inputs per property (crates/fuzz; results in
 ## BENCHMARKS.md). A failure prints its shrunk input.
 FUZZ_CASES ?= 1000000

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use fuzz::{config, mutate, mutations, text, text_of, watch};
 use gridtypes::deployment::{
-    check_image, Container, ContainerResources, Deployment, DiskKind, Mount, Port, Protocol,
-    Restart, Volume, Workload, MAX_IMAGE_REF, MAX_NAME, MAX_WORKLOADS,
+    check_image, parse_image, Container, ContainerResources, Deployment, DiskKind, Mount, Port,
+    Protocol, Restart, Volume, Workload, MAX_IMAGE_REF, MAX_NAME, MAX_WORKLOADS,
 };
 use gridtypes::mailbox;
 use gridtypes::Resources;
@@ -323,6 +323,20 @@ proptest! {
         if check_image("image", &i).is_ok() {
             prop_assert!(!i.is_empty() && i.len() <= MAX_IMAGE_REF);
             prop_assert!(!i.contains(|c: char| c.is_whitespace() || c.is_control()), "{:?}", i);
+        }
+        // The parts the node builds its registry request from put the reference back together.
+        if let Ok(r) = parse_image(&i) {
+            let mut again = r.registry.map(|h| format!("{h}/")).unwrap_or_default();
+            again.push_str(&r.repository);
+            if let Some(t) = &r.tag {
+                again.push(':');
+                again.push_str(t);
+            }
+            if let Some(d) = &r.digest {
+                again.push('@');
+                again.push_str(d);
+            }
+            prop_assert_eq!(again, i);
         }
     }
 }
