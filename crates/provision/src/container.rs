@@ -106,6 +106,22 @@ pub struct Bind {
 /// The descriptor numbers the child keeps the volumes' detached mounts at (at most
 /// [`gridtypes::deployment::MAX_MOUNTS`] of them).
 const BIND_FD_BASE: i32 = 900;
+/// Entries of the container's `/proc` that reach the whole host, not just its PID namespace:
+/// made read-only (kernel settings: `sys/kernel/core_pattern` alone would run a program of
+/// the container's choosing as root on the host; `sysrq-trigger` reboots it) ...
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// ... or hidden: files under `/dev/null`, directories under an empty read-only tmpfs (the
+/// host's memory, keys and timers). Docker's defaults, as runc applies them.
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+];
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
 /// `open_tree(2)`: a detached copy of the mount at the path.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 /// `move_mount(2)`: the source is the descriptor itself.
@@ -147,6 +163,7 @@ const STEPS: &[&str] = &[
     "mounting /sys/fs/cgroup",
     "opening a volume",
     "mounting a volume",
+    "protecting /proc",
 ];
 
 /// Capabilities a workload keeps (Docker's default set without `CAP_MKNOD`: cgroup v2 has no
@@ -171,6 +188,11 @@ struct Prepared {
     merged: CString,
     overlay_opts: CString,
     proc_dir: CString,
+    /// `/proc` entries to make read-only, to mask with `/dev/null`, to mask with a tmpfs.
+    proc_read_only: Vec<CString>,
+    proc_masked_files: Vec<CString>,
+    proc_masked_dirs: Vec<CString>,
+    dev_null: CString,
     dev_dir: CString,
     sys_dir: CString,
     /// `/sys/fs/cgroup` under the root, when the container has a cgroup: its own cgroup
@@ -380,6 +402,10 @@ fn prepare(
         merged: path("the root", merged)?,
         overlay_opts: cstring(id, "the layer paths", opts.as_bytes())?,
         proc_dir: path("/proc", &merged.join("proc"))?,
+        proc_read_only: proc_paths(id, merged, PROC_READ_ONLY)?,
+        proc_masked_files: proc_paths(id, merged, PROC_MASKED_FILES)?,
+        proc_masked_dirs: proc_paths(id, merged, PROC_MASKED_DIRS)?,
+        dev_null: path("/dev/null", &merged.join("dev/null"))?,
         dev_dir: path("/dev", &merged.join("dev"))?,
         sys_dir: path("/sys", &merged.join("sys"))?,
         cgroup_dir: match &spec.cgroup {
@@ -424,6 +450,19 @@ fn prepare(
         .chain([std::ptr::null()])
         .collect();
     Ok(p)
+}
+
+fn proc_paths(id: &str, merged: &Path, names: &[&str]) -> Result<Vec<CString>, ContainerError> {
+    names
+        .iter()
+        .map(|n| {
+            cstring(
+                id,
+                "a /proc path",
+                merged.join("proc").join(n).as_os_str().as_bytes(),
+            )
+        })
+        .collect()
 }
 
 fn prepare_bind(id: &str, i: usize, b: &Bind) -> Result<PreparedBind, ContainerError> {
@@ -589,6 +628,7 @@ fn enter_root(p: &Prepared) -> Result<(), u32> {
             return Err(18);
         }
     }
+    protect_proc(p)?;
     for b in &p.binds {
         // A detached copy of the volume's directory (open_tree(2), Linux 5.2), attached in
         // the container only after pivot_root: a mount from the host's tree would be refused
@@ -620,6 +660,43 @@ fn enter_root(p: &Prepared) -> Result<(), u32> {
         }
     }
     mount_binds(&p.binds)
+}
+
+/// Makes the host-wide parts of the container's fresh `/proc` read-only or hidden. An entry
+/// this kernel does not have is skipped.
+fn protect_proc(p: &Prepared) -> Result<(), u32> {
+    let missing = || nix::errno::Errno::last() == nix::errno::Errno::ENOENT;
+    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for path in &p.proc_read_only {
+        if !mount(path, path, c"", libc::MS_BIND | libc::MS_REC, c"") {
+            if missing() {
+                continue;
+            }
+            return Err(21);
+        }
+        if !mount(c"", path, c"", ro | hardened, c"") {
+            return Err(21);
+        }
+    }
+    for path in &p.proc_masked_files {
+        if !mount(&p.dev_null, path, c"", libc::MS_BIND, c"") && !missing() {
+            return Err(21);
+        }
+    }
+    for path in &p.proc_masked_dirs {
+        if !mount(
+            c"tmpfs",
+            path,
+            c"tmpfs",
+            libc::MS_RDONLY | hardened,
+            c"size=4k,mode=0555",
+        ) && !missing()
+        {
+            return Err(21);
+        }
+    }
+    Ok(())
 }
 
 /// Mounts the volumes, inside the container's root now: their directories come from the

@@ -25,7 +25,7 @@ fn host() -> Option<Host> {
     std::fs::create_dir_all(layer.join("bin")).unwrap();
     std::fs::create_dir_all(layer.join("etc")).unwrap();
     std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
-    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "touch"] {
+    for tool in ["sh", "echo", "cat", "hostname", "id", "ls", "touch", "grep"] {
         std::os::unix::fs::symlink("busybox", layer.join("bin").join(tool)).unwrap();
     }
     std::fs::write(layer.join("etc/motd"), "from the image\n").unwrap();
@@ -221,4 +221,28 @@ fn a_volume_path_through_an_image_symlink_stays_inside() {
         0,
         "nothing made on the host"
     );
+}
+
+/// What the container's /proc shows of the whole host is read-only or hidden. The write
+/// tried puts back the value it read: were it allowed, the host's setting would not change.
+#[test]
+fn the_hosts_proc_entries_are_read_only_or_hidden() {
+    let Some(h) = host() else { return };
+    let root = h.dir.path().join("containers");
+    let (code, out) = run(
+        &root,
+        &spec(
+            &h,
+            "proc-1",
+            "cat /proc/sys/kernel/core_pattern > /tmp/cp; \
+             (cat /tmp/cp > /proc/sys/kernel/core_pattern) 2>&1 | grep -q 'Read-only file system' \
+               || echo core_pattern-writable; \
+             grep -q ' /proc/sys ro,' /proc/self/mountinfo || echo sys-not-ro; \
+             test -s /proc/kcore && echo kcore-visible; \
+             ls /proc/acpi 2>/dev/null; \
+             test -r /proc/self/status && echo own-proc-readable",
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "own-proc-readable\n");
 }
