@@ -4,7 +4,8 @@
 
 mod client;
 mod commands;
-mod deploy;
+/// App files (`grid deploy`): YAML or JSON with sizes in units; the lab writes them too.
+pub mod deploy;
 mod keyfile;
 
 use std::path::PathBuf;

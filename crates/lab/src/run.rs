@@ -176,3 +176,31 @@ fn next_steps(
         app = app.display()
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_session_app_file_is_one_grid_deploys() {
+        let workloads =
+            cli::deploy::parse_app(&app_yaml("10.0.2.2:41467/gridos/busybox:1")).unwrap();
+        assert_eq!(workloads.len(), 1);
+        let d = gridtypes::deployment::Deployment {
+            contract_id: 1,
+            version: 1,
+            workloads,
+        };
+        d.validate().unwrap();
+        // It fits the contract the next steps create.
+        d.fits(&gridtypes::Resources {
+            cru: 1,
+            mru: 256 << 20,
+            sru: 1 << 30,
+            hru: 0,
+            ipv4: 0,
+        })
+        .unwrap();
+    }
+}
