@@ -397,6 +397,26 @@ fn workload<'a>(shown: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
         .find(|w| w["name"] == name)
 }
 
+/// Reads `grid deployments show CONTRACT` every 0.5 s until `done` holds for it; `done`'s
+/// error, or `within` running out (`what` says what was awaited), fails the test.
+async fn until_shown(
+    grid: &impl Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    contract: &str,
+    within: Duration,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let shown = grid(&["deployments", "show", contract])?;
+        if done(&shown)? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: {shown}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// A twin rents part of the node and deploys two containers to it with `grid`, through the
 /// node's sealed mailbox: the node takes it up (long poll through QEMU's NAT), keeps it on
 /// its cache partition, pulls the image from the OCI registry on the host and runs it.
@@ -454,40 +474,36 @@ async fn deployment(
     let app = app.to_string_lossy().into_owned();
     let t0 = Instant::now();
     grid(&["deploy", &app, "--contract", &contract])?;
-    let deadline = t0 + Duration::from_secs(300);
     let mut web_running = None;
-    loop {
-        let shown = grid(&["deployments", "show", &contract])?;
-        let state = |n: &str| workload(&shown, n).map(|w| w["state"].clone());
-        if web_running.is_none() && state("web") == Some("running".into()) {
+    let what = format!("the node did not run contract {contract} in time");
+    until_shown(&grid, &contract, Duration::from_secs(300), &what, |shown| {
+        let state = |n: &str| workload(shown, n).map(|w| w["state"].clone());
+        let web = state("web") == Some("running".into());
+        if web && web_running.is_none() {
             web_running = Some(t0.elapsed());
         }
-        if state("web") == Some("running".into()) && state("hog").is_some_and(|s| s != "running") {
-            let data = workload(&shown, "data").cloned().unwrap_or_default();
-            ensure!(
-                data["state"] == "running" && data["reason"].is_null(),
-                "the volume is not a btrfs subvolume with its quota: {shown}"
-            );
-            let hog = workload(&shown, "hog").cloned().unwrap_or_default();
-            ensure!(
-                hog["state"] == "failed"
-                    && hog["reason"].to_string().contains("killed by signal 9"),
-                "hog was not killed at its memory limit (status 3: memory.max is not the \
-                 reserved 24 MiB; 4: cpu.max is not one core; 8: its volume is not writable; \
-                 9: its 32 MiB volume took 64 MB): {shown}"
-            );
-            break;
-        }
         ensure!(
-            shown["state"] != "failed" || state("web") == Some("running".into()),
+            shown["state"] != "failed" || web,
             "the node failed the deployment: {shown}"
         );
+        if !web || state("hog").is_none_or(|s| s == "running") {
+            return Ok(false);
+        }
+        let data = workload(shown, "data").cloned().unwrap_or_default();
         ensure!(
-            Instant::now() < deadline,
-            "the node did not run contract {contract} in time: {shown}"
+            data["state"] == "running" && data["reason"].is_null(),
+            "the volume is not a btrfs subvolume with its quota: {shown}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let hog = workload(shown, "hog").cloned().unwrap_or_default();
+        ensure!(
+            hog["state"] == "failed" && hog["reason"].to_string().contains("killed by signal 9"),
+            "hog was not killed at its memory limit (status 3: memory.max is not the \
+             reserved 24 MiB; 4: cpu.max is not one core; 8: its volume is not writable; \
+             9: its 32 MiB volume took 64 MB): {shown}"
+        );
+        Ok(true)
+    })
+    .await?;
     step(&format!(
         "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
          registry, web running, hog saw its limits in its cgroup (memory.max 24 MiB, cpu.max one \
@@ -531,24 +547,21 @@ async fn redeploy(
     let app = app.to_string_lossy().into_owned();
     let t0 = Instant::now();
     grid(&["deploy", &app, "--contract", contract])?;
-    loop {
-        let shown = grid(&["deployments", "show", contract])?;
+    let what = format!("version 2 of contract {contract} did not run in time");
+    until_shown(&grid, contract, Duration::from_secs(120), &what, |shown| {
         let running =
-            |n: &str| workload(&shown, n).map(|w| w["state"].clone()) == Some("running".into());
-        if shown["status"]["version"] == 2 && running("web2") {
-            ensure!(running("web"), "web did not keep running: {shown}");
-            ensure!(
-                workload(&shown, "hog").is_none(),
-                "version 2 still lists hog: {shown}"
-            );
-            break;
+            |n: &str| workload(shown, n).map(|w| w["state"].clone()) == Some("running".into());
+        if shown["status"]["version"] != 2 || !running("web2") {
+            return Ok(false);
         }
+        ensure!(running("web"), "web did not keep running: {shown}");
         ensure!(
-            t0.elapsed() < Duration::from_secs(120),
-            "version 2 of contract {contract} did not run in time: {shown}"
+            workload(shown, "hog").is_none(),
+            "version 2 still lists hog: {shown}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(true)
+    })
+    .await?;
     let took = t0.elapsed().as_secs_f64();
     step(&format!(
         "redeploy: version 2 keeps web, drops hog, starts web2 from the cached image ({took:.1} s wall)"
@@ -576,28 +589,18 @@ async fn restored(
         .context("boot 2 did not start the deployment's web container again")?;
     let key = work.join("twin.key");
     let url = reg.url();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let shown = registry::grid::<serde_json::Value>(
-            &args.bin_dir,
-            &url,
-            &key,
-            &["deployments", "show", contract],
-        )?;
-        let hog = workload(&shown, "hog").cloned().unwrap_or_default();
-        if hog["state"] == "exited" {
-            break;
-        }
+    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let what = "hog did not find its volume's mark after the reboot";
+    until_shown(&grid, contract, Duration::from_secs(120), what, |shown| {
+        let hog = workload(shown, "hog").cloned().unwrap_or_default();
+        // Until the node's new status arrives, the one of boot 1 (killed) is shown.
         ensure!(
             hog["state"] != "failed" || hog["reason"].to_string().contains("killed by signal 9"),
             "hog failed after the reboot (status 8: its volume is not writable): {shown}"
         );
-        ensure!(
-            Instant::now() < deadline,
-            "hog did not find its volume's mark after the reboot: {shown}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(hog["state"] == "exited")
+    })
+    .await?;
     step(&format!(
         "boot 2: contract {contract}'s web container runs again; hog found what it wrote to its volume before the reboot"
     ));
@@ -618,7 +621,7 @@ async fn teardown(
     let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
     let needle = format!("contract={contract}");
     let needles = ["container removed", needle.as_str(), "container=web"];
-    // Version 2 already removed web's first container: the deletion must add a line.
+    // Only a line the deletion adds counts (an earlier version may have removed a web).
     let removed = |guest: &Guest| {
         std::fs::read_to_string(&guest.serial)
             .unwrap_or_default()
@@ -636,18 +639,11 @@ async fn teardown(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let shown = grid(&["deployments", "show", contract])?;
-        if shown["state"] == "deleted" {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the node did not report the deletion: {shown}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let what = "the node did not report the deletion";
+    until_shown(&grid, contract, Duration::from_secs(60), what, |shown| {
+        Ok(shown["state"] == "deleted")
+    })
+    .await?;
     grid(&["contracts", "cancel", contract])?;
     step(&format!(
         "teardown: contract {contract}'s containers stopped and removed, reported deleted, contract cancelled"
