@@ -397,6 +397,16 @@ fn workload<'a>(shown: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
         .find(|w| w["name"] == name)
 }
 
+/// `grid … --json` as the tenant twin of the scenario (its key in `work/twin.key`).
+fn twin_grid(
+    args: &E2eArgs,
+    reg: &Registry,
+    work: &Path,
+) -> impl Fn(&[&str]) -> anyhow::Result<serde_json::Value> {
+    let (bin_dir, url, key) = (args.bin_dir.clone(), reg.url(), work.join("twin.key"));
+    move |a: &[&str]| registry::grid::<serde_json::Value>(&bin_dir, &url, &key, a)
+}
+
 /// Reads `grid deployments show CONTRACT` every 0.5 s until `done` holds for it; `done`'s
 /// error, or `within` running out (`what` says what was awaited), fails the test.
 async fn until_shown(
@@ -429,9 +439,7 @@ async fn deployment(
     work: &Path,
     image: &str,
 ) -> anyhow::Result<String> {
-    let key = work.join("twin.key");
-    let url = reg.url();
-    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let grid = twin_grid(args, reg, work);
     grid(&["key", "new"])?;
     grid(&["twin", "register"])?;
     let id = node.id.to_string();
@@ -528,9 +536,7 @@ async fn redeploy(
     contract: &str,
     image: &str,
 ) -> anyhow::Result<()> {
-    let key = work.join("twin.key");
-    let url = reg.url();
-    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let grid = twin_grid(args, reg, work);
     let app = work.join("app-v2.yaml");
     std::fs::write(
         &app,
@@ -587,9 +593,7 @@ async fn restored(
         )
         .await
         .context("boot 2 did not start the deployment's web container again")?;
-    let key = work.join("twin.key");
-    let url = reg.url();
-    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let grid = twin_grid(args, reg, work);
     let what = "hog did not find its volume's mark after the reboot";
     until_shown(&grid, contract, Duration::from_secs(120), what, |shown| {
         let hog = workload(shown, "hog").cloned().unwrap_or_default();
@@ -616,9 +620,7 @@ async fn teardown(
     work: &Path,
     contract: &str,
 ) -> anyhow::Result<()> {
-    let key = work.join("twin.key");
-    let url = reg.url();
-    let grid = |a: &[&str]| registry::grid::<serde_json::Value>(&args.bin_dir, &url, &key, a);
+    let grid = twin_grid(args, reg, work);
     let needle = format!("contract={contract}");
     let needles = ["container removed", needle.as_str(), "container=web"];
     // Only a line the deletion adds counts (an earlier version may have removed a web).
