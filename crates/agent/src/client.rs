@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, ErrorBody, ErrorCode, MailboxPage, Written};
-use gridtypes::mailbox::{self, DeploymentStatus};
+use gridtypes::mailbox::{self, DeploymentStatus, LogAnswer};
 use gridtypes::{now, Envelope, NodeRegistration, Payload, Sealed, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
 use rand::RngCore;
 
@@ -167,28 +167,62 @@ impl Client {
 
     /// Delivers a deployment status, sealed to the twin `twin_key`.
     pub async fn post_status(&self, twin_key: &str, status: &DeploymentStatus) -> Outcome {
-        let sealed = match gridtypes::parse_public_key(twin_key)
+        let sealed = gridtypes::parse_public_key(twin_key)
             .map_err(|e| e.to_string())
-            .and_then(|k| mailbox::seal_status(&k, status).map_err(|e| e.to_string()))
-        {
+            .and_then(|k| mailbox::seal_status(&k, status).map_err(|e| e.to_string()));
+        self.post_sealed(
+            paths::MAILBOX_STATUS,
+            twin_key,
+            sealed,
+            (status.contract_id, status.version),
+            Payload::DeploymentStatus,
+        )
+        .await
+    }
+
+    /// Delivers the answer to a log request, sealed to the twin `twin_key`.
+    pub async fn post_logs(&self, twin_key: &str, answer: &LogAnswer) -> Outcome {
+        let sealed = gridtypes::parse_public_key(twin_key)
+            .map_err(|e| e.to_string())
+            .and_then(|k| mailbox::seal_log_answer(&k, answer).map_err(|e| e.to_string()));
+        self.post_sealed(
+            paths::MAILBOX_LOGS,
+            twin_key,
+            sealed,
+            (answer.contract_id, answer.request),
+            Payload::Logs,
+        )
+        .await
+    }
+
+    /// Signs and posts a box sealed to the twin `twin_key` about `(contract, version)`.
+    async fn post_sealed(
+        &self,
+        path: &str,
+        twin_key: &str,
+        sealed: Result<Vec<u8>, String>,
+        (contract_id, version): (u64, u64),
+        kind: fn(Sealed) -> Payload,
+    ) -> Outcome {
+        let sealed = match sealed {
             Ok(s) => s,
             Err(e) => {
                 return Outcome::Refused {
                     status: 0,
                     code: ErrorCode::Malformed,
-                    message: format!("cannot seal the status to twin {twin_key}: {e}"),
+                    message: format!("cannot seal to twin {twin_key}: {e}"),
                 }
             }
         };
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let p = Payload::DeploymentStatus(Sealed {
-            contract_id: status.contract_id,
-            version: status.version,
+        let p = kind(Sealed {
+            contract_id,
+            version,
             sealed,
         });
         let env = Envelope::seal(&self.key, &p, now(), nonce);
-        self.post(paths::MAILBOX_STATUS, env).await
+        self.post(path, env).await
     }
 
     async fn post(&self, path: &str, env: Envelope) -> Outcome {

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use backoff::Backoff;
+use base64::Engine as _;
 use gridapi::ErrorCode;
 use gridtypes::deployment::Deployment;
-use gridtypes::mailbox::{DeploymentState, DeploymentStatus, WorkloadStatus};
+use gridtypes::mailbox::{DeploymentState, DeploymentStatus, LogAnswer, WorkloadStatus};
 use gridtypes::Resources;
 use reconcile::{Provisioner, Reconciler, Reporter, Store, StoreError};
 
@@ -23,29 +24,44 @@ pub struct StatusSender(pub Client);
 
 impl Reporter for StatusSender {
     async fn send(&self, twin_key: &str, status: &DeploymentStatus) -> bool {
-        match self.0.post_status(twin_key, status).await {
-            Outcome::Accepted(_) | Outcome::Replay => true,
-            // A newer status of ours is already there: this one has nothing left to say.
-            Outcome::Refused {
-                code: ErrorCode::StaleVersion,
-                ..
-            } => true,
-            Outcome::Refused {
-                status: code,
-                code: error,
-                message,
-            } => {
-                // Sending it again can never succeed; keeping it would block nothing but
-                // would be retried forever.
-                tracing::error!(contract = status.contract_id, version = status.version, http = code, %error, message, "registry refused a deployment status: dropped");
-                true
-            }
-            Outcome::Unavailable(why) => {
-                tracing::debug!(why, "status not delivered; kept for the next try");
-                false
-            }
-            Outcome::Throttled { .. } => false,
+        let outcome = self.0.post_status(twin_key, status).await;
+        delivered(
+            outcome,
+            "deployment status",
+            status.contract_id,
+            status.version,
+        )
+    }
+
+    async fn send_logs(&self, twin_key: &str, answer: &LogAnswer) -> bool {
+        let outcome = self.0.post_logs(twin_key, answer).await;
+        delivered(outcome, "log answer", answer.contract_id, answer.request)
+    }
+}
+
+/// Whether a sealed message is done with: taken, or refused for good (sending it again can
+/// never succeed; keeping it would block nothing but would be retried forever).
+fn delivered(outcome: Outcome, what: &str, contract: u64, version: u64) -> bool {
+    match outcome {
+        Outcome::Accepted(_) | Outcome::Replay => true,
+        // Something newer is already there: this one has nothing left to say.
+        Outcome::Refused {
+            code: ErrorCode::StaleVersion,
+            ..
+        } => true,
+        Outcome::Refused {
+            status: code,
+            code: error,
+            message,
+        } => {
+            tracing::error!(contract, version, http = code, %error, message, "registry refused a {what}: dropped");
+            true
         }
+        Outcome::Unavailable(why) => {
+            tracing::debug!(why, "{what} not delivered; kept for the next try");
+            false
+        }
+        Outcome::Throttled { .. } => false,
     }
 }
 
@@ -73,6 +89,13 @@ impl Provisioner for NoRuntime {
 
     async fn remove(&self, _: i64) -> Result<(), String> {
         Ok(())
+    }
+
+    async fn logs(&self, _: i64, name: &str, _: u32) -> Result<Vec<u8>, String> {
+        Err(format!(
+            "gridos-agent {} runs no workloads on this node, so {name:?} has no output",
+            env!("CARGO_PKG_VERSION")
+        ))
     }
 }
 
@@ -153,6 +176,22 @@ impl Provisioner for Remote {
         {
             Ok(Response::Workloads { workloads }) => Some(workloads),
             _ => None,
+        }
+    }
+
+    async fn logs(&self, contract: i64, name: &str, max_bytes: u32) -> Result<Vec<u8>, String> {
+        let req = Request::Logs {
+            contract,
+            workload: name.to_string(),
+            max_bytes: max_bytes.into(),
+        };
+        match self.call(&req, Duration::from_secs(30)).await? {
+            Response::Logs { data } => base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| {
+                    format!("the node's provision service sent logs that are not base64: {e}")
+                }),
+            other => Err(format!("the node's provision service answered {other:?}")),
         }
     }
 

@@ -1,6 +1,7 @@
 //! One function per command: each asks the registry (or the key file, or the imager) and
 //! prints either `--json` or a table for people.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
@@ -13,7 +14,7 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::{
-    deploy, keyfile, Cli, Command, ContractStateArg, ContractsCmd, DeploymentsCmd, FarmCmd,
+    deploy, keyfile, logs, Cli, Command, ContractStateArg, ContractsCmd, DeploymentsCmd, FarmCmd,
     ImageCmd, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd, UnitsArgs,
 };
 
@@ -130,6 +131,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     p.version, p.contract_id, p.contract_id
                 )
             });
+        }
+        Command::Logs(a) => {
+            let key = keyfile::load(&key_path)?;
+            let wait = std::time::Duration::from_secs(a.wait);
+            let logs = logs::fetch(&client, &key, a.contract, &a.workload, a.tail, wait).await?;
+            if j {
+                print(j, &logs, |_| String::new());
+            } else {
+                // The bytes as the container wrote them: a pipe gets them unchanged.
+                let mut out = std::io::stdout().lock();
+                out.write_all(&logs.data)?;
+                out.flush()?;
+            }
         }
         Command::Units(u) => units(&u, j)?,
     }

@@ -7,6 +7,7 @@ mod commands;
 /// App files (`grid deploy`): YAML or JSON with sizes in units; the lab writes them too.
 pub mod deploy;
 mod keyfile;
+mod logs;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,8 @@ enum Command {
     /// Follow (`show`) and remove (`delete`) what runs under a contract.
     #[command(subcommand)]
     Deployments(DeploymentsCmd),
+    /// A workload's newest output (stdout and stderr), asked of the node and sealed to you.
+    Logs(LogsArgs),
     /// Grid-wide totals.
     Stats,
     /// Compute CU and SU from raw resources with the grid's formulas.
@@ -145,6 +148,21 @@ struct DeployArgs {
     /// The contract to run them under (`grid contracts create`).
     #[arg(long)]
     contract: u64,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// Contract id.
+    contract: u64,
+    /// The workload's name in the app file.
+    workload: String,
+    /// At most this many bytes, from the end of the output.
+    #[arg(long, default_value_t = gridtypes::mailbox::MAX_LOG_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=gridtypes::mailbox::MAX_LOG_BYTES as i64))]
+    tail: u32,
+    /// How long to wait for the node's answer, in seconds.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
 }
 
 #[derive(Subcommand)]

@@ -32,6 +32,10 @@ pub mod paths {
     pub const MAILBOX_POLL: &str = "/api/v1/mailbox/poll";
     /// A node POSTs a signed `DeploymentStatus` (sealed to the twin).
     pub const MAILBOX_STATUS: &str = "/api/v1/mailbox/status";
+    /// A twin POSTs a signed `RequestLogs` (sealed to the node).
+    pub const MAILBOX_LOG_REQUEST: &str = "/api/v1/mailbox/logs/request";
+    /// A node POSTs a signed `Logs` (its answer, sealed to the twin).
+    pub const MAILBOX_LOGS: &str = "/api/v1/mailbox/logs";
 
     /// One twin.
     pub fn twin(id: u64) -> String {
@@ -56,6 +60,10 @@ pub mod paths {
     /// The node's latest signed status of a contract's deployment ([`crate::StatusView`]).
     pub fn contract_status(id: u64) -> String {
         format!("{CONTRACTS}/{id}/status")
+    }
+    /// The node's answer to the contract's latest log request ([`crate::LogsView`]).
+    pub fn contract_logs(id: u64) -> String {
+        format!("{CONTRACTS}/{id}/logs")
     }
 }
 
@@ -457,6 +465,9 @@ pub struct ContractView {
     /// The deployment version the node's latest status describes.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status_version: Option<i64>,
+    /// The number of the twin's latest log request (the next must be larger).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub log_request: Option<i64>,
 }
 
 /// One contract in a node's mailbox: what the node must run under it, if anything.
@@ -478,6 +489,10 @@ pub struct MailboxItem {
     /// (the node checks the twin's signature itself), base64; none before the first.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
     pub deployment: Option<Vec<u8>>,
+    /// The twin's signed `RequestLogs` envelope, verbatim, base64, while the node has not
+    /// answered it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub log_request: Option<Vec<u8>>,
 }
 
 /// The answer to a mailbox poll: contracts changed since the node's cursor, oldest change
@@ -502,6 +517,22 @@ pub struct StatusView {
     /// That node's ed25519 key, hex (the twin checks the envelope against it).
     pub node_key: String,
     /// The node's signed `DeploymentStatus` envelope, byte for byte, base64.
+    #[serde(with = "gridtypes::envelope::b64")]
+    pub envelope: Vec<u8>,
+}
+
+/// The node's answer to a contract's log request, for the twin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsView {
+    /// The contract.
+    pub contract_id: i64,
+    /// The request this answers.
+    pub request: i64,
+    /// The node that signed it.
+    pub node_id: i64,
+    /// That node's ed25519 key, hex.
+    pub node_key: String,
+    /// The node's signed `Logs` envelope, byte for byte, base64.
     #[serde(with = "gridtypes::envelope::b64")]
     pub envelope: Vec<u8>,
 }

@@ -259,6 +259,170 @@ pub fn open_status(twin: &SigningKey, sealed: &[u8]) -> Result<DeploymentStatus,
     Ok(s)
 }
 
+/// Most log bytes one answer carries: the tail of the container's output. Base64'd inside
+/// the sealed answer and again in the signed envelope, it still fits
+/// [`crate::MAX_PAYLOAD_BYTES`].
+pub const MAX_LOG_BYTES: usize = 16 * 1024;
+/// Largest log request a twin may seal: its JSON bytes.
+pub const MAX_LOG_REQUEST_BYTES: usize = 256;
+/// Largest log answer a node may seal: its JSON bytes (the base64 of [`MAX_LOG_BYTES`], the
+/// names and an error).
+pub const MAX_LOG_ANSWER_BYTES: usize = MAX_LOG_BYTES.div_ceil(3) * 4 + 1024;
+
+/// A twin asks the node for the newest output of one workload (sealed to the node, so the
+/// registry does not even learn the workload's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRequest {
+    /// The contract.
+    pub contract_id: u64,
+    /// The request's number: larger than every earlier request on the contract.
+    pub request: u64,
+    /// The workload's name in the deployment.
+    pub workload: String,
+    /// At most this many bytes, from the end (capped at [`MAX_LOG_BYTES`]).
+    pub max_bytes: u32,
+}
+
+/// The node's answer to a [`LogRequest`] (sealed to the twin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogAnswer {
+    /// The contract.
+    pub contract_id: u64,
+    /// The request answered.
+    pub request: u64,
+    /// The workload asked about.
+    pub workload: String,
+    /// The newest output of the workload, stdout and stderr interleaved as written.
+    #[serde(with = "crate::envelope::b64")]
+    pub data: Vec<u8>,
+    /// Why there is no output to give (an unknown workload, a runtime error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LogRequest {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        check_log_ids(self.contract_id, self.request, &self.workload)?;
+        if self.max_bytes == 0 || self.max_bytes as usize > MAX_LOG_BYTES {
+            return Err(format!(
+                "max_bytes {} is not between 1 and {MAX_LOG_BYTES}",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LogAnswer {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        check_log_ids(self.contract_id, self.request, &self.workload)?;
+        if self.data.len() > MAX_LOG_BYTES {
+            return Err(format!(
+                "{} log bytes, at most {MAX_LOG_BYTES}",
+                self.data.len()
+            ));
+        }
+        if self.error.as_ref().is_some_and(|e| e.len() > MAX_REASON) {
+            return Err(format!("error longer than {MAX_REASON} bytes"));
+        }
+        Ok(())
+    }
+}
+
+fn check_log_ids(contract: u64, request: u64, workload: &str) -> Result<(), String> {
+    if contract == 0 || contract > i64::MAX as u64 {
+        return Err(format!("contract_id {contract} is out of range"));
+    }
+    if request == 0 || request > i64::MAX as u64 {
+        return Err(format!("request {request} is out of range"));
+    }
+    if workload.is_empty() || workload.len() > MAX_NAME {
+        return Err(format!(
+            "workload name of {} bytes: 1 to {MAX_NAME}",
+            workload.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Seals a log request to the node that runs the contract.
+pub fn seal_log_request(to: &PublicKey, r: &LogRequest) -> Result<Vec<u8>, SealError> {
+    r.validate().map_err(|why| SealError::Malformed {
+        what: "log request",
+        why,
+    })?;
+    seal_json(to, r, "log request", MAX_LOG_REQUEST_BYTES)
+}
+
+/// Opens and validates a log request sealed to this node.
+pub fn open_log_request(secret: &SecretKey, sealed: &[u8]) -> Result<LogRequest, SealError> {
+    let r: LogRequest = open_json(secret, sealed, "log request", MAX_LOG_REQUEST_BYTES)?;
+    r.validate().map_err(|why| SealError::Malformed {
+        what: "log request",
+        why,
+    })?;
+    Ok(r)
+}
+
+/// Seals a log answer to the twin that asked.
+pub fn seal_log_answer(twin: &VerifyingKey, a: &LogAnswer) -> Result<Vec<u8>, SealError> {
+    a.validate().map_err(|why| SealError::Malformed {
+        what: "log answer",
+        why,
+    })?;
+    seal_json(&box_public(twin), a, "log answer", MAX_LOG_ANSWER_BYTES)
+}
+
+/// Opens and validates a log answer sealed to this twin.
+pub fn open_log_answer(twin: &SigningKey, sealed: &[u8]) -> Result<LogAnswer, SealError> {
+    let a: LogAnswer = open_json(
+        &box_secret(twin),
+        sealed,
+        "log answer",
+        MAX_LOG_ANSWER_BYTES,
+    )?;
+    a.validate().map_err(|why| SealError::Malformed {
+        what: "log answer",
+        why,
+    })?;
+    Ok(a)
+}
+
+fn seal_json<T: Serialize>(
+    to: &PublicKey,
+    v: &T,
+    what: &'static str,
+    max: usize,
+) -> Result<Vec<u8>, SealError> {
+    // Plain data: it always serialises.
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    if bytes.len() > max {
+        return Err(SealError::TooLarge {
+            what,
+            len: bytes.len(),
+            max,
+        });
+    }
+    seal(to, &bytes)
+}
+
+fn open_json<T: serde::de::DeserializeOwned>(
+    secret: &SecretKey,
+    sealed: &[u8],
+    what: &'static str,
+    max: usize,
+) -> Result<T, SealError> {
+    let bytes = open(secret, sealed, max)?;
+    serde_json::from_slice(&bytes).map_err(|e| SealError::Malformed {
+        what,
+        why: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +556,108 @@ mod tests {
             open_status(&twin, &sealed),
             Err(SealError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn log_requests_open_only_on_their_node_and_answers_only_for_their_twin() {
+        let node = SigningKey::generate(&mut Rng);
+        let other = SigningKey::generate(&mut Rng);
+        let twin = SigningKey::generate(&mut Rng);
+        let req = LogRequest {
+            contract_id: 7,
+            request: 3,
+            workload: "web".into(),
+            max_bytes: 4096,
+        };
+        let sealed = seal_log_request(&box_public(&node.verifying_key()), &req).unwrap();
+        assert_eq!(open_log_request(&box_secret(&node), &sealed).unwrap(), req);
+        assert_eq!(
+            open_log_request(&box_secret(&other), &sealed),
+            Err(SealError::NotForUs)
+        );
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            open_log_request(&box_secret(&node), &tampered),
+            Err(SealError::NotForUs)
+        );
+
+        let answer = LogAnswer {
+            contract_id: 7,
+            request: 3,
+            workload: "web".into(),
+            data: vec![0xff; MAX_LOG_BYTES],
+            error: None,
+        };
+        let sealed = seal_log_answer(&twin.verifying_key(), &answer).unwrap();
+        assert_eq!(open_log_answer(&twin, &sealed).unwrap(), answer);
+        assert_eq!(open_log_answer(&other, &sealed), Err(SealError::NotForUs));
+        // The largest answer still fits one payload once sealed and base64'd.
+        let p = crate::Payload::Logs(crate::Sealed {
+            contract_id: 7,
+            version: 3,
+            sealed,
+        });
+        assert!(serde_json::to_vec(&p).unwrap().len() <= p.max_len());
+        assert!(p.max_len() <= crate::MAX_PAYLOAD_BYTES);
+    }
+
+    #[test]
+    fn log_messages_out_of_range_are_refused_on_both_ends() {
+        let node = SigningKey::generate(&mut Rng);
+        let to = box_public(&node.verifying_key());
+        let good = LogRequest {
+            contract_id: 7,
+            request: 1,
+            workload: "web".into(),
+            max_bytes: 1,
+        };
+        for bad in [
+            LogRequest {
+                max_bytes: 0,
+                ..good.clone()
+            },
+            LogRequest {
+                max_bytes: MAX_LOG_BYTES as u32 + 1,
+                ..good.clone()
+            },
+            LogRequest {
+                request: 0,
+                ..good.clone()
+            },
+            LogRequest {
+                contract_id: u64::MAX,
+                ..good.clone()
+            },
+            LogRequest {
+                workload: String::new(),
+                ..good.clone()
+            },
+        ] {
+            assert!(seal_log_request(&to, &bad).is_err(), "{bad:?}");
+            // A hostile twin seals it by hand: the node refuses it on opening.
+            let sealed = seal(&to, &serde_json::to_vec(&bad).unwrap()).unwrap();
+            assert!(
+                matches!(
+                    open_log_request(&box_secret(&node), &sealed),
+                    Err(SealError::Malformed { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let huge = seal(&to, &vec![b' '; MAX_LOG_REQUEST_BYTES + 1]).unwrap();
+        assert!(matches!(
+            open_log_request(&box_secret(&node), &huge),
+            Err(SealError::TooLarge { .. })
+        ));
+        let too_much = LogAnswer {
+            contract_id: 7,
+            request: 1,
+            workload: "web".into(),
+            data: vec![0; MAX_LOG_BYTES + 1],
+            error: None,
+        };
+        assert!(seal_log_answer(&node.verifying_key(), &too_much).is_err());
     }
 }

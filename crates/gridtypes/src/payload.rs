@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::mailbox::{MAX_DEPLOYMENT_BYTES, MAX_STATUS_BYTES, SEAL_OVERHEAD};
+use crate::mailbox::{
+    MAX_DEPLOYMENT_BYTES, MAX_LOG_ANSWER_BYTES, MAX_LOG_REQUEST_BYTES, MAX_STATUS_BYTES,
+    SEAL_OVERHEAD,
+};
 use crate::units::Resources;
 
 /// Longest farm name the registry accepts.
@@ -70,6 +73,12 @@ pub enum Payload {
     Deploy(Sealed),
     /// A node posts how a deployment version stands, sealed to the twin.
     DeploymentStatus(Sealed),
+    /// A twin asks the node for a workload's output ([`crate::mailbox::LogRequest`], sealed
+    /// to the node); `version` is the request's number, larger than the contract's last.
+    RequestLogs(Sealed),
+    /// A node answers the contract's outstanding log request
+    /// ([`crate::mailbox::LogAnswer`], sealed to the twin); `version` is the request's number.
+    Logs(Sealed),
     /// A node asks for what changed in its mailbox since `after`, waiting up to `wait_secs`
     /// for something to arrive (long poll: the node needs no inbound port).
     PollMailbox {
@@ -213,7 +222,14 @@ fn check_contract_id(id: u64) -> Result<(), PayloadError> {
 
 /// The most bytes a [`Payload::Deploy`] or [`Payload::DeploymentStatus`] takes: the base64 of
 /// the largest sealed box plus room for the numbers and pretty-printing.
-const MAX_SEALED_PAYLOAD: usize = (MAX_DEPLOYMENT_BYTES + SEAL_OVERHEAD).div_ceil(3) * 4 + 512;
+const MAX_SEALED_PAYLOAD: usize = sealed_payload(MAX_DEPLOYMENT_BYTES);
+
+/// The most bytes a payload carrying a sealed box of `plain` bytes takes.
+const fn sealed_payload(plain: usize) -> usize {
+    (plain + SEAL_OVERHEAD).div_ceil(3) * 4 + 512
+}
+
+const _: () = assert!(sealed_payload(MAX_LOG_ANSWER_BYTES) <= MAX_PAYLOAD_BYTES);
 
 /// At most this many warnings in one message, each at most [`MAX_TEXT`] bytes.
 pub const MAX_WARNINGS: usize = 8;
@@ -305,6 +321,8 @@ impl Payload {
             | Payload::PollMailbox { .. } => 512,
             // The base64 of the largest sealed deployment or status, and the numbers.
             Payload::Deploy(_) | Payload::DeploymentStatus(_) => MAX_SEALED_PAYLOAD,
+            Payload::RequestLogs(_) => sealed_payload(MAX_LOG_REQUEST_BYTES),
+            Payload::Logs(_) => sealed_payload(MAX_LOG_ANSWER_BYTES),
             // 8 warnings of 128 bytes even if every byte is escaped as \u00XX, plus the numbers.
             Payload::Report(Report::Uptime { .. } | Report::Capacity { .. }) => 8192,
             Payload::Report(Report::Consumption(_)) => 1024,
@@ -335,6 +353,8 @@ impl Payload {
             Payload::CancelContract { .. } => "cancel_contract",
             Payload::Deploy(_) => "deploy",
             Payload::DeploymentStatus(_) => "deployment_status",
+            Payload::RequestLogs(_) => "request_logs",
+            Payload::Logs(_) => "logs",
             Payload::PollMailbox { .. } => "poll_mailbox",
         }
     }
@@ -414,15 +434,19 @@ impl Payload {
                 Ok(())
             }
             Payload::CancelContract { contract_id } => check_contract_id(*contract_id),
-            Payload::Deploy(s) | Payload::DeploymentStatus(s) => {
+            Payload::Deploy(s)
+            | Payload::DeploymentStatus(s)
+            | Payload::RequestLogs(s)
+            | Payload::Logs(s) => {
                 check_contract_id(s.contract_id)?;
                 if s.version == 0 || s.version > i64::MAX as u64 {
                     return Err(invalid(format!("version {} is out of range", s.version)));
                 }
-                let max = if matches!(self, Payload::Deploy(_)) {
-                    MAX_DEPLOYMENT_BYTES
-                } else {
-                    MAX_STATUS_BYTES
+                let max = match self {
+                    Payload::Deploy(_) => MAX_DEPLOYMENT_BYTES,
+                    Payload::RequestLogs(_) => MAX_LOG_REQUEST_BYTES,
+                    Payload::Logs(_) => MAX_LOG_ANSWER_BYTES,
+                    _ => MAX_STATUS_BYTES,
                 } + SEAL_OVERHEAD;
                 if s.sealed.len() <= SEAL_OVERHEAD || s.sealed.len() > max {
                     return Err(invalid(format!(

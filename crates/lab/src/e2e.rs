@@ -523,7 +523,39 @@ async fn deployment(
     if let Some(t) = web_running {
         println!("deploy_to_running_uncached_s={:.1}", t.as_secs_f64());
     }
+    logs(&grid, &contract).await?;
     Ok(contract)
+}
+
+/// `grid logs`: what `web` and `hog` printed comes back from the node, sealed to the twin;
+/// a workload the deployment does not have is refused with its name.
+async fn logs(
+    grid: &impl Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    contract: &str,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let web = grid(&["logs", contract, "web", "--wait", "120"])?;
+    let took = t0.elapsed().as_secs_f64();
+    ensure!(web["text"] == "up\n", "grid logs web: {web}");
+    // hog printed nothing before the OOM kill: "survived" would mean it was not killed.
+    let hog = grid(&["logs", contract, "hog", "--tail", "100"])?;
+    ensure!(
+        !hog["text"].to_string().contains("survived"),
+        "grid logs hog: {hog}"
+    );
+    match grid(&["logs", contract, "nosuch"]) {
+        Ok(v) => bail!("grid logs of a workload that does not exist answered {v}"),
+        Err(e) => ensure!(
+            format!("{e:#}").contains("nosuch"),
+            "grid logs nosuch failed without naming it: {e:#}"
+        ),
+    }
+    step(&format!(
+        "logs: grid logs shows what web printed, through the mailbox ({took:.1} s); an unknown \
+         workload is refused by name"
+    ));
+    println!("grid_logs_s={took:.1}");
+    Ok(())
 }
 
 /// Version 2 keeps `web` as it runs, drops `hog` and adds `web2` of the same image: the node

@@ -6,6 +6,7 @@
 use crypto_box::SecretKey;
 use gridapi::{ContractState, MailboxItem};
 use gridtypes::deployment::Deployment;
+use gridtypes::mailbox::LogRequest;
 use gridtypes::{mailbox, Envelope, Payload};
 
 use crate::store::Record;
@@ -99,4 +100,77 @@ pub fn decide(item: &MailboxItem, current: Option<&Record>, secret: &SecretKey) 
         return refuse(e.to_string());
     }
     Decision::Apply(d)
+}
+
+/// What to do with the log request an item carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogDecision {
+    /// Read the workload's output and answer the twin.
+    Answer(LogRequest),
+    /// The twin asked, but the request cannot be read: answer request `request` with why.
+    Refuse {
+        /// The request's number.
+        request: u64,
+        /// Why, for the twin.
+        reason: String,
+    },
+    /// Not the twin's word, already answered, or about a contract the node does not run:
+    /// logged only.
+    Ignore(String),
+}
+
+/// Decides what the log request in `item` asks, given what the node holds for the
+/// contract and the last request it answered there. `None`: the item carries none.
+pub fn log_request(
+    item: &MailboxItem,
+    current: Option<&Record>,
+    answered: u64,
+    secret: &SecretKey,
+) -> Option<LogDecision> {
+    let raw = item.log_request.as_ref()?;
+    let id = item.contract_id;
+    let ignore = |why: String| Some(LogDecision::Ignore(format!("contract {id}: {why}")));
+    let Some(record) = current.filter(|r| !r.cancelled) else {
+        return ignore("log request for a contract this node does not run".into());
+    };
+    let verified = match Envelope::from_json(raw).and_then(|e| e.open_relayed()) {
+        Ok(v) => v,
+        Err(e) => return ignore(format!("log request envelope {e}")),
+    };
+    let Payload::RequestLogs(sealed) = verified.payload else {
+        return ignore(format!(
+            "the mailbox holds a {} message, not a log request",
+            verified.payload.kind()
+        ));
+    };
+    if verified.signer_hex != record.twin_key || verified.signer_hex != item.twin_key {
+        return ignore(format!(
+            "log request signed by {}, not by the contract's twin {}",
+            verified.signer_hex, record.twin_key
+        ));
+    }
+    if sealed.contract_id as i64 != id {
+        return ignore(format!(
+            "the twin's log request is for contract {}",
+            sealed.contract_id
+        ));
+    }
+    let request = sealed.version;
+    if request <= answered {
+        return ignore(format!(
+            "log request {request} is not newer than request {answered} answered: replayed"
+        ));
+    }
+    let refuse = |reason: String| Some(LogDecision::Refuse { request, reason });
+    let r = match mailbox::open_log_request(secret, &sealed.sealed) {
+        Ok(r) => r,
+        Err(e) => return refuse(e.to_string()),
+    };
+    if r.contract_id != sealed.contract_id || r.request != request {
+        return refuse(format!(
+            "the sealed request says contract {} request {}, its envelope contract {} request {request}",
+            r.contract_id, r.request, sealed.contract_id
+        ));
+    }
+    Some(LogDecision::Answer(r))
 }

@@ -16,9 +16,9 @@ use std::future::Future;
 use crypto_box::SecretKey;
 use gridapi::{MailboxItem, MailboxPage};
 use gridtypes::deployment::Deployment;
-use gridtypes::mailbox::{DeploymentState, DeploymentStatus, WorkloadStatus};
+use gridtypes::mailbox::{DeploymentState, DeploymentStatus, LogAnswer, WorkloadStatus};
 
-pub use decide::{decide, Decision};
+pub use decide::{decide, Decision, LogDecision};
 pub use store::{Record, Store, StoreError};
 
 /// What runs workloads on the node: containers and volumes now.
@@ -42,6 +42,14 @@ pub trait Provisioner: Send + Sync {
     fn current(&self, _contract: i64) -> impl Future<Output = Option<Vec<WorkloadStatus>>> + Send {
         std::future::ready(None)
     }
+
+    /// The newest output of workload `name` of `contract`: at most `max_bytes`, from the end.
+    fn logs(
+        &self,
+        contract: i64,
+        name: &str,
+        max_bytes: u32,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 
     /// True when what ran was lost since the last call (the runtime was restarted): the
     /// caller then applies every deployment again ([`Reconciler::restore`]).
@@ -70,6 +78,10 @@ impl<P: Provisioner> Provisioner for &P {
         (**self).current(contract).await
     }
 
+    async fn logs(&self, contract: i64, name: &str, max_bytes: u32) -> Result<Vec<u8>, String> {
+        (**self).logs(contract, name, max_bytes).await
+    }
+
     async fn lost_workloads(&self) -> bool {
         (**self).lost_workloads().await
     }
@@ -79,6 +91,9 @@ impl<P: Provisioner> Provisioner for &P {
 pub trait Reporter: Send + Sync {
     /// Delivers `status` of `contract` to the twin `twin_key`; false to try again later.
     fn send(&self, twin_key: &str, status: &DeploymentStatus) -> impl Future<Output = bool> + Send;
+
+    /// Delivers the answer to a log request to the twin `twin_key`; false to try again later.
+    fn send_logs(&self, twin_key: &str, answer: &LogAnswer) -> impl Future<Output = bool> + Send;
 }
 
 /// The deployments of one node.
@@ -89,6 +104,11 @@ pub struct Reconciler<P, R> {
     secret: SecretKey,
     provisioner: P,
     reporter: R,
+    /// The last log request answered, by contract. Kept in memory only: after a restart the
+    /// node may answer a request again, which shows the twin fresher output and nothing else.
+    logs_answered: BTreeMap<i64, u64>,
+    /// Log answers the registry has not taken yet, with the twin each is sealed to.
+    logs_unsent: Vec<(String, LogAnswer)>,
 }
 
 impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
@@ -106,6 +126,8 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
             secret,
             provisioner,
             reporter,
+            logs_answered: BTreeMap::new(),
+            logs_unsent: Vec::new(),
         })
     }
 
@@ -143,12 +165,17 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
     pub async fn take(&mut self, page: &MailboxPage) -> Result<(), StoreError> {
         for item in &page.items {
             self.take_item(item).await?;
+            self.take_log_request(item).await;
             self.cursor = self.cursor.max(item.rev);
             self.store.set_cursor(self.cursor)?;
         }
         if page.rev > self.cursor {
             self.cursor = page.rev;
             self.store.set_cursor(self.cursor)?;
+        }
+        if !self.logs_unsent.is_empty() {
+            // The twin is waiting on the other end.
+            self.flush().await?;
         }
         Ok(())
     }
@@ -228,6 +255,61 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
         Ok(())
     }
 
+    /// Answers the log request `item` carries, if any, with the workload's newest output.
+    async fn take_log_request(&mut self, item: &MailboxItem) {
+        let id = item.contract_id;
+        let answered = self.logs_answered.get(&id).copied().unwrap_or(0);
+        let record = self.records.get(&id);
+        let answer = match decide::log_request(item, record, answered, &self.secret) {
+            None => return,
+            Some(LogDecision::Ignore(why)) => {
+                tracing::warn!(contract = id, why, "log request ignored");
+                return;
+            }
+            Some(LogDecision::Refuse { request, reason }) => {
+                tracing::warn!(contract = id, request, reason, "log request refused");
+                LogAnswer {
+                    contract_id: id as u64,
+                    request,
+                    workload: "?".into(),
+                    data: Vec::new(),
+                    error: Some(bounded(&reason)),
+                }
+            }
+            Some(LogDecision::Answer(r)) => {
+                let max = r.max_bytes.min(gridtypes::mailbox::MAX_LOG_BYTES as u32);
+                let (data, error) = match self.provisioner.logs(id, &r.workload, max).await {
+                    Ok(mut data) => {
+                        // The tail is what was asked for; more would not fit the answer.
+                        let extra = data.len().saturating_sub(max as usize);
+                        data.drain(..extra);
+                        (data, None)
+                    }
+                    Err(e) => (Vec::new(), Some(bounded(&e))),
+                };
+                tracing::info!(
+                    contract = id,
+                    request = r.request,
+                    workload = r.workload,
+                    bytes = data.len(),
+                    "answering a log request"
+                );
+                LogAnswer {
+                    contract_id: id as u64,
+                    request: r.request,
+                    workload: r.workload,
+                    data,
+                    error,
+                }
+            }
+        };
+        self.logs_answered.insert(id, answer.request);
+        // Only the newest answer per contract matters: the registry takes no other.
+        self.logs_unsent
+            .retain(|(_, a)| a.contract_id != answer.contract_id);
+        self.logs_unsent.push((item.twin_key.clone(), answer));
+    }
+
     /// Provisions `d` for contract `id`, saving `provisioning` then the outcome.
     async fn run(&mut self, id: i64, d: Deployment) -> Result<(), StoreError> {
         self.set_status(id, provisioning(id, &d))?;
@@ -292,8 +374,15 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
         self.flush().await
     }
 
-    /// Sends every status the registry does not have yet; what fails stays for the next call.
+    /// Sends every status and log answer the registry does not have yet; what fails stays
+    /// for the next call.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
+        let answers = std::mem::take(&mut self.logs_unsent);
+        for (twin, answer) in answers {
+            if !self.reporter.send_logs(&twin, &answer).await {
+                self.logs_unsent.push((twin, answer));
+            }
+        }
         let unsent: Vec<(i64, String, DeploymentStatus)> = self
             .records
             .values()
@@ -314,9 +403,9 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
         Ok(())
     }
 
-    /// Statuses waiting for the registry.
+    /// Statuses and log answers waiting for the registry.
     pub fn unsent(&self) -> usize {
-        self.records.values().filter(|r| !r.status_sent).count()
+        self.records.values().filter(|r| !r.status_sent).count() + self.logs_unsent.len()
     }
 }
 

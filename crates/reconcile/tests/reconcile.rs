@@ -66,6 +66,17 @@ impl Provisioner for Recording {
     async fn current(&self, _: i64) -> Option<Vec<WorkloadStatus>> {
         self.1.lock().unwrap().clone()
     }
+
+    /// More output than asked for (the reconciler keeps the tail); `gone` is unknown.
+    async fn logs(&self, contract: i64, name: &str, max_bytes: u32) -> Result<Vec<u8>, String> {
+        self.0.push(format!("logs {contract} {name} {max_bytes}"));
+        if name == "gone" {
+            return Err(format!("no workload {name:?}"));
+        }
+        let mut out = vec![b'x'; 10];
+        out.extend(std::iter::repeat_n(b'y', max_bytes as usize));
+        Ok(out)
+    }
 }
 
 /// Seals each status to the twin as the agent would, opens it again, and records it; can
@@ -74,6 +85,7 @@ impl Provisioner for Recording {
 struct Twin {
     key: SigningKey,
     sent: Arc<Mutex<Vec<DeploymentStatus>>>,
+    answers: Arc<Mutex<Vec<mailbox::LogAnswer>>>,
     down: Arc<Mutex<bool>>,
 }
 
@@ -86,6 +98,17 @@ impl Reporter for Twin {
         let sealed = mailbox::seal_status(&to, status).unwrap();
         let opened = mailbox::open_status(&self.key, &sealed).unwrap();
         self.sent.lock().unwrap().push(opened);
+        true
+    }
+
+    async fn send_logs(&self, twin_key: &str, answer: &mailbox::LogAnswer) -> bool {
+        if *self.down.lock().unwrap() {
+            return false;
+        }
+        let to = gridtypes::parse_public_key(twin_key).unwrap();
+        let sealed = mailbox::seal_log_answer(&to, answer).unwrap();
+        let opened = mailbox::open_log_answer(&self.key, &sealed).unwrap();
+        self.answers.lock().unwrap().push(opened);
         true
     }
 }
@@ -151,6 +174,7 @@ impl World {
             twin: Twin {
                 key: SigningKey::generate(&mut OsRng),
                 sent: Default::default(),
+                answers: Default::default(),
                 down: Default::default(),
             },
             log: Log::default(),
@@ -180,6 +204,7 @@ impl World {
                 twin_key: hex::encode(self.twin.key.verifying_key().as_bytes()),
                 resources: limits(),
                 deployment,
+                log_request: None,
             }],
             rev: self.rev,
             more: false,
@@ -197,6 +222,38 @@ impl World {
         });
         let raw = signed(by, &p);
         self.item(ContractState::Active, Some(raw))
+    }
+
+    /// The twin's log request as the registry relays it, next to the contract's deployment
+    /// `deployment`: sealed to `to` and signed by `by`.
+    fn ask_logs_as(
+        &mut self,
+        by: &SigningKey,
+        to: &SigningKey,
+        deployment: &MailboxPage,
+        r: &mailbox::LogRequest,
+    ) -> MailboxPage {
+        let sealed = mailbox::seal(
+            &mailbox::box_public(&to.verifying_key()),
+            &serde_json::to_vec(r).unwrap(),
+        )
+        .unwrap();
+        let p = Payload::RequestLogs(Sealed {
+            contract_id: r.contract_id,
+            version: r.request,
+            sealed,
+        });
+        let mut page = self.item(
+            deployment.items[0].state,
+            deployment.items[0].deployment.clone(),
+        );
+        page.items[0].log_request = Some(signed(by, &p));
+        page
+    }
+
+    fn ask_logs(&mut self, deployment: &MailboxPage, r: &mailbox::LogRequest) -> MailboxPage {
+        let (twin, node) = (self.twin.key.clone(), self.node.clone());
+        self.ask_logs_as(&twin, &node, deployment, r)
     }
 
     fn deploy(&mut self, d: &Deployment) -> MailboxPage {
@@ -451,4 +508,99 @@ async fn an_unreadable_record_is_moved_aside_not_lost() {
     assert!(r.records().is_empty());
     assert_eq!(r.cursor(), 0);
     assert!(w.dir.path().join("contract-3.corrupt").exists());
+}
+
+fn log_request(request: u64, workload: &str, max_bytes: u32) -> mailbox::LogRequest {
+    mailbox::LogRequest {
+        contract_id: CONTRACT as u64,
+        request,
+        workload: workload.into(),
+        max_bytes,
+    }
+}
+
+impl Twin {
+    fn answers(&self) -> Vec<(u64, String, usize, Option<String>)> {
+        std::mem::take(&mut *self.answers.lock().unwrap())
+            .into_iter()
+            .map(|a| (a.request, a.workload, a.data.len(), a.error))
+            .collect()
+    }
+}
+
+/// A log request is answered once, with the tail asked for, sealed to the twin; whatever the
+/// twin did not say itself is ignored, and what the twin sent unreadable is answered so.
+#[tokio::test]
+async fn log_requests_are_answered_once_with_the_tail() {
+    let mut w = World::new();
+    let mut r = w.reconciler();
+    let deployed = w.deploy(&volumes(1, &["web"]));
+    r.take(&deployed).await.unwrap();
+    w.log.take();
+    w.twin.sent();
+
+    let ask = w.ask_logs(&deployed, &log_request(1, "web", 100));
+    r.take(&ask).await.unwrap();
+    // The deployment riding along is not applied again.
+    assert_eq!(w.log.take(), ["logs 7 web 100"]);
+    assert_eq!(w.twin.answers(), [(1, "web".into(), 100, None)]);
+    assert!(w.twin.sent().is_empty());
+    // The same request relayed again (a replay, or a registry that did not see the answer).
+    r.take(&ask).await.unwrap();
+    let old = w.ask_logs(&deployed, &log_request(1, "web", 5));
+    r.take(&old).await.unwrap();
+    assert!(w.log.take().is_empty());
+    assert!(w.twin.answers().is_empty());
+
+    // An unknown workload: the twin learns why.
+    r.take(&w.ask_logs(&deployed, &log_request(2, "gone", 100)))
+        .await
+        .unwrap();
+    let a = w.twin.answers();
+    assert_eq!((a[0].0, a[0].2), (2, 0));
+    assert!(a[0].3.as_ref().unwrap().contains("gone"), "{a:?}");
+    assert_eq!(w.log.take(), ["logs 7 gone 100"]);
+
+    // Sealed to another node: answered as unreadable; out of range inside: the same.
+    let stranger = SigningKey::generate(&mut OsRng);
+    let twin = w.twin.key.clone();
+    r.take(&w.ask_logs_as(&twin, &stranger, &deployed, &log_request(3, "web", 100)))
+        .await
+        .unwrap();
+    r.take(&w.ask_logs(&deployed, &log_request(4, "web", 0)))
+        .await
+        .unwrap();
+    let a = w.twin.answers();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(a[0].3.as_ref().unwrap().contains("does not open"), "{a:?}");
+    assert!(a[1].3.as_ref().unwrap().contains("max_bytes"), "{a:?}");
+    // Signed by someone else: not the twin's word, nothing read, nothing said.
+    let node = w.node.clone();
+    r.take(&w.ask_logs_as(&stranger, &node, &deployed, &log_request(5, "web", 100)))
+        .await
+        .unwrap();
+    assert!(w.log.take().is_empty());
+    assert!(w.twin.answers().is_empty());
+
+    // The registry is down: the answer waits, then goes.
+    *w.twin.down.lock().unwrap() = true;
+    r.take(&w.ask_logs(&deployed, &log_request(6, "web", 10)))
+        .await
+        .unwrap();
+    assert_eq!(r.unsent(), 1);
+    *w.twin.down.lock().unwrap() = false;
+    r.flush().await.unwrap();
+    assert_eq!(w.twin.answers(), [(6, "web".into(), 10, None)]);
+    assert_eq!(r.unsent(), 0);
+
+    // A contract torn down has no output to give.
+    r.take(&w.item(ContractState::Cancelled, None))
+        .await
+        .unwrap();
+    w.log.take();
+    let mut gone = w.ask_logs(&deployed, &log_request(7, "web", 10));
+    gone.items[0].state = ContractState::Cancelled;
+    r.take(&gone).await.unwrap();
+    assert!(w.log.take().is_empty());
+    assert!(w.twin.answers().is_empty());
 }

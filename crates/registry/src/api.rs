@@ -13,9 +13,9 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use gridapi::paths;
 pub use gridapi::{
-    ContractFilter, ContractState, ContractView, FarmView, MailboxItem, MailboxPage, NodeFilter,
-    NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats, StatusView, StoredKind,
-    Totals, TwinView, Written,
+    ContractFilter, ContractState, ContractView, FarmView, LogsView, MailboxItem, MailboxPage,
+    NodeFilter, NodeStatus, NodeView, Page, Paging, ReportFilter, ReportView, Stats, StatusView,
+    StoredKind, Totals, TwinView, Written,
 };
 use gridtypes::{now, Envelope, Payload, ResourceTotals, Units, Verified};
 use serde::de::DeserializeOwned;
@@ -85,9 +85,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             &format!("{}/{{id}}/status", paths::CONTRACTS),
             get(get_status),
         )
+        .route(&format!("{}/{{id}}/logs", paths::CONTRACTS), get(get_logs))
         .route(paths::MAILBOX, post(post_deployment))
         .route(paths::MAILBOX_POLL, post(poll_mailbox))
         .route(paths::MAILBOX_STATUS, post(post_status))
+        .route(paths::MAILBOX_LOG_REQUEST, post(post_log_request))
+        .route(paths::MAILBOX_LOGS, post(post_logs))
         .route(paths::STATS, get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -536,7 +539,7 @@ async fn list_reports(
 // ---- contracts ----
 
 const CONTRACT_COLUMNS: &str = "id, twin_id, node_id, cru, mru, sru, hru, ipv4, state, \
-    created_at, cancelled_at, deployment_version, status_version";
+    created_at, cancelled_at, deployment_version, status_version, log_request_id";
 
 fn contract_state(r: &AnyRow) -> Result<ContractState, sqlx::Error> {
     r.try_get::<String, _>("state")?
@@ -556,6 +559,7 @@ fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
         cancelled_at: r.try_get("cancelled_at")?,
         deployment_version: r.try_get("deployment_version")?,
         status_version: r.try_get("status_version")?,
+        log_request: r.try_get("log_request_id")?,
     })
 }
 
@@ -658,7 +662,10 @@ async fn poll_mailbox(State(s): S, headers: HeaderMap, body: Body) -> AppResult<
 async fn mailbox_page(db: &Db, node: i64, after: i64) -> AppResult<MailboxPage> {
     let rows = sqlx::query(
         "SELECT c.id, c.rev, c.state, c.twin_id, t.public_key, c.cru, c.mru, c.sru, c.hru, \
-            c.ipv4, c.deployment FROM contracts c JOIN twins t ON t.id = c.twin_id \
+            c.ipv4, c.deployment, \
+            CASE WHEN c.log_request_id > COALESCE(c.log_answer_id, 0) THEN c.log_request END \
+              AS log_request \
+         FROM contracts c JOIN twins t ON t.id = c.twin_id \
          WHERE c.node_id = $1 AND c.rev > $2 ORDER BY c.rev LIMIT $3",
     )
     .bind(node)
@@ -677,6 +684,7 @@ async fn mailbox_page(db: &Db, node: i64, after: i64) -> AppResult<MailboxPage> 
                 twin_key: r.try_get("public_key")?,
                 resources: resources(r, "")?,
                 deployment: r.try_get("deployment")?,
+                log_request: r.try_get("log_request")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -707,6 +715,48 @@ async fn get_status(State(s): S, Path(id): Path<String>) -> AppResult<Json<Statu
                 "the node has not reported on contract {id}'s deployment yet"
             ))
         })?,
+    }))
+}
+
+async fn post_log_request(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "request_logs").await
+}
+
+async fn post_logs(
+    State(s): S,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<(StatusCode, Json<Written>)> {
+    signed_write(&s, &headers, body, "logs").await
+}
+
+async fn get_logs(State(s): S, Path(id): Path<String>) -> AppResult<Json<LogsView>> {
+    let id = parse_id(&id, "contract")?;
+    let row = sqlx::query(
+        "SELECT c.node_id, n.public_key, c.log_answer_id, c.log_answer FROM contracts c \
+         JOIN nodes n ON n.id = c.node_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&s.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("contract {id} does not exist")))?;
+    let answer: (Option<i64>, Option<Vec<u8>>) =
+        (row.try_get("log_answer_id")?, row.try_get("log_answer")?);
+    let (Some(request), Some(envelope)) = answer else {
+        return Err(ApiError::NotFound(format!(
+            "the node has not answered a log request on contract {id} yet"
+        )));
+    };
+    Ok(Json(LogsView {
+        contract_id: id,
+        request,
+        node_id: row.try_get("node_id")?,
+        node_key: row.try_get("public_key")?,
+        envelope,
     }))
 }
 

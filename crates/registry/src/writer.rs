@@ -150,6 +150,7 @@ async fn commit_batch(
                     && matches!(
                         job.verified.payload,
                         Payload::Deploy(_)
+                            | Payload::RequestLogs(_)
                             | Payload::CreateContract(_)
                             | Payload::CancelContract { .. }
                     );
@@ -536,6 +537,14 @@ async fn apply(
                 v.timestamp
             )))
         }
+        Payload::RequestLogs(s) => {
+            let twin = check!(twin_id(conn, &v.signer_hex));
+            Ctx::Mail(check!(log_requestable(conn, backend, twin, s)))
+        }
+        Payload::Logs(s) => {
+            let node = check!(node_by_key(conn, &v.signer_hex));
+            Ctx::Mail(check!(log_answerable(conn, backend, node.id, s)))
+        }
         // Polls are reads: the API answers them without the writer.
         Payload::PollMailbox { .. } => {
             return Ok(Err(ApiError::WrongKind {
@@ -574,6 +583,10 @@ async fn apply(
             cancel_contract(conn, backend, contract, now).await
         }
         (Payload::Deploy(s), Ctx::Mail(row)) => deploy(conn, row, s, &job.raw).await,
+        (Payload::RequestLogs(s), Ctx::Mail(row)) => {
+            store_log_request(conn, row, s, &job.raw).await
+        }
+        (Payload::Logs(s), Ctx::Mail(row)) => store_log_answer(conn, row, s, &job.raw).await,
         (Payload::DeploymentStatus(s), Ctx::Mail(row)) => {
             store_status(conn, row, s, v.timestamp, &job.raw).await
         }
@@ -909,6 +922,126 @@ async fn status_target(
     }))
 }
 
+/// The contract a twin's log request goes to: its own, active, with a deployment to ask
+/// about, and the request numbered above the last.
+async fn log_requestable(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    twin: i64,
+    s: &Sealed,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
+        return Ok(Err(no_contract(s.contract_id)));
+    };
+    let id = s.contract_id;
+    if r.try_get::<i64, _>("twin_id")? != twin {
+        return Ok(Err(ApiError::Forbidden(format!(
+            "contract {id} belongs to another twin"
+        ))));
+    }
+    if r.try_get::<String, _>("state")? != ContractState::Active.as_str() {
+        return Ok(Err(ApiError::Conflict(format!(
+            "contract {id} is cancelled: nothing runs under it any more"
+        ))));
+    }
+    if r.try_get::<Option<i64>, _>("deployment_version")?.is_none() {
+        return Ok(Err(ApiError::Conflict(format!(
+            "contract {id} has no deployment yet: nothing has output to read"
+        ))));
+    }
+    if let Some(have) = r.try_get::<Option<i64>, _>("log_request_id")? {
+        if s.version as i64 <= have {
+            return Ok(Err(ApiError::StaleVersion(format!(
+                "contract {id} already has log request {have}: number the next {} or higher",
+                have + 1
+            ))));
+        }
+    }
+    Ok(Ok(MailRow {
+        id: id as i64,
+        node_id: r.try_get("node_id")?,
+    }))
+}
+
+/// The contract a node's log answer is for: on this node, and the request it answers the
+/// one outstanding (an answer to a replaced request has nobody waiting for it).
+async fn log_answerable(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    node: i64,
+    s: &Sealed,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
+        return Ok(Err(no_contract(s.contract_id)));
+    };
+    let id = s.contract_id;
+    if r.try_get::<i64, _>("node_id")? != node {
+        return Ok(Err(ApiError::Forbidden(format!(
+            "contract {id} is not on node {node}"
+        ))));
+    }
+    let answers = s.version as i64;
+    match r.try_get::<Option<i64>, _>("log_request_id")? {
+        Some(asked) if asked == answers => {}
+        Some(asked) if answers < asked => {
+            return Ok(Err(ApiError::StaleVersion(format!(
+                "contract {id}'s log request {answers} was replaced by request {asked}"
+            ))))
+        }
+        asked => {
+            return Ok(Err(ApiError::Conflict(format!(
+                "contract {id} has no log request {answers} (outstanding: {})",
+                asked.map_or("none".into(), |a| a.to_string())
+            ))))
+        }
+    }
+    Ok(Ok(MailRow {
+        id: id as i64,
+        node_id: node,
+    }))
+}
+
+async fn store_log_request(
+    conn: &mut AnyConnection,
+    row: MailRow,
+    s: &Sealed,
+    raw: &[u8],
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    // A new revision: the node's long poll wakes and the request reaches it at once.
+    let rev = next_rev(conn, row.node_id).await?;
+    sqlx::query(
+        "UPDATE contracts SET log_request_id = $1, log_request = $2, rev = $3 WHERE id = $4",
+    )
+    .bind(s.version as i64)
+    .bind(raw)
+    .bind(rev)
+    .bind(row.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(Written {
+        id: row.id,
+        created: true,
+    }))
+}
+
+async fn store_log_answer(
+    conn: &mut AnyConnection,
+    row: MailRow,
+    s: &Sealed,
+    raw: &[u8],
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    sqlx::query("UPDATE contracts SET log_answer_id = $1, log_answer = $2 WHERE id = $3")
+        .bind(s.version as i64)
+        .bind(raw)
+        .bind(row.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(Written {
+        id: row.id,
+        created: true,
+    }))
+}
+
 fn no_contract(id: u64) -> ApiError {
     ApiError::NotFound(format!("contract {id} does not exist"))
 }
@@ -919,8 +1052,8 @@ async fn mail_row(
     id: u64,
 ) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT twin_id, node_id, state, deployment_version, status_version, status_signed_at \
-         FROM contracts WHERE id = $1{}",
+        "SELECT twin_id, node_id, state, deployment_version, status_version, status_signed_at, \
+            log_request_id FROM contracts WHERE id = $1{}",
         backend.row_lock()
     ))
     .bind(id as i64)

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ed25519_dalek::SigningKey;
-use gridapi::{paths, ContractState, ContractView, MailboxPage, NodeView, StatusView};
+use gridapi::{paths, ContractState, ContractView, LogsView, MailboxPage, NodeView, StatusView};
 use gridtypes::deployment::{Deployment, Volume, Workload};
 use gridtypes::mailbox::{self, DeploymentState, DeploymentStatus};
 use gridtypes::{ContractRequest, Envelope, Payload, Resources, Sealed, GIB};
@@ -23,6 +23,8 @@ test_infra::on_both_engines!(
     cancellation_reaches_the_mailbox,
     a_long_mailbox_comes_in_pages,
     nodes_publish_their_box_key,
+    a_log_request_reaches_the_node_and_its_answer_the_twin,
+    bad_log_requests_and_answers_change_nothing,
 );
 
 fn capacity() -> Resources {
@@ -467,4 +469,227 @@ async fn nodes_publish_their_box_key(engine: Engine) {
         let (s, v) = h.post(paths::NODES, &seal(&key, &reg)).await;
         assert_eq!((s, error_code(&v)), (400, "malformed"), "{v}");
     }
+}
+
+fn log_request(contract: i64, request: u64) -> mailbox::LogRequest {
+    mailbox::LogRequest {
+        contract_id: contract as u64,
+        request,
+        workload: "web".into(),
+        max_bytes: 4096,
+    }
+}
+
+/// What `grid logs` does: seal the request to the node's published box key.
+async fn request_logs(
+    h: &Registry,
+    twin: &SigningKey,
+    node: &SigningKey,
+    r: &mailbox::LogRequest,
+) -> (u16, Value) {
+    let to = mailbox::box_public(&node.verifying_key());
+    let p = Payload::RequestLogs(Sealed {
+        contract_id: r.contract_id,
+        version: r.request,
+        sealed: mailbox::seal_log_request(&to, r).unwrap(),
+    });
+    h.post(paths::MAILBOX_LOG_REQUEST, &seal(twin, &p)).await
+}
+
+async fn answer_logs(
+    h: &Registry,
+    node: &SigningKey,
+    twin: &SigningKey,
+    a: &mailbox::LogAnswer,
+) -> (u16, Value) {
+    let p = Payload::Logs(Sealed {
+        contract_id: a.contract_id,
+        version: a.request,
+        sealed: mailbox::seal_log_answer(&twin.verifying_key(), a).unwrap(),
+    });
+    h.post(paths::MAILBOX_LOGS, &seal(node, &p)).await
+}
+
+fn log_answer(contract: i64, request: u64, data: &[u8]) -> mailbox::LogAnswer {
+    mailbox::LogAnswer {
+        contract_id: contract as u64,
+        request,
+        workload: "web".into(),
+        data: data.to_vec(),
+        error: None,
+    }
+}
+
+async fn a_log_request_reaches_the_node_and_its_answer_the_twin(engine: Engine) {
+    let Ok(h) = Registry::start(engine).await else {
+        return;
+    };
+    let w = world(&h).await;
+    let (s, v) = deploy(&h, &w.twin, w.node_id, &deployment(w.contract, 1)).await;
+    assert_eq!(s, 201, "{v}");
+    let seen = poll(&h, &w.node, 0, 0).await;
+    assert!(seen.items[0].log_request.is_none());
+    let (s, v) = h.get(&paths::contract_logs(w.contract as u64)).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+
+    // A waiting poll wakes for the request: the twin is not kept waiting a poll round.
+    let client = (*h).clone();
+    let node = w.node.clone();
+    let after = seen.rev;
+    let waiting = tokio::spawn(async move {
+        let p = Payload::PollMailbox {
+            after: after as u64,
+            wait_secs: 20,
+        };
+        client.post(paths::MAILBOX_POLL, &seal(&node, &p)).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let req = log_request(w.contract, 5);
+    let (s, v) = request_logs(&h, &w.twin, &w.node, &req).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the poll did not wake for the log request")
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let page: MailboxPage = serde_json::from_value(v).unwrap();
+    assert_eq!(page.items.len(), 1);
+    let item = &page.items[0];
+    // The deployment comes along unchanged; the node knows it already.
+    assert_eq!(open_item(item, &w.node).version, 1);
+    let env = Envelope::from_json(item.log_request.as_ref().unwrap()).unwrap();
+    let verified = env.open_relayed().unwrap();
+    assert_eq!(verified.signer_hex, item.twin_key);
+    let Payload::RequestLogs(sealed) = verified.payload else {
+        panic!("not a log request")
+    };
+    assert_eq!(
+        mailbox::open_log_request(&mailbox::box_secret(&w.node), &sealed.sealed).unwrap(),
+        req
+    );
+    assert_eq!(contract_view(&h, w.contract).await.log_request, Some(5));
+
+    let answer = log_answer(w.contract, 5, b"hello from web\n\x1b[0m\xff");
+    let (s, v) = answer_logs(&h, &w.node, &w.twin, &answer).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h.get(&paths::contract_logs(w.contract as u64)).await;
+    assert_eq!(s, 200, "{v}");
+    let view: LogsView = serde_json::from_value(v).unwrap();
+    assert_eq!((view.request, view.node_id), (5, w.node_id));
+    let verified = Envelope::from_json(&view.envelope)
+        .unwrap()
+        .open_relayed()
+        .unwrap();
+    assert_eq!(verified.signer_hex, view.node_key);
+    let Payload::Logs(sealed) = verified.payload else {
+        panic!("not logs")
+    };
+    assert_eq!(
+        mailbox::open_log_answer(&w.twin, &sealed.sealed).unwrap(),
+        answer
+    );
+    // The registry cannot read it: the box opens with the twin's key only.
+    assert!(mailbox::open_log_answer(&w.node, &sealed.sealed).is_err());
+    // Answered: the request no longer rides along in the mailbox.
+    let all = poll(&h, &w.node, 0, 0).await;
+    assert!(all.items[0].log_request.is_none());
+    assert!(poll(&h, &w.node, page.rev, 0).await.items.is_empty());
+    // The node may answer the same request again (after a restart); the newer answer wins.
+    let again = log_answer(w.contract, 5, b"more");
+    let (s, v) = answer_logs(&h, &w.node, &w.twin, &again).await;
+    assert_eq!(s, 201, "{v}");
+}
+
+async fn bad_log_requests_and_answers_change_nothing(engine: Engine) {
+    let Ok(h) = Registry::start(engine).await else {
+        return;
+    };
+    let w = world(&h).await;
+    // Nothing deployed: nothing to read.
+    let (s, v) = request_logs(&h, &w.twin, &w.node, &log_request(w.contract, 1)).await;
+    assert_eq!((s, error_code(&v)), (409, "conflict"), "{v}");
+    let (s, v) = deploy(&h, &w.twin, w.node_id, &deployment(w.contract, 1)).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = request_logs(&h, &w.twin, &w.node, &log_request(w.contract, 10)).await;
+    assert_eq!(s, 201, "{v}");
+    let before = (
+        poll(&h, &w.node, 0, 0).await,
+        contract_view(&h, w.contract).await,
+    );
+
+    // The same or a lower number, freshly signed, is stale.
+    for n in [10, 3] {
+        let (s, v) = request_logs(&h, &w.twin, &w.node, &log_request(w.contract, n)).await;
+        assert_eq!((s, error_code(&v)), (409, "stale_version"), "{v}");
+    }
+    // Another twin cannot read this contract's workloads; a node cannot ask at all.
+    let (other, _) = h.twin().await;
+    let (s, v) = request_logs(&h, &other, &w.node, &log_request(w.contract, 11)).await;
+    assert_eq!((s, error_code(&v)), (403, "forbidden"), "{v}");
+    let (s, v) = request_logs(&h, &w.node, &w.node, &log_request(w.contract, 11)).await;
+    assert_eq!((s, error_code(&v)), (401, "unknown_signer"), "{v}");
+    let (s, v) = request_logs(&h, &w.twin, &w.node, &log_request(w.contract + 1000, 11)).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+    // A box larger than any request, or empty, is refused before it is stored.
+    for sealed in [
+        vec![1; mailbox::MAX_LOG_REQUEST_BYTES + mailbox::SEAL_OVERHEAD + 1],
+        vec![],
+    ] {
+        let p = Payload::RequestLogs(Sealed {
+            contract_id: w.contract as u64,
+            version: 11,
+            sealed,
+        });
+        let (s, v) = h.post(paths::MAILBOX_LOG_REQUEST, &seal(&w.twin, &p)).await;
+        assert_eq!((s, error_code(&v)), (400, "malformed"), "{v}");
+    }
+    // A log request is not a deployment: the wrong door refuses it.
+    let p = Payload::RequestLogs(Sealed {
+        contract_id: w.contract as u64,
+        version: 11,
+        sealed: vec![1; 100],
+    });
+    let (s, v) = h.post(paths::MAILBOX, &seal(&w.twin, &p)).await;
+    assert_eq!((s, error_code(&v)), (400, "wrong_kind"), "{v}");
+
+    // Answers: only the contract's node, only to the request outstanding.
+    let (stranger, _) = h.node(h.farm("other-farm").await, capacity()).await;
+    let (s, v) = answer_logs(&h, &stranger, &w.twin, &log_answer(w.contract, 10, b"x")).await;
+    assert_eq!((s, error_code(&v)), (403, "forbidden"), "{v}");
+    let (s, v) = answer_logs(&h, &w.node, &w.twin, &log_answer(w.contract, 11, b"x")).await;
+    assert_eq!((s, error_code(&v)), (409, "conflict"), "{v}");
+    let (s, v) = answer_logs(&h, &w.node, &w.twin, &log_answer(w.contract, 9, b"x")).await;
+    assert_eq!((s, error_code(&v)), (409, "stale_version"), "{v}");
+    let (s, v) = answer_logs(&h, &w.twin, &w.twin, &log_answer(w.contract, 10, b"x")).await;
+    assert_eq!((s, error_code(&v)), (401, "unknown_signer"), "{v}");
+
+    let after = (
+        poll(&h, &w.node, 0, 0).await,
+        contract_view(&h, w.contract).await,
+    );
+    assert_eq!(before, after, "a refused request changed the mailbox");
+    let (s, v) = h.get(&paths::contract_logs(w.contract as u64)).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"), "{v}");
+
+    // The same envelope twice is a replay; a cancelled contract takes no more requests.
+    let to = mailbox::box_public(&w.node.verifying_key());
+    let p = Payload::RequestLogs(Sealed {
+        contract_id: w.contract as u64,
+        version: 12,
+        sealed: mailbox::seal_log_request(&to, &log_request(w.contract, 12)).unwrap(),
+    });
+    let env = seal(&w.twin, &p);
+    let (s, v) = h.post(paths::MAILBOX_LOG_REQUEST, &env).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h.post(paths::MAILBOX_LOG_REQUEST, &env).await;
+    // Refused as stale before its nonce is even looked at.
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(contract_view(&h, w.contract).await.log_request, Some(12));
+    let p = Payload::CancelContract {
+        contract_id: w.contract as u64,
+    };
+    let (s, v) = h.post(paths::CONTRACTS_CANCEL, &seal(&w.twin, &p)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = request_logs(&h, &w.twin, &w.node, &log_request(w.contract, 13)).await;
+    assert_eq!((s, error_code(&v)), (409, "conflict"), "{v}");
 }
