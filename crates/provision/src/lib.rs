@@ -2,7 +2,8 @@
 //! verified into content-addressed, shared layers), the start of one container
 //! ([`container`]: overlayfs root, own namespaces, cgroup v2 limits, output in a pipe), the
 //! supervision of every contract's containers ([`runtime`]: restart policy, bounded logs,
-//! stop and delete), their volumes ([`volume`]: btrfs subvolumes with a quota) and the local
+//! stop and delete), their volumes ([`volume`]: btrfs subvolumes with a quota), the twins'
+//! networks ([`twinnet`]: a bridge per twin, NAT out, nothing between twins) and the local
 //! socket the agent drives it through ([`service`]). See docs/deployments.md.
 
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod container;
 pub mod image;
 pub mod runtime;
 pub mod service;
+pub mod twinnet;
 pub mod volume;
 
 pub use image::{Image, ImageError, ImageStore};
