@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use futures_util::TryStreamExt;
 use nix::unistd::Pid;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoBridge, LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The nf_tables table that keeps twins apart.
@@ -192,6 +192,16 @@ impl TwinNet {
         })?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(io("turning on IPv4 forwarding"))?;
+        // With br_netfilter loaded, frames inside one bridge would pass the IP hooks and look
+        // routed from a twin bridge to a twin bridge (dropped). Its namespace-wide switch
+        // wins over the bridge's own, so it is turned off here; without the module the file
+        // does not exist and nothing needs turning off.
+        match std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "0") {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("turning off bridge-nf-call-iptables")(e))
+            }
+            _ => {}
+        }
         nft::replace(&rules(range))?;
         Ok(TwinNet {
             range,
@@ -361,8 +371,13 @@ impl TwinNet {
             let br = match index_of(&h, &bridge).await? {
                 Some(i) => i,
                 None => {
+                    // Bridged frames must not pass the IP hooks (br_netfilter, where loaded):
+                    // there the twin's own traffic would look routed between twin bridges.
+                    let b = LinkBridge::new(&bridge)
+                        .append_info_data(InfoBridge::NfCallIpTables(false))
+                        .build();
                     h.link()
-                        .add(LinkBridge::new(&bridge).build())
+                        .add(b)
                         .execute()
                         .await
                         .map_err(netlink(format!("creating bridge {bridge}")))?;
