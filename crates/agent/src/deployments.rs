@@ -71,7 +71,7 @@ fn delivered(outcome: Outcome, what: &str, contract: u64, version: u64) -> bool 
 pub struct NoRuntime;
 
 impl Provisioner for NoRuntime {
-    async fn apply(&self, _: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
+    async fn apply(&self, _: i64, _: &str, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
         d.workloads
             .iter()
             .map(|w| WorkloadStatus {
@@ -136,9 +136,16 @@ impl Remote {
 }
 
 impl Provisioner for Remote {
-    async fn apply(&self, contract: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
+    async fn apply(
+        &self,
+        contract: i64,
+        twin: &str,
+        d: &Deployment,
+        _: &Resources,
+    ) -> Vec<WorkloadStatus> {
         let req = Request::Apply {
             contract,
+            twin: twin.to_string(),
             deployment: d.clone(),
         };
         let why = match self.call(&req, APPLY_TIMEOUT).await {

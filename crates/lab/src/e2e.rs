@@ -327,6 +327,7 @@ async fn scenario(
     outage(args, reg, &mut guest, &node).await?;
     redeploy(args, reg, work, &contract, image).await?;
     teardown(args, reg, &mut guest, work, &contract).await?;
+    isolation(args, reg, &node, work, image).await?;
     reboot(&mut guest).await?;
     let total = reports(reg, node.id, &node.key).await?.len();
     step(&format!(
@@ -461,16 +462,18 @@ async fn deployment(
     // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill. Then
     // its volume: after a reboot the mark it left is there and it ends with status 0; on the
     // first boot it leaves the mark and 64 MB must not fit in the 32 MiB volume (else 9).
-    let check = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
+    let registry = image.split('/').next().unwrap_or(image);
+    let check = format!("test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
                  test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
+                 wget -q -T 10 -O /dev/null http://{registry}/v2/ || exit 5; \
                  test -f /data/mark && exit 0; touch /data/mark || exit 8; \
-                 dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big";
+                 dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big");
     std::fs::write(
         &app,
         format!(
             "workloads:\n\
              - kind: container\n  name: web\n  image: {image}\n  \
-               cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
+               cmd: [sh, -c, '{WEB}']\n  \
                resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
              - kind: volume\n  name: data\n  size: 32MiB\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
@@ -497,6 +500,13 @@ async fn deployment(
         if !web || state("hog").is_none_or(|s| s == "running") {
             return Ok(false);
         }
+        let web = workload(shown, "web").cloned().unwrap_or_default();
+        ensure!(
+            web["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.240.")),
+            "web has no address on its twin's network: {shown}"
+        );
         let data = workload(shown, "data").cloned().unwrap_or_default();
         ensure!(
             data["state"] == "running" && data["reason"].is_null(),
@@ -506,7 +516,8 @@ async fn deployment(
         ensure!(
             hog["state"] == "failed" && hog["reason"].to_string().contains("killed by signal 9"),
             "hog was not killed at its memory limit (status 3: memory.max is not the \
-             reserved 24 MiB; 4: cpu.max is not one core; 8: its volume is not writable; \
+             reserved 24 MiB; 4: cpu.max is not one core; 5: the host's OCI registry is not \
+             reachable through the node's NAT; 8: its volume is not writable; \
              9: its 32 MiB volume took 64 MB): {shown}"
         );
         Ok(true)
@@ -515,7 +526,8 @@ async fn deployment(
     step(&format!(
         "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
          registry, web running, hog saw its limits in its cgroup (memory.max 24 MiB, cpu.max one \
-         core), could not put 64 MB in its 32 MiB volume, and was killed at the memory limit \
+         core), reached the host's OCI registry through the node's NAT, could not put 64 MB in \
+         its 32 MiB volume, and was killed at the memory limit \
          ({:.0} s wall)",
         node.id,
         t0.elapsed().as_secs_f64()
@@ -569,17 +581,19 @@ async fn redeploy(
     image: &str,
 ) -> anyhow::Result<()> {
     let grid = twin_grid(args, reg, work);
+    let web = address_of(&grid(&["deployments", "show", contract])?, "web")?;
     let app = work.join("app-v2.yaml");
     std::fs::write(
         &app,
         format!(
             "workloads:\n\
              - kind: container\n  name: web\n  image: {image}\n  \
-               cmd: [sh, -c, 'echo up; exec sleep 1000000']\n  \
+               cmd: [sh, -c, '{WEB}']\n  \
                resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
              - kind: container\n  name: web2\n  image: {image}\n  \
-               cmd: [sh, -c, 'echo version 2; exec sleep 1000000']\n  \
-               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
+               cmd: [sh, -c, '{}']\n  \
+               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n",
+            fetch(&web)
         ),
     )?;
     let app = app.to_string_lossy().into_owned();
@@ -601,10 +615,128 @@ async fn redeploy(
     })
     .await?;
     let took = t0.elapsed().as_secs_f64();
+    let said = until_logged(&grid, contract, "web2").await?;
+    ensure!(
+        said.contains("hello"),
+        "web2 did not reach web ({web}) on their twin's network: {said:?}"
+    );
     step(&format!(
-        "redeploy: version 2 keeps web, drops hog, starts web2 from the cached image ({took:.1} s wall)"
+        "redeploy: version 2 keeps web, drops hog, starts web2 from the cached image ({took:.1} s \
+         wall); web2 fetched web's page at {web} over their twin's bridge"
     ));
     println!("deploy_to_running_cached_s={took:.1}");
+    Ok(())
+}
+
+/// What `web` runs: a page served on port 8080.
+const WEB: &str =
+    "echo up; mkdir -p /www; echo hello > /www/index.html; exec httpd -f -p 8080 -h /www";
+
+/// A command that fetches `web`'s page at `address` and prints it, or `blocked`.
+fn fetch(address: &str) -> String {
+    format!("wget -q -T 5 -O- http://{address}:8080/ || echo blocked; exec sleep 1000000")
+}
+
+/// The address of workload `name` in `grid deployments show`.
+fn address_of(shown: &serde_json::Value, name: &str) -> anyhow::Result<String> {
+    workload(shown, name)
+        .and_then(|w| w["address"].as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{name} has no address: {shown}"))
+}
+
+/// `grid logs CONTRACT NAME` until the workload printed `hello` or `blocked` (within 60 s).
+async fn until_logged(
+    grid: &impl Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    contract: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = grid(&["logs", contract, name])?["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if text.contains("hello") || text.contains("blocked") {
+            return Ok(text);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} printed neither hello nor blocked in 60 s: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Two twins, one core each after the scenario's contract is gone: twin a serves a page,
+/// twin b's container on the same node cannot fetch it (no path between twins' networks).
+async fn isolation(
+    args: &E2eArgs,
+    reg: &Registry,
+    node: &Node,
+    work: &Path,
+    image: &str,
+) -> anyhow::Result<()> {
+    let (bin_dir, url) = (args.bin_dir.clone(), reg.url());
+    let as_twin = |key: &str| {
+        let (bin_dir, url, key) = (bin_dir.clone(), url.clone(), work.join(key));
+        move |a: &[&str]| registry::grid::<serde_json::Value>(&bin_dir, &url, &key, a)
+    };
+    let (a, b) = (as_twin("twin.key"), as_twin("twin-b.key"));
+    b(&["key", "new"])?;
+    b(&["twin", "register"])?;
+    let id = node.id.to_string();
+    let reserve = [
+        "contracts",
+        "create",
+        "--node",
+        &id,
+        "--cru",
+        "1",
+        "--mru",
+        "64MiB",
+        "--sru",
+        "64MiB",
+    ];
+    let run = |grid: &dyn Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+               name: &str,
+               cmd: &str|
+     -> anyhow::Result<String> {
+        let contract = grid(&reserve)?["id"].to_string();
+        let app = work.join(format!("app-{name}.yaml"));
+        std::fs::write(
+            &app,
+            format!(
+                "workloads:\n- kind: container\n  name: {name}\n  image: {image}\n  \
+                 cmd: [sh, -c, '{cmd}']\n  resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
+            ),
+        )?;
+        grid(&["deploy", &app.to_string_lossy(), "--contract", &contract])?;
+        Ok(contract)
+    };
+    let ca = run(&a, "page", WEB)?;
+    let what = "twin a's page did not run";
+    until_shown(&a, &ca, Duration::from_secs(120), what, |shown| {
+        Ok(workload(shown, "page").is_some_and(|w| w["state"] == "running"))
+    })
+    .await?;
+    let page = address_of(&a(&["deployments", "show", &ca])?, "page")?;
+    let cb = run(&b, "intruder", &fetch(&page))?;
+    let said = until_logged(&b, &cb, "intruder").await?;
+    ensure!(
+        said.contains("blocked") && !said.contains("hello"),
+        "twin b's container fetched twin a's page at {page}: {said:?}"
+    );
+    let intruder = address_of(&b(&["deployments", "show", &cb])?, "intruder")?;
+    ensure!(
+        intruder.rsplit_once('.').map(|p| p.0) != page.rsplit_once('.').map(|p| p.0),
+        "both twins' containers are on one network: {page} and {intruder}"
+    );
+    a(&["contracts", "cancel", &ca])?;
+    b(&["contracts", "cancel", &cb])?;
+    step(&format!(
+        "isolation: twin b's container ({intruder}) cannot fetch twin a's page at {page}"
+    ));
     Ok(())
 }
 

@@ -32,6 +32,10 @@ struct Args {
     /// command line's `gridos.plain_http=`.
     #[arg(long)]
     plain_http: Vec<String>,
+    /// The range twin networks are cut from (a /24 per twin); `none` leaves containers with
+    /// loopback only and the node's network untouched.
+    #[arg(long, default_value = "10.240.0.0/12")]
+    twin_range: String,
 }
 
 /// The program's entry: `args` is its whole command line, program name first.
@@ -58,6 +62,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut cfg = Config::new(&args.state_dir);
     cfg.cgroup = (args.cgroup != "none").then(|| PathBuf::from(&args.cgroup));
     cfg.plain_http = args.plain_http;
+    cfg.net = match args.twin_range.as_str() {
+        "none" => None,
+        r => Some(crate::twinnet::Range::parse(r).map_err(anyhow::Error::msg)?),
+    };
     if let Ok(line) = std::fs::read_to_string("/proc/cmdline") {
         let (settings, _) = cmdline::parse(&line);
         cfg.plain_http.extend(settings.plain_http);
@@ -81,10 +89,20 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads overlayfs: no device asks for it, so init's coldplug does not, and the kernel has no
-/// `modprobe` to call on a node. A kernel with it built in, or a host, needs nothing.
+/// Loads overlayfs and what twin networks need (bridges, veths, nf_tables with NAT and
+/// connection tracking): no device asks for them, so init's coldplug does not, and the kernel
+/// has no `modprobe` to call on a node. A kernel with them built in, or a host, needs nothing.
 fn load_modules() {
-    for module in ["overlay"] {
+    let modules = [
+        "overlay",
+        "bridge",
+        "veth",
+        "nf_tables",
+        "nft_chain_nat",
+        "nft_masq",
+        "nft_ct",
+    ];
+    for module in modules {
         match kmod::load_module(module) {
             Ok(loaded) if !loaded.is_empty() => tracing::info!(?loaded, "loaded modules"),
             Ok(_) => {}

@@ -8,9 +8,9 @@
 //! `errno` to a close-on-exec pipe and exits; a successful `execve` closes the pipe, so the
 //! parent reads either the failure or end-of-file.
 //!
-//! The child waits on a second pipe until the parent has moved it into its cgroup (and, once
-//! networks exist, plugged its network namespace in), so nothing the workload runs ever
-//! starts outside its limits.
+//! The child waits on a second pipe until the parent has moved it into its cgroup and plugged
+//! its network namespace in ([`start_with`]), so nothing the workload runs ever starts
+//! outside its limits or before its network is there.
 
 use std::ffi::{CStr, CString};
 use std::fs;
@@ -229,6 +229,17 @@ struct PreparedBind {
 
 /// Starts `spec` under `root` (where container directories live).
 pub fn start(root: &Path, spec: &Spec) -> Result<Started, ContainerError> {
+    start_with(root, spec, |_| Ok(())).map(|(s, ())| s)
+}
+
+/// Starts `spec` under `root`; `plug` runs once the first process exists in its namespaces
+/// and cgroup but before it may go on (to plug its network namespace in), and its answer is
+/// returned with the container. A `plug` that fails stops the start.
+pub fn start_with<T>(
+    root: &Path,
+    spec: &Spec,
+    plug: impl FnOnce(Pid) -> Result<T, String>,
+) -> Result<(Started, T), ContainerError> {
     let id = spec.id.clone();
     let prep = |what: &str| {
         let (id, what) = (id.clone(), what.to_string());
@@ -280,6 +291,9 @@ pub fn start(root: &Path, spec: &Spec) -> Result<Started, ContainerError> {
     let fail = |e: io::Error| {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
+        if let Some(cg) = &cgroup {
+            let _ = fs::remove_dir(cg);
+        }
         e
     };
     if let Some(cg) = &cgroup {
@@ -287,6 +301,10 @@ pub fn start(root: &Path, spec: &Spec) -> Result<Started, ContainerError> {
             .map_err(fail)
             .map_err(prep("moving it into its cgroup"))?;
     }
+    let plugged = plug(pid)
+        .map_err(io::Error::other)
+        .map_err(fail)
+        .map_err(prep("plugging in its network"))?;
     let mut go = fs::File::from(go_w);
     go.write_all(b"g")
         .map_err(fail)
@@ -308,12 +326,15 @@ pub fn start(root: &Path, spec: &Spec) -> Result<Started, ContainerError> {
             errno: nix::errno::Errno::from_raw(errno),
         });
     }
-    Ok(Started {
-        pid,
-        output: out_r,
-        cgroup,
-        dir,
-    })
+    Ok((
+        Started {
+            pid,
+            output: out_r,
+            cgroup,
+            dir,
+        },
+        plugged,
+    ))
 }
 
 fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::container::{self, Bind, Limits, Spec};
 use crate::image::ImageStore;
+use crate::twinnet::{Attachment, NetError, Range, TwinNet};
 use crate::volume;
 use svclog::error_chain;
 
@@ -42,6 +43,9 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// Longest an image pull may take.
     pub pull_timeout: Duration,
+    /// The range twin networks are cut from; `None`: containers get loopback only (hosts
+    /// where the runtime may not touch the network, in tests).
+    pub net: Option<Range>,
 }
 
 impl Config {
@@ -54,6 +58,7 @@ impl Config {
             log_bytes: 1 << 20,
             stop_timeout: Duration::from_secs(10),
             pull_timeout: Duration::from_secs(600),
+            net: None,
         }
     }
 }
@@ -74,6 +79,9 @@ pub enum RuntimeError {
     /// The image cache.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    /// The twin networks.
+    #[error("twin networks")]
+    Net(#[from] NetError),
     /// No such container under that contract.
     #[error("contract {contract} has no container {name:?} on this node")]
     NoSuchWorkload {
@@ -108,6 +116,7 @@ struct Watched {
 pub struct Runtime {
     cfg: Config,
     images: ImageStore,
+    net: Option<Arc<TwinNet>>,
     contracts: tokio::sync::Mutex<BTreeMap<i64, BTreeMap<String, Watched>>>,
 }
 
@@ -136,16 +145,22 @@ impl Runtime {
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
         let images = ImageStore::open(&cfg.root.join("images"), cfg.plain_http.clone())?;
+        let net = match cfg.net {
+            Some(range) => Some(Arc::new(TwinNet::open(range)?)),
+            None => None,
+        };
         Ok(Runtime {
             cfg,
             images,
+            net,
             contracts: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
     /// Makes the containers of `contract` exactly those of `d`: what changed or went is
-    /// stopped and removed, what is new is pulled and started. Answers each workload's state.
-    pub async fn apply(&self, contract: i64, d: &Deployment) -> Vec<WorkloadStatus> {
+    /// stopped and removed, what is new is pulled and started on the network of `twin` (its
+    /// key, hex). Answers each workload's state.
+    pub async fn apply(&self, contract: i64, twin: &str, d: &Deployment) -> Vec<WorkloadStatus> {
         let mut all = self.contracts.lock().await;
         let current = all.entry(contract).or_default();
         let wanted: BTreeMap<&str, &Container> = d
@@ -203,7 +218,7 @@ impl Runtime {
                 let status = match current.get(&c.name) {
                     Some(running) => lock(&running.status).clone(),
                     None => {
-                        let (status, watched) = self.start(contract, c, &ready).await;
+                        let (status, watched) = self.start(contract, twin, c, &ready).await;
                         if let Some(watched) = watched {
                             current.insert(c.name.clone(), watched);
                         }
@@ -329,6 +344,7 @@ impl Runtime {
     async fn start(
         &self,
         contract: i64,
+        twin: &str,
         c: &Container,
         volumes: &BTreeMap<String, PathBuf>,
     ) -> (WorkloadStatus, Option<Watched>) {
@@ -381,6 +397,7 @@ impl Runtime {
             status: status.clone(),
             stop_timeout: self.cfg.stop_timeout,
             contract,
+            net: self.net.clone().map(|n| (n, twin.to_string())),
         };
         let task = tokio::spawn(w.run(stopped, first_tx));
         // The first start's outcome is the answer; a container that failed to start and
@@ -632,6 +649,8 @@ struct Watcher {
     status: Arc<Mutex<WorkloadStatus>>,
     stop_timeout: Duration,
     contract: i64,
+    /// The twin networks and the twin whose network the container joins.
+    net: Option<(Arc<TwinNet>, String)>,
 }
 
 impl Watcher {
@@ -646,16 +665,23 @@ impl Watcher {
         let mut delay = Duration::from_secs(1);
         let log = Arc::new(self.log.clone());
         loop {
-            let (root, spec) = (self.root.clone(), self.spec.clone());
-            let started = tokio::task::spawn_blocking(move || container::start(&root, &spec))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| error_chain(&e)));
+            let (root, spec, net) = (self.root.clone(), self.spec.clone(), self.net.clone());
+            let started = tokio::task::spawn_blocking(move || {
+                container::start_with(&root, &spec, |pid| match &net {
+                    Some((n, twin)) => n.attach(twin, pid).map(Some).map_err(|e| error_chain(&e)),
+                    None => Ok(None),
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| error_chain(&e)));
             let began = tokio::time::Instant::now();
             let ended = match started {
-                Ok(s) => {
-                    tracing::info!(contract = self.contract, container = %self.spec.hostname, pid = s.pid.as_raw(), "container started");
+                Ok((s, attachment)) => {
+                    let address = attachment.as_ref().map(|a| a.address.to_string());
+                    tracing::info!(contract = self.contract, container = %self.spec.hostname, pid = s.pid.as_raw(), address, "container started");
                     self.set(DeploymentState::Running, None);
+                    lock(&self.status).address = address;
                     if let Some(f) = first.take() {
                         let _ = f.send(true);
                     }
@@ -666,6 +692,7 @@ impl Watcher {
                     if let Some(cg) = &s.cgroup {
                         remove_cgroup(cg).await;
                     }
+                    self.unplug(attachment).await;
                     let Some(code) = ended else { return };
                     Some(code)
                 }
@@ -711,6 +738,15 @@ impl Watcher {
             }
             delay = (delay * 2).min(MAX_RESTART_DELAY);
         }
+    }
+
+    /// Gives the container's address back (its veth went with its namespace already).
+    async fn unplug(&self, attachment: Option<Attachment>) {
+        if let (Some((net, _)), Some(a)) = (&self.net, attachment) {
+            let net = net.clone();
+            let _ = tokio::task::spawn_blocking(move || net.detach(&a)).await;
+        }
+        lock(&self.status).address = None;
     }
 
     /// Waits for the container's first process to end (its exit code, 128 + signal for a

@@ -37,6 +37,8 @@ pub enum Request {
     Apply {
         /// The contract.
         contract: i64,
+        /// The contract's twin (its ed25519 key, hex): its containers share a network.
+        twin: String,
         /// What must run (checked by the agent; validated here again).
         deployment: Deployment,
     },
@@ -171,10 +173,18 @@ async fn handle(runtime: &Runtime, req: Request) -> Response {
     match req {
         Request::Apply {
             contract,
+            twin,
             deployment,
-        } => match deployment.validate() {
+        } => match deployment
+            .validate()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                gridtypes::parse_public_key(&twin)
+                    .map(|_| ())
+                    .map_err(|e| format!("twin key: {e}"))
+            }) {
             Ok(()) => Response::Workloads {
-                workloads: runtime.apply(contract, &deployment).await,
+                workloads: runtime.apply(contract, &twin, &deployment).await,
             },
             Err(e) => Response::Error {
                 message: e.to_string(),

@@ -17,6 +17,10 @@ use provision::{Config, Runtime};
 use serde_json::json;
 use test_infra::oci::OciRegistry;
 
+/// The twin the test's contracts belong to: a key's hex (ed25519's base point), passed on
+/// with networks off.
+const TWIN: &str = "5866666666666666666666666666666666666666666666666666666666666666";
+
 struct Rig {
     _reg: OciRegistry,
     dir: tempfile::TempDir,
@@ -110,7 +114,7 @@ async fn containers_run_restart_by_policy_change_and_go() {
             ("once", "exit 4", "never"),
         ],
     );
-    let s = rt.apply(7, &d).await;
+    let s = rt.apply(7, TWIN, &d).await;
     assert_eq!(s.len(), 4);
     assert_eq!(state(&s, "web").0, DeploymentState::Running, "{s:?}");
     until(&rt, "a finished job is exited", |s| {
@@ -148,7 +152,7 @@ async fn containers_run_restart_by_policy_change_and_go() {
             ("job", "echo second; exec sleep 1000", "always"),
         ],
     );
-    let s = rt.apply(7, &d2).await;
+    let s = rt.apply(7, TWIN, &d2).await;
     assert_eq!(s.len(), 2);
     assert!(
         s.iter().all(|w| w.state == DeploymentState::Running),
@@ -204,7 +208,7 @@ async fn what_cannot_run_is_failed_with_the_reason_and_leaves_nothing() {
     for w in [missing, big, noprog] {
         d.workloads.push(serde_json::from_value(w).unwrap());
     }
-    let s = rt.apply(7, &d).await;
+    let s = rt.apply(7, TWIN, &d).await;
     assert_eq!(state(&s, "web").0, DeploymentState::Running);
     let (st, why) = state(&s, "missing");
     assert_eq!(st, DeploymentState::Failed);
@@ -240,7 +244,7 @@ async fn a_container_keeps_only_the_capabilities_it_is_given() {
             "never",
         )],
     );
-    rt.apply(7, &d).await;
+    rt.apply(7, TWIN, &d).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
         let out = log(&rt, "caps").await;
@@ -305,6 +309,7 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
         .call(
             &Request::Apply {
                 contract: 7,
+                twin: TWIN.into(),
                 deployment: d.clone(),
             },
             Duration::from_secs(60),
@@ -322,6 +327,7 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
         .call(
             &Request::Apply {
                 contract: 8,
+                twin: TWIN.into(),
                 deployment: bad,
             },
             Duration::from_secs(10),
@@ -329,6 +335,23 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
         .await
         .unwrap();
     assert!(matches!(answer, Response::Error { .. }), "{answer:?}");
+    assert!(rt.statuses(8).await.is_empty());
+    // So is one for a twin that is not a key.
+    let answer = client
+        .call(
+            &Request::Apply {
+                contract: 8,
+                twin: "not-a-key".into(),
+                deployment: d.clone(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Response::Error { message } if message.contains("twin key")),
+        "{answer:?}"
+    );
     assert!(rt.statuses(8).await.is_empty());
     let answer = client
         .call(
@@ -431,6 +454,7 @@ async fn volumes_outlive_their_containers_and_go_with_the_deployment() {
     let s = rt
         .apply(
             7,
+            TWIN,
             &with_volume(1, "echo kept > /var/data/file; exec sleep 1000"),
         )
         .await;
@@ -450,7 +474,11 @@ async fn volumes_outlive_their_containers_and_go_with_the_deployment() {
     }
     // A new version of the container finds what the old one wrote.
     let s = rt
-        .apply(7, &with_volume(2, "cat /var/data/file; exec sleep 1000"))
+        .apply(
+            7,
+            TWIN,
+            &with_volume(2, "cat /var/data/file; exec sleep 1000"),
+        )
         .await;
     assert_eq!(state(&s, "app").0, DeploymentState::Running);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -461,9 +489,9 @@ async fn volumes_outlive_their_containers_and_go_with_the_deployment() {
     // A version without it deletes it; so does removing the contract.
     let empty: Deployment =
         serde_json::from_value(json!({"contract_id": 7, "version": 3, "workloads": []})).unwrap();
-    assert!(rt.apply(7, &empty).await.is_empty());
+    assert!(rt.apply(7, TWIN, &empty).await.is_empty());
     assert!(!file.parent().unwrap().exists());
-    rt.apply(7, &with_volume(4, "exec sleep 1000")).await;
+    rt.apply(7, TWIN, &with_volume(4, "exec sleep 1000")).await;
     assert!(file.parent().unwrap().exists());
     rt.remove(7).await;
     assert!(!file.parent().unwrap().exists());

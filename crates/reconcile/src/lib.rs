@@ -24,11 +24,13 @@ pub use store::{Record, Store, StoreError};
 /// What runs workloads on the node: containers and volumes now.
 pub trait Provisioner: Send + Sync {
     /// Makes what runs under `contract` exactly `d` (creating, replacing and removing
-    /// workloads) within `limits`, and tells how each workload stands. Called again with
-    /// the same deployment after a reboot: it must then bring back what is missing.
+    /// workloads) within `limits`, on the network of the contract's twin `twin_key`, and
+    /// tells how each workload stands. Called again with the same deployment after a
+    /// reboot: it must then bring back what is missing.
     fn apply(
         &self,
         contract: i64,
+        twin_key: &str,
         d: &Deployment,
         limits: &gridtypes::Resources,
     ) -> impl Future<Output = Vec<WorkloadStatus>> + Send;
@@ -64,10 +66,11 @@ impl<P: Provisioner> Provisioner for &P {
     async fn apply(
         &self,
         contract: i64,
+        twin_key: &str,
         d: &Deployment,
         limits: &gridtypes::Resources,
     ) -> Vec<WorkloadStatus> {
-        (**self).apply(contract, d, limits).await
+        (**self).apply(contract, twin_key, d, limits).await
     }
 
     async fn remove(&self, contract: i64) -> Result<(), String> {
@@ -314,11 +317,11 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
     async fn run(&mut self, id: i64, d: Deployment) -> Result<(), StoreError> {
         self.set_status(id, provisioning(id, &d))?;
         self.flush().await?;
-        let limits = match self.records.get(&id) {
-            Some(r) => r.resources,
+        let (limits, twin) = match self.records.get(&id) {
+            Some(r) => (r.resources, r.twin_key.clone()),
             None => return Ok(()),
         };
-        let workloads = self.provisioner.apply(id, &d, &limits).await;
+        let workloads = self.provisioner.apply(id, &twin, &d, &limits).await;
         self.set_status(id, outcome(id, &d, workloads))
     }
 

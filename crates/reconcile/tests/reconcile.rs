@@ -41,7 +41,14 @@ fn recording(log: &Log, now: &Now) -> Recording {
 struct Recording(Log, Now);
 
 impl Provisioner for Recording {
-    async fn apply(&self, contract: i64, d: &Deployment, _: &Resources) -> Vec<WorkloadStatus> {
+    async fn apply(
+        &self,
+        contract: i64,
+        twin: &str,
+        d: &Deployment,
+        _: &Resources,
+    ) -> Vec<WorkloadStatus> {
+        assert_eq!(twin.len(), 64, "not the twin's key: {twin}");
         self.0.push(format!("apply {contract} v{}", d.version));
         d.workloads
             .iter()
