@@ -465,7 +465,7 @@ async fn deployment(
     let registry = image.split('/').next().unwrap_or(image);
     let check = format!("test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
                  test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
-                 wget -q -T 10 -O /dev/null http://{registry}/v2/ || exit 5; \
+                 wget -q -O /dev/null http://{registry}/v2/ || exit 5; \
                  test -f /data/mark && exit 0; touch /data/mark || exit 8; \
                  dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big");
     std::fs::write(
@@ -513,12 +513,20 @@ async fn deployment(
             "the volume is not a btrfs subvolume with its quota: {shown}"
         );
         let hog = workload(shown, "hog").cloned().unwrap_or_default();
+        let said = || {
+            grid(&["logs", &contract, "hog", "--tail", "2000"])
+                .map_or_else(|e| format!("({e:#})"), |l| l["text"].to_string())
+        };
         ensure!(
             hog["state"] == "failed" && hog["reason"].to_string().contains("killed by signal 9"),
-            "hog was not killed at its memory limit (status 3: memory.max is not the \
+            "hog printed {}; {}",
+            said(),
+            format_args!(
+                "hog was not killed at its memory limit (status 3: memory.max is not the \
              reserved 24 MiB; 4: cpu.max is not one core; 5: the host's OCI registry is not \
              reachable through the node's NAT; 8: its volume is not writable; \
              9: its 32 MiB volume took 64 MB): {shown}"
+            )
         );
         Ok(true)
     })
@@ -632,9 +640,13 @@ async fn redeploy(
 const WEB: &str =
     "echo up; mkdir -p /www; echo hello > /www/index.html; exec httpd -f -p 8080 -h /www";
 
-/// A command that fetches `web`'s page at `address` and prints it, or `blocked`.
+/// A command that fetches `web`'s page at `address` and prints it, or `blocked` when no
+/// connection opens within 5 s (busybox `nc`: Debian's static busybox `wget -T` crashes).
 fn fetch(address: &str) -> String {
-    format!("wget -q -T 5 -O- http://{address}:8080/ || echo blocked; exec sleep 1000000")
+    format!(
+        "printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 {address} 8080 || echo blocked; \
+         exec sleep 1000000"
+    )
 }
 
 /// The address of workload `name` in `grid deployments show`.
