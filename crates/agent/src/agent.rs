@@ -149,6 +149,14 @@ struct Agent {
     status: watch::Sender<Status>,
     backoff: Backoff,
     next_attempt: Option<Instant>,
+    /// What the node's deployments reserve, as the mailbox loop last saw it.
+    reserved: watch::Receiver<Resources>,
+    /// The provision service, asked for the traffic of the workloads.
+    usage: Option<provision::service::Client>,
+    /// The provision service's traffic counter at the last consumption report (`None`
+    /// before the first reading: what it counted before this agent started was reported by
+    /// an earlier one, or belongs to no report).
+    traffic_seen: Option<u64>,
 }
 
 /// What one delivery pass ended with.
@@ -208,6 +216,41 @@ impl Agent {
             self.next_attempt = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Queues a consumption report: what the node's deployments reserve and the traffic of
+    /// their containers since the last report (nothing when both are nothing).
+    async fn enqueue_consumption(&mut self) -> Result<(), AgentError> {
+        let counted = match &self.usage {
+            Some(c) => match c
+                .call(&provision::service::Request::Usage, Duration::from_secs(10))
+                .await
+            {
+                Ok(provision::service::Response::Usage { traffic_bytes }) => Some(traffic_bytes),
+                other => {
+                    tracing::debug!(answer = ?other, "no traffic figure from the provision service");
+                    None
+                }
+            },
+            None => None,
+        };
+        let traffic_bytes = match (counted, self.traffic_seen) {
+            (Some(now), Some(seen)) if now >= seen => now - seen,
+            // The service started again: it counts from its start.
+            (Some(now), Some(_)) => now,
+            _ => 0,
+        };
+        if counted.is_some() {
+            self.traffic_seen = counted;
+        }
+        let used = *self.reserved.borrow();
+        if used == Resources::default() && traffic_bytes == 0 {
+            return Ok(());
+        }
+        self.enqueue(Report::Consumption(gridtypes::Consumption {
+            used,
+            traffic_bytes: traffic_bytes.min(gridtypes::MAX_TRAFFIC_BYTES),
+        }))
     }
 
     /// Queues an uptime report; `stopping` marks the last one before an ordered shutdown.
@@ -482,6 +525,7 @@ pub async fn run(
     });
     // Deployments run beside the reports, in their own task: a slow provisioning must not
     // hold back an uptime report, nor a registry outage the workloads' restoration.
+    let (reserved_tx, reserved) = watch::channel(Resources::default());
     let mailbox_task = {
         let (client, dir) = (client.clone(), cfg.deployments_dir());
         let retry = (cfg.retry_min, cfg.retry_max);
@@ -490,9 +534,13 @@ pub async fn run(
             match socket {
                 Some(path) => {
                     let remote = Remote::new(&path);
-                    crate::deployments::run(client, &dir, box_secret, remote, retry).await
+                    crate::deployments::run(client, &dir, box_secret, remote, retry, reserved_tx)
+                        .await
                 }
-                None => crate::deployments::run(client, &dir, box_secret, NoRuntime, retry).await,
+                None => {
+                    crate::deployments::run(client, &dir, box_secret, NoRuntime, retry, reserved_tx)
+                        .await
+                }
             }
         }))
     };
@@ -505,7 +553,15 @@ pub async fn run(
         box_key,
         status,
         next_attempt: Some(Instant::now()),
+        reserved,
+        usage: None,
+        traffic_seen: None,
     };
+    agent.usage = agent
+        .cfg
+        .provision_socket
+        .as_deref()
+        .map(provision::service::Client::new);
     let mut uptime = tokio::time::interval(agent.cfg.uptime_interval);
     uptime.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reprobe = tokio::time::interval_at(
@@ -523,7 +579,10 @@ pub async fn run(
         let wake = agent.next_attempt;
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = uptime.tick() => agent.enqueue_uptime(false)?,
+            _ = uptime.tick() => {
+                agent.enqueue_uptime(false)?;
+                agent.enqueue_consumption().await?;
+            }
             _ = reprobe.tick() => agent.reprobe().await?,
             _ = disks_changed.tick() => {
                 let stamp = file_stamp(&agent.cfg.probe.measured);

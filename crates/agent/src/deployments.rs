@@ -217,6 +217,7 @@ pub async fn run(
     secret: crypto_box::SecretKey,
     provisioner: impl Provisioner,
     retry: (Duration, Duration),
+    reserved: tokio::sync::watch::Sender<Resources>,
 ) {
     let mut backoff = Backoff::new(retry.0, retry.1);
     let mut reconciler = loop {
@@ -231,6 +232,7 @@ pub async fn run(
     };
     backoff.reset();
     loop {
+        reserved.send_replace(reconciler.reserved());
         // A provision service that was restarted lost its containers: they come back first.
         if provisioner.lost_workloads().await {
             if let Err(e) = reconciler.restore().await {

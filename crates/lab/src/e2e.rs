@@ -328,6 +328,7 @@ async fn scenario(
     redeploy(args, reg, work, &contract, image).await?;
     teardown(args, reg, &mut guest, work, &contract).await?;
     isolation(args, reg, &node, work, image).await?;
+    consumption(reg, &node).await?;
     reboot(&mut guest).await?;
     let total = reports(reg, node.id, &node.key).await?.len();
     step(&format!(
@@ -827,6 +828,28 @@ async fn teardown(
         "teardown: contract {contract}'s containers stopped and removed, reported deleted, contract cancelled"
     ));
     Ok(())
+}
+
+/// The node's consumption reports carried its containers' traffic (hog's fetch from the
+/// host through the NAT, the pages fetched across the node): the registry sums it.
+async fn consumption(reg: &Registry, node: &Node) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: NodeView = reg.get(&paths::node(node.id as u64)).await?;
+        if n.traffic_bytes > 0 {
+            step(&format!(
+                "consumption: the node's signed consumption reports add up to {} bytes of \
+                 container traffic",
+                n.traffic_bytes
+            ));
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no consumption report carried the containers' traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Ctrl-Alt-Del: the shutdown is ordered, the last report arrives, and the registry shows

@@ -291,6 +291,18 @@ impl Runtime {
         }
     }
 
+    /// Bytes the twins' containers moved through the node since the service started (see
+    /// [`TwinNet::traffic_bytes`]); 0 without twin networks.
+    pub async fn traffic_bytes(&self) -> Result<u64, RuntimeError> {
+        let Some(net) = self.net.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || net.traffic_bytes())
+            .await
+            .map_err(|e| NetError::Full(format!("the traffic task failed: {e}")))?
+            .map_err(RuntimeError::from)
+    }
+
     /// Where each container of `contract` stands now.
     pub async fn statuses(&self, contract: i64) -> Vec<WorkloadStatus> {
         let all = self.contracts.lock().await;

@@ -52,6 +52,8 @@ pub enum Request {
         /// The contract.
         contract: i64,
     },
+    /// What the node's workloads used: for the consumption reports.
+    Usage,
     /// The newest output of one container.
     Logs {
         /// The contract.
@@ -79,6 +81,12 @@ pub enum Response {
     },
     /// The contract's workloads are gone.
     Removed,
+    /// The answer to [`Request::Usage`].
+    Usage {
+        /// Bytes the twins' containers moved through the node since the service started
+        /// (a restart starts again from 0).
+        traffic_bytes: u64,
+    },
     /// Log bytes, base64.
     Logs {
         /// The bytes.
@@ -194,6 +202,12 @@ async fn handle(runtime: &Runtime, req: Request) -> Response {
             runtime.remove(contract).await;
             Response::Removed
         }
+        Request::Usage => match runtime.traffic_bytes().await {
+            Ok(traffic_bytes) => Response::Usage { traffic_bytes },
+            Err(e) => Response::Error {
+                message: svclog::error_chain(&e),
+            },
+        },
         Request::Statuses { contract } => Response::Workloads {
             workloads: runtime.statuses(contract).await,
         },

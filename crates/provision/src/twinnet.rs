@@ -157,6 +157,8 @@ struct Twin {
 struct State {
     twins: BTreeMap<String, Twin>,
     next_veth: u32,
+    /// Bytes counted by twin bridges already removed.
+    retired_bytes: u64,
 }
 
 /// The twin networks of the node.
@@ -164,6 +166,10 @@ struct State {
 pub struct TwinNet {
     range: Range,
     state: Mutex<State>,
+    /// Held through every attach and detach: a twin's bridge is made by its first container
+    /// and removed with its last, and a restart of one container may race the start of
+    /// another of the same twin.
+    ops: Mutex<()>,
 }
 
 impl TwinNet {
@@ -206,6 +212,7 @@ impl TwinNet {
         Ok(TwinNet {
             range,
             state: Mutex::new(State::default()),
+            ops: Mutex::new(()),
         })
     }
 
@@ -213,9 +220,13 @@ impl TwinNet {
     /// bridge if it is the twin's first container, a veth pair, and inside the namespace
     /// `eth0` with the next free address, `lo`, and the default route. Blocking.
     pub fn attach(&self, twin: &str, pid: Pid) -> Result<Attachment, NetError> {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let (slot, host, n, fresh) = self.reserve(twin)?;
         let done = self.plug(slot, host, n, pid);
         if done.is_err() {
+            // The node's end of a veth whose other end never reached the container stays
+            // on the node: it goes (with its peer) here.
+            let _ = remove_link(format!("{VETH_PREFIX}{n}"));
             self.release(twin, host);
             if fresh {
                 let _ = self.remove_bridge_if_empty(twin, slot);
@@ -232,18 +243,8 @@ impl TwinNet {
     /// Unplugs a container: its veth pair goes (already gone with its namespace is fine), and
     /// its twin's bridge when it was the last. Blocking.
     pub fn detach(&self, a: &Attachment) {
-        let veth = a.veth.clone();
-        let removed = on_thread(None, |h| async move {
-            if let Some(index) = index_of(&h, &veth).await? {
-                h.link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(netlink(format!("removing {veth}")))?;
-            }
-            Ok(())
-        });
-        if let Err(e) = removed {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = remove_link(a.veth.clone()) {
             tracing::warn!(
                 veth = a.veth,
                 error = &e as &dyn std::error::Error,
@@ -343,16 +344,24 @@ impl TwinNet {
             }
         }
         let bridge = format!("{BRIDGE_PREFIX}{slot}");
-        on_thread(None, |h| async move {
-            if let Some(index) = index_of(&h, &bridge).await? {
-                h.link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .map_err(netlink(format!("removing {bridge}")))?;
-            }
-            Ok(())
-        })
+        // Its counters go with it: they are kept first.
+        let counted = bridge_bytes(Some(bridge.clone()))?;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.retired_bytes = st.retired_bytes.saturating_add(counted);
+        }
+        remove_link(bridge)
+    }
+
+    /// Bytes that passed between twins' containers and the node's IP stack since the
+    /// service started, both ways: what containers sent out or received from outside (the
+    /// twins' public traffic), and what the firewall dropped. Traffic between one twin's
+    /// containers stays inside its bridge and is not counted.
+    pub fn traffic_bytes(&self) -> Result<u64, NetError> {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let live = bridge_bytes(None)?;
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(st.retired_bytes.saturating_add(live))
     }
 
     fn plug(&self, slot: u32, host: u8, n: u32, pid: Pid) -> Result<Ipv4Addr, NetError> {
@@ -525,6 +534,45 @@ pub fn rules(range: Range) -> nft::Table {
             },
         ],
     }
+}
+
+/// What twin bridges counted (received plus sent by the bridge's own interface, that is
+/// between its ports and the node's IP stack): bridge `name`, or all of them.
+fn bridge_bytes(name: Option<String>) -> Result<u64, NetError> {
+    on_thread(None, |h| async move {
+        let mut links = h.link().get().execute();
+        let mut total = 0u64;
+        while let Some(l) = links.try_next().await.map_err(netlink("listing links"))? {
+            let n = link_name(&l);
+            let wanted = match &name {
+                Some(want) => &n == want,
+                None => n.starts_with(BRIDGE_PREFIX),
+            };
+            if !wanted {
+                continue;
+            }
+            for a in &l.attributes {
+                if let LinkAttribute::Stats64(s) = a {
+                    total = total.saturating_add(s.rx_bytes).saturating_add(s.tx_bytes);
+                }
+            }
+        }
+        Ok(total)
+    })
+}
+
+/// Removes link `name` of the node if it exists.
+fn remove_link(name: String) -> Result<(), NetError> {
+    on_thread(None, |h| async move {
+        if let Some(index) = index_of(&h, &name).await? {
+            h.link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(netlink(format!("removing {name}")))?;
+        }
+        Ok(())
+    })
 }
 
 fn link_name(l: &LinkMessage) -> String {

@@ -167,6 +167,13 @@ fn twins_reach_their_own_containers_and_the_outside_and_nothing_else() {
         node.run(move || net.traffic(&at)).unwrap()
     };
     assert!(t.tx_bytes > 0 && t.rx_bytes > 0, "{t:?}");
+    let total = |net: &std::sync::Arc<TwinNet>| {
+        let net = net.clone();
+        node.run(move || net.traffic_bytes()).unwrap()
+    };
+    // The connection to the outside passed twin a's bridge; a2 to a1 stayed inside it.
+    let before = total(&net);
+    assert!(before > 0);
 
     // The last container of twin a gone, its bridge goes too; twin b's stays.
     for at in [at_a2, at_a1] {
@@ -177,6 +184,8 @@ fn twins_reach_their_own_containers_and_the_outside_and_nothing_else() {
     let links = String::from_utf8_lossy(&links.stdout).into_owned();
     assert!(!links.contains(" gt0:"), "{links}");
     assert!(links.contains(" gt1:"), "{links}");
+    // What the removed bridge counted is kept.
+    assert!(total(&net) >= before, "{} < {before}", total(&net));
     // A new twin takes the freed slot.
     let a3 = Ns::new();
     let at = attach("c", &a3);

@@ -406,6 +406,17 @@ impl<P: Provisioner, R: Reporter> Reconciler<P, R> {
         Ok(())
     }
 
+    /// What the deployments the node runs reserve together (for the consumption reports).
+    pub fn reserved(&self) -> gridtypes::Resources {
+        self.records
+            .values()
+            .filter(|r| !r.cancelled)
+            .filter_map(|r| r.deployment.as_ref())
+            .fold(gridtypes::Resources::default(), |a, d| {
+                a.saturating_add(&d.reserved())
+            })
+    }
+
     /// Statuses and log answers waiting for the registry.
     pub fn unsent(&self) -> usize {
         self.records.values().filter(|r| !r.status_sent).count() + self.logs_unsent.len()

@@ -294,6 +294,8 @@ async fn a_deployment_is_provisioned_and_reported() {
         r.records()[&CONTRACT].deployment,
         Some(volumes(1, &["data"]))
     );
+    // What the consumption reports carry as used.
+    assert_eq!(r.reserved().sru, 64 << 20);
 
     // A failing workload fails the deployment, with its reason cut to the bound.
     r.take(&w.deploy(&volumes(2, &["data", "bad"])))
@@ -472,6 +474,11 @@ async fn a_restart_brings_deployments_back_and_finishes_teardowns() {
         .unwrap();
     assert_eq!(w.log.take(), ["remove 7"]);
     assert_eq!(w.twin.sent(), [(1, DeploymentState::Deleted)]);
+    assert_eq!(
+        r.reserved(),
+        Resources::default(),
+        "a torn-down contract reserves nothing"
+    );
     // Nothing brings a cancelled contract back, not even an old active item.
     let page = w.deploy(&volumes(2, &["data"]));
     r.take(&page).await.unwrap();
