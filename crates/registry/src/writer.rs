@@ -843,14 +843,16 @@ struct MailRow {
     node_id: i64,
 }
 
-/// The contract a twin's deployment goes to: its own, active, and the version newer than
-/// the stored one.
-async fn deployable(
+/// The contract a twin's mail (`what`) goes to: the twin's own and active, and `s.version`
+/// above the number in column `numbered` (the newest taken so far).
+async fn twin_mail_target(
     conn: &mut AnyConnection,
     backend: Backend,
     twin: i64,
     s: &Sealed,
-) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    numbered: &str,
+    what: &str,
+) -> Result<Result<(MailRow, sqlx::any::AnyRow), ApiError>, sqlx::Error> {
     let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
         return Ok(Err(no_contract(s.contract_id)));
     };
@@ -862,21 +864,41 @@ async fn deployable(
     }
     if r.try_get::<String, _>("state")? != ContractState::Active.as_str() {
         return Ok(Err(ApiError::Conflict(format!(
-            "contract {id} is cancelled: create a new contract to deploy"
+            "contract {id} is cancelled: it takes no {what}; create a new contract with `grid contracts create`"
         ))));
     }
-    if let Some(have) = r.try_get::<Option<i64>, _>("deployment_version")? {
+    if let Some(have) = r.try_get::<Option<i64>, _>(numbered)? {
         if s.version as i64 <= have {
             return Ok(Err(ApiError::StaleVersion(format!(
-                "contract {id} already has deployment version {have}: post version {} or higher",
+                "contract {id} already has {what} {have}: number the next {} or higher",
                 have + 1
             ))));
         }
     }
-    Ok(Ok(MailRow {
+    let row = MailRow {
         id: id as i64,
         node_id: r.try_get("node_id")?,
-    }))
+    };
+    Ok(Ok((row, r)))
+}
+
+/// The contract a twin's deployment goes to: its own, active, and the version newer than
+/// the stored one.
+async fn deployable(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    twin: i64,
+    s: &Sealed,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let found = twin_mail_target(
+        conn,
+        backend,
+        twin,
+        s,
+        "deployment_version",
+        "deployment version",
+    );
+    Ok(found.await?.map(|(row, _)| row))
 }
 
 /// The contract a node's status is about: on this node, about a posted version, and not
@@ -930,37 +952,18 @@ async fn log_requestable(
     twin: i64,
     s: &Sealed,
 ) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
-    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
-        return Ok(Err(no_contract(s.contract_id)));
+    let found = twin_mail_target(conn, backend, twin, s, "log_request_id", "log request");
+    let (row, r) = match found.await? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
     };
-    let id = s.contract_id;
-    if r.try_get::<i64, _>("twin_id")? != twin {
-        return Ok(Err(ApiError::Forbidden(format!(
-            "contract {id} belongs to another twin"
-        ))));
-    }
-    if r.try_get::<String, _>("state")? != ContractState::Active.as_str() {
-        return Ok(Err(ApiError::Conflict(format!(
-            "contract {id} is cancelled: nothing runs under it any more"
-        ))));
-    }
     if r.try_get::<Option<i64>, _>("deployment_version")?.is_none() {
         return Ok(Err(ApiError::Conflict(format!(
-            "contract {id} has no deployment yet: nothing has output to read"
+            "contract {} has no deployment yet: nothing has output to read",
+            row.id
         ))));
     }
-    if let Some(have) = r.try_get::<Option<i64>, _>("log_request_id")? {
-        if s.version as i64 <= have {
-            return Ok(Err(ApiError::StaleVersion(format!(
-                "contract {id} already has log request {have}: number the next {} or higher",
-                have + 1
-            ))));
-        }
-    }
-    Ok(Ok(MailRow {
-        id: id as i64,
-        node_id: r.try_get("node_id")?,
-    }))
+    Ok(Ok(row))
 }
 
 /// The contract a node's log answer is for: on this node, and the request it answers the
@@ -1007,21 +1010,7 @@ async fn store_log_request(
     s: &Sealed,
     raw: &[u8],
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
-    // A new revision: the node's long poll wakes and the request reaches it at once.
-    let rev = next_rev(conn, row.node_id).await?;
-    sqlx::query(
-        "UPDATE contracts SET log_request_id = $1, log_request = $2, rev = $3 WHERE id = $4",
-    )
-    .bind(s.version as i64)
-    .bind(raw)
-    .bind(rev)
-    .bind(row.id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Ok(Written {
-        id: row.id,
-        created: true,
-    }))
+    store_twin_mail(conn, row, s, raw, ("log_request_id", "log_request")).await
 }
 
 async fn store_log_answer(
@@ -1067,10 +1056,22 @@ async fn deploy(
     s: &Sealed,
     raw: &[u8],
 ) -> Result<Result<Written, ApiError>, sqlx::Error> {
+    store_twin_mail(conn, row, s, raw, ("deployment_version", "deployment")).await
+}
+
+/// Stores a twin's envelope `raw` and its number in `columns` and takes the node's next
+/// mailbox revision: the node's long poll wakes and the mail reaches it at once.
+async fn store_twin_mail(
+    conn: &mut AnyConnection,
+    row: MailRow,
+    s: &Sealed,
+    raw: &[u8],
+    (number, envelope): (&str, &str),
+) -> Result<Result<Written, ApiError>, sqlx::Error> {
     let rev = next_rev(conn, row.node_id).await?;
-    sqlx::query(
-        "UPDATE contracts SET deployment_version = $1, deployment = $2, rev = $3 WHERE id = $4",
-    )
+    sqlx::query(&format!(
+        "UPDATE contracts SET {number} = $1, {envelope} = $2, rev = $3 WHERE id = $4"
+    ))
     .bind(s.version as i64)
     .bind(raw)
     .bind(rev)
