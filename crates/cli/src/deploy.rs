@@ -198,18 +198,8 @@ async fn open_status(
     view: &StatusView,
 ) -> anyhow::Result<DeploymentStatus> {
     let node: NodeView = client.get(&paths::node(c.node_id as u64)).await?;
-    let env = Envelope::from_json(&view.envelope)?;
-    let v = env.open_relayed()?;
-    if v.signer_hex != node.public_key {
-        bail!(
-            "the status of contract {} is signed by {}, not by node {} ({}): refused",
-            c.id,
-            v.signer_hex,
-            node.id,
-            node.public_key
-        );
-    }
-    let Payload::DeploymentStatus(sealed) = v.payload else {
+    let payload = signed_by_node(&view.envelope, &node, "status", c.id)?;
+    let Payload::DeploymentStatus(sealed) = payload else {
         bail!("the node's status of contract {} is not a status", c.id);
     };
     let s = mailbox::open_status(key, &sealed.sealed)
@@ -224,6 +214,26 @@ async fn open_status(
         );
     }
     Ok(s)
+}
+
+/// The payload of `envelope` after checking that `node`'s own key signed it (the registry
+/// relays it and could hand over anything); `what` of contract `contract` names it in errors.
+pub(crate) fn signed_by_node(
+    envelope: &[u8],
+    node: &NodeView,
+    what: &str,
+    contract: i64,
+) -> anyhow::Result<Payload> {
+    let v = Envelope::from_json(envelope)?.open_relayed()?;
+    if v.signer_hex != node.public_key {
+        bail!(
+            "the {what} of contract {contract} is signed by {}, not by node {} ({}): refused",
+            v.signer_hex,
+            node.id,
+            node.public_key
+        );
+    }
+    Ok(v.payload)
 }
 
 /// The human form of [`Report`].

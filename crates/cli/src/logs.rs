@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, ContractState, ContractView, ErrorCode, LogsView, NodeView};
 use gridtypes::mailbox::{self, LogRequest};
-use gridtypes::{Envelope, Payload, Sealed};
+use gridtypes::{Payload, Sealed};
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
@@ -123,17 +123,8 @@ fn open(
     view: &LogsView,
     asked: &LogRequest,
 ) -> anyhow::Result<Logs> {
-    let v = Envelope::from_json(&view.envelope)?.open_relayed()?;
-    if v.signer_hex != node.public_key {
-        bail!(
-            "the logs of contract {} are signed by {}, not by node {} ({}): refused",
-            c.id,
-            v.signer_hex,
-            node.id,
-            node.public_key
-        );
-    }
-    let Payload::Logs(sealed) = v.payload else {
+    let payload = crate::deploy::signed_by_node(&view.envelope, node, "logs", c.id)?;
+    let Payload::Logs(sealed) = payload else {
         bail!("the node's answer on contract {} is not logs", c.id);
     };
     let a = mailbox::open_log_answer(key, &sealed.sealed)
