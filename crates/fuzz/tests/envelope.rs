@@ -195,17 +195,18 @@ fn payload() -> BoxedStrategy<Payload> {
         limit - 1..=limit + 1,
         0..=limit + 8
     ];
-    let sealed = (edge_u64(), edge_u64(), sealed_len, any::<bool>())
-        .prop_map(|(contract_id, version, len, deploy)| {
+    let sealed = (edge_u64(), edge_u64(), sealed_len, 0..4u8)
+        .prop_map(|(contract_id, version, len, kind)| {
             let s = Sealed {
                 contract_id,
                 version,
                 sealed: vec![0xa5; len],
             };
-            if deploy {
-                Payload::Deploy(s)
-            } else {
-                Payload::DeploymentStatus(s)
+            match kind {
+                0 => Payload::Deploy(s),
+                1 => Payload::DeploymentStatus(s),
+                2 => Payload::RequestLogs(s),
+                _ => Payload::Logs(s),
             }
         })
         .boxed();
@@ -308,6 +309,8 @@ fn payload_shaped_json() -> impl Strategy<Value = Vec<u8>> {
         "cancel_contract",
         "deploy",
         "deployment_status",
+        "request_logs",
+        "logs",
         "poll_mailbox",
         "steal_tft",
     ]);

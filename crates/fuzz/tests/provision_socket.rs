@@ -26,10 +26,13 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
 fn seeds() -> Vec<Vec<u8>> {
     let d = r#"{"contract_id":7,"version":2,"workloads":[{"kind":"container","name":"web","image":"10.0.2.2:5000/gridos/busybox:1","cmd":["sh"],"resources":{"cru":1,"mru":67108864,"sru":67108864}},{"kind":"volume","name":"data","size":33554432}]}"#;
     [
-        format!(r#"{{"op":"apply","contract":7,"deployment":{d}}}"#),
+        format!(
+            r#"{{"op":"apply","contract":7,"twin":"5866666666666666666666666666666666666666666666666666666666666666","deployment":{d}}}"#
+        ),
         r#"{"op":"remove","contract":7}"#.to_string(),
         r#"{"op":"statuses","contract":7}"#.to_string(),
         r#"{"op":"logs","contract":7,"workload":"web","max_bytes":4096}"#.to_string(),
+        r#"{"op":"usage"}"#.to_string(),
     ]
     .into_iter()
     .map(String::into_bytes)
@@ -45,7 +48,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_requests(i in 0usize..4, muts in mutations()) {
+    fn mutated_requests(i in 0usize..5, muts in mutations()) {
         check(&mutate(&seeds()[i], &muts))?;
     }
 }
