@@ -582,9 +582,13 @@ async fn apply(
         (Payload::CancelContract { .. }, Ctx::Cancel(contract)) => {
             cancel_contract(conn, backend, contract, now).await
         }
-        (Payload::Deploy(s), Ctx::Mail(row)) => deploy(conn, row, s, &job.raw).await,
+        (Payload::Deploy(s), Ctx::Mail(row)) => {
+            let columns = ("deployment_version", "deployment");
+            store_twin_mail(conn, row, s, &job.raw, columns).await
+        }
         (Payload::RequestLogs(s), Ctx::Mail(row)) => {
-            store_log_request(conn, row, s, &job.raw).await
+            let columns = ("log_request_id", "log_request");
+            store_twin_mail(conn, row, s, &job.raw, columns).await
         }
         (Payload::Logs(s), Ctx::Mail(row)) => store_log_answer(conn, row, s, &job.raw).await,
         (Payload::DeploymentStatus(s), Ctx::Mail(row)) => {
@@ -1004,15 +1008,6 @@ async fn log_answerable(
     }))
 }
 
-async fn store_log_request(
-    conn: &mut AnyConnection,
-    row: MailRow,
-    s: &Sealed,
-    raw: &[u8],
-) -> Result<Result<Written, ApiError>, sqlx::Error> {
-    store_twin_mail(conn, row, s, raw, ("log_request_id", "log_request")).await
-}
-
 async fn store_log_answer(
     conn: &mut AnyConnection,
     row: MailRow,
@@ -1050,17 +1045,9 @@ async fn mail_row(
     .await
 }
 
-async fn deploy(
-    conn: &mut AnyConnection,
-    row: MailRow,
-    s: &Sealed,
-    raw: &[u8],
-) -> Result<Result<Written, ApiError>, sqlx::Error> {
-    store_twin_mail(conn, row, s, raw, ("deployment_version", "deployment")).await
-}
-
-/// Stores a twin's envelope `raw` and its number in `columns` and takes the node's next
-/// mailbox revision: the node's long poll wakes and the mail reaches it at once.
+/// Stores a twin's envelope `raw` (a deployment or a log request) in column `envelope` and
+/// its number in column `number`, and takes the node's next mailbox revision: the node's
+/// long poll wakes and the mail reaches it at once.
 async fn store_twin_mail(
     conn: &mut AnyConnection,
     row: MailRow,
