@@ -405,8 +405,26 @@ fn twin_grid(
     reg: &Registry,
     work: &Path,
 ) -> impl Fn(&[&str]) -> anyhow::Result<serde_json::Value> {
-    let (bin_dir, url, key) = (args.bin_dir.clone(), reg.url(), work.join("twin.key"));
+    grid_as(args, reg, work.join("twin.key"))
+}
+
+/// `grid … --json` with the key in `key`.
+fn grid_as(
+    args: &E2eArgs,
+    reg: &Registry,
+    key: PathBuf,
+) -> impl Fn(&[&str]) -> anyhow::Result<serde_json::Value> {
+    let (bin_dir, url) = (args.bin_dir.clone(), reg.url());
     move |a: &[&str]| registry::grid::<serde_json::Value>(&bin_dir, &url, &key, a)
+}
+
+/// One app-file entry: a container of `image` running `sh -c cmd` on one core with 64 MiB
+/// of memory and 64 MiB of disk.
+fn small_container(name: &str, image: &str, cmd: &str) -> String {
+    format!(
+        "- kind: container\n  name: {name}\n  image: {image}\n  cmd: [sh, -c, '{cmd}']\n  \
+         resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
+    )
 }
 
 /// Reads `grid deployments show CONTRACT` every 0.5 s until `done` holds for it; `done`'s
@@ -472,15 +490,13 @@ async fn deployment(
     std::fs::write(
         &app,
         format!(
-            "workloads:\n\
-             - kind: container\n  name: web\n  image: {image}\n  \
-               cmd: [sh, -c, '{WEB}']\n  \
-               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
+            "workloads:\n{}\
              - kind: volume\n  name: data\n  size: 32MiB\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
                cmd: [sh, -c, '{check}; x=$(yes | head -c 64000000); echo survived']\n  \
                mounts: [{{volume: data, path: /data}}]\n  \
-               resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n"
+               resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n",
+            small_container("web", image, WEB)
         ),
     )?;
     let app = app.to_string_lossy().into_owned();
@@ -595,14 +611,9 @@ async fn redeploy(
     std::fs::write(
         &app,
         format!(
-            "workloads:\n\
-             - kind: container\n  name: web\n  image: {image}\n  \
-               cmd: [sh, -c, '{WEB}']\n  \
-               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n\
-             - kind: container\n  name: web2\n  image: {image}\n  \
-               cmd: [sh, -c, '{}']\n  \
-               resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n",
-            fetch(&web)
+            "workloads:\n{}{}",
+            small_container("web", image, WEB),
+            small_container("web2", image, &fetch(&web))
         ),
     )?;
     let app = app.to_string_lossy().into_owned();
@@ -690,12 +701,8 @@ async fn isolation(
     work: &Path,
     image: &str,
 ) -> anyhow::Result<()> {
-    let (bin_dir, url) = (args.bin_dir.clone(), reg.url());
-    let as_twin = |key: &str| {
-        let (bin_dir, url, key) = (bin_dir.clone(), url.clone(), work.join(key));
-        move |a: &[&str]| registry::grid::<serde_json::Value>(&bin_dir, &url, &key, a)
-    };
-    let (a, b) = (as_twin("twin.key"), as_twin("twin-b.key"));
+    let a = twin_grid(args, reg, work);
+    let b = grid_as(args, reg, work.join("twin-b.key"));
     b(&["key", "new"])?;
     b(&["twin", "register"])?;
     let id = node.id.to_string();
@@ -717,13 +724,8 @@ async fn isolation(
      -> anyhow::Result<String> {
         let contract = grid(&reserve)?["id"].to_string();
         let app = work.join(format!("app-{name}.yaml"));
-        std::fs::write(
-            &app,
-            format!(
-                "workloads:\n- kind: container\n  name: {name}\n  image: {image}\n  \
-                 cmd: [sh, -c, '{cmd}']\n  resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
-            ),
-        )?;
+        let yaml = format!("workloads:\n{}", small_container(name, image, cmd));
+        std::fs::write(&app, yaml)?;
         grid(&["deploy", &app.to_string_lossy(), "--contract", &contract])?;
         Ok(contract)
     };
