@@ -79,9 +79,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %args.socket.display(), "provision service ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
-    service::serve(listener, runtime.clone(), Peers { gid }, instance, async {
-        term.recv().await;
-    })
+    service::serve(
+        listener,
+        runtime.clone(),
+        Peers {
+            gid,
+            idle: service::IDLE,
+        },
+        instance,
+        async {
+            term.recv().await;
+        },
+    )
     .await;
     tracing::info!("stopping every container");
     runtime.shutdown().await;

@@ -26,6 +26,10 @@ use crate::runtime::Runtime;
 pub const MAX_LINE: usize = 2 << 20;
 /// Most connections served at once (the agent needs one).
 pub const MAX_CONNECTIONS: usize = 8;
+/// How long a connection may stay silent, waiting for a request or inside one, or leave an
+/// answer unread, before it is closed: a stuck or idle client cannot keep one of the
+/// [`MAX_CONNECTIONS`] slots (the agent's client connects again by itself).
+pub const IDLE: Duration = Duration::from_secs(300);
 /// Largest log tail one request returns.
 pub const MAX_LOG_BYTES: u64 = 1 << 20;
 
@@ -99,11 +103,13 @@ pub enum Response {
     },
 }
 
-/// Who may connect besides root: the agent's group.
+/// Who may connect besides root (the agent's group), and how long they may idle.
 #[derive(Debug, Clone, Copy)]
 pub struct Peers {
     /// The agent's group id.
     pub gid: u32,
+    /// [`IDLE`], shorter in tests.
+    pub idle: Duration,
 }
 
 /// Serves `listener` until `shutdown` completes.
@@ -145,7 +151,7 @@ pub async fn serve(
         };
         let (runtime, instance) = (runtime.clone(), instance.clone());
         connections.spawn(async move {
-            if let Err(e) = connection(stream, &runtime, &instance).await {
+            if let Err(e) = connection(stream, &runtime, &instance, peers.idle).await {
                 tracing::debug!(error = %e, "connection ended");
             }
             drop(slot);
@@ -153,18 +159,26 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: UnixStream, runtime: &Runtime, instance: &str) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    runtime: &Runtime,
+    instance: &str,
+    idle: Duration,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    send(
-        &mut w,
-        &Response::Hello {
-            instance: instance.to_string(),
-        },
-    )
-    .await?;
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed");
+    let hello = Response::Hello {
+        instance: instance.to_string(),
+    };
+    tokio::time::timeout(idle, send(&mut w, &hello))
+        .await
+        .map_err(|_| timed_out())??;
     loop {
-        let Some(line) = read_line(&mut r).await? else {
+        let line = tokio::time::timeout(idle, read_line(&mut r))
+            .await
+            .map_err(|_| timed_out())??;
+        let Some(line) = line else {
             return Ok(());
         };
         let answer = match serde_json::from_slice::<Request>(&line) {
@@ -173,7 +187,9 @@ async fn connection(stream: UnixStream, runtime: &Runtime, instance: &str) -> st
                 message: format!("malformed request: {e}"),
             },
         };
-        send(&mut w, &answer).await?;
+        tokio::time::timeout(idle, send(&mut w, &answer))
+            .await
+            .map_err(|_| timed_out())??;
     }
 }
 

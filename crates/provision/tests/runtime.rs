@@ -285,6 +285,7 @@ async fn a_container_keeps_only_the_capabilities_it_is_given() {
 /// new instance seen by the client as a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_serves_the_agent_and_refuses_garbage() {
+    const IDLE: Duration = Duration::from_secs(3);
     let Some(rig) = rig().await else { return };
     let rt = Arc::new(Runtime::open(rig.config()).unwrap());
     let sock = rig.dir.path().join("provision.sock");
@@ -294,7 +295,10 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
         let task = tokio::spawn(service::serve(
             listener,
             rt.clone(),
-            Peers { gid: 4242 },
+            Peers {
+                gid: 4242,
+                idle: IDLE,
+            },
             instance.to_string(),
             async {
                 let _ = stop_rx.await;
@@ -390,6 +394,56 @@ async fn the_socket_serves_the_agent_and_refuses_garbage() {
         assert!(r.next_line().await.map(|l| l.is_none()).unwrap_or(true));
     }
     assert_eq!(rt.statuses(7).await.len(), 1, "garbage changed nothing");
+
+    // A flood of connections that say nothing: past MAX_CONNECTIONS (the client above holds
+    // one) the next is hung up on; the idle ones are closed after IDLE, half a request
+    // (a slow client) included, and the agent's client goes on over a new connection.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hello = |mut s: tokio::net::UnixStream| async move {
+            let mut b = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .map(|r| r.unwrap_or(0))
+                .unwrap_or(0);
+            (s, String::from_utf8_lossy(&b[..n]).into_owned())
+        };
+        // The client's connection is fresh (not about to be closed as idle) for the count.
+        client
+            .call(&Request::Statuses { contract: 7 }, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut idle = Vec::new();
+        for i in 0..service::MAX_CONNECTIONS - 1 {
+            let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let (mut s, said) = hello(s).await;
+            assert!(said.contains("hello"), "connection {i}: {said:?}");
+            if i == 0 {
+                s.write_all(br#"{"op":"#).await.unwrap();
+            }
+            idle.push(s);
+        }
+        let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let (_, said) = hello(s).await;
+        assert_eq!(said, "", "a connection past the limit was served");
+        tokio::time::sleep(IDLE + Duration::from_secs(1)).await;
+        for (i, mut s) in idle.into_iter().enumerate() {
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+                .await
+                .expect("an idle connection stayed open")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "connection {i} got {rest:?}");
+        }
+        let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let (_, said) = hello(s).await;
+        assert!(said.contains("hello"), "no slot came free: {said:?}");
+        let answer = client
+            .call(&Request::Statuses { contract: 7 }, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Response::Workloads { .. }), "{answer:?}");
+    }
 
     // A process that is neither root nor in the agent's group is hung up on before the
     // hello, even when the socket's mode would let it connect.
