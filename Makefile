@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench baseline-image clean init image
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image
 
 all: build
 
@@ -112,6 +112,30 @@ boot-bench: image baseline-image
 	$(CARGO) build --release -p registry -p cli -p lab
 	$(TARGET_DIR)/release/gridos-lab boot-bench --image out --baseline $(BUILD)/baseline-image \
 		--work $(BUILD)/boot-bench --bin-dir $(TARGET_DIR)/release --out $(BUILD)/boot-bench.json
+
+## Container create → first instruction, gridos' runtime against crun, inside a booted node,
+## and the agent's RSS with 20 containers running (BENCHMARKS.md). The benchmark image is the
+## real one plus crun and gridos-startbench (bench/start/profile.yaml).
+node-bench: image libcontainer-bench
+	@tools/need-packages.sh bench
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build \
+		--profile services --target x86_64-unknown-linux-gnu -p startbench
+	cp -f $(TARGET_DIR)/x86_64-unknown-linux-gnu/services/gridos-startbench $(IMAGE_BIN)/
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile bench/start/profile.yaml \
+		--out $(BUILD)/start-bench-image --bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
+	$(CARGO) build --release -p registry -p cli -p lab
+	$(TARGET_DIR)/release/gridos-lab node-bench --image $(BUILD)/start-bench-image --work $(BUILD)/node-bench \
+		--bin-dir $(TARGET_DIR)/release --out $(BUILD)/node-bench.json
+
+## youki's libcontainer linked into a static program as a node would link it (outside the
+## workspace, bench/libcontainer): its size, and its starts in node-bench.
+libcontainer-bench:
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build --release \
+		--manifest-path bench/libcontainer/Cargo.toml --target x86_64-unknown-linux-gnu \
+		--target-dir $(TARGET_DIR)/libcontainer-bench
+	@mkdir -p $(IMAGE_BIN)
+	cp -f $(TARGET_DIR)/libcontainer-bench/x86_64-unknown-linux-gnu/release/gridos-youki-start $(IMAGE_BIN)/
+	@ls -l $(IMAGE_BIN)/gridos-youki-start
 
 ## Benchmarks behind BENCHMARKS.md.
 bench:

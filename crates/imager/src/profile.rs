@@ -35,31 +35,56 @@ pub enum ProfileError {
 }
 
 /// Everything that decides what goes into the image.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Profile {
     /// Where the kernel comes from.
     pub kernel: KernelSpec,
     /// Default kernel command line, written to `out/cmdline`.
     pub cmdline: String,
     /// How the cpio archive is compressed.
-    #[serde(default)]
     pub compression: Compression,
     /// Kernel modules to include (their dependencies are added automatically).
     pub modules: Vec<String>,
     /// gridos binaries (static), looked up by name in the binary directory.
-    #[serde(default)]
     pub binaries: Vec<Binary>,
     /// Host programs copied with their shared-library closure (e.g. `mkfs.btrfs`).
-    #[serde(default)]
     pub helpers: Vec<Helper>,
-    /// Directories copied verbatim into the image root, relative to the profile file.
-    #[serde(default)]
+    /// Directories copied verbatim into the image root (resolved against the profile file
+    /// that names them).
     pub files: Vec<PathBuf>,
     /// Empty directories every image has (mount points and the like).
-    #[serde(default)]
     pub dirs: Vec<String>,
 }
+
+/// A profile file as written. `extends: OTHER.yaml` starts from another profile: its kernel,
+/// command line and compression unless this file sets them, and its lists followed by this
+/// file's (a benchmark image is the real image plus a few programs, without a second copy
+/// of the real profile to keep in step).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    extends: Option<PathBuf>,
+    #[serde(default)]
+    kernel: Option<KernelSpec>,
+    #[serde(default)]
+    cmdline: Option<String>,
+    #[serde(default)]
+    compression: Option<Compression>,
+    #[serde(default)]
+    modules: Vec<String>,
+    #[serde(default)]
+    binaries: Vec<Binary>,
+    #[serde(default)]
+    helpers: Vec<Helper>,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    dirs: Vec<String>,
+}
+
+/// How many `extends` may be chained: a cycle stops here with an error.
+const MAX_EXTENDS: usize = 8;
 
 /// The kernel: a Debian package (resolved through apt) or an extracted tree on disk.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,20 +140,9 @@ pub struct Helper {
 }
 
 impl Profile {
-    /// Loads and checks a profile; relative `files` and `kernel.path` are resolved against its folder.
+    /// Reads and checks a profile file (and the profiles it extends).
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut p: Profile =
-            serde_norway::from_str(&text).map_err(|source| ProfileError::Parse {
-                path: path.into(),
-                source,
-            })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        p.files = p.files.iter().map(|f| base.join(f)).collect();
-        p.kernel.path = p.kernel.path.as_ref().map(|k| base.join(k));
+        let p = Self::load_raw(path, 0)?;
         let invalid = |reason: String| ProfileError::Invalid {
             path: path.into(),
             reason,
@@ -151,6 +165,60 @@ impl Profile {
         if p.cmdline.contains('\n') {
             return Err(invalid("cmdline must be one line".into()));
         }
+        Ok(p)
+    }
+
+    fn load_raw(path: &Path, depth: usize) -> Result<Self, ProfileError> {
+        let invalid = |reason: String| ProfileError::Invalid {
+            path: path.into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let raw: Raw = serde_norway::from_str(&text).map_err(|source| ProfileError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let kernel = raw.kernel.map(|mut k| {
+            k.path = k.path.map(|p| dir.join(p));
+            k
+        });
+        let files = raw.files.iter().map(|f| dir.join(f));
+        let Some(base) = raw.extends else {
+            let (Some(kernel), Some(cmdline)) = (kernel, raw.cmdline) else {
+                return Err(invalid(
+                    "`kernel` and `cmdline` are required (or `extends` a profile that has them)"
+                        .into(),
+                ));
+            };
+            return Ok(Profile {
+                kernel,
+                cmdline,
+                compression: raw.compression.unwrap_or_default(),
+                modules: raw.modules,
+                binaries: raw.binaries,
+                helpers: raw.helpers,
+                files: files.collect(),
+                dirs: raw.dirs,
+            });
+        };
+        if depth >= MAX_EXTENDS {
+            return Err(invalid(format!(
+                "`extends` goes more than {MAX_EXTENDS} profiles deep (a cycle?)"
+            )));
+        }
+        let mut p = Self::load_raw(&dir.join(base), depth + 1)?;
+        p.kernel = kernel.unwrap_or(p.kernel);
+        p.cmdline = raw.cmdline.unwrap_or(p.cmdline);
+        p.compression = raw.compression.unwrap_or(p.compression);
+        p.modules.extend(raw.modules);
+        p.binaries.extend(raw.binaries);
+        p.helpers.extend(raw.helpers);
+        p.files.extend(files);
+        p.dirs.extend(raw.dirs);
         Ok(p)
     }
 }
@@ -192,5 +260,44 @@ mod tests {
             Profile::load(&f),
             Err(ProfileError::Invalid { .. })
         ));
+        std::fs::write(&f, "cmdline: q\nmodules: []\n").unwrap();
+        assert!(matches!(
+            Profile::load(&f),
+            Err(ProfileError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn extends_adds_to_the_base_and_overrides_what_it_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let base = dir.path().join("base.yaml");
+        std::fs::write(
+            &base,
+            "kernel: {path: k}\ncmdline: q\nmodules: [a]\nfiles: [f]\n\
+             binaries: [{name: init, dest: /init}]\n",
+        )
+        .unwrap();
+        let top = dir.path().join("sub/top.yaml");
+        std::fs::write(
+            &top,
+            "extends: ../base.yaml\ncmdline: r\nmodules: [b]\nfiles: [g]\n\
+             helpers: [{path: /usr/bin/crun}]\n",
+        )
+        .unwrap();
+        let p = Profile::load(&top).unwrap();
+        assert_eq!(p.cmdline, "r");
+        assert_eq!(p.modules, ["a", "b"]);
+        assert_eq!(p.kernel.path, Some(dir.path().join("sub/../k")));
+        assert_eq!(
+            p.files,
+            [dir.path().join("sub/../f"), dir.path().join("sub/g")]
+        );
+        assert_eq!(p.binaries.len(), 1);
+        assert_eq!(p.helpers[0].path, "/usr/bin/crun");
+        // A profile extending itself stops with an error.
+        std::fs::write(&base, "extends: base.yaml\n").unwrap();
+        let e = Profile::load(&base).unwrap_err();
+        assert!(e.to_string().contains("deep"), "{e}");
     }
 }

@@ -392,7 +392,10 @@ async fn first_boot(
 }
 
 /// The deployment's workload `name` as `grid deployments show` prints it.
-fn workload<'a>(shown: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+pub(crate) fn workload<'a>(
+    shown: &'a serde_json::Value,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
     shown["status"]["workloads"]
         .as_array()?
         .iter()
@@ -405,22 +408,22 @@ fn twin_grid(
     reg: &Registry,
     work: &Path,
 ) -> impl Fn(&[&str]) -> anyhow::Result<serde_json::Value> {
-    grid_as(args, reg, work.join("twin.key"))
+    grid_as(&args.bin_dir, reg, work.join("twin.key"))
 }
 
-/// `grid … --json` with the key in `key`.
-fn grid_as(
-    args: &E2eArgs,
+/// `grid … --json` (from `bin_dir`) with the key in `key`.
+pub(crate) fn grid_as(
+    bin_dir: &Path,
     reg: &Registry,
     key: PathBuf,
 ) -> impl Fn(&[&str]) -> anyhow::Result<serde_json::Value> {
-    let (bin_dir, url) = (args.bin_dir.clone(), reg.url());
+    let (bin_dir, url) = (bin_dir.to_path_buf(), reg.url());
     move |a: &[&str]| registry::grid::<serde_json::Value>(&bin_dir, &url, &key, a)
 }
 
 /// One app-file entry: a container of `image` running `sh -c cmd` on one core with 64 MiB
 /// of memory and 64 MiB of disk.
-fn small_container(name: &str, image: &str, cmd: &str) -> String {
+pub(crate) fn small_container(name: &str, image: &str, cmd: &str) -> String {
     format!(
         "- kind: container\n  name: {name}\n  image: {image}\n  cmd: [sh, -c, '{cmd}']\n  \
          resources: {{cru: 1, mru: 64MiB, sru: 64MiB}}\n"
@@ -429,7 +432,7 @@ fn small_container(name: &str, image: &str, cmd: &str) -> String {
 
 /// Reads `grid deployments show CONTRACT` every 0.5 s until `done` holds for it; `done`'s
 /// error, or `within` running out (`what` says what was awaited), fails the test.
-async fn until_shown(
+pub(crate) async fn until_shown(
     grid: &impl Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
     contract: &str,
     within: Duration,
@@ -702,7 +705,7 @@ async fn isolation(
     image: &str,
 ) -> anyhow::Result<()> {
     let a = twin_grid(args, reg, work);
-    let b = grid_as(args, reg, work.join("twin-b.key"));
+    let b = grid_as(&args.bin_dir, reg, work.join("twin-b.key"));
     b(&["key", "new"])?;
     b(&["twin", "register"])?;
     let id = node.id.to_string();

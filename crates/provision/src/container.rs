@@ -109,10 +109,10 @@ const BIND_FD_BASE: i32 = 900;
 /// Entries of the container's `/proc` that reach the whole host, not just its PID namespace:
 /// made read-only (kernel settings: `sys/kernel/core_pattern` alone would run a program of
 /// the container's choosing as root on the host; `sysrq-trigger` reboots it) ...
-const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+pub const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
 /// ... or hidden: files under `/dev/null`, directories under an empty read-only tmpfs (the
 /// host's memory, keys and timers). Docker's defaults, as runc applies them.
-const PROC_MASKED_FILES: &[&str] = &[
+pub const PROC_MASKED_FILES: &[&str] = &[
     "kcore",
     "keys",
     "latency_stats",
@@ -120,7 +120,8 @@ const PROC_MASKED_FILES: &[&str] = &[
     "timer_stats",
     "sched_debug",
 ];
-const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+/// ... (directories).
+pub const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
 
 /// `open_tree(2)`: a detached copy of the mount at the path.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
