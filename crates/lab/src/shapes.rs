@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use gridapi::{paths, NodeView};
 
-use crate::e2e::{close, expected_units, registered, E2eArgs, GIB, OS_RESERVE};
+use crate::e2e::{
+    close, expected_units, grid_as, registered, small_container, until_shown, workload, E2eArgs,
+    GIB, OS_RESERVE,
+};
 use crate::qemu::{self, Disk, Guest, Machine, HDD_BYTES, SSD_BYTES};
 use crate::registry::{self, Registry};
 
@@ -52,6 +55,8 @@ pub struct Shape {
     pub hot_add: Option<DiskKind>,
     /// The full scenario (reboot on the same disks, registry outage) instead of boot + checks.
     pub full: bool,
+    /// A twin also runs a container here ([`probe_container`]; the full scenario runs many).
+    pub containers: bool,
 }
 
 /// The fixed list (docs/lab.md). Every CPU model, vCPU count and disk set of issue 10 appears
@@ -65,6 +70,7 @@ pub const SHAPES: &[Shape] = &[
         disks: &[DiskKind::Ssd, DiskKind::Hdd],
         hot_add: None,
         full: true,
+        containers: true,
     },
     Shape {
         name: "qemu64-1cpu-ssd",
@@ -74,6 +80,7 @@ pub const SHAPES: &[Shape] = &[
         disks: &[DiskKind::Ssd],
         hot_add: None,
         full: false,
+        containers: true,
     },
     Shape {
         name: "qemu64-4cpu-hdd",
@@ -83,6 +90,8 @@ pub const SHAPES: &[Shape] = &[
         disks: &[DiskKind::Hdd],
         hot_add: None,
         full: false,
+        // No SSD, no SRU: a container's root disk is SRU, so the registry refuses the contract.
+        containers: false,
     },
     Shape {
         name: "qemu64-2cpu-hdd-ssd",
@@ -93,6 +102,7 @@ pub const SHAPES: &[Shape] = &[
         disks: &[DiskKind::Hdd, DiskKind::Ssd],
         hot_add: None,
         full: false,
+        containers: true,
     },
     Shape {
         name: "max-1cpu-nodisk",
@@ -102,6 +112,7 @@ pub const SHAPES: &[Shape] = &[
         disks: &[],
         hot_add: None,
         full: false,
+        containers: false,
     },
     Shape {
         name: "qemu64-2cpu-hotadd-ssd",
@@ -111,6 +122,7 @@ pub const SHAPES: &[Shape] = &[
         disks: &[],
         hot_add: Some(DiskKind::Ssd),
         full: false,
+        containers: false,
     },
 ];
 
@@ -301,14 +313,24 @@ pub async fn check(
 ) -> anyhow::Result<Timing> {
     std::fs::create_dir_all(work)?;
     let (reg, farm) = registry::with_farm(&args.bin_dir, work, 0, shape.name).await?;
+    let images = match shape.containers {
+        true => Some(crate::images::start().await?),
+        false => None,
+    };
     let append = format!(
-        "gridos.farm={farm} gridos.registry={} gridos.hostname={}",
+        "gridos.farm={farm} gridos.registry={} gridos.hostname={} {}",
         reg.guest_url(),
-        shape.name
+        shape.name,
+        images.as_ref().map(|i| i.plain_http()).unwrap_or_default()
     );
     let machine = shape.machine(&args.image, accel, work, append);
     let mut guest = machine.boot()?;
-    let result = check_booted(args, shape, &reg, &mut guest).await;
+    let mut result = check_booted(args, shape, &reg, &mut guest).await;
+    if let (Ok(_), Some(images)) = (&result, &images) {
+        if let Err(e) = probe_container(args, &reg, work, &images.busybox).await {
+            result = Err(e);
+        }
+    }
     if result.is_err() {
         eprintln!(
             "e2e[{}]: last console lines ({}):\n{}",
@@ -378,6 +400,84 @@ async fn check_booted(
     Ok(timing)
 }
 
+/// A twin rents part of the node and runs one container from the host's OCI registry: it
+/// must see the one core and 64 MiB it reserved in its cgroup and have an address on its
+/// twin's network, and what it prints must come back through `grid logs`.
+async fn probe_container(
+    args: &E2eArgs,
+    reg: &Registry,
+    work: &Path,
+    image: &str,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let grid = grid_as(&args.bin_dir, reg, work.join("twin.key"));
+    grid(&["key", "new"])?;
+    grid(&["twin", "register"])?;
+    let node = reg
+        .get::<gridapi::Page<NodeView>>(paths::NODES)
+        .await?
+        .items
+        .first()
+        .map(|n| n.id)
+        .context("no node")?;
+    let c = grid(&[
+        "contracts",
+        "create",
+        "--node",
+        &node.to_string(),
+        "--cru",
+        "1",
+        "--mru",
+        "64MiB",
+        "--sru",
+        "64MiB",
+    ])?;
+    let contract = c["id"].to_string();
+    let cmd = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 67108864 || exit 3; \
+               test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
+               echo limits-ok; exec sleep 100000";
+    let app = work.join("app.yaml");
+    std::fs::write(
+        &app,
+        format!("workloads:\n{}", small_container("probe", image, cmd)),
+    )?;
+    grid(&["deploy", &app.to_string_lossy(), "--contract", &contract])?;
+    let what = format!("the probe of contract {contract} did not run");
+    until_shown(&grid, &contract, Duration::from_secs(300), &what, |shown| {
+        ensure!(shown["state"] != "failed", "the node failed it: {shown}");
+        let Some(w) = workload(shown, "probe") else {
+            return Ok(false);
+        };
+        Ok(w["state"] == "running"
+            && w["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.240.")))
+    })
+    .await?;
+    // Running means its shell started; the line comes a moment later.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let logs = grid(&["logs", &contract, "probe", "--wait", "120"])?;
+        if logs["text"] != "" || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    ensure!(
+        logs["text"] == "limits-ok\n",
+        "the probe printed {} (status 3: memory.max is not the reserved 64 MiB; 4: cpu.max is \
+         not one core)",
+        logs["text"]
+    );
+    eprintln!(
+        "e2e[{}]: a twin's container ran with its limits and address, and grid logs read it \
+         ({:.0} s wall)",
+        work.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +498,13 @@ mod tests {
         assert!(has(&|s| s.disks.is_empty() && s.hot_add.is_none()));
         assert!(has(&|s| s.hot_add.is_some()));
         assert_eq!(SHAPES.iter().filter(|s| s.full).count(), 1);
+        // Containers run on both CPU models, with one and with two vCPUs, and beside an HDD.
+        let runs = |f: &dyn Fn(&Shape) -> bool| SHAPES.iter().any(|s| s.containers && f(s));
+        assert!(runs(&|s| s.cpu == "qemu64") && runs(&|s| s.cpu == "max"));
+        assert!(runs(&|s| s.cpus == 1) && runs(&|s| s.cpus == 2));
+        assert!(runs(&|s| s.disks.contains(&DiskKind::Hdd)));
+        // Never where there is no SSD: a container's root disk is SRU.
+        assert!(!runs(&|s| !s.disks.contains(&DiskKind::Ssd)));
         let names: std::collections::BTreeSet<_> = SHAPES.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), SHAPES.len());
     }
