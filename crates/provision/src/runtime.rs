@@ -137,6 +137,14 @@ impl Runtime {
         }
         let containers = cfg.root.join("containers");
         if containers.exists() {
+            // Each writable layer may be a btrfs subvolume with its own quota group.
+            let entries = std::fs::read_dir(&containers)
+                .map_err(io_err("reading old containers", &containers))?;
+            for e in entries.flatten() {
+                if let Err(why) = volume::delete(&e.path()) {
+                    tracing::warn!(dir = %e.path().display(), why, "old container not removed");
+                }
+            }
             std::fs::remove_dir_all(&containers)
                 .map_err(io_err("removing old containers", &containers))?;
         }
@@ -393,6 +401,25 @@ impl Runtime {
             Ok(s) => Spec { binds, ..s },
             Err(why) => return (failed(&c.name, why), None),
         };
+        // The writable layer holds what the container writes: with the image, no more than
+        // the disk it reserved, so no twin fills the cache partition the node and the other
+        // twins live on (a btrfs subvolume with a quota, as volumes are).
+        let dir = self.cfg.root.join("containers").join(&spec.id);
+        let room = c
+            .resources
+            .sru
+            .saturating_sub(image.unpacked_bytes)
+            .max(MIN_WRITABLE);
+        match blocking(move || volume::ensure(&dir, room)).await {
+            Ok(None) => {}
+            Ok(Some(note)) => {
+                tracing::info!(contract, container = %c.name, note, "writable layer")
+            }
+            Err(why) => {
+                let why = format!("making its writable layer: {why}");
+                return (failed(&c.name, why), None);
+            }
+        }
         let status = Arc::new(Mutex::new(WorkloadStatus {
             name: c.name.clone(),
             state: DeploymentState::Provisioning,
@@ -485,29 +512,24 @@ impl Runtime {
         let id = Self::id(contract, name);
         let dir = self.cfg.root.join("containers").join(&id);
         let log = self.log_path(contract, name);
-        let removed = tokio::task::spawn_blocking(move || {
+        let removed = blocking(move || {
             let _ = std::fs::remove_file(rotated(&log));
             let _ = std::fs::remove_file(&log);
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
+            volume::delete(&dir)
         })
         .await;
         match removed {
-            Ok(Ok(())) => tracing::info!(contract, container = %name, "container removed"),
-            Ok(Err(e)) => tracing::error!(
-                contract,
-                container = %name,
-                error = &e as &dyn std::error::Error,
-                "container directory not removed"
-            ),
-            Err(e) => {
-                tracing::error!(contract, container = %name, error = %e, "container removal failed")
+            Ok(()) => tracing::info!(contract, container = %name, "container removed"),
+            Err(why) => {
+                tracing::error!(contract, container = %name, why, "container directory not removed")
             }
         }
     }
 }
+
+/// The least a writable layer gets, even when the image takes the whole reservation:
+/// overlayfs needs room for its work directory.
+const MIN_WRITABLE: u64 = gridtypes::deployment::MIN_VOLUME;
 
 /// Runs file-system work off the async threads.
 async fn blocking<T: Send + 'static>(
@@ -515,7 +537,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("the volume task failed: {e}"))
+        .map_err(|e| format!("the file-system task failed: {e}"))
         .and_then(|r| r)
 }
 

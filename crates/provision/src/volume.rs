@@ -1,4 +1,5 @@
-//! Volumes: directories on the cache partition that outlive the containers mounting them.
+//! Volumes: directories on the cache partition that outlive the containers mounting them;
+//! and, the same way, each container's writable layer, held to the disk it reserved.
 //! On btrfs (a node's cache partition) each is a subvolume with a qgroup limit of its size,
 //! set with the image's `btrfs` program; elsewhere (a cache on tmpfs, a test host) a plain
 //! directory whose size is not enforced, and the status says so.

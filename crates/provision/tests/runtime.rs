@@ -550,3 +550,57 @@ async fn volumes_outlive_their_containers_and_go_with_the_deployment() {
     rt.remove(7).await;
     assert!(!file.parent().unwrap().exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_writes_no_more_than_the_disk_it_reserved() {
+    let Some(rig) = rig().await else { return };
+    // The runtime's state on btrfs, as on a node's cache partition.
+    let Some(fs) = test_infra::btrfs::LoopBtrfs::new(512 << 20) else {
+        return;
+    };
+    let mut cfg = rig.config();
+    cfg.root = fs.mnt.join("workloads");
+    let rt = Runtime::open(cfg.clone()).unwrap();
+    // 16 MiB of disk: the image (about 1 MiB) and the rest for what it writes.
+    let script = "dd if=/dev/zero of=/small bs=1M count=4 conv=fsync 2>/dev/null && echo small-ok; \
+                  dd if=/dev/zero of=/big bs=1M count=64 conv=fsync; echo dd-ended; exec sleep 1000";
+    let d: Deployment =
+        serde_json::from_value(json!({"contract_id": 7, "version": 1, "workloads": [
+        {"kind": "container", "name": "filler", "image": rig.image, "cmd": ["-c", script],
+         "restart": "never", "resources": {"cru": 1, "mru": 64 << 20, "sru": 16 << 20}}]}))
+        .unwrap();
+    d.validate().unwrap();
+    let s = rt.apply(7, TWIN, &d).await;
+    assert_eq!(state(&s, "filler").0, DeploymentState::Running, "{s:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let said = log(&rt, "filler").await;
+        if said.contains("dd-ended") {
+            break said;
+        }
+        assert!(Instant::now() < deadline, "filler printed {said:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(said.contains("small-ok"), "{said}");
+    assert!(
+        said.contains("Disk quota exceeded"),
+        "64 MiB fit in 16: {said}"
+    );
+    // Its writable layer is a subvolume of its own, and goes with the container.
+    let dir = cfg.root.join("containers").join("c7-filler");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&dir).unwrap().ino(), 256);
+    rt.remove(7).await;
+    assert!(!dir.exists());
+    // A writable layer a previous run left is removed at the next open.
+    let made = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(dir.join("left"), "x").unwrap();
+    drop(rt);
+    Runtime::open(cfg.clone()).unwrap();
+    assert!(!dir.exists());
+}

@@ -6,67 +6,13 @@
 // for product code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use provision::volume;
+use test_infra::btrfs::LoopBtrfs;
 
-/// A btrfs on a loop device, mounted; unmounted and detached when dropped.
-struct Btrfs {
-    mnt: PathBuf,
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
-
-fn btrfs() -> Option<Btrfs> {
-    test_infra::require_root("makes a loop device and mounts btrfs").ok()?;
-    test_infra::require_tools(&["losetup", "mkfs.btrfs", "btrfs"]).ok()?;
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
-    let ok = Command::new("mkfs.btrfs")
-        .args(["-q", "-f"])
-        .arg(&img)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let fs = Btrfs {
-        mnt,
-        dev,
-        _dir: dir,
-    };
-    nix::mount::mount(
-        Some(Path::new(&fs.dev)),
-        &fs.mnt,
-        Some("btrfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    Some(fs)
+fn btrfs() -> Option<LoopBtrfs> {
+    LoopBtrfs::new(256 << 20)
 }
 
 /// Writes `mib` MiB to `path`, synced: where a quota holds, this fails.

@@ -16,6 +16,8 @@
 //! - [`oci`]: an OCI distribution registry (`docker-registry`) on 127.0.0.1, and images
 //!   built from files (busybox) and pushed to it.
 //!
+//! - [`btrfs`]: a btrfs on a loop device, as on a node's cache partition.
+//!
 //! The gates need nothing else; the servers and the client are behind the `servers` feature.
 
 // Test support: a panic here is how the calling test fails, with the message saying why.
@@ -26,6 +28,8 @@ pub mod gate;
 
 pub use gate::{require_device, require_root, require_tool, require_tools, Skipped};
 
+#[cfg(feature = "btrfs")]
+pub mod btrfs;
 #[cfg(feature = "servers")]
 pub mod client;
 #[cfg(feature = "oci")]
