@@ -105,6 +105,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_idle_timeout(gridapi::CLIENT_POOL_IDLE)
             .build()
             .unwrap_or_default();
         Client {

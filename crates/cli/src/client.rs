@@ -66,6 +66,7 @@ impl Client {
     pub fn new(base: &str) -> Client {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(gridapi::CLIENT_POOL_IDLE)
             .build()
             .unwrap_or_default();
         Client {

@@ -10,6 +10,12 @@ use gridtypes::{ResourceTotals, Resources, Units};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// How long a client keeps an idle connection to the registry for reuse: below the
+/// registry's own idle timeout (30 s by default), so a client never sends a request on a
+/// connection the server is closing at that moment (the request would fail with "connection
+/// closed before message completed").
+pub const CLIENT_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Paths of the API, relative to the registry's base URL.
 pub mod paths {
     /// Twins: POST a signed `RegisterTwin`, GET the list.

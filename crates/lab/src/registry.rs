@@ -35,6 +35,7 @@ impl Registry {
             process: cmd.start().await?,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_idle_timeout(gridapi::CLIENT_POOL_IDLE)
                 .build()?,
         })
     }
