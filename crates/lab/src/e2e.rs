@@ -430,6 +430,57 @@ pub(crate) fn small_container(name: &str, image: &str, cmd: &str) -> String {
     )
 }
 
+/// `grid … --json` as a new twin: a key made in `key` and registered as a twin.
+pub(crate) fn new_twin(
+    bin_dir: &Path,
+    reg: &Registry,
+    key: PathBuf,
+) -> anyhow::Result<impl Fn(&[&str]) -> anyhow::Result<serde_json::Value>> {
+    let grid = grid_as(bin_dir, reg, key);
+    grid(&["key", "new"])?;
+    grid(&["twin", "register"])?;
+    Ok(grid)
+}
+
+/// Rents `cru` cores, `mru` of memory and `sru` of disk (as `grid` reads sizes) on `node`;
+/// returns the contract id.
+pub(crate) fn rent(
+    grid: &dyn Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    node: i64,
+    cru: u64,
+    mru: &str,
+    sru: &str,
+) -> anyhow::Result<String> {
+    let (node, cru) = (node.to_string(), cru.to_string());
+    let c = grid(&[
+        "contracts",
+        "create",
+        "--node",
+        &node,
+        "--cru",
+        &cru,
+        "--mru",
+        mru,
+        "--sru",
+        sru,
+    ])?;
+    Ok(c["id"].to_string())
+}
+
+/// Writes an app file of `workloads` (app-file entries) to `file` and deploys it to
+/// `contract`.
+pub(crate) fn deploy(
+    grid: &dyn Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    file: &Path,
+    workloads: &str,
+    contract: &str,
+) -> anyhow::Result<()> {
+    std::fs::write(file, format!("workloads:\n{workloads}"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    grid(&["deploy", &file.to_string_lossy(), "--contract", contract])?;
+    Ok(())
+}
+
 /// Reads `grid deployments show CONTRACT` every 0.5 s until `done` holds for it; `done`'s
 /// error, or `within` running out (`what` says what was awaited), fails the test.
 pub(crate) async fn until_shown(
@@ -462,24 +513,8 @@ async fn deployment(
     work: &Path,
     image: &str,
 ) -> anyhow::Result<String> {
-    let grid = twin_grid(args, reg, work);
-    grid(&["key", "new"])?;
-    grid(&["twin", "register"])?;
-    let id = node.id.to_string();
-    let c = grid(&[
-        "contracts",
-        "create",
-        "--node",
-        &id,
-        "--cru",
-        "2",
-        "--mru",
-        "128MiB",
-        "--sru",
-        "256MiB",
-    ])?;
-    let contract = c["id"].to_string();
-    let app = work.join("app.yaml");
+    let grid = new_twin(&args.bin_dir, reg, work.join("twin.key"))?;
+    let contract = rent(&grid, node.id, 2, "128MiB", "256MiB")?;
     // hog first reads its limits from inside (its own cgroup, mounted read-only at
     // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill. Then
     // its volume: after a reboot the mark it left is there and it ends with status 0; on the
@@ -490,21 +525,17 @@ async fn deployment(
                  wget -q -O /dev/null http://{registry}/v2/ || exit 5; \
                  test -f /data/mark && exit 0; touch /data/mark || exit 8; \
                  dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big");
-    std::fs::write(
-        &app,
-        format!(
-            "workloads:\n{}\
+    let workloads = format!(
+        "{}\
              - kind: volume\n  name: data\n  size: 32MiB\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
                cmd: [sh, -c, '{check}; x=$(yes | head -c 64000000); echo survived']\n  \
                mounts: [{{volume: data, path: /data}}]\n  \
                resources: {{cru: 1, mru: 24MiB, sru: 64MiB}}\n",
-            small_container("web", image, WEB)
-        ),
-    )?;
-    let app = app.to_string_lossy().into_owned();
+        small_container("web", image, WEB)
+    );
     let t0 = Instant::now();
-    grid(&["deploy", &app, "--contract", &contract])?;
+    deploy(&grid, &work.join("app.yaml"), &workloads, &contract)?;
     let mut web_running = None;
     let what = format!("the node did not run contract {contract} in time");
     until_shown(&grid, &contract, Duration::from_secs(300), &what, |shown| {
@@ -610,18 +641,13 @@ async fn redeploy(
 ) -> anyhow::Result<()> {
     let grid = twin_grid(args, reg, work);
     let web = address_of(&grid(&["deployments", "show", contract])?, "web")?;
-    let app = work.join("app-v2.yaml");
-    std::fs::write(
-        &app,
-        format!(
-            "workloads:\n{}{}",
-            small_container("web", image, WEB),
-            small_container("web2", image, &fetch(&web))
-        ),
-    )?;
-    let app = app.to_string_lossy().into_owned();
+    let workloads = format!(
+        "{}{}",
+        small_container("web", image, WEB),
+        small_container("web2", image, &fetch(&web))
+    );
     let t0 = Instant::now();
-    grid(&["deploy", &app, "--contract", contract])?;
+    deploy(&grid, &work.join("app-v2.yaml"), &workloads, contract)?;
     let what = format!("version 2 of contract {contract} did not run in time");
     until_shown(&grid, contract, Duration::from_secs(120), &what, |shown| {
         let running =
@@ -705,31 +731,14 @@ async fn isolation(
     image: &str,
 ) -> anyhow::Result<()> {
     let a = twin_grid(args, reg, work);
-    let b = grid_as(&args.bin_dir, reg, work.join("twin-b.key"));
-    b(&["key", "new"])?;
-    b(&["twin", "register"])?;
-    let id = node.id.to_string();
-    let reserve = [
-        "contracts",
-        "create",
-        "--node",
-        &id,
-        "--cru",
-        "1",
-        "--mru",
-        "64MiB",
-        "--sru",
-        "64MiB",
-    ];
+    let b = new_twin(&args.bin_dir, reg, work.join("twin-b.key"))?;
     let run = |grid: &dyn Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
                name: &str,
                cmd: &str|
      -> anyhow::Result<String> {
-        let contract = grid(&reserve)?["id"].to_string();
+        let contract = rent(grid, node.id, 1, "64MiB", "64MiB")?;
         let app = work.join(format!("app-{name}.yaml"));
-        let yaml = format!("workloads:\n{}", small_container(name, image, cmd));
-        std::fs::write(&app, yaml)?;
-        grid(&["deploy", &app.to_string_lossy(), "--contract", &contract])?;
+        deploy(grid, &app, &small_container(name, image, cmd), &contract)?;
         Ok(contract)
     };
     let ca = run(&a, "page", WEB)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use serde_json::json;
 
-use crate::e2e::{grid_as, registered, small_container, until_shown, workload};
+use crate::e2e::{deploy, new_twin, registered, rent, small_container, until_shown, workload};
 use crate::qemu::{self, Machine};
 use crate::registry;
 
@@ -123,36 +123,32 @@ async fn measure(
         .wait_line(&["startbench: rss containers=0"], Duration::from_secs(60))
         .await?;
 
-    let grid = grid_as(
+    let grid = new_twin(
         &args.bin_dir,
         reg,
         args.work.canonicalize()?.join("twin.key"),
-    );
-    grid(&["key", "new"])?;
-    grid(&["twin", "register"])?;
+    )?;
     let n = args.containers;
-    let c = grid(&[
-        "contracts",
-        "create",
-        "--node",
-        &node.to_string(),
-        "--cru",
-        &n.to_string(),
-        "--mru",
+    let contract = rent(
+        &grid,
+        node,
+        n as u64,
         &format!("{}MiB", 32 * n),
-        "--sru",
         &format!("{}MiB", 64 * n),
-    ])?;
-    let contract = c["id"].to_string();
-    let mut app = String::from("workloads:\n");
-    for i in 0..n {
-        app += &small_container(&format!("c{i}"), image, "exec sleep 100000")
-            .replace("mru: 64MiB", "mru: 32MiB");
-    }
-    let file = machine.serial.with_file_name("app.yaml");
-    std::fs::write(&file, app)?;
+    )?;
+    let workloads: String = (0..n)
+        .map(|i| {
+            small_container(&format!("c{i}"), image, "exec sleep 100000")
+                .replace("mru: 64MiB", "mru: 32MiB")
+        })
+        .collect();
     let t0 = Instant::now();
-    grid(&["deploy", &file.to_string_lossy(), "--contract", &contract])?;
+    deploy(
+        &grid,
+        &machine.serial.with_file_name("app.yaml"),
+        &workloads,
+        &contract,
+    )?;
     until_shown(
         &grid,
         &contract,

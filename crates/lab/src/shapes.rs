@@ -9,8 +9,8 @@ use anyhow::{bail, ensure, Context};
 use gridapi::{paths, NodeView};
 
 use crate::e2e::{
-    close, expected_units, grid_as, registered, small_container, until_shown, workload, E2eArgs,
-    GIB, OS_RESERVE,
+    close, deploy, expected_units, new_twin, registered, rent, small_container, until_shown,
+    workload, E2eArgs, GIB, OS_RESERVE,
 };
 use crate::qemu::{self, Disk, Guest, Machine, HDD_BYTES, SSD_BYTES};
 use crate::registry::{self, Registry};
@@ -410,9 +410,7 @@ async fn probe_container(
     image: &str,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let grid = grid_as(&args.bin_dir, reg, work.join("twin.key"));
-    grid(&["key", "new"])?;
-    grid(&["twin", "register"])?;
+    let grid = new_twin(&args.bin_dir, reg, work.join("twin.key"))?;
     let node = reg
         .get::<gridapi::Page<NodeView>>(paths::NODES)
         .await?
@@ -420,28 +418,12 @@ async fn probe_container(
         .first()
         .map(|n| n.id)
         .context("no node")?;
-    let c = grid(&[
-        "contracts",
-        "create",
-        "--node",
-        &node.to_string(),
-        "--cru",
-        "1",
-        "--mru",
-        "64MiB",
-        "--sru",
-        "64MiB",
-    ])?;
-    let contract = c["id"].to_string();
+    let contract = rent(&grid, node, 1, "64MiB", "64MiB")?;
     let cmd = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 67108864 || exit 3; \
                test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
                echo limits-ok; exec sleep 100000";
-    let app = work.join("app.yaml");
-    std::fs::write(
-        &app,
-        format!("workloads:\n{}", small_container("probe", image, cmd)),
-    )?;
-    grid(&["deploy", &app.to_string_lossy(), "--contract", &contract])?;
+    let probe = small_container("probe", image, cmd);
+    deploy(&grid, &work.join("app.yaml"), &probe, &contract)?;
     let what = format!("the probe of contract {contract} did not run");
     until_shown(&grid, &contract, Duration::from_secs(300), &what, |shown| {
         ensure!(shown["state"] != "failed", "the node failed it: {shown}");
