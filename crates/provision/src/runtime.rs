@@ -416,6 +416,8 @@ impl Runtime {
                 tracing::info!(contract, container = %c.name, note, "writable layer")
             }
             Err(why) => {
+                // A subvolume made before the quota failed goes too.
+                self.discard(contract, &c.name).await;
                 let why = format!("making its writable layer: {why}");
                 return (failed(&c.name, why), None);
             }

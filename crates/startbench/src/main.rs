@@ -141,6 +141,7 @@ struct Bench<'a> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    ensure!(cli.runs > 0, "--runs must be at least 1");
     std::thread::sleep(Duration::from_secs(cli.delay));
     let b = Bench::prepare(cli)?;
     let version = Command::new(&cli.crun)
