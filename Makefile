@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe
 
 all: build
 
@@ -82,6 +82,15 @@ image: deps-image init
 	$(CARGO) build -q -p imager
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
 		--bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
+
+## The network-boot folder for the local `make run` farm (docs/boot-media.md): the image with
+## the farm and registry baked in, boot.ipxe and a dnsmasq recipe, in $(BUILD)/pxe.
+PXE_FARM     ?= 1
+PXE_REGISTRY ?= http://10.0.2.2:8480
+pxe: deps-image init
+	$(CARGO) build -q -p cli
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/grid --registry $(PXE_REGISTRY) image build \
+		--farm $(PXE_FARM) --format pxe -o $(BUILD)/pxe --bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
 
 ## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
 ## envelopes and payloads, deployments, module index files, registry queries, the

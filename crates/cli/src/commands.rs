@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::client::Client;
 use crate::{
     deploy, keyfile, logs, Cli, Command, ContractStateArg, ContractsCmd, DeploymentsCmd, FarmCmd,
-    ImageCmd, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd, UnitsArgs,
+    ImageBuildArgs, ImageCmd, ImageFormat, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd,
+    UnitsArgs,
 };
 
 /// Runs one parsed command line.
@@ -24,10 +25,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.registry);
     let j = cli.json;
     match cli.command {
-        Command::Image(ImageCmd::Build(a)) => {
-            let opts = a.options();
+        Command::Image(ImageCmd::Build(ImageBuildArgs { mut build, format })) => {
+            if build.farm.is_some() {
+                build.append.insert(
+                    0,
+                    format!("gridos.registry={}", node_registry(&cli.registry)?),
+                );
+            } else if format == ImageFormat::Pxe {
+                bail!("--format pxe needs --farm: a node booted from the network has no other way to learn its farm");
+            }
+            let opts = build.options();
+            let out = build.out.clone();
             let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
-            print(j, &r, |r| imager::cli::summary(r, &a.out));
+            let pxe = match format {
+                ImageFormat::Release => None,
+                ImageFormat::Pxe => Some(bootmedia::pxe::write(&out, &out, &[])?),
+            };
+            print(
+                j,
+                &ImageBuilt {
+                    build: &r,
+                    pxe_cmdline: pxe.as_ref().map(|p| p.cmdline.as_str()),
+                },
+                |_| {
+                    let mut text = imager::cli::summary(&r, &out);
+                    if pxe.is_some() {
+                        text += &format!(
+                        "network boot: serve {} by TFTP or HTTP; boot.ipxe loads the node (dnsmasq.conf.example: a proxy-DHCP recipe)\n",
+                        out.display()
+                    );
+                    }
+                    text
+                },
+            );
         }
         Command::Key(KeyCmd::New { force }) => {
             let key = keyfile::create(&key_path, force)?;
@@ -524,4 +554,75 @@ fn contract_table(list: &[ContractView]) -> String {
         );
     }
     out
+}
+
+/// What `grid image build --json` prints.
+#[derive(Serialize)]
+struct ImageBuilt<'a> {
+    #[serde(flatten)]
+    build: &'a imager::Report,
+    /// The network boot's kernel command line, with `--format pxe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pxe_cmdline: Option<&'a str>,
+}
+
+/// The registry URL as a node will use it: baked into the image, so it must name an address
+/// the node can reach, never this machine's loopback.
+fn node_registry(url: &str) -> anyhow::Result<String> {
+    let url = url.trim_end_matches('/');
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        bail!("--registry {url:?}: a node needs an http:// or https:// URL");
+    };
+    bootmedia::check_words(url).map_err(|e| anyhow::anyhow!("--registry {url:?}: {e}"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    if host.is_empty() || url.contains(' ') {
+        bail!("--registry {url:?}: no host");
+    }
+    let loopback = host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback());
+    if loopback {
+        bail!(
+            "--registry {url}: the URL is baked into the node image, and {host} is this \
+             machine's loopback, which a node cannot reach; give the address nodes use \
+             (a QEMU guest on this machine: http://10.0.2.2:PORT)"
+        );
+    }
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_registry;
+
+    #[test]
+    fn only_a_registry_a_node_can_reach_is_baked() {
+        assert_eq!(
+            node_registry("http://10.0.2.2:8480/").unwrap(),
+            "http://10.0.2.2:8480"
+        );
+        assert!(node_registry("https://registry.example").is_ok());
+        assert!(node_registry("https://[2001:db8::1]:443").is_ok());
+        for bad in [
+            "http://127.0.0.1:8480",
+            "http://localhost:8480",
+            "http://[::1]:8480",
+            "ftp://registry.example",
+            "registry.example",
+            "http://",
+            "http://a b",
+            "http://x/$y",
+        ] {
+            assert!(node_registry(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -76,8 +76,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the image of image/profile.yaml into out/ (see docs/image.md).
-    Build(imager::cli::BuildArgs),
+    /// Build the image of image/profile.yaml into out/ (see docs/image.md); with `--farm`,
+    /// the farm and `--registry` are baked into its command line, and `--format pxe` adds
+    /// what a network boot needs (docs/boot-media.md).
+    Build(ImageBuildArgs),
+}
+
+#[derive(Args)]
+struct ImageBuildArgs {
+    #[command(flatten)]
+    build: imager::cli::BuildArgs,
+    /// `release`: kernel, initramfs and command line; `pxe`: the same folder plus the iPXE
+    /// script `boot.ipxe` and a dnsmasq recipe, served as it is by TFTP or HTTP.
+    #[arg(long, value_enum, default_value_t = ImageFormat::Release)]
+    format: ImageFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ImageFormat {
+    Release,
+    Pxe,
 }
 
 #[derive(Subcommand)]

@@ -11,7 +11,7 @@ pub struct BuildArgs {
     #[arg(long, default_value = "image/profile.yaml")]
     pub profile: PathBuf,
     /// Output folder.
-    #[arg(long, default_value = "out")]
+    #[arg(short = 'o', long, default_value = "out")]
     pub out: PathBuf,
     /// Folder holding the static gridos binaries
     /// [default: $CARGO_TARGET_DIR or target, then image-bin, where `make init` gathers them].
