@@ -81,6 +81,12 @@ pub struct Machine {
     pub serial: PathBuf,
     /// Monitor socket.
     pub monitor: PathBuf,
+    /// The network card's QEMU device (`virtio-net-pci`, `e1000`).
+    pub nic: &'static str,
+    /// Boot from the network instead of `-kernel`: the firmware's iPXE (Debian's
+    /// `ipxe-qemu`) fetches `boot.ipxe` from this folder over QEMU's TFTP
+    /// (`bootmedia::pxe`), and the script the kernel and initramfs.
+    pub netboot: Option<PathBuf>,
 }
 
 /// `kvm` when a probe guest really boots with it, else `tcg`: `/dev/kvm` exists on hosts
@@ -149,19 +155,27 @@ impl Machine {
             append,
             serial: work.join(console),
             monitor: work.join("monitor.sock"),
+            nic: "virtio-net-pci",
+            netboot: None,
         }
     }
 
-    /// The kernel command line: the image's default, then ours, then `console=ttyS0` last so
-    /// the serial port is `/dev/console` (the default also names tty0, absent without a display).
+    /// What the lab adds to the image's command line: `append`, then `console=ttyS0` last so
+    /// the serial port is `/dev/console` (the default also names tty0, absent without a
+    /// display), and no reboot on a panic (`-no-reboot` would end QEMU silently).
+    pub fn lab_args(&self) -> Vec<String> {
+        self.append
+            .split_whitespace()
+            .chain(["console=ttyS0", "panic=-1"])
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The kernel command line: the image's default, then [`Machine::lab_args`].
     pub fn cmdline(&self) -> anyhow::Result<String> {
         let base = std::fs::read_to_string(self.image.join("cmdline"))
             .with_context(|| format!("reading {}/cmdline", self.image.display()))?;
-        Ok(format!(
-            "{} {} console=ttyS0 panic=-1",
-            base.trim(),
-            self.append
-        ))
+        Ok(format!("{} {}", base.trim(), self.lab_args().join(" ")))
     }
 
     /// Starts QEMU. `-no-reboot`: a guest reboot ends the process, so a "reboot" is two boots
@@ -192,12 +206,12 @@ impl Machine {
             "unix:{},server=on,wait=off",
             self.monitor.display()
         ))
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
+        .arg("-netdev")
+        .arg(match &self.netboot {
+            None => "user,id=n0".to_string(),
+            Some(dir) => format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
+        })
+        .args(["-device", &format!("{},netdev=n0", self.nic)])
         .args(["-device", "virtio-scsi-pci,id=scsi0"]);
         for (i, d) in self.disks.iter().enumerate() {
             cmd.arg("-drive")
@@ -211,13 +225,20 @@ impl Machine {
                     d.rotation_rate
                 ));
         }
-        cmd.arg("-kernel")
-            .arg(self.image.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(self.image.join("initramfs.img"))
-            .arg("-append")
-            .arg(self.cmdline()?)
-            .stdin(Stdio::null());
+        match &self.netboot {
+            None => {
+                cmd.arg("-kernel")
+                    .arg(self.image.join("vmlinuz"))
+                    .arg("-initrd")
+                    .arg(self.image.join("initramfs.img"))
+                    .arg("-append")
+                    .arg(self.cmdline()?);
+            }
+            Some(_) => {
+                cmd.args(["-boot", "n"]);
+            }
+        }
+        cmd.stdin(Stdio::null());
         // Own process group: Ctrl-C on the terminal reaches us, and we shut the guest down in order.
         cmd.process_group(0);
         let child = cmd

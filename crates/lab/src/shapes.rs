@@ -57,6 +57,10 @@ pub struct Shape {
     pub full: bool,
     /// A twin also runs a container here ([`probe_container`]; the full scenario runs many).
     pub containers: bool,
+    /// Booted through the firmware's iPXE from the network-boot folder
+    /// (`bootmedia::pxe`, as `grid image build --format pxe` makes it) with this network
+    /// card, instead of QEMU's `-kernel` with virtio-net.
+    pub netboot: Option<&'static str>,
 }
 
 /// The fixed list (docs/lab.md). Every CPU model, vCPU count and disk set of issue 10 appears
@@ -71,6 +75,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: true,
         containers: true,
+        netboot: None,
     },
     Shape {
         name: "qemu64-1cpu-ssd",
@@ -81,6 +86,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
+        netboot: None,
     },
     Shape {
         name: "qemu64-4cpu-hdd",
@@ -92,6 +98,7 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         // No SSD, no SRU: a container's root disk is SRU, so the registry refuses the contract.
         containers: false,
+        netboot: None,
     },
     Shape {
         name: "qemu64-2cpu-hdd-ssd",
@@ -103,6 +110,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
+        netboot: None,
     },
     Shape {
         name: "max-1cpu-nodisk",
@@ -113,6 +121,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: false,
+        netboot: None,
     },
     Shape {
         name: "qemu64-2cpu-hotadd-ssd",
@@ -123,6 +132,18 @@ pub const SHAPES: &[Shape] = &[
         hot_add: Some(DiskKind::Ssd),
         full: false,
         containers: false,
+        netboot: None,
+    },
+    Shape {
+        name: "qemu64-1cpu-ssd-pxe-e1000",
+        cpu: "qemu64",
+        cpus: 1,
+        memory_mib: 1024,
+        disks: &[DiskKind::Ssd],
+        hot_add: None,
+        full: false,
+        containers: false,
+        netboot: Some("e1000"),
     },
 ];
 
@@ -142,6 +163,10 @@ impl Shape {
     pub fn machine(&self, image: &Path, accel: &str, work: &Path, append: String) -> Machine {
         let mut m = Machine::node(image, accel, work, append, "console-boot1.log");
         m.cpu_model = self.cpu.into();
+        if let Some(nic) = self.netboot {
+            m.nic = nic;
+            m.netboot = Some(work.join("pxe"));
+        }
         m.cpus = self.cpus;
         m.memory_mib = self.memory_mib;
         m.disks = self
@@ -324,7 +349,32 @@ pub async fn check(
         images.as_ref().map(|i| i.plain_http()).unwrap_or_default()
     );
     let machine = shape.machine(&args.image, accel, work, append);
+    if let Some(dir) = &machine.netboot {
+        let p = bootmedia::pxe::write(&args.image, dir, &machine.lab_args())?;
+        eprintln!(
+            "e2e[{}]: network-boot folder {} ({} + {} bytes)",
+            shape.name,
+            dir.display(),
+            p.kernel_bytes,
+            p.initramfs_bytes
+        );
+    }
+    let t0 = Instant::now();
     let mut guest = machine.boot()?;
+    if machine.netboot.is_some() {
+        guest
+            .wait_line(
+                &["gridos init started as PID 1"],
+                Duration::from_secs(args.boot_timeout),
+            )
+            .await
+            .context("the network boot (firmware, iPXE, TFTP) did not reach PID 1")?;
+        eprintln!(
+            "e2e[{}]: QEMU start → PID 1 through the firmware's iPXE and TFTP: {:.1} s wall",
+            shape.name,
+            t0.elapsed().as_secs_f64()
+        );
+    }
     let mut result = check_booted(args, shape, &reg, &mut guest).await;
     if let (Ok(_), Some(images)) = (&result, &images) {
         if let Err(e) = probe_container(args, &reg, work, &images.busybox).await {
@@ -485,6 +535,8 @@ mod tests {
         assert!(runs(&|s| s.cpu == "qemu64") && runs(&|s| s.cpu == "max"));
         assert!(runs(&|s| s.cpus == 1) && runs(&|s| s.cpus == 2));
         assert!(runs(&|s| s.disks.contains(&DiskKind::Hdd)));
+        // The network boot, with the other network card.
+        assert!(has(&|s| s.netboot == Some("e1000")));
         // Never where there is no SSD: a container's root disk is SRU.
         assert!(!runs(&|s| !s.disks.contains(&DiskKind::Ssd)));
         let names: std::collections::BTreeSet<_> = SHAPES.iter().map(|s| s.name).collect();
