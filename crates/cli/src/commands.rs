@@ -34,6 +34,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else if format == ImageFormat::Pxe {
                 bail!("--format pxe needs --farm: a node booted from the network has no other way to learn its farm");
             }
+            if format == ImageFormat::Pxe && !build.append.is_empty() {
+                // Before the build: a boot script could not carry it.
+                bootmedia::check_words(&build.append.join(" "))
+                    .map_err(|e| anyhow::anyhow!("--append: {e}"))?;
+            }
             let opts = build.options();
             let out = build.out.clone();
             let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
