@@ -79,12 +79,6 @@ pub async fn run(args: NodeBenchArgs) -> anyhow::Result<()> {
         reg.guest_url(),
         images.plain_http()
     );
-    // Under multi-threaded TCG, 20 vCPUs on a 2-core host starve each other until the
-    // guest's stop_machine (every module load) stalls: one thread takes them in turn.
-    let accel = match accel.as_str() {
-        "tcg" if args.cpus > 4 => "tcg,thread=single".to_string(),
-        _ => accel,
-    };
     let mut machine = Machine::node(&args.image, &accel, &work, append, "console.log");
     machine.cpus = args.cpus;
     machine.memory_mib = args.memory_mib;

@@ -186,33 +186,34 @@ impl Machine {
         }
         let _ = std::fs::remove_file(&self.serial);
         let _ = std::fs::remove_file(&self.monitor);
+        let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let accel = match self.accel.as_str() {
+            // More vCPUs than host cores under multi-threaded TCG starve each other until the
+            // guest's stop_machine (every module load) stalls for minutes (soft lockups on
+            // the console): one TCG thread takes them in turn instead.
+            "tcg" if self.cpus as usize > host_cores => "tcg,thread=single",
+            a => a,
+        };
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            &self.accel,
-            "-machine",
-            "q35",
-            "-cpu",
-            &self.cpu_model,
-        ])
-        .args(["-smp", &self.cpus.to_string()])
-        .args(["-m", &self.memory_mib.to_string()])
-        .args(["-display", "none", "-nodefaults", "-no-reboot"])
-        .args(["-smbios", &format!("type=1,serial={DMI_SERIAL}")])
-        .arg("-serial")
-        .arg(format!("file:{}", self.serial.display()))
-        .arg("-monitor")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            self.monitor.display()
-        ))
-        .arg("-netdev")
-        .arg(match &self.netboot {
-            None => "user,id=n0".to_string(),
-            Some(dir) => format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
-        })
-        .args(["-device", &format!("{},netdev=n0", self.nic)])
-        .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        cmd.args(["-accel", accel, "-machine", "q35", "-cpu", &self.cpu_model])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-display", "none", "-nodefaults", "-no-reboot"])
+            .args(["-smbios", &format!("type=1,serial={DMI_SERIAL}")])
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial.display()))
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.monitor.display()
+            ))
+            .arg("-netdev")
+            .arg(match &self.netboot {
+                None => "user,id=n0".to_string(),
+                Some(dir) => format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
+            })
+            .args(["-device", &format!("{},netdev=n0", self.nic)])
+            .args(["-device", "virtio-scsi-pci,id=scsi0"]);
         for (i, d) in self.disks.iter().enumerate() {
             cmd.arg("-drive")
                 .arg(format!(
