@@ -905,15 +905,13 @@ async fn deployable(
     Ok(found.await?.map(|(row, _)| row))
 }
 
-/// The contract a node's status is about: on this node, about a posted version, and not
-/// older than the status stored (a status queued on the node arrives late, never first).
-async fn status_target(
+/// The contract a node's mail (a status, a log answer) is about, when it is on this node.
+async fn node_mail_target(
     conn: &mut AnyConnection,
     backend: Backend,
     node: i64,
     s: &Sealed,
-    signed_at: i64,
-) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+) -> Result<Result<(MailRow, sqlx::any::AnyRow), ApiError>, sqlx::Error> {
     let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
         return Ok(Err(no_contract(s.contract_id)));
     };
@@ -923,6 +921,27 @@ async fn status_target(
             "contract {id} is not on node {node}"
         ))));
     }
+    let row = MailRow {
+        id: id as i64,
+        node_id: node,
+    };
+    Ok(Ok((row, r)))
+}
+
+/// The contract a node's status is about: on this node, about a posted version, and not
+/// older than the status stored (a status queued on the node arrives late, never first).
+async fn status_target(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    node: i64,
+    s: &Sealed,
+    signed_at: i64,
+) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
+    let (row, r) = match node_mail_target(conn, backend, node, s).await? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    let id = s.contract_id;
     let posted = r.try_get::<Option<i64>, _>("deployment_version")?;
     if posted.is_none_or(|p| s.version as i64 > p) {
         return Ok(Err(ApiError::Conflict(format!(
@@ -942,10 +961,7 @@ async fn status_target(
             ))));
         }
     }
-    Ok(Ok(MailRow {
-        id: id as i64,
-        node_id: node,
-    }))
+    Ok(Ok(row))
 }
 
 /// The contract a twin's log request goes to: its own, active, with a deployment to ask
@@ -978,15 +994,11 @@ async fn log_answerable(
     node: i64,
     s: &Sealed,
 ) -> Result<Result<MailRow, ApiError>, sqlx::Error> {
-    let Some(r) = mail_row(conn, backend, s.contract_id).await? else {
-        return Ok(Err(no_contract(s.contract_id)));
+    let (row, r) = match node_mail_target(conn, backend, node, s).await? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
     };
     let id = s.contract_id;
-    if r.try_get::<i64, _>("node_id")? != node {
-        return Ok(Err(ApiError::Forbidden(format!(
-            "contract {id} is not on node {node}"
-        ))));
-    }
     let answers = s.version as i64;
     match r.try_get::<Option<i64>, _>("log_request_id")? {
         Some(asked) if asked == answers => {}
@@ -1002,10 +1014,7 @@ async fn log_answerable(
             ))))
         }
     }
-    Ok(Ok(MailRow {
-        id: id as i64,
-        node_id: node,
-    }))
+    Ok(Ok(row))
 }
 
 async fn store_log_answer(
