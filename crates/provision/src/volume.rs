@@ -58,10 +58,24 @@ pub fn ensure(path: &Path, size: u64) -> Result<Option<String>, String> {
             "size not enforced: the volume was made before the cache moved to btrfs".to_string(),
         ));
     }
-    // Quotas are enabled once per file system; enabling them again is harmless.
-    btrfs(&["quota", "enable"], parent)?;
+    quota_enabled(parent)?;
     btrfs(&["qgroup", "limit", &size.to_string()], path)?;
     Ok(None)
+}
+
+/// Enables quotas on the file system holding `dir`, once per directory in this process:
+/// every container start makes a writable layer here, and enabling them again would only
+/// cost a `btrfs` run each time.
+fn quota_enabled(dir: &Path) -> Result<(), String> {
+    static DONE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !done.iter().any(|d| d == dir) {
+        btrfs(&["quota", "enable"], dir)?;
+        done.push(dir.to_path_buf());
+    }
+    Ok(())
 }
 
 /// Deletes the volume at `path` and everything in it.
