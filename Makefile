@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media
 
 all: build
 
@@ -40,7 +40,9 @@ deps-image:
 deps-run:
 	@tools/need-packages.sh image run
 deps-test:
-	@tools/need-packages.sh image run test
+	@tools/need-packages.sh image media run test
+deps-media:
+	@tools/need-packages.sh image media
 
 ## The package check itself, against a fake dpkg-query/apt-get.
 test-packages:
@@ -91,6 +93,13 @@ pxe: deps-image init
 	$(CARGO) build -q -p cli
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/grid --registry $(PXE_REGISTRY) image build \
 		--farm $(PXE_FARM) --format pxe -o $(BUILD)/pxe --bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
+
+## A USB stick image (UEFI and BIOS) and a hybrid ISO for the same farm (docs/boot-media.md):
+## build/node.img, build/node.iso.
+usb iso: deps-media init
+	$(CARGO) build -q -p cli
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/grid --registry $(PXE_REGISTRY) image build \
+		--farm $(PXE_FARM) --format $@ -o $(BUILD)/node.$(if $(filter usb,$@),img,iso) --bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
 
 ## Every parser of outside input (kernel command line, service files, uevents, DHCP replies,
 ## envelopes and payloads, deployments, module index files, registry queries, the

@@ -16,7 +16,7 @@ use disks::Kind;
 #[command(name = "gridos-agent", version, about = "The gridos capacity agent")]
 struct Args {
     /// Kernel command line to read `gridos.*` settings from.
-    #[arg(long, default_value = "/proc/cmdline")]
+    #[arg(long, default_value = cmdline::NODE_CMDLINE)]
     cmdline: PathBuf,
     /// Registry base URL (overrides `gridos.registry=`).
     #[arg(long, env = "GRIDOS_REGISTRY")]
@@ -88,7 +88,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args = Args::parse_from(args);
-    let line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let line = cmdline::read_line(&args.cmdline);
     let (settings, warnings) = cmdline::parse(&line);
     svclog::init(&settings.log.as_tracing().to_string().to_lowercase());
     for w in &warnings {

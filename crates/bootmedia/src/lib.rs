@@ -1,8 +1,15 @@
 //! Boot media made from a gridos release: the folder `make image` (or `grid image build`)
 //! writes, holding `vmlinuz`, `initramfs.img` and `cmdline` (the kernel command line with the
-//! farm's settings baked in). Today: the network-boot folder ([`pxe`]). See docs/boot-media.md.
+//! farm's settings baked in): the network-boot folder ([`pxe`]), the USB stick image
+//! ([`usb`]) and the hybrid ISO ([`iso`]), both booting UEFI through a unified kernel image
+//! ([`uki`], optionally signed for Secure Boot) and BIOS through syslinux. See
+//! docs/boot-media.md.
 
+pub mod iso;
 pub mod pxe;
+pub mod tools;
+pub mod uki;
+pub mod usb;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +36,14 @@ pub enum MediaError {
         dir: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// A program or data file the media are made with is missing or failed.
+    #[error("{tool}: {detail}")]
+    Tool {
+        /// The program or file.
+        tool: String,
+        /// What happened, with the package to install when it is missing.
+        detail: String,
     },
     /// Writing an output failed.
     #[error("writing {path}")]
@@ -69,4 +84,126 @@ pub fn check_words(line: &str) -> Result<(), String> {
         return Err(format!("holds {c:?}, which a boot script cannot carry"));
     }
     Ok(())
+}
+
+/// A Secure Boot signing key and certificate (PEM files, as `sbsign` takes them).
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// Private key.
+    pub key: PathBuf,
+    /// Certificate.
+    pub cert: PathBuf,
+}
+
+/// How to make a USB image or ISO.
+pub struct Options<'a> {
+    /// Words after the release's command line (the lab's console settings, say).
+    pub append: Vec<String>,
+    /// Sign the unified kernel image for Secure Boot.
+    pub signing: Option<Signing>,
+    /// Called with each step, for a progress line on a terminal.
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            append: Vec::new(),
+            signing: None,
+            progress: &|_| {},
+        }
+    }
+}
+
+/// What [`usb::write`] or [`iso::write`] made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Built {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Size of the unified kernel image inside (UEFI).
+    pub uki_bytes: u64,
+    /// The kernel command line it boots with.
+    pub cmdline: String,
+    /// Whether the unified kernel image is signed for Secure Boot.
+    pub signed: bool,
+}
+
+/// A release folder opened for making media: its files checked and its command line
+/// extended.
+pub(crate) struct Release {
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    pub kernel_bytes: u64,
+    pub initramfs_bytes: u64,
+    pub cmdline: String,
+}
+
+impl Release {
+    /// `append` from the caller, then `extra` from the medium itself.
+    pub fn open(dir: &Path, append: &[String], extra: &[&str]) -> Result<Release, MediaError> {
+        let mut cmdline = release_cmdline(dir)?;
+        for a in append
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
+            cmdline.push(' ');
+            cmdline.push_str(a);
+        }
+        check_words(&cmdline).map_err(|reason| MediaError::Cmdline {
+            dir: dir.into(),
+            reason,
+        })?;
+        let size = |file: &'static str| {
+            std::fs::metadata(dir.join(file))
+                .map(|m| m.len())
+                .map_err(|source| MediaError::Release {
+                    dir: dir.into(),
+                    file,
+                    source,
+                })
+        };
+        Ok(Release {
+            vmlinuz: dir.join("vmlinuz"),
+            initramfs: dir.join("initramfs.img"),
+            kernel_bytes: size("vmlinuz")?,
+            initramfs_bytes: size("initramfs.img")?,
+            cmdline,
+        })
+    }
+}
+
+/// The folder a file named by the user lives in.
+pub(crate) fn parent_of(out: &Path) -> &Path {
+    out.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A scratch folder beside the output, so the finished image is renamed into place (never
+/// copied) and a failed build leaves nothing behind: the folder goes when dropped.
+pub(crate) fn scratch_dir(parent: &Path) -> Result<tempfile::TempDir, MediaError> {
+    std::fs::create_dir_all(parent).map_err(|source| MediaError::Write {
+        path: parent.into(),
+        source,
+    })?;
+    tempfile::Builder::new()
+        .prefix(".gridos-media.")
+        .tempdir_in(parent)
+        .map_err(|source| MediaError::Write {
+            path: parent.into(),
+            source,
+        })
+}
+
+/// Moves a finished image into place in one rename and makes the rename durable.
+pub(crate) fn publish(from: &Path, to: &Path) -> Result<(), MediaError> {
+    let err = |source| MediaError::Write {
+        path: to.into(),
+        source,
+    };
+    std::fs::rename(from, to).map_err(err)?;
+    atomicfile::sync_dir(parent_of(to)).map_err(err)
 }

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, FarmView, NodeFilter, NodeStatus, NodeView, Page, Paging, ReportView, Stats};
 use gridapi::{ContractFilter, ContractState, ContractView, Totals, Written};
@@ -25,45 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.registry);
     let j = cli.json;
     match cli.command {
-        Command::Image(ImageCmd::Build(ImageBuildArgs { mut build, format })) => {
-            if build.farm.is_some() {
-                build.append.insert(
-                    0,
-                    format!("gridos.registry={}", node_registry(&cli.registry)?),
-                );
-            } else if format == ImageFormat::Pxe {
-                bail!("--format pxe needs --farm: a node booted from the network has no other way to learn its farm");
-            }
-            if format == ImageFormat::Pxe && !build.append.is_empty() {
-                // Before the build: a boot script could not carry it.
-                bootmedia::check_words(&build.append.join(" "))
-                    .map_err(|e| anyhow::anyhow!("--append: {e}"))?;
-            }
-            let opts = build.options();
-            let out = build.out.clone();
-            let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
-            let pxe = match format {
-                ImageFormat::Release => None,
-                ImageFormat::Pxe => Some(bootmedia::pxe::write(&out, &out, &[])?),
-            };
-            print(
-                j,
-                &ImageBuilt {
-                    build: &r,
-                    pxe_cmdline: pxe.as_ref().map(|p| p.cmdline.as_str()),
-                },
-                |_| {
-                    let mut text = imager::cli::summary(&r, &out);
-                    if pxe.is_some() {
-                        text += &format!(
-                        "network boot: serve {} by TFTP or HTTP; boot.ipxe loads the node (dnsmasq.conf.example: a proxy-DHCP recipe)\n",
-                        out.display()
-                    );
-                    }
-                    text
-                },
-            );
-        }
+        Command::Image(ImageCmd::Build(args)) => image_build(&cli.registry, j, args).await?,
         Command::Key(KeyCmd::New { force }) => {
             let key = keyfile::create(&key_path, force)?;
             let info = KeyInfo::of(&key, &key_path);
@@ -569,6 +531,124 @@ struct ImageBuilt<'a> {
     /// The network boot's kernel command line, with `--format pxe`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pxe_cmdline: Option<&'a str>,
+    /// The USB image or ISO, with `--format usb|iso`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<&'a bootmedia::Built>,
+}
+
+/// `grid image build`: the release, then the boot medium `--format` asks for.
+async fn image_build(registry: &str, j: bool, args: ImageBuildArgs) -> anyhow::Result<()> {
+    let ImageBuildArgs {
+        mut build,
+        format,
+        sign_key,
+        sign_cert,
+    } = args;
+    if build.farm.is_some() {
+        build
+            .append
+            .insert(0, format!("gridos.registry={}", node_registry(registry)?));
+    } else if format == ImageFormat::Pxe {
+        bail!("--format pxe needs --farm: a node booted from the network has no other way to learn its farm");
+    }
+    if format != ImageFormat::Release && !build.append.is_empty() {
+        // Before the build: a boot script or loader configuration could not carry it.
+        bootmedia::check_words(&build.append.join(" "))
+            .map_err(|e| anyhow::anyhow!("--append: {e}"))?;
+    }
+    let signing = match (sign_key, sign_cert) {
+        (Some(key), Some(cert)) => {
+            if !matches!(format, ImageFormat::Usb | ImageFormat::Iso) {
+                bail!("--sign-key: only a usb or iso image has a UEFI kernel image to sign");
+            }
+            for f in [&key, &cert] {
+                std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?;
+            }
+            Some(bootmedia::Signing { key, cert })
+        }
+        _ => None,
+    };
+    // A usb or iso is one file: the release it is made of is built beside it and removed.
+    let (file, scratch) = match format {
+        ImageFormat::Usb | ImageFormat::Iso => {
+            let name = if format == ImageFormat::Usb {
+                "node.img"
+            } else {
+                "node.iso"
+            };
+            let file = if build.out.is_dir() {
+                build.out.join(name)
+            } else {
+                build.out.clone()
+            };
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf();
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            let scratch = tempfile::Builder::new()
+                .prefix(".gridos-release.")
+                .tempdir_in(&parent)
+                .with_context(|| format!("a scratch folder in {}", parent.display()))?;
+            build.out = scratch.path().to_path_buf();
+            (Some(file), Some(scratch))
+        }
+        ImageFormat::Release | ImageFormat::Pxe => (None, None),
+    };
+    let quiet = build.quiet || j;
+    let opts = build.options();
+    let out = build.out.clone();
+    let r = tokio::task::spawn_blocking(move || imager::build(&opts)).await??;
+    let progress = move |step: &str| {
+        if !quiet {
+            eprintln!("{step}");
+        }
+    };
+    let media_opts = bootmedia::Options {
+        signing,
+        progress: &progress,
+        ..bootmedia::Options::default()
+    };
+    let (pxe, media) = match (format, &file) {
+        (ImageFormat::Pxe, _) => (Some(bootmedia::pxe::write(&out, &out, &[])?), None),
+        (ImageFormat::Usb, Some(f)) => (None, Some(bootmedia::usb::write(&out, f, &media_opts)?)),
+        (ImageFormat::Iso, Some(f)) => (None, Some(bootmedia::iso::write(&out, f, &media_opts)?)),
+        _ => (None, None),
+    };
+    drop(scratch);
+    print(
+        j,
+        &ImageBuilt {
+            build: &r,
+            pxe_cmdline: pxe.as_ref().map(|p| p.cmdline.as_str()),
+            media: media.as_ref(),
+        },
+        |_| {
+            match &media {
+            Some(m) => format!(
+                "{} written: {:.1} MB, boots UEFI{} and BIOS; write it to a stick with dd, Etcher or Rufus\n\
+                 command line: {}\n",
+                m.path.display(),
+                m.bytes as f64 / 1e6,
+                if m.signed { " (signed for Secure Boot)" } else { "" },
+                m.cmdline
+            ),
+            None => {
+                let mut text = imager::cli::summary(&r, &out);
+                if pxe.is_some() {
+                    text += &format!(
+                        "network boot: serve {} by TFTP or HTTP; boot.ipxe loads the node (dnsmasq.conf.example: a proxy-DHCP recipe)\n",
+                        out.display()
+                    );
+                }
+                text
+            }
+        }
+        },
+    );
+    Ok(())
 }
 
 /// The registry URL as a node will use it: baked into the image, so it must name an address

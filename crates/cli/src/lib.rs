@@ -77,8 +77,8 @@ enum Command {
 #[derive(Subcommand)]
 enum ImageCmd {
     /// Build the image of image/profile.yaml into out/ (see docs/image.md); with `--farm`,
-    /// the farm and `--registry` are baked into its command line, and `--format pxe` adds
-    /// what a network boot needs (docs/boot-media.md).
+    /// the farm and `--registry` are baked into its command line. `--format pxe|usb|iso`
+    /// makes boot media of it (docs/boot-media.md).
     Build(ImageBuildArgs),
 }
 
@@ -86,16 +86,27 @@ enum ImageCmd {
 struct ImageBuildArgs {
     #[command(flatten)]
     build: imager::cli::BuildArgs,
-    /// `release`: kernel, initramfs and command line; `pxe`: the same folder plus the iPXE
-    /// script `boot.ipxe` and a dnsmasq recipe, served as it is by TFTP or HTTP.
+    /// `release`: kernel, initramfs and command line in the `--out` folder; `pxe`: the same
+    /// folder plus the iPXE script `boot.ipxe` and a dnsmasq recipe, served as it is by TFTP
+    /// or HTTP; `usb`: a disk image file to write to a stick (UEFI and BIOS), `--out` naming
+    /// the file (or a folder, to get node.img in it); `iso`: a hybrid ISO file (node.iso).
     #[arg(long, value_enum, default_value_t = ImageFormat::Release)]
     format: ImageFormat,
+    /// Secure Boot: sign the UEFI kernel image of a usb or iso with this private key (PEM,
+    /// with --sign-cert).
+    #[arg(long, requires = "sign_cert")]
+    sign_key: Option<std::path::PathBuf>,
+    /// Secure Boot: the certificate (PEM) that goes with --sign-key.
+    #[arg(long, requires = "sign_key")]
+    sign_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ImageFormat {
     Release,
     Pxe,
+    Usb,
+    Iso,
 }
 
 #[derive(Subcommand)]

@@ -224,6 +224,36 @@ fn parse_hosts(value: &str) -> Option<Vec<String>> {
         .collect()
 }
 
+/// Every `gridos.*` key [`parse`] understands, so a settings file can call an unknown one a
+/// typo instead of ignoring it.
+pub const KEYS: [&str; 8] = [
+    "gridos.farm",
+    "gridos.registry",
+    "gridos.net",
+    "gridos.log",
+    "gridos.wipe",
+    "gridos.hostname",
+    "gridos.report_interval",
+    "gridos.plain_http",
+];
+
+/// Where the node's own command line is: `/proc/cmdline` with the boot stick's settings file
+/// (`gridos.cfg`) applied, written by `gridos-bootcfg` before the services start.
+pub const NODE_CMDLINE: &str = "/run/gridos/cmdline";
+
+/// Reads the command line at `path`; [`NODE_CMDLINE`] falls back to `/proc/cmdline` when it
+/// was not written (a host, or a node whose bootcfg could not run), so settings are never
+/// lost to a missing file.
+pub fn read_line(path: &std::path::Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(line) => line,
+        Err(_) if path == std::path::Path::new(NODE_CMDLINE) => {
+            std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
+}
+
 /// Parses `/proc/cmdline` text into settings plus the warnings for malformed values.
 pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
     let mut s = Settings::default();

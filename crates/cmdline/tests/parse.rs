@@ -120,3 +120,14 @@ fn cmdline_fuzz_warning_value_is_64_bytes_even_for_wide_characters() {
         assert!(wide.repeat(100).starts_with(&w[0].value));
     }
 }
+
+#[test]
+fn every_listed_key_is_one_parse_checks() {
+    // A value no key accepts: each listed key must say so (it is parsed, not ignored).
+    for key in cmdline::KEYS {
+        let (_, w) = cmdline::parse(&format!("{key}=!!"));
+        assert_eq!(w.len(), 1, "{key}");
+        assert_eq!(w[0].key, key);
+    }
+    assert!(cmdline::parse("gridos.fram=!!").1.is_empty());
+}

@@ -14,7 +14,7 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Kernel command line to read `gridos.net` from.
-    #[arg(long, default_value = "/proc/cmdline")]
+    #[arg(long, default_value = cmdline::NODE_CMDLINE)]
     cmdline: PathBuf,
     /// Override `gridos.net` (`dhcp` or `<iface>:<addr>/<prefix>:<gateway>`).
     #[arg(long)]
@@ -46,7 +46,7 @@ fn mode(args: &Args) -> Mode {
                 Some(format!("bad static config --net: {e}; using DHCP")),
             ),
         },
-        None => config::from_cmdline(&std::fs::read_to_string(&args.cmdline).unwrap_or_default()),
+        None => config::from_cmdline(&cmdline::read_line(&args.cmdline)),
     };
     if let Some(w) = warning {
         tracing::error!("{w}");

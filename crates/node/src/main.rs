@@ -3,7 +3,7 @@
 //! Each static program carries its own copy of std, tokio, glibc's static parts and the
 //! libraries they share (init, zbus, tracing, clap, serde); five separate binaries came to
 //! 15.5 MB against a 10 MB budget. The image installs this file as `/usr/bin/gridos` with
-//! `gridctl`, `gridos-agent`, `gridos-entropy`, `gridos-network`, `gridos-provision` and
+//! `gridctl`, `gridos-agent`, `gridos-bootcfg`, `gridos-entropy`, `gridos-network`, `gridos-provision` and
 //! `gridos-storage` linked to it; `argv[0]` picks the program.
 //!
 //! PID 1 stays its own executable (`crates/init`, under 3 MB): the one process that must never
@@ -15,9 +15,10 @@
 //! dependencies.
 
 /// The names this executable answers to.
-const PROGRAMS: [&str; 6] = [
+const PROGRAMS: [&str; 7] = [
     "gridctl",
     "gridos-agent",
+    "gridos-bootcfg",
     "gridos-entropy",
     "gridos-network",
     "gridos-provision",
@@ -38,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match program(&argv0) {
         "gridctl" => gridctl::cli::run(args),
         "gridos-agent" => agent::cli::run(args),
+        "gridos-bootcfg" => bootcfg::cli::run(args),
         "gridos-entropy" => entropy::cli::run(args),
         "gridos-network" => network::cli::run(args),
         "gridos-provision" => provision::cli::run(args),

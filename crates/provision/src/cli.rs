@@ -66,10 +66,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "none" => None,
         r => Some(crate::twinnet::Range::parse(r).map_err(anyhow::Error::msg)?),
     };
-    if let Ok(line) = std::fs::read_to_string("/proc/cmdline") {
-        let (settings, _) = cmdline::parse(&line);
-        cfg.plain_http.extend(settings.plain_http);
-    }
+    let line = cmdline::read_line(std::path::Path::new(cmdline::NODE_CMDLINE));
+    cfg.plain_http.extend(cmdline::parse(&line).0.plain_http);
     let runtime = tokio::task::spawn_blocking(move || Runtime::open(cfg))
         .await
         .context("opening the runtime")??;

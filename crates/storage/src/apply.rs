@@ -75,6 +75,10 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
     let dev = cfg.dev.join(&disk.name);
     let (head, tail) = head_tail(&dev, disk.size_bytes)?;
     let sig = signature::detect(&head, &tail);
+    if signature::boot_medium(&head) {
+        tracing::info!(disk = %disk.name, "skipping disk: the gridos boot medium (never formatted, not sold)");
+        return Ok(None);
+    }
     if sig == Some(signature::Signature::Iso9660) {
         tracing::info!(disk = %disk.name, "skipping disk: ISO 9660 image (boot medium)");
         return Ok(None);

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Kernel command line to read `gridos.wipe` from.
-    #[arg(long, default_value = "/proc/cmdline")]
+    #[arg(long, default_value = cmdline::NODE_CMDLINE)]
     cmdline: PathBuf,
     /// Override `gridos.wipe` (none|empty|all).
     #[arg(long)]
@@ -68,7 +68,7 @@ fn policy(args: &Args) -> anyhow::Result<WipePolicy> {
             other => anyhow::bail!("--wipe {other:?}: expected none|empty|all"),
         };
     }
-    let line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let line = cmdline::read_line(&args.cmdline);
     let (settings, warnings) = cmdline::parse(&line);
     for w in warnings.iter().filter(|w| w.key == "gridos.wipe") {
         tracing::warn!("{w}");

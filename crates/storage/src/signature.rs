@@ -34,6 +34,59 @@ pub enum Signature {
     Zfs,
 }
 
+/// The GPT name of a gridos USB stick's boot partition (`bootmedia::usb::PARTITION_NAME`).
+pub const BOOT_PARTITION_NAME: &str = "gridos-boot";
+/// The volume id of a gridos ISO (`bootmedia::iso::VOLUME_ID`).
+pub const BOOT_ISO_VOLUME: &[u8] = b"GRIDOS";
+
+/// Whether a disk's first bytes are a gridos boot medium: a GPT with a partition named
+/// [`BOOT_PARTITION_NAME`] (the USB image) or an ISO 9660 volume named [`BOOT_ISO_VOLUME`]
+/// (the ISO, on a CD or written to a stick). The node never formats or sells its boot medium,
+/// whatever `gridos.wipe` says.
+pub fn boot_medium(head: &[u8]) -> bool {
+    let iso = at(head, 0x8001, b"CD001")
+        && head.get(0x8028..0x8048).is_some_and(|id| {
+            id.starts_with(BOOT_ISO_VOLUME)
+                && id[BOOT_ISO_VOLUME.len()..].iter().all(|b| *b == b' ')
+        });
+    iso || gpt_partition_names(head)
+        .iter()
+        .any(|n| n == BOOT_PARTITION_NAME)
+}
+
+/// The partition names of a GPT with 512-byte sectors whose entries lie in `head`.
+fn gpt_partition_names(head: &[u8]) -> Vec<String> {
+    let u32_at = |off: usize| {
+        head.get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if !at(head, 512, b"EFI PART") {
+        return Vec::new();
+    }
+    let lba = head
+        .get(512 + 72..512 + 80)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    let (Some(lba), Some(count), Some(size)) = (lba, u32_at(512 + 80), u32_at(512 + 84)) else {
+        return Vec::new();
+    };
+    if size < 128 || lba > (PROBE_BYTES / 512) as u64 {
+        return Vec::new();
+    }
+    let (start, size) = (lba as usize * 512, size as usize);
+    (0..count.min(256) as usize)
+        .filter_map(|i| head.get(start + i * size + 56..start + i * size + 128))
+        .map(|name| {
+            let units: Vec<u16> = name
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|u| *u != 0)
+                .collect();
+            String::from_utf16_lossy(&units)
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 fn at(buf: &[u8], off: usize, magic: &[u8]) -> bool {
     buf.get(off..off + magic.len()) == Some(magic)
 }
@@ -101,6 +154,46 @@ pub fn btrfs_label(buf: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GPT with one partition named `name`, as sfdisk writes it.
+    fn gpt_with(name: &str) -> Vec<u8> {
+        let mut head = vec![0u8; PROBE_BYTES];
+        head[512..520].copy_from_slice(b"EFI PART");
+        head[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        head[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        head[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        for (i, u) in name.encode_utf16().enumerate() {
+            head[1024 + 56 + 2 * i..1024 + 58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+        }
+        head
+    }
+
+    #[test]
+    fn the_boot_medium_is_recognised_by_name_and_nothing_else() {
+        assert!(boot_medium(&gpt_with("gridos-boot")));
+        assert!(!boot_medium(&gpt_with("gridos-boot2")));
+        assert!(!boot_medium(&gpt_with("EFI System")));
+        assert!(!boot_medium(&vec![0u8; PROBE_BYTES]));
+        let mut iso = vec![0u8; PROBE_BYTES];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        iso[0x8028..0x8048].copy_from_slice(b"GRIDOS                          ");
+        assert!(boot_medium(&iso));
+        iso[0x8028..0x8048].copy_from_slice(b"DEBIAN 12                       ");
+        assert!(!boot_medium(&iso));
+        // A hostile table: entries said to lie far away, or absurd counts, read nothing.
+        let mut far = gpt_with("gridos-boot");
+        far[512 + 72..512 + 80].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(!boot_medium(&far));
+        // Absurd counts and sizes are bounded (no overflow, no long loop)...
+        let mut many = gpt_with("gridos-boot");
+        many[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+        many[512 + 84..512 + 88].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(boot_medium(&many), "entry 0 is still where the header says");
+        // ...and entries smaller than the specification's 128 bytes are not read at all.
+        many[512 + 84..512 + 88].copy_from_slice(&100u32.to_le_bytes());
+        assert!(!boot_medium(&many));
+        assert!(!boot_medium(&gpt_with("gridos-boot")[..600]));
+    }
 
     fn zero() -> Vec<u8> {
         vec![0; PROBE_BYTES]
