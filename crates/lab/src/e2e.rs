@@ -254,15 +254,17 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     }
     results.sort_by_key(|(n, _)| shapes.iter().position(|s| s.name == *n));
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-    println!("e2e: shape                      PID1->registered  settle wait  entropy wait");
+    println!("e2e: shape                      firmware  kernel->PID1  PID1->registered  settle wait  entropy wait");
     for (name, r) in &results {
+        let secs = |v: Option<f64>| v.map_or("-".into(), |s| format!("{s:.2} s"));
         match r {
             Ok(t) => println!(
-                "e2e: {name:<26} {:>8.2} s        {:>7}      {}",
+                "e2e: {name:<26} {:>8}  {:>8}      {:>8.2} s        {:>7}      {}",
+                secs(t.firmware_s),
+                secs(t.pid1_s),
                 t.registered_s,
-                t.settle_ms
-                    .map_or("-".into(), |ms| format!("{:.2} s", ms as f64 / 1000.0)),
-                t.crng_s.map_or("-".into(), |s| format!("{s:.2} s"))
+                secs(t.settle_ms.map(|ms| ms as f64 / 1000.0)),
+                secs(t.crng_s)
             ),
             Err(_) => println!("e2e: {name:<26} FAILED"),
         }

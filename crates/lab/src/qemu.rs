@@ -83,10 +83,48 @@ pub struct Machine {
     pub monitor: PathBuf,
     /// The network card's QEMU device (`virtio-net-pci`, `e1000`).
     pub nic: &'static str,
-    /// Boot from the network instead of `-kernel`: the firmware's iPXE (Debian's
-    /// `ipxe-qemu`) fetches `boot.ipxe` from this folder over QEMU's TFTP
-    /// (`bootmedia::pxe`), and the script the kernel and initramfs.
-    pub netboot: Option<PathBuf>,
+    /// The firmware.
+    pub firmware: Firmware,
+    /// The controller the disks hang on.
+    pub bus: Bus,
+    /// What the firmware boots.
+    pub medium: Medium,
+}
+
+/// The guest's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// Legacy BIOS (Debian's `seabios`, QEMU's default).
+    SeaBios,
+    /// UEFI (Debian's `ovmf`), with a fresh copy of its variable store per boot.
+    Ovmf,
+}
+
+/// The controller the node's disks are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    /// virtio-scsi (`scsi-hd`, which can say SSD or HDD by `rotation_rate`).
+    VirtioScsi,
+    /// virtio-blk: the guest sees every such disk as rotational.
+    VirtioBlk,
+    /// NVMe: the guest sees every such disk as non-rotational.
+    Nvme,
+    /// AHCI (q35's own SATA controller, `ide-hd` with `rotation_rate`).
+    Ahci,
+}
+
+/// What the firmware boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Medium {
+    /// QEMU's `-kernel`/`-initrd`/`-append` from the image folder.
+    Kernel,
+    /// The firmware's iPXE (Debian's `ipxe-qemu`) fetches `boot.ipxe` from this folder over
+    /// QEMU's TFTP (`bootmedia::pxe`), and the script the kernel and initramfs.
+    Netboot(PathBuf),
+    /// This disk image (`bootmedia::usb`, or an ISO written raw) as a USB stick on xHCI.
+    Usb(PathBuf),
+    /// This ISO (`bootmedia::iso`) in a SATA CD-ROM drive.
+    Cdrom(PathBuf),
 }
 
 /// `kvm` when a probe guest really boots with it, else `tcg`: `/dev/kvm` exists on hosts
@@ -156,7 +194,9 @@ impl Machine {
             serial: work.join(console),
             monitor: work.join("monitor.sock"),
             nic: "virtio-net-pci",
-            netboot: None,
+            firmware: Firmware::SeaBios,
+            bus: Bus::VirtioScsi,
+            medium: Medium::Kernel,
         }
     }
 
@@ -208,26 +248,33 @@ impl Machine {
                 self.monitor.display()
             ))
             .arg("-netdev")
-            .arg(match &self.netboot {
-                None => "user,id=n0".to_string(),
-                Some(dir) => format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
+            .arg(match &self.medium {
+                Medium::Netboot(dir) => {
+                    format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display())
+                }
+                _ => "user,id=n0".to_string(),
             })
-            .args(["-device", &format!("{},netdev=n0", self.nic)])
-            .args(["-device", "virtio-scsi-pci,id=scsi0"]);
-        for (i, d) in self.disks.iter().enumerate() {
+            .arg("-device")
+            .arg(match &self.medium {
+                // Only the chosen medium may boot: no network boot from the card's ROM first.
+                Medium::Usb(_) | Medium::Cdrom(_) => format!("{},netdev=n0,romfile=", self.nic),
+                Medium::Kernel | Medium::Netboot(_) => format!("{},netdev=n0", self.nic),
+            });
+        if self.firmware == Firmware::Ovmf {
+            // A fresh variable store each boot: the boot order is the firmware's own choice
+            // from the devices, as on a new machine.
+            let vars = self.monitor.with_file_name("ovmf-vars.fd");
+            std::fs::copy(OVMF_VARS, &vars)
+                .map_err(|e| hosttools::spawn_error("ovmf", e))
+                .with_context(|| format!("copying {OVMF_VARS} (Debian's ovmf)"))?;
             cmd.arg("-drive")
-                .arg(format!(
-                    "if=none,id=d{i},file={},format=raw,cache=unsafe",
-                    d.path.display()
-                ))
-                .arg("-device")
-                .arg(format!(
-                    "scsi-hd,drive=d{i},bus=scsi0.0,rotation_rate={},serial=gridos-disk{i}",
-                    d.rotation_rate
-                ));
+                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
-        match &self.netboot {
-            None => {
+        self.attach_disks(&mut cmd);
+        match &self.medium {
+            Medium::Kernel => {
                 cmd.arg("-kernel")
                     .arg(self.image.join("vmlinuz"))
                     .arg("-initrd")
@@ -235,8 +282,26 @@ impl Machine {
                     .arg("-append")
                     .arg(self.cmdline()?);
             }
-            Some(_) => {
+            Medium::Netboot(_) => {
                 cmd.args(["-boot", "n"]);
+            }
+            Medium::Usb(img) => {
+                // snapshot: the guest's writes go to a temporary file, the image stays as built.
+                cmd.args(["-device", "qemu-xhci,id=xhci"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=none,id=stick,format=raw,snapshot=on,file={}",
+                        img.display()
+                    ))
+                    .args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]);
+            }
+            Medium::Cdrom(iso) => {
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=none,id=cd,format=raw,media=cdrom,readonly=on,file={}",
+                        iso.display()
+                    ))
+                    .args(["-device", "ide-cd,drive=cd,bus=ide.5,bootindex=0"]);
             }
         }
         cmd.stdin(Stdio::null());
@@ -251,6 +316,39 @@ impl Machine {
             monitor: self.monitor.clone(),
             serial: self.serial.clone(),
         })
+    }
+}
+
+/// Debian's `ovmf`: the UEFI firmware and the variable store each boot starts from.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Machine {
+    /// The disks on [`Machine::bus`], each with the serial `gridos-disk<i>`.
+    fn attach_disks(&self, cmd: &mut Command) {
+        if self.bus == Bus::VirtioScsi {
+            // Even with no disk: a disk may be hot-added to it later.
+            cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=d{i},file={},format=raw,cache=unsafe",
+                d.path.display()
+            ));
+            let serial = format!("gridos-disk{i}");
+            let rate = d.rotation_rate;
+            let device = match self.bus {
+                Bus::VirtioScsi => {
+                    format!("scsi-hd,drive=d{i},bus=scsi0.0,rotation_rate={rate},serial={serial}")
+                }
+                Bus::VirtioBlk => format!("virtio-blk-pci,drive=d{i},serial={serial}"),
+                Bus::Nvme => format!("nvme,drive=d{i},serial={serial}"),
+                Bus::Ahci => {
+                    format!("ide-hd,drive=d{i},bus=ide.{i},rotation_rate={rate},serial={serial}")
+                }
+            };
+            cmd.args(["-device", &device]);
+        }
     }
 }
 

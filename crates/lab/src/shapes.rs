@@ -12,7 +12,7 @@ use crate::e2e::{
     close, deploy, expected_units, new_twin, registered, rent, small_container, until_shown,
     workload, E2eArgs, GIB, OS_RESERVE,
 };
-use crate::qemu::{self, Disk, Guest, Machine, HDD_BYTES, SSD_BYTES};
+use crate::qemu::{self, Bus, Disk, Firmware, Guest, Machine, Medium, HDD_BYTES, SSD_BYTES};
 use crate::registry::{self, Registry};
 
 /// A disk of a shape.
@@ -57,10 +57,78 @@ pub struct Shape {
     pub full: bool,
     /// A twin also runs a container here ([`probe_container`]; the full scenario runs many).
     pub containers: bool,
-    /// Booted through the firmware's iPXE from the network-boot folder
-    /// (`bootmedia::pxe`, as `grid image build --format pxe` makes it) with this network
-    /// card, instead of QEMU's `-kernel` with virtio-net.
-    pub netboot: Option<&'static str>,
+    /// Firmware, boot medium, disk controller and network card.
+    pub boot: Boot,
+    /// A cell of the boot matrix whose farm comes from `gridos.cfg`: the USB image is built
+    /// for one farm, then its settings file is edited with mtools (no mount, as a farmer's
+    /// laptop would) to name another, which the node must register into.
+    pub edit_cfg: bool,
+}
+
+/// What a shape boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMedium {
+    /// QEMU's `-kernel` (no firmware boot path).
+    Kernel,
+    /// The firmware's iPXE, the network-boot folder (`grid image build --format pxe`).
+    Pxe,
+    /// The USB image (`--format usb`) as a USB stick.
+    Usb,
+    /// The ISO (`--format iso`) in a CD-ROM drive.
+    Iso,
+    /// The ISO written raw to a USB stick.
+    IsoOnUsb,
+}
+
+/// How a shape boots (docs/boot-media.md, "Boot matrix").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boot {
+    /// The firmware.
+    pub firmware: Firmware,
+    /// The boot medium.
+    pub medium: BootMedium,
+    /// Where the disks are.
+    pub bus: Bus,
+    /// The network card's QEMU device.
+    pub nic: &'static str,
+}
+
+impl Boot {
+    /// QEMU's `-kernel`, disks on virtio-scsi, virtio-net: the machine shapes' boot.
+    pub const KERNEL: Boot = Boot {
+        firmware: Firmware::SeaBios,
+        medium: BootMedium::Kernel,
+        bus: Bus::VirtioScsi,
+        nic: VIRTIO_NET,
+    };
+
+    const fn cell(firmware: Firmware, medium: BootMedium, bus: Bus, nic: &'static str) -> Boot {
+        Boot {
+            firmware,
+            medium,
+            bus,
+            nic,
+        }
+    }
+}
+
+const VIRTIO_NET: &str = "virtio-net-pci";
+const E1000: &str = "e1000";
+
+/// A boot-matrix cell: 1 vCPU (`qemu64`), 1 GiB and one disk.
+const fn cell(name: &'static str, disk: &'static [DiskKind], boot: Boot, edit_cfg: bool) -> Shape {
+    Shape {
+        name,
+        cpu: "qemu64",
+        cpus: 1,
+        memory_mib: 1024,
+        disks: disk,
+        hot_add: None,
+        full: false,
+        containers: false,
+        boot,
+        edit_cfg,
+    }
 }
 
 /// The fixed list (docs/lab.md). Every CPU model, vCPU count and disk set of issue 10 appears
@@ -75,7 +143,8 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: true,
         containers: true,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
     Shape {
         name: "qemu64-1cpu-ssd",
@@ -86,7 +155,8 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
     Shape {
         name: "qemu64-4cpu-hdd",
@@ -98,7 +168,8 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         // No SSD, no SRU: a container's root disk is SRU, so the registry refuses the contract.
         containers: false,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
     Shape {
         name: "qemu64-2cpu-hdd-ssd",
@@ -110,7 +181,8 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
     Shape {
         name: "max-1cpu-nodisk",
@@ -121,7 +193,8 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: false,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
     Shape {
         name: "qemu64-2cpu-hotadd-ssd",
@@ -132,19 +205,59 @@ pub const SHAPES: &[Shape] = &[
         hot_add: Some(DiskKind::Ssd),
         full: false,
         containers: false,
-        netboot: None,
+        boot: Boot::KERNEL,
+        edit_cfg: false,
     },
-    Shape {
-        name: "qemu64-1cpu-ssd-pxe-e1000",
-        cpu: "qemu64",
-        cpus: 1,
-        memory_mib: 1024,
-        disks: &[DiskKind::Ssd],
-        hot_add: None,
-        full: false,
-        containers: false,
-        netboot: Some("e1000"),
-    },
+    // The boot matrix (docs/boot-media.md): every firmware, medium, disk controller and
+    // network card at least once. virtio-blk disks are rotational to the guest (HDD), NVMe
+    // disks are not (SSD).
+    cell(
+        "pxe-seabios-scsi-e1000",
+        &[DiskKind::Ssd],
+        Boot::cell(Firmware::SeaBios, BootMedium::Pxe, Bus::VirtioScsi, E1000),
+        false,
+    ),
+    cell(
+        "pxe-ovmf-blk-virtio",
+        &[DiskKind::Hdd],
+        Boot::cell(Firmware::Ovmf, BootMedium::Pxe, Bus::VirtioBlk, VIRTIO_NET),
+        false,
+    ),
+    cell(
+        "usb-seabios-ahci-virtio",
+        &[DiskKind::Ssd],
+        Boot::cell(Firmware::SeaBios, BootMedium::Usb, Bus::Ahci, VIRTIO_NET),
+        false,
+    ),
+    cell(
+        "usb-ovmf-nvme-e1000-cfg",
+        &[DiskKind::Ssd],
+        Boot::cell(Firmware::Ovmf, BootMedium::Usb, Bus::Nvme, E1000),
+        true,
+    ),
+    cell(
+        "iso-ovmf-blk-virtio",
+        &[DiskKind::Hdd],
+        Boot::cell(Firmware::Ovmf, BootMedium::Iso, Bus::VirtioBlk, VIRTIO_NET),
+        false,
+    ),
+    cell(
+        "iso-seabios-nvme-e1000",
+        &[DiskKind::Ssd],
+        Boot::cell(Firmware::SeaBios, BootMedium::Iso, Bus::Nvme, E1000),
+        false,
+    ),
+    cell(
+        "isousb-seabios-scsi-virtio",
+        &[DiskKind::Ssd],
+        Boot::cell(
+            Firmware::SeaBios,
+            BootMedium::IsoOnUsb,
+            Bus::VirtioScsi,
+            VIRTIO_NET,
+        ),
+        false,
+    ),
 ];
 
 /// What one shape measured, for the summary and BENCHMARKS.md.
@@ -156,6 +269,11 @@ pub struct Timing {
     pub settle_ms: Option<u64>,
     /// How long the entropy service waited for the kernel's CRNG (0 with RDRAND).
     pub crng_s: Option<f64>,
+    /// Wall clock from QEMU's start to the kernel's (firmware and boot loader), for shapes
+    /// that boot through their firmware.
+    pub firmware_s: Option<f64>,
+    /// Guest clock from the kernel's start to PID 1's.
+    pub pid1_s: Option<f64>,
 }
 
 impl Shape {
@@ -163,10 +281,16 @@ impl Shape {
     pub fn machine(&self, image: &Path, accel: &str, work: &Path, append: String) -> Machine {
         let mut m = Machine::node(image, accel, work, append, "console-boot1.log");
         m.cpu_model = self.cpu.into();
-        if let Some(nic) = self.netboot {
-            m.nic = nic;
-            m.netboot = Some(work.join("pxe"));
-        }
+        m.nic = self.boot.nic;
+        m.firmware = self.boot.firmware;
+        m.bus = self.boot.bus;
+        m.medium = match self.boot.medium {
+            BootMedium::Kernel => Medium::Kernel,
+            BootMedium::Pxe => Medium::Netboot(work.join("pxe")),
+            BootMedium::Usb => Medium::Usb(work.join("node.img")),
+            BootMedium::Iso => Medium::Cdrom(work.join("node.iso")),
+            BootMedium::IsoOnUsb => Medium::Usb(work.join("node.iso")),
+        };
         m.cpus = self.cpus;
         m.memory_mib = self.memory_mib;
         m.disks = self
@@ -321,11 +445,102 @@ pub fn timing(console: &Path, registered_s: f64) -> Timing {
     let line = |needle: &str| text.lines().find(|l| l.contains(needle));
     let settle_ms = line("devices settled").and_then(|l| field(l, "waited_ms")?.parse().ok());
     let crng_s = line("kernel CRNG ready").and_then(|l| field(l, "waited_s")?.parse().ok());
+    let pid1_s = line("gridos init started as PID 1").and_then(qemu::boot_clock);
     Timing {
         registered_s,
         settle_ms,
         crng_s,
+        firmware_s: None,
+        pid1_s,
     }
+}
+
+/// Makes the shape's boot medium from the image with `bootmedia`, as `grid image build
+/// --format …` does, with the lab's settings baked in. For a cell that edits `gridos.cfg`,
+/// rewrites the file on the stick's FAT partition with mtools to name a second farm, and
+/// returns that farm: the node must register there, not in `farm`.
+fn prepare_medium(
+    args: &E2eArgs,
+    shape: &Shape,
+    machine: &Machine,
+    reg: &Registry,
+    farm: u64,
+    work: &Path,
+) -> anyhow::Result<Option<u64>> {
+    let say = |m: String| eprintln!("e2e[{}]: {m}", shape.name);
+    let opts = bootmedia::Options {
+        append: machine.lab_args(),
+        ..bootmedia::Options::default()
+    };
+    let t0 = Instant::now();
+    let built = match &machine.medium {
+        Medium::Kernel => return Ok(None),
+        Medium::Netboot(dir) => {
+            let p = bootmedia::pxe::write(&args.image, dir, &machine.lab_args())?;
+            say(format!(
+                "network-boot folder {} ({} + {} bytes)",
+                dir.display(),
+                p.kernel_bytes,
+                p.initramfs_bytes
+            ));
+            return Ok(None);
+        }
+        Medium::Usb(path) | Medium::Cdrom(path) => {
+            if path.extension().is_some_and(|e| e == "iso") {
+                bootmedia::iso::write(&args.image, path, &opts)?
+            } else {
+                bootmedia::usb::write(&args.image, path, &opts)?
+            }
+        }
+    };
+    say(format!(
+        "{} made in {:.1} s: {} bytes",
+        built.path.display(),
+        t0.elapsed().as_secs_f64(),
+        built.bytes
+    ));
+    if !shape.edit_cfg {
+        return Ok(None);
+    }
+    let other = registry::setup_farm(
+        &args.bin_dir,
+        &reg.url(),
+        &work.join("farmer.key"),
+        &format!("{}-from-cfg", shape.name),
+    )?;
+    ensure!(other != farm, "the second farm is the first");
+    let text = bootmedia::usb::config_text(&built.cmdline)
+        .replace(&format!("gridos.farm={farm}\r\n"), "")
+        + &format!("# moved to farm {other} on a laptop\r\ngridos.farm={other}\r\n");
+    let file = work.join("gridos.cfg");
+    std::fs::write(&file, text)?;
+    let status = std::process::Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@1048576", built.path.display()))
+        .arg(&file)
+        .arg("::/gridos.cfg")
+        .status()
+        .map_err(|e| hosttools::spawn_error("mcopy", e))?;
+    ensure!(status.success(), "mcopy onto the stick image: {status}");
+    say(format!(
+        "gridos.cfg on the stick edited with mcopy: farm {farm} (built in) → {other}"
+    ));
+    Ok(Some(other))
+}
+
+/// The node registered into `farm`.
+async fn check_farm(reg: &Registry, farm: u64) -> anyhow::Result<()> {
+    let nodes = reg.get::<gridapi::Page<NodeView>>(paths::NODES).await?;
+    let node = nodes.items.first().context("no node in the registry")?;
+    ensure!(
+        node.farm_id == farm as i64,
+        "node {} registered into farm {}, gridos.cfg on its stick says {farm}",
+        node.id,
+        node.farm_id
+    );
+    Ok(())
 }
 
 /// Boots `shape`, waits for the registration, and checks capacity and cache placement; with a
@@ -349,33 +564,40 @@ pub async fn check(
         images.as_ref().map(|i| i.plain_http()).unwrap_or_default()
     );
     let machine = shape.machine(&args.image, accel, work, append);
-    if let Some(dir) = &machine.netboot {
-        let p = bootmedia::pxe::write(&args.image, dir, &machine.lab_args())?;
-        eprintln!(
-            "e2e[{}]: network-boot folder {} ({} + {} bytes)",
-            shape.name,
-            dir.display(),
-            p.kernel_bytes,
-            p.initramfs_bytes
-        );
-    }
+    let want_farm = prepare_medium(args, shape, &machine, &reg, farm, work)?;
     let t0 = Instant::now();
     let mut guest = machine.boot()?;
-    if machine.netboot.is_some() {
-        guest
+    let mut firmware_s = None;
+    if machine.medium != Medium::Kernel {
+        let pid1 = guest
             .wait_line(
                 &["gridos init started as PID 1"],
                 Duration::from_secs(args.boot_timeout),
             )
             .await
-            .context("the network boot (firmware, iPXE, TFTP) did not reach PID 1")?;
+            .with_context(|| {
+                format!(
+                    "the firmware ({:?}) did not boot the {:?} to PID 1",
+                    shape.boot.firmware, shape.boot.medium
+                )
+            })?;
+        let wall = t0.elapsed().as_secs_f64();
+        // The guest clock starts with the kernel: what came before it on the wall clock is
+        // the firmware and the boot loader (loading the kernel and initramfs included).
+        firmware_s = qemu::boot_clock(&pid1).map(|k| (wall - k).max(0.0));
         eprintln!(
-            "e2e[{}]: QEMU start → PID 1 through the firmware's iPXE and TFTP: {:.1} s wall",
-            shape.name,
-            t0.elapsed().as_secs_f64()
+            "e2e[{}]: QEMU start → PID 1 through {:?} from {:?}: {wall:.1} s wall",
+            shape.name, shape.boot.firmware, shape.boot.medium
         );
     }
-    let mut result = check_booted(args, shape, &reg, &mut guest).await;
+    let mut result = check_booted(args, shape, &reg, &mut guest)
+        .await
+        .map(|t| Timing { firmware_s, ..t });
+    if let (Ok(_), Some(want)) = (&result, want_farm) {
+        if let Err(e) = check_farm(&reg, want).await {
+            result = Err(e);
+        }
+    }
     if let (Ok(_), Some(images)) = (&result, &images) {
         if let Err(e) = probe_container(args, &reg, work, &images.busybox).await {
             result = Err(e);
@@ -535,8 +757,34 @@ mod tests {
         assert!(runs(&|s| s.cpu == "qemu64") && runs(&|s| s.cpu == "max"));
         assert!(runs(&|s| s.cpus == 1) && runs(&|s| s.cpus == 2));
         assert!(runs(&|s| s.disks.contains(&DiskKind::Hdd)));
-        // The network boot, with the other network card.
-        assert!(has(&|s| s.netboot == Some("e1000")));
+        // The boot matrix: every value of every axis at least once.
+        for f in [Firmware::SeaBios, Firmware::Ovmf] {
+            assert!(has(&|s| s.boot.firmware == f), "{f:?}");
+        }
+        for m in [BootMedium::Pxe, BootMedium::Usb, BootMedium::Iso] {
+            assert!(has(&|s| s.boot.medium == m), "{m:?}");
+        }
+        for b in [Bus::VirtioScsi, Bus::VirtioBlk, Bus::Nvme, Bus::Ahci] {
+            assert!(
+                has(&|s| s.boot.bus == b && s.boot.medium != BootMedium::Kernel),
+                "{b:?}"
+            );
+        }
+        for n in [VIRTIO_NET, E1000] {
+            assert!(
+                has(&|s| s.boot.nic == n && s.boot.medium != BootMedium::Kernel),
+                "{n}"
+            );
+        }
+        assert!(has(&|s| s.edit_cfg && s.boot.medium == BootMedium::Usb));
+        // The guest decides SSD or HDD by the controller for these two: the shape must agree.
+        for s in SHAPES {
+            match s.boot.bus {
+                Bus::VirtioBlk => assert!(!s.disks.contains(&DiskKind::Ssd), "{}", s.name),
+                Bus::Nvme => assert!(!s.disks.contains(&DiskKind::Hdd), "{}", s.name),
+                _ => {}
+            }
+        }
         // Never where there is no SSD: a container's root disk is SRU.
         assert!(!runs(&|s| !s.disks.contains(&DiskKind::Ssd)));
         let names: std::collections::BTreeSet<_> = SHAPES.iter().map(|s| s.name).collect();
