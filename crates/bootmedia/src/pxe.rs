@@ -19,9 +19,10 @@ pub struct Pxe {
     pub cmdline: String,
 }
 
-/// The iPXE script. The kernel and initramfs are named relative to the script, so the folder
-/// may be served by TFTP or HTTP from anywhere.
-pub fn script(cmdline: &str) -> String {
+/// The iPXE script, served as `name`. The kernel and initramfs are named relative to the
+/// script, so the folder may be served by TFTP or HTTP from anywhere; after a failure the
+/// script waits and loads itself again.
+pub fn script(cmdline: &str, name: &str) -> String {
     format!(
         "#!ipxe\n\
          # gridos node: served with vmlinuz and initramfs.img from the same folder.\n\
@@ -32,7 +33,7 @@ pub fn script(cmdline: &str) -> String {
          :failed\n\
          echo gridos: network boot failed; retrying in 10 s\n\
          sleep 10\n\
-         chain boot.ipxe\n"
+         chain {name}\n"
     )
 }
 
@@ -96,7 +97,10 @@ pub fn write(release: &Path, out: &Path, append: &[String]) -> Result<Pxe, Media
         }
     }
     write(out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
-    write(out.join("boot.ipxe"), script(&cmdline).as_bytes())?;
+    write(
+        out.join("boot.ipxe"),
+        script(&cmdline, "boot.ipxe").as_bytes(),
+    )?;
     let folder = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
     write(
         out.join("dnsmasq.conf.example"),

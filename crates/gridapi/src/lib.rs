@@ -119,6 +119,9 @@ pub enum ErrorCode {
     Database,
     /// The registry is shutting down or its writer stopped; see `Retry-After` (503).
     Unavailable,
+    /// Boot media for a farm could not be built (500): the release folder is damaged or a
+    /// tool failed; nothing was cached.
+    BuildFailed,
     /// A code this client does not know (a newer registry).
     #[serde(other)]
     Unknown,
@@ -149,6 +152,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Database => "database",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::BuildFailed => "build_failed",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -121,6 +121,9 @@ pub enum Medium {
     /// The firmware's iPXE (Debian's `ipxe-qemu`) fetches `boot.ipxe` from this folder over
     /// QEMU's TFTP (`bootmedia::pxe`), and the script the kernel and initramfs.
     Netboot(PathBuf),
+    /// The firmware's iPXE fetches this script URL over HTTP (the registry's
+    /// `/boot/{farm}/ipxe`), and the script the kernel and initramfs from beside it.
+    NetbootHttp(String),
     /// This disk image (`bootmedia::usb`, or an ISO written raw) as a USB stick on xHCI.
     Usb(PathBuf),
     /// This ISO (`bootmedia::iso`) in a SATA CD-ROM drive.
@@ -252,13 +255,16 @@ impl Machine {
                 Medium::Netboot(dir) => {
                     format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display())
                 }
+                Medium::NetbootHttp(url) => format!("user,id=n0,bootfile={url}"),
                 _ => "user,id=n0".to_string(),
             })
             .arg("-device")
             .arg(match &self.medium {
                 // Only the chosen medium may boot: no network boot from the card's ROM first.
                 Medium::Usb(_) | Medium::Cdrom(_) => format!("{},netdev=n0,romfile=", self.nic),
-                Medium::Kernel | Medium::Netboot(_) => format!("{},netdev=n0", self.nic),
+                Medium::Kernel | Medium::Netboot(_) | Medium::NetbootHttp(_) => {
+                    format!("{},netdev=n0", self.nic)
+                }
             });
         if self.firmware == Firmware::Ovmf {
             // A fresh variable store each boot: the boot order is the firmware's own choice
@@ -282,7 +288,7 @@ impl Machine {
                     .arg("-append")
                     .arg(self.cmdline()?);
             }
-            Medium::Netboot(_) => {
+            Medium::Netboot(_) | Medium::NetbootHttp(_) => {
                 cmd.args(["-boot", "n"]);
             }
             Medium::Usb(img) => {

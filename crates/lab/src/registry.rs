@@ -40,6 +40,34 @@ impl Registry {
         })
     }
 
+    /// Like [`Registry::start`] on a free port, also serving boot media per farm
+    /// (`/boot/{farm}/…`) made from the release folder `release`, with the guest's address of
+    /// the registry baked in.
+    pub async fn start_serving_boot(
+        bin_dir: &Path,
+        work: &Path,
+        release: &Path,
+    ) -> anyhow::Result<Registry> {
+        let port = test_infra::process::free_port()?;
+        let cmd = RegistryCommand::new(bin_dir.join("grid-registry"))
+            .database(format!("sqlite://{}", work.join("registry.db").display()))
+            .log(work.join("registry.log"))
+            .listen(([127, 0, 0, 1], port).into())
+            .arg("--release")
+            .arg(release)
+            .arg("--public-url")
+            .arg(format!("http://10.0.2.2:{port}"))
+            .arg("--boot-cache")
+            .arg(work.join("boot-cache"));
+        Ok(Registry {
+            process: cmd.start().await?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_idle_timeout(gridapi::CLIENT_POOL_IDLE)
+                .build()?,
+        })
+    }
+
     /// The base URL on the host.
     pub fn url(&self) -> String {
         self.process.url()

@@ -70,8 +70,11 @@ pub struct Shape {
 pub enum BootMedium {
     /// QEMU's `-kernel` (no firmware boot path).
     Kernel,
-    /// The firmware's iPXE, the network-boot folder (`grid image build --format pxe`).
+    /// The firmware's iPXE, the network-boot folder (`grid image build --format pxe`) over
+    /// TFTP.
     Pxe,
+    /// The firmware's iPXE, the registry's `/boot/{farm}/ipxe` over HTTP.
+    PxeHttp,
     /// The USB image (`--format usb`) as a USB stick.
     Usb,
     /// The ISO (`--format iso`) in a CD-ROM drive.
@@ -218,9 +221,14 @@ pub const SHAPES: &[Shape] = &[
         false,
     ),
     cell(
-        "pxe-ovmf-blk-virtio",
+        "pxehttp-ovmf-blk-virtio",
         &[DiskKind::Hdd],
-        Boot::cell(Firmware::Ovmf, BootMedium::Pxe, Bus::VirtioBlk, VIRTIO_NET),
+        Boot::cell(
+            Firmware::Ovmf,
+            BootMedium::PxeHttp,
+            Bus::VirtioBlk,
+            VIRTIO_NET,
+        ),
         false,
     ),
     cell(
@@ -287,6 +295,8 @@ impl Shape {
         m.medium = match self.boot.medium {
             BootMedium::Kernel => Medium::Kernel,
             BootMedium::Pxe => Medium::Netboot(work.join("pxe")),
+            // The farm is known once the registry runs: check() sets the URL.
+            BootMedium::PxeHttp => Medium::NetbootHttp(String::new()),
             BootMedium::Usb => Medium::Usb(work.join("node.img")),
             BootMedium::Iso => Medium::Cdrom(work.join("node.iso")),
             BootMedium::IsoOnUsb => Medium::Usb(work.join("node.iso")),
@@ -475,6 +485,10 @@ fn prepare_medium(
     let t0 = Instant::now();
     let built = match &machine.medium {
         Medium::Kernel => return Ok(None),
+        Medium::NetbootHttp(url) => {
+            say(format!("iPXE script, kernel and initramfs from {url}"));
+            return Ok(None);
+        }
         Medium::Netboot(dir) => {
             let p = bootmedia::pxe::write(&args.image, dir, &machine.lab_args())?;
             say(format!(
@@ -552,7 +566,35 @@ pub async fn check(
     work: &Path,
 ) -> anyhow::Result<Timing> {
     std::fs::create_dir_all(work)?;
-    let (reg, farm) = registry::with_farm(&args.bin_dir, work, 0, shape.name).await?;
+    let (reg, farm) = match shape.boot.medium {
+        BootMedium::PxeHttp => {
+            // The operator's release folder: the image, with the lab's console settings (the
+            // registry adds the farm and its own URL to each farm's script).
+            let release = work.join("release");
+            std::fs::create_dir_all(&release)?;
+            for f in ["vmlinuz", "initramfs.img"] {
+                std::fs::copy(args.image.join(f), release.join(f))?;
+            }
+            let base = std::fs::read_to_string(args.image.join("cmdline"))?;
+            std::fs::write(
+                release.join("cmdline"),
+                format!(
+                    "{} gridos.hostname={} console=ttyS0 panic=-1\n",
+                    base.trim(),
+                    shape.name
+                ),
+            )?;
+            let reg = Registry::start_serving_boot(&args.bin_dir, work, &release).await?;
+            let farm = registry::setup_farm(
+                &args.bin_dir,
+                &reg.url(),
+                &work.join("farmer.key"),
+                shape.name,
+            )?;
+            (reg, farm)
+        }
+        _ => registry::with_farm(&args.bin_dir, work, 0, shape.name).await?,
+    };
     let images = match shape.containers {
         true => Some(crate::images::start().await?),
         false => None,
@@ -563,7 +605,10 @@ pub async fn check(
         shape.name,
         images.as_ref().map(|i| i.plain_http()).unwrap_or_default()
     );
-    let machine = shape.machine(&args.image, accel, work, append);
+    let mut machine = shape.machine(&args.image, accel, work, append);
+    if let Medium::NetbootHttp(url) = &mut machine.medium {
+        *url = format!("{}/boot/{farm}/ipxe", reg.guest_url());
+    }
     let want_farm = prepare_medium(args, shape, &machine, &reg, farm, work)?;
     let t0 = Instant::now();
     let mut guest = machine.boot()?;
@@ -761,7 +806,12 @@ mod tests {
         for f in [Firmware::SeaBios, Firmware::Ovmf] {
             assert!(has(&|s| s.boot.firmware == f), "{f:?}");
         }
-        for m in [BootMedium::Pxe, BootMedium::Usb, BootMedium::Iso] {
+        for m in [
+            BootMedium::Pxe,
+            BootMedium::PxeHttp,
+            BootMedium::Usb,
+            BootMedium::Iso,
+        ] {
             assert!(has(&|s| s.boot.medium == m), "{m:?}");
         }
         for b in [Bus::VirtioScsi, Bus::VirtioBlk, Bus::Nvme, Bus::Ahci] {

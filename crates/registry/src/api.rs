@@ -51,6 +51,8 @@ pub struct AppState {
     pub keys: KeyLimiter,
     /// Server settings.
     pub config: Config,
+    /// Boot media builds in progress.
+    pub boot_builds: crate::boot::Builds,
 }
 
 type AppResult<T> = Result<T, ApiError>;
@@ -92,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::MAILBOX_LOG_REQUEST, post(post_log_request))
         .route(paths::MAILBOX_LOGS, post(post_logs))
         .route(paths::STATS, get(stats))
+        .route("/boot/{farm}/{item}", get(crate::boot::get_boot))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every write, whatever its kind: counted per client address before any work.

@@ -93,6 +93,9 @@ pub enum ApiError {
     /// The registry is shutting down or its writer stopped.
     #[error("registry is unavailable: {0}")]
     Unavailable(String),
+    /// Boot media could not be built.
+    #[error("{0}")]
+    BuildFailed(String),
 }
 
 impl ApiError {
@@ -129,6 +132,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Database(_) => ErrorCode::Database,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::BuildFailed(_) => ErrorCode::BuildFailed,
         }
     }
 
@@ -156,6 +160,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BuildFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

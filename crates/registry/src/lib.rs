@@ -5,6 +5,7 @@
 //! no state outside its database, so several replicas can share one PostgreSQL.
 
 pub mod api;
+pub mod boot;
 pub mod db;
 pub mod error;
 pub mod limits;
@@ -45,6 +46,8 @@ pub struct Config {
     pub write_queue_bytes: usize,
     /// Write rate limits per client address and per key.
     pub rate: RateLimits,
+    /// Boot media per farm (`/boot/{farm}/…`), when a release folder is given.
+    pub boot: Option<boot::BootConfig>,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             max_connections: 8192,
             write_queue_bytes: 64 << 20,
             rate: RateLimits::default(),
+            boot: None,
         }
     }
 }
@@ -74,6 +78,7 @@ pub fn app(db: Db, config: Config) -> Router {
         writer,
         keys,
         config,
+        boot_builds: boot::Builds::default(),
     });
     api::router(state)
         .layer(axum::middleware::from_fn_with_state(

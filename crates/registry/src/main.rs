@@ -41,6 +41,8 @@ enum Command {
         up_window: i64,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Create or migrate the database, then exit.
     Migrate {
@@ -52,6 +54,62 @@ enum Command {
         )]
         db: String,
     },
+}
+
+/// Boot media per farm at `/boot/{farm}/ipxe|usb.img|iso` (docs/boot-media.md).
+#[derive(Args)]
+struct BootArgs {
+    /// The release folder boot media are made from (vmlinuz, initramfs.img, cmdline, as
+    /// `make image` writes out/); without it, /boot answers 404.
+    #[arg(long, env = "GRID_REGISTRY_RELEASE", requires = "public_url")]
+    release: Option<std::path::PathBuf>,
+    /// This registry's URL as nodes reach it, baked into every image (never a loopback
+    /// address: the node's own loopback is not this machine).
+    #[arg(long, env = "GRID_REGISTRY_PUBLIC_URL", requires = "release")]
+    public_url: Option<String>,
+    /// Where built images are kept.
+    #[arg(
+        long,
+        env = "GRID_REGISTRY_BOOT_CACHE",
+        default_value = "grid-registry-boot"
+    )]
+    boot_cache: std::path::PathBuf,
+}
+
+impl BootArgs {
+    fn config(&self) -> anyhow::Result<Option<registry::boot::BootConfig>> {
+        let (Some(release), Some(url)) = (&self.release, &self.public_url) else {
+            return Ok(None);
+        };
+        let url = url.trim_end_matches('/');
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|h| !h.is_empty());
+        let Some(host) = host else {
+            anyhow::bail!("--public-url {url:?}: nodes need an http:// or https:// URL");
+        };
+        bootmedia::check_words(url).map_err(|e| anyhow::anyhow!("--public-url {url:?}: {e}"))?;
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let loopback = name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        anyhow::ensure!(
+            !loopback,
+            "--public-url {url}: nodes would call their own loopback; give the address they reach this registry at"
+        );
+        bootmedia::release_cmdline(release).map_err(|e| anyhow::anyhow!("--release: {e}"))?;
+        std::fs::create_dir_all(&self.boot_cache)
+            .with_context(|| format!("creating --boot-cache {}", self.boot_cache.display()))?;
+        Ok(Some(registry::boot::BootConfig {
+            release: release.clone(),
+            cache: self.boot_cache.clone(),
+            public_url: url.to_string(),
+        }))
+    }
 }
 
 /// Server limits (docs/registry.md, "Limits"). Defaults: `Config::default()`.
@@ -168,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
             body_limit,
             up_window,
             limits,
+            boot,
         } => {
             anyhow::ensure!(
                 body_limit >= 1024,
@@ -180,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Config::default()
             };
             limits.apply(&mut config)?;
+            config.boot = boot.config()?;
             let database = Db::connect(&db).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
