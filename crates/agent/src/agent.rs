@@ -68,6 +68,9 @@ pub struct Config {
     pub provision_socket: Option<PathBuf>,
 }
 
+/// The first retry of a refused registration; later ones double up to `refused_retry`.
+const REFUSED_FIRST_RETRY: Duration = Duration::from_secs(10);
+
 impl Config {
     /// Defaults for a real node: 40 min uptime reports, a probe every 5 min.
     pub fn new(registry: String, farm: u64, state_dir: PathBuf) -> Config {
@@ -148,6 +151,10 @@ struct Agent {
     box_key: String,
     status: watch::Sender<Status>,
     backoff: Backoff,
+    /// Retries of a refused registration: soon at first (a farmer who boots the node before
+    /// creating its farm sees it register within seconds of creating it), then every
+    /// `refused_retry`.
+    refused: Backoff,
     next_attempt: Option<Instant>,
     /// What the node's deployments reserve, as the mailbox loop last saw it.
     reserved: watch::Receiver<Resources>,
@@ -331,6 +338,7 @@ impl Agent {
                     "registered"
                 );
                 self.backoff.reset();
+                self.refused.reset();
                 self.set_error(None);
                 self.status.send_modify(|s| s.node_id = Some(id));
                 Pass::RetryAt(Instant::now())
@@ -340,10 +348,11 @@ impl Agent {
                 code,
                 message,
             } => {
-                let retry = self.cfg.refused_retry;
+                let retry = self.refused.next_delay();
                 let why = match code {
                     ErrorCode::UnknownFarm => format!(
-                        "farm {} does not exist on registry {}: check gridos.farm= on the kernel command line",
+                        "farm {} does not exist on registry {}: create it (grid farm create) or set \
+                         gridos.farm= in gridos.cfg on the boot stick, or on the kernel command line",
                         self.cfg.farm, self.cfg.registry
                     ),
                     ErrorCode::StaleTimestamp => format!(
@@ -546,6 +555,10 @@ pub async fn run(
     };
     let mut agent = Agent {
         backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
+        refused: Backoff::new(
+            cfg.refused_retry.min(REFUSED_FIRST_RETRY),
+            cfg.refused_retry,
+        ),
         cfg,
         client,
         queue,

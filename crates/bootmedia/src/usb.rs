@@ -49,8 +49,8 @@ pub fn syslinux_cfg(cmdline: &str) -> String {
     )
 }
 
-/// The settings file as written at build time: every `gridos.*` setting of the command line,
-/// one per line, with what the farmer needs to know to edit it.
+/// The settings file as written at build time: every setting of the command line that the
+/// node reads from it too (`cmdline::KEYS`), one per line, with what the farmer needs to know to edit it.
 pub fn config_text(cmdline: &str) -> String {
     let mut text = String::from(
         "# gridos node settings, read at every boot (docs/boot-media.md).\r\n\
@@ -60,7 +60,9 @@ pub fn config_text(cmdline: &str) -> String {
          # value is kept. Edit this file on any computer: no rebuild is needed.\r\n",
     );
     for w in cmdline.split_whitespace() {
-        if w.starts_with("gridos.") && w != MEDIA_WORD {
+        // Only what a farmer may set: not the medium's or the image's own words.
+        let key = w.split('=').next().unwrap_or("");
+        if cmdline::KEYS.contains(&key) {
             text.push_str(w);
             text.push_str("\r\n");
         }

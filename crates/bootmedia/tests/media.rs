@@ -119,6 +119,7 @@ fn the_usb_image_is_a_gpt_disk_that_boots_uefi_and_bios() {
     assert!(settings.contains("gridos.farm=3\r\n"), "{settings}");
     assert!(settings.contains("gridos.registry=http://10.0.2.2:8480\r\n"));
     assert!(!settings.contains("gridos.media"), "{settings}");
+    assert!(!settings.contains("gridos.image"), "{settings}");
     assert!(!settings.contains("console="), "{settings}");
     // The node reads it back as written, and finds the partition by the name given here.
     let parsed = bootcfg::parse(settings.as_bytes());

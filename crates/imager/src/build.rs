@@ -383,6 +383,11 @@ fn files_step(b: &mut Build<'_>) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The last file of every archive (init's `boot::IMAGE_SEAL`, without the leading `/`).
+pub const SEAL_PATH: &str = "etc/gridos/image-complete";
+/// What tells init to look for the seal (init's `boot::SEALED_WORD`).
+pub const SEALED_WORD: &str = "gridos.image=sealed";
+
 /// The tree as a (compressed) cpio archive in `out/initramfs.img`.
 fn archive_step(b: &mut Build<'_>) -> Result<(), BuildError> {
     let (opts, profile) = (b.opts, b.profile);
@@ -403,6 +408,25 @@ fn archive_step(b: &mut Build<'_>) -> Result<(), BuildError> {
     for e in b.tree.entries() {
         raw.append(&e).map_err(wr)?;
     }
+    // The seal, last in the archive: the kernel unpacks in order and stops at the first
+    // damaged byte, so a node that finds it knows the whole image arrived (init checks it,
+    // with SEALED_WORD on the command line). The kernel does not make missing parents.
+    for dir in ["etc", "etc/gridos"] {
+        if !b.tree.contains(dir) {
+            raw.append(&cpio::Entry {
+                path: dir.into(),
+                perm: 0o755,
+                kind: Kind::Dir,
+            })
+            .map_err(wr)?;
+        }
+    }
+    raw.append(&cpio::Entry {
+        path: SEAL_PATH.into(),
+        perm: 0o644,
+        kind: Kind::File(format!("entries={}\n", b.tree.len()).into_bytes()),
+    })
+    .map_err(wr)?;
     let raw = raw.finish().map_err(wr)?;
     let packed = match profile.compression {
         Compression::None => raw,
@@ -425,6 +449,7 @@ fn archive_step(b: &mut Build<'_>) -> Result<(), BuildError> {
 fn boot_files_step(b: &mut Build<'_>) -> Result<(), BuildError> {
     b.progress.step("kernel and command line");
     let cmdline = std::iter::once(b.profile.cmdline.trim())
+        .chain(std::iter::once(SEALED_WORD))
         .chain(b.opts.cmdline_append.iter().map(|s| s.trim()))
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()

@@ -118,7 +118,7 @@ fn build_contains_what_the_profile_asks_for() {
     assert_eq!(report.skipped, ["not-built-yet", "/nonexistent/mkfs.none"]);
     assert_eq!(
         std::fs::read_to_string(opts.out.join("cmdline")).unwrap(),
-        "console=ttyS0 quiet\n"
+        "console=ttyS0 quiet gridos.image=sealed\n"
     );
     assert_eq!(
         std::fs::read(opts.out.join("vmlinuz")).unwrap(),
@@ -148,6 +148,13 @@ fn build_contains_what_the_profile_asks_for() {
         Kind::File(_)
     ));
     assert!(matches!(get("proc").entry.kind, Kind::Dir));
+    // The seal is the archive's last file: init reboots an image that lacks it.
+    let last = entries.last().unwrap();
+    assert_eq!(last.entry.path, imager::build::SEAL_PATH);
+    assert_eq!(
+        last.entry.kind,
+        Kind::File(format!("entries={}\n", entries.len() - 1).into_bytes())
+    );
     // The helper came with its interpreter and libc.
     assert!(entries.iter().any(|e| e.entry.path.ends_with("/libc.so.6")));
     assert!(entries
@@ -235,10 +242,13 @@ fn interpreter_is_stored_once_and_cmdline_is_appended() {
     let mut opts = fixture(dir.path());
     opts.cmdline_append = vec!["gridos.farm=7".into()];
     let r = imager::build(&opts).unwrap();
-    assert_eq!(r.cmdline, "console=ttyS0 quiet gridos.farm=7");
+    assert_eq!(
+        r.cmdline,
+        "console=ttyS0 quiet gridos.image=sealed gridos.farm=7"
+    );
     assert_eq!(
         std::fs::read_to_string(opts.out.join("cmdline")).unwrap(),
-        "console=ttyS0 quiet gridos.farm=7\n"
+        "console=ttyS0 quiet gridos.image=sealed gridos.farm=7\n"
     );
     let entries = unpack(&opts.out.join("initramfs.img"));
     let interp: Vec<&cpio::ParsedEntry> = entries

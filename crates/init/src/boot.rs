@@ -229,3 +229,32 @@ pub fn kernel_release() -> String {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// The file the imager writes last into the initramfs (`imager::build`): if it is missing, the
+/// kernel stopped unpacking early (a corrupted download or a stick not written whole) and
+/// whatever came after it in the archive (modules, programs) is missing too.
+pub const IMAGE_SEAL: &str = "/etc/gridos/image-complete";
+/// The command-line word the imager adds when it seals an image: only then is the seal
+/// checked (a hand-made initramfs, as the boot tests use, has none).
+pub const SEALED_WORD: &str = "gridos.image=sealed";
+
+/// Whether the image says it is sealed but its seal is missing.
+pub fn image_damaged(cmdline: &str, seal: &Path) -> bool {
+    cmdline.split_whitespace().any(|w| w == SEALED_WORD) && !seal.exists()
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_sealed_image_without_its_seal_is_damaged() {
+        let d = tempfile::tempdir().unwrap();
+        let seal = d.path().join("image-complete");
+        assert!(image_damaged("quiet gridos.image=sealed", &seal));
+        assert!(!image_damaged("quiet", &seal));
+        assert!(!image_damaged("quiet gridos.image=sealedx", &seal));
+        std::fs::write(&seal, "entries=3\n").unwrap();
+        assert!(!image_damaged("quiet gridos.image=sealed", &seal));
+    }
+}

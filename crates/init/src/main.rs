@@ -120,6 +120,20 @@ fn pid1_main() -> anyhow::Result<()> {
     for w in warnings {
         tracing::warn!("kernel command line: {w}");
     }
+    if boot::image_damaged(&line, Path::new(boot::IMAGE_SEAL)) {
+        // Nothing can run from a half-unpacked image; loading it again is the only cure (a
+        // network boot downloads it again, a stick may have been pulled too early).
+        tracing::error!(
+            "THE BOOT IMAGE IS DAMAGED: the initramfs ended before its last file ({}); the kernel \
+             said why above (\"Initramfs unpacking failed\"). Rebooting in 10 s to load it again; \
+             if this repeats, rebuild or re-download the image and write the stick again",
+            boot::IMAGE_SEAL
+        );
+        std::thread::sleep(Duration::from_secs(10));
+        nix::unistd::sync();
+        let e = power::finish(PowerAction::Reboot);
+        tracing::error!(error = %e, "reboot refused; going on with the damaged image");
+    }
     tracing::info!(farm = ?settings.farm, registry = ?settings.registry, net = ?settings.net, wipe = ?settings.wipe, "settings");
     match boot::enable_cgroup_controllers(Path::new("/sys/fs/cgroup")) {
         Ok(c) => tracing::info!(controllers = %c, "cgroup2 controllers enabled for children"),

@@ -59,10 +59,25 @@ pub struct Shape {
     pub containers: bool,
     /// Firmware, boot medium, disk controller and network card.
     pub boot: Boot,
-    /// A cell of the boot matrix whose farm comes from `gridos.cfg`: the USB image is built
-    /// for one farm, then its settings file is edited with mtools (no mount, as a farmer's
-    /// laptop would) to name another, which the node must register into.
-    pub edit_cfg: bool,
+    /// What else a boot-matrix cell proves about its medium.
+    pub trial: Trial,
+}
+
+/// A boot-matrix cell's extra trial (docs/boot-media.md, "Boot matrix").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trial {
+    /// Boot and register.
+    None,
+    /// The USB image is built for one farm, then its `gridos.cfg` is edited with mtools (no
+    /// mount, as on a farmer's laptop) to name another, which the node must register into.
+    CfgFarm,
+    /// As `CfgFarm`, but the farm named does not exist yet: the node must say so on the
+    /// console, and register once the farmer creates it.
+    CfgFarmCreatedLater,
+    /// The first boot gets a damaged initramfs (bytes flipped near its end, as a broken
+    /// download leaves it): the console must say so and the node must reboot, not hang; the
+    /// second boot gets the good one and registers.
+    DamagedInitramfs,
 }
 
 /// What a shape boots from.
@@ -119,7 +134,7 @@ const VIRTIO_NET: &str = "virtio-net-pci";
 const E1000: &str = "e1000";
 
 /// A boot-matrix cell: 1 vCPU (`qemu64`), 1 GiB and one disk.
-const fn cell(name: &'static str, disk: &'static [DiskKind], boot: Boot, edit_cfg: bool) -> Shape {
+const fn cell(name: &'static str, disk: &'static [DiskKind], boot: Boot, trial: Trial) -> Shape {
     Shape {
         name,
         cpu: "qemu64",
@@ -130,7 +145,7 @@ const fn cell(name: &'static str, disk: &'static [DiskKind], boot: Boot, edit_cf
         full: false,
         containers: false,
         boot,
-        edit_cfg,
+        trial,
     }
 }
 
@@ -147,7 +162,7 @@ pub const SHAPES: &[Shape] = &[
         full: true,
         containers: true,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     Shape {
         name: "qemu64-1cpu-ssd",
@@ -159,7 +174,7 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         containers: true,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     Shape {
         name: "qemu64-4cpu-hdd",
@@ -172,7 +187,7 @@ pub const SHAPES: &[Shape] = &[
         // No SSD, no SRU: a container's root disk is SRU, so the registry refuses the contract.
         containers: false,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     Shape {
         name: "qemu64-2cpu-hdd-ssd",
@@ -185,7 +200,7 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         containers: true,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     Shape {
         name: "max-1cpu-nodisk",
@@ -197,7 +212,7 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         containers: false,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     Shape {
         name: "qemu64-2cpu-hotadd-ssd",
@@ -209,16 +224,16 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         containers: false,
         boot: Boot::KERNEL,
-        edit_cfg: false,
+        trial: Trial::None,
     },
     // The boot matrix (docs/boot-media.md): every firmware, medium, disk controller and
     // network card at least once. virtio-blk disks are rotational to the guest (HDD), NVMe
     // disks are not (SSD).
     cell(
-        "pxe-seabios-scsi-e1000",
+        "pxe-seabios-scsi-e1000-damaged",
         &[DiskKind::Ssd],
         Boot::cell(Firmware::SeaBios, BootMedium::Pxe, Bus::VirtioScsi, E1000),
-        false,
+        Trial::DamagedInitramfs,
     ),
     cell(
         "pxehttp-ovmf-blk-virtio",
@@ -229,31 +244,31 @@ pub const SHAPES: &[Shape] = &[
             Bus::VirtioBlk,
             VIRTIO_NET,
         ),
-        false,
+        Trial::None,
     ),
     cell(
-        "usb-seabios-ahci-virtio",
+        "usb-seabios-ahci-virtio-newfarm",
         &[DiskKind::Ssd],
         Boot::cell(Firmware::SeaBios, BootMedium::Usb, Bus::Ahci, VIRTIO_NET),
-        false,
+        Trial::CfgFarmCreatedLater,
     ),
     cell(
         "usb-ovmf-nvme-e1000-cfg",
         &[DiskKind::Ssd],
         Boot::cell(Firmware::Ovmf, BootMedium::Usb, Bus::Nvme, E1000),
-        true,
+        Trial::CfgFarm,
     ),
     cell(
         "iso-ovmf-blk-virtio",
         &[DiskKind::Hdd],
         Boot::cell(Firmware::Ovmf, BootMedium::Iso, Bus::VirtioBlk, VIRTIO_NET),
-        false,
+        Trial::None,
     ),
     cell(
         "iso-seabios-nvme-e1000",
         &[DiskKind::Ssd],
         Boot::cell(Firmware::SeaBios, BootMedium::Iso, Bus::Nvme, E1000),
-        false,
+        Trial::None,
     ),
     cell(
         "isousb-seabios-scsi-virtio",
@@ -264,7 +279,7 @@ pub const SHAPES: &[Shape] = &[
             Bus::VirtioScsi,
             VIRTIO_NET,
         ),
-        false,
+        Trial::None,
     ),
 ];
 
@@ -513,16 +528,21 @@ fn prepare_medium(
         t0.elapsed().as_secs_f64(),
         built.bytes
     ));
-    if !shape.edit_cfg {
-        return Ok(None);
-    }
-    let other = registry::setup_farm(
-        &args.bin_dir,
-        &reg.url(),
-        &work.join("farmer.key"),
-        &format!("{}-from-cfg", shape.name),
-    )?;
-    ensure!(other != farm, "the second farm is the first");
+    let other = match shape.trial {
+        Trial::CfgFarm => {
+            let other = registry::setup_farm(
+                &args.bin_dir,
+                &reg.url(),
+                &work.join("farmer.key"),
+                &format!("{}-from-cfg", shape.name),
+            )?;
+            ensure!(other != farm, "the second farm is the first");
+            other
+        }
+        // Farm ids are given in order: the next farm created gets this one.
+        Trial::CfgFarmCreatedLater => farm + 1,
+        Trial::None | Trial::DamagedInitramfs => return Ok(None),
+    };
     let text = bootmedia::usb::config_text(&built.cmdline)
         .replace(&format!("gridos.farm={farm}\r\n"), "")
         + &format!("# moved to farm {other} on a laptop\r\ngridos.farm={other}\r\n");
@@ -542,6 +562,95 @@ fn prepare_medium(
         "gridos.cfg on the stick edited with mcopy: farm {farm} (built in) → {other}"
     ));
     Ok(Some(other))
+}
+
+/// The node says on its console that farm `later` does not exist; the farmer creates it, and
+/// the node registers there (checked by the caller) without a reboot.
+async fn create_farm_later(
+    args: &E2eArgs,
+    shape: &Shape,
+    reg: &Registry,
+    guest: &mut Guest,
+    work: &Path,
+    later: u64,
+) -> anyhow::Result<()> {
+    let l = guest
+        .wait_line(
+            &[&format!("farm {later} does not exist on registry")],
+            Duration::from_secs(args.boot_timeout),
+        )
+        .await
+        .context("the node did not say that the farm in its gridos.cfg does not exist")?;
+    eprintln!("e2e[{}]: console: {}", shape.name, l.trim());
+    let made = registry::setup_farm(
+        &args.bin_dir,
+        &reg.url(),
+        &work.join("farmer.key"),
+        &format!("{}-later", shape.name),
+    )?;
+    ensure!(made == later, "the farm created got id {made}, not {later}");
+    eprintln!(
+        "e2e[{}]: farm {later} created after the node asked for it",
+        shape.name
+    );
+    Ok(())
+}
+
+/// Boots `machine` with its network-boot folder's initramfs damaged near its end: the
+/// console must say the image is damaged, and the node must reboot (QEMU ends: `-no-reboot`)
+/// instead of hanging.
+async fn damaged_boot(
+    args: &E2eArgs,
+    shape: &Shape,
+    machine: &Machine,
+    work: &Path,
+) -> anyhow::Result<()> {
+    let Medium::Netboot(dir) = &machine.medium else {
+        bail!("a damaged initramfs is tried on network boots only");
+    };
+    let path = dir.join("initramfs.img");
+    let mut bytes = std::fs::read(&path)?;
+    let at = bytes.len() / 10 * 9;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes)?;
+    let mut m = machine.clone();
+    m.serial = work.join("console-damaged.log");
+    let mut guest = m.boot()?;
+    let t0 = Instant::now();
+    let said = guest
+        .wait_line(
+            &["THE BOOT IMAGE IS DAMAGED"],
+            Duration::from_secs(args.boot_timeout),
+        )
+        .await;
+    let rebooted = match &said {
+        Ok(_) => guest.wait(Duration::from_secs(60)).await.map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    let console = std::fs::read_to_string(&m.serial).unwrap_or_default();
+    guest.kill();
+    if let Err(e) = said.and(rebooted) {
+        eprintln!(
+            "e2e[{}]: console of the damaged boot:\n{}",
+            shape.name,
+            qemu::tail(&m.serial, 40)
+        );
+        return Err(
+            e.context("a damaged initramfs did not give the damaged-image message and a reboot")
+        );
+    }
+    ensure!(
+        console.contains("Initramfs unpacking failed"),
+        "the kernel did not say why the image is damaged"
+    );
+    eprintln!(
+        "e2e[{}]: damaged initramfs: the console said so and the node rebooted after {:.0} s",
+        shape.name,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The node registered into `farm`.
@@ -610,6 +719,12 @@ pub async fn check(
         *url = format!("{}/boot/{farm}/ipxe", reg.guest_url());
     }
     let want_farm = prepare_medium(args, shape, &machine, &reg, farm, work)?;
+    if shape.trial == Trial::DamagedInitramfs {
+        damaged_boot(args, shape, &machine, work).await?;
+        // The reboot, with the image as it should have arrived.
+        prepare_medium(args, shape, &machine, &reg, farm, work)?;
+        machine.serial = work.join("console-boot2.log");
+    }
     let t0 = Instant::now();
     let mut guest = machine.boot()?;
     let mut firmware_s = None;
@@ -634,6 +749,12 @@ pub async fn check(
             "e2e[{}]: QEMU start → PID 1 through {:?} from {:?}: {wall:.1} s wall",
             shape.name, shape.boot.firmware, shape.boot.medium
         );
+    }
+    if let (Trial::CfgFarmCreatedLater, Some(later)) = (shape.trial, want_farm) {
+        if let Err(e) = create_farm_later(args, shape, &reg, &mut guest, work, later).await {
+            guest.kill();
+            return Err(e);
+        }
     }
     let mut result = check_booted(args, shape, &reg, &mut guest)
         .await
@@ -826,7 +947,15 @@ mod tests {
                 "{n}"
             );
         }
-        assert!(has(&|s| s.edit_cfg && s.boot.medium == BootMedium::Usb));
+        for t in [Trial::CfgFarm, Trial::CfgFarmCreatedLater] {
+            assert!(
+                has(&|s| s.trial == t && s.boot.medium == BootMedium::Usb),
+                "{t:?}"
+            );
+        }
+        assert!(has(
+            &|s| s.trial == Trial::DamagedInitramfs && s.boot.medium == BootMedium::Pxe
+        ));
         // The guest decides SSD or HDD by the controller for these two: the shape must agree.
         for s in SHAPES {
             match s.boot.bus {
