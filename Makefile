@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench
 
 all: build
 
@@ -116,6 +116,12 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Boot media: build time and size per format, the registry's cached and uncached
+## /boot/{farm}/usb.img (BENCHMARKS.md).
+media-bench: deps-media init
+	$(CARGO) build -q -p cli -p registry
+	bash bench/media/run.sh
 
 ## The minimal PID 1 (mounts, DHCP, one POST) that boot-bench compares gridos against.
 baseline-image:
