@@ -27,20 +27,8 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
     };
     mkdir(&tree.join("isolinux"))?;
 
-    (opts.progress)("iso: unified kernel image (UEFI)");
-    let efi = dir.join("BOOTX64.EFI");
-    let uki_bytes = uki::write(&rel.vmlinuz, &rel.initramfs, &rel.cmdline, dir, &efi)?;
-    let signed = match &opts.signing {
-        Some(s) => {
-            (opts.progress)("iso: signing it for Secure Boot");
-            uki::sign(&efi, &s.key, &s.cert)?;
-            true
-        }
-        None => false,
-    };
-    let efi_len = std::fs::metadata(&efi)
-        .map(|m| m.len())
-        .unwrap_or(uki_bytes);
+    let uki = uki::make(&rel, dir, opts, "iso")?;
+    let (efi, efi_len) = (&uki.path, uki.bytes);
     let fat = tree.join("efi.img");
     let fat_bytes = (efi_len + efi_len / 16 + 2 * MIB).div_ceil(MIB) * MIB;
     (opts.progress)(&format!(
@@ -55,7 +43,7 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
         false,
     )?;
     tools::mmd(&fat, &["::/EFI", "::/EFI/BOOT"])?;
-    tools::mcopy(&fat, &efi, "::/EFI/BOOT/BOOTX64.EFI")?;
+    tools::mcopy(&fat, efi, "::/EFI/BOOT/BOOTX64.EFI")?;
 
     (opts.progress)("iso: isolinux (BIOS)");
     let copy = |from: &Path, to: &Path| {
@@ -131,8 +119,8 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
     Ok(Built {
         path: out.into(),
         bytes,
-        uki_bytes,
+        uki_bytes: uki.unsigned_bytes,
         cmdline: rel.cmdline,
-        signed,
+        signed: uki.signed,
     })
 }

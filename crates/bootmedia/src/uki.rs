@@ -2,9 +2,9 @@
 //! os-release as PE sections, so UEFI firmware boots the node from one file
 //! (`EFI/BOOT/BOOTX64.EFI`) and Secure Boot can sign all of it at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::{tools, MediaError};
+use crate::{tools, MediaError, Options, Release};
 
 /// What the stub shows as the entry's name.
 const OS_RELEASE: &str = "NAME=gridos\nID=gridos\nPRETTY_NAME=\"gridos node\"\n";
@@ -90,5 +90,47 @@ pub fn sign(uki: &Path, key: &Path, cert: &Path) -> Result<(), MediaError> {
     std::fs::rename(&signed, uki).map_err(|source| MediaError::Write {
         path: uki.into(),
         source,
+    })
+}
+
+/// A unified kernel image made for a medium.
+pub(crate) struct Made {
+    /// `BOOTX64.EFI` in the scratch folder.
+    pub path: PathBuf,
+    /// Its size before signing.
+    pub unsigned_bytes: u64,
+    /// Its size as it goes on the medium.
+    pub bytes: u64,
+    /// Signed for Secure Boot.
+    pub signed: bool,
+}
+
+/// The release's unified kernel image in `dir`, signed when `opts` asks; `medium` names the
+/// medium in the progress lines.
+pub(crate) fn make(
+    rel: &Release,
+    dir: &Path,
+    opts: &Options,
+    medium: &str,
+) -> Result<Made, MediaError> {
+    (opts.progress)(&format!("{medium}: unified kernel image (UEFI)"));
+    let path = dir.join("BOOTX64.EFI");
+    let unsigned_bytes = write(&rel.vmlinuz, &rel.initramfs, &rel.cmdline, dir, &path)?;
+    let signed = match &opts.signing {
+        Some(s) => {
+            (opts.progress)(&format!("{medium}: signing it for Secure Boot"));
+            sign(&path, &s.key, &s.cert)?;
+            true
+        }
+        None => false,
+    };
+    let bytes = std::fs::metadata(&path)
+        .map(|m| m.len())
+        .unwrap_or(unsigned_bytes);
+    Ok(Made {
+        path,
+        unsigned_bytes,
+        bytes,
+        signed,
     })
 }

@@ -77,23 +77,9 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
     let scratch = crate::scratch_dir(parent)?;
     let dir = scratch.path();
 
-    (opts.progress)("usb: unified kernel image (UEFI)");
-    let efi = dir.join("BOOTX64.EFI");
-    let uki_bytes = uki::write(&rel.vmlinuz, &rel.initramfs, &rel.cmdline, dir, &efi)?;
-    let signed = match &opts.signing {
-        Some(s) => {
-            (opts.progress)("usb: signing it for Secure Boot");
-            uki::sign(&efi, &s.key, &s.cert)?;
-            true
-        }
-        None => false,
-    };
-
-    let content = std::fs::metadata(&efi)
-        .map(|m| m.len())
-        .unwrap_or(uki_bytes)
-        + rel.kernel_bytes
-        + rel.initramfs_bytes;
+    let uki = uki::make(&rel, dir, opts, "usb")?;
+    let efi = &uki.path;
+    let content = uki.bytes + rel.kernel_bytes + rel.initramfs_bytes;
     // Room for the FAT tables, syslinux and a farmer's edits.
     let esp = (content + content / 16 + 4 * MIB)
         .div_ceil(MIB)
@@ -104,7 +90,7 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
     let id = tools::fnv32(rel.cmdline.as_bytes());
     tools::mkfs_fat(&fat, esp, LABEL, id, true)?;
     tools::mmd(&fat, &["::/EFI", "::/EFI/BOOT"])?;
-    tools::mcopy(&fat, &efi, "::/EFI/BOOT/BOOTX64.EFI")?;
+    tools::mcopy(&fat, efi, "::/EFI/BOOT/BOOTX64.EFI")?;
     tools::mcopy(&fat, &rel.vmlinuz, "::/vmlinuz")?;
     tools::mcopy(&fat, &rel.initramfs, "::/initramfs.img")?;
     let cfg = tools::scratch(dir, "syslinux.cfg", syslinux_cfg(&rel.cmdline).as_bytes())?;
@@ -180,8 +166,8 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
     Ok(Built {
         path: out.into(),
         bytes: total,
-        uki_bytes,
+        uki_bytes: uki.unsigned_bytes,
         cmdline: rel.cmdline,
-        signed,
+        signed: uki.signed,
     })
 }
