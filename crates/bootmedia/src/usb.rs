@@ -59,12 +59,28 @@ pub fn config_text(cmdline: &str) -> String {
          # settings are read; a malformed value is reported on the console and the built-in\r\n\
          # value is kept. Edit this file on any computer: no rebuild is needed.\r\n",
     );
+    let mut keys = Vec::new();
     for w in cmdline.split_whitespace() {
         // Only what a farmer may set: not the medium's or the image's own words.
         let key = w.split('=').next().unwrap_or("");
         if cmdline::KEYS.contains(&key) {
+            keys.push(key);
             text.push_str(w);
             text.push_str("\r\n");
+        }
+    }
+    // An image built without a farm: the lines a farmer fills in.
+    for (key, hint) in [
+        ("gridos.farm", "your farm's id (grid farm list)"),
+        (
+            "gridos.registry",
+            "the registry's URL, as the node reaches it",
+        ),
+    ] {
+        if !keys.contains(&key) {
+            text.push_str(&format!(
+                "# {key}: {hint}; remove the # and fill it in:\r\n#{key}=\r\n"
+            ));
         }
     }
     text
@@ -170,4 +186,29 @@ pub fn write(release: &Path, out: &Path, opts: &Options) -> Result<Built, MediaE
         cmdline: rel.cmdline,
         signed: uki.signed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_file_reads_back_as_written() {
+        let text = config_text(
+            "console=ttyS0 gridos.image=sealed gridos.farm=3 gridos.registry=http://r:1 gridos.media=usb",
+        );
+        let p = bootcfg::parse(text.as_bytes());
+        assert_eq!(p.words, ["gridos.farm=3", "gridos.registry=http://r:1"]);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        // Built without a farm: the lines to fill in are there, and read as comments.
+        let text = config_text("console=ttyS0 gridos.log=info");
+        assert!(text.contains("\r\n#gridos.farm=\r\n"), "{text}");
+        assert!(text.contains("\r\n#gridos.registry=\r\n"), "{text}");
+        let p = bootcfg::parse(text.as_bytes());
+        assert_eq!(p.words, ["gridos.log=info"]);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        // Filled in as told.
+        let filled = text.replace("#gridos.farm=", "gridos.farm=12");
+        assert_eq!(bootcfg::parse(filled.as_bytes()).words[1], "gridos.farm=12");
+    }
 }

@@ -427,3 +427,77 @@ fn unreachable_registry_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `grid image build` refuses what it cannot make before building anything: the output
+/// stays absent (the profile does not even exist, so a build that started would fail
+/// differently).
+#[test]
+fn image_build_refuses_bad_media_options_before_building() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("node.img");
+    let key = d.path().join("farm.key");
+    std::fs::write(&key, "not a key").unwrap();
+    let key = key.to_str().unwrap();
+    let base = [
+        "image",
+        "build",
+        "--profile",
+        "/nonexistent/profile.yaml",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    for (extra, want) in [
+        (&["--format", "usb", "--sign-key", key][..], "--sign-cert"),
+        (
+            &[
+                "--format",
+                "pxe",
+                "--farm",
+                "3",
+                "--sign-key",
+                key,
+                "--sign-cert",
+                key,
+            ][..],
+            "only a usb or iso image",
+        ),
+        (
+            &[
+                "--format",
+                "iso",
+                "--sign-key",
+                "/nonexistent/k",
+                "--sign-cert",
+                key,
+            ][..],
+            "/nonexistent/k",
+        ),
+        (
+            &["--format", "usb", "--farm", "3", "--append", "x=\"y\""][..],
+            "--append",
+        ),
+        (&["--format", "pxe"][..], "needs --farm"),
+        (&["--format", "floppy"][..], "floppy"),
+        (
+            &["--format", "usb", "--farm", "3"][..],
+            "/nonexistent/profile.yaml",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_grid"))
+            .args(["--registry", "http://10.0.2.2:8480"])
+            .args(base)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}");
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "farm.key")
+            .collect();
+        assert!(left.is_empty(), "{extra:?}: {left:?}");
+    }
+}

@@ -35,6 +35,9 @@ pub struct BootConfig {
     pub cache: PathBuf,
     /// This registry's URL as nodes reach it, baked into every image as `gridos.registry`.
     pub public_url: String,
+    /// Images kept at most; past it the least recently served go first. Anyone may create
+    /// farms (at the new-identity rate), and each image is some 50 MB: this bounds the disk.
+    pub max_images: usize,
 }
 
 /// One build at a time: each takes a core and some 50 MB of disk, and two requests for the
@@ -186,7 +189,7 @@ async fn cached(
     let dir = cfg.cache.join(&tag);
     let ext = if item == Item::Usb { "img" } else { "iso" };
     let path = dir.join(format!("farm-{farm}.{ext}"));
-    if path.exists() {
+    if touch(&path) {
         return Ok(path);
     }
     let _one = builds.0.lock().await;
@@ -196,6 +199,7 @@ async fn cached(
     }
     let t0 = std::time::Instant::now();
     let (release, out, cache, keep) = (cfg.release.clone(), path.clone(), cfg.cache.clone(), tag);
+    let max_images = cfg.max_images;
     let built = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(out.parent().unwrap_or(&cache)).map_err(|source| {
             bootmedia::MediaError::Write {
@@ -211,6 +215,7 @@ async fn cached(
             Item::Usb => bootmedia::usb::write(&release, &out, &opts),
             _ => bootmedia::iso::write(&release, &out, &opts),
         }?;
+        evict(out.parent().unwrap_or(&cache), &out, max_images);
         // Images of releases no longer served.
         if let Ok(entries) = std::fs::read_dir(&cache) {
             for e in entries.flatten() {
@@ -232,6 +237,38 @@ async fn cached(
         "boot media built"
     );
     Ok(path)
+}
+
+/// Whether `path` is there; if so its time is set to now, so eviction keeps what is served.
+fn touch(path: &Path) -> bool {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => {
+            let _ = f.set_modified(std::time::SystemTime::now());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes the least recently served images of `dir` until at most `max` are left, never
+/// `keep` (the one just built). A download in progress keeps its open file.
+fn evict(dir: &Path, keep: &Path, max: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path() != keep && e.path().is_file())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    images.sort();
+    let over = (images.len() + 1).saturating_sub(max.max(1));
+    for (_, p) in images.into_iter().take(over) {
+        match std::fs::remove_file(&p) {
+            Ok(()) => tracing::info!(path = %p.display(), "boot image evicted (cache full)"),
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot evict a boot image"),
+        }
+    }
 }
 
 /// Streams a file with its length, as a download named `name`.

@@ -74,6 +74,10 @@ struct BootArgs {
         default_value = "grid-registry-boot"
     )]
     boot_cache: std::path::PathBuf,
+    /// Images kept in --boot-cache at most (about 50 MB each); the least recently served go
+    /// first.
+    #[arg(long, default_value_t = 200)]
+    boot_cache_images: usize,
 }
 
 impl BootArgs {
@@ -108,6 +112,7 @@ impl BootArgs {
             release: release.clone(),
             cache: self.boot_cache.clone(),
             public_url: url.to_string(),
+            max_images: self.boot_cache_images.max(1),
         }))
     }
 }

@@ -14,6 +14,7 @@ test_infra::on_both_engines!(
     a_farm_gets_its_own_media_built_once,
     unknown_farms_and_files_build_nothing,
     a_release_that_cannot_be_built_is_a_clear_500_and_caches_nothing,
+    the_cache_keeps_at_most_its_limit_least_recently_served_first,
 );
 
 const URL: &str = "http://10.0.2.2:8480";
@@ -33,12 +34,21 @@ fn media_tools() -> bool {
 }
 
 async fn harness(engine: Engine, dir: &Path) -> Result<Registry, Skipped> {
+    harness_keeping(engine, dir, 200).await
+}
+
+async fn harness_keeping(
+    engine: Engine,
+    dir: &Path,
+    max_images: usize,
+) -> Result<Registry, Skipped> {
     release(&dir.join("release"));
     let config = Config {
         boot: Some(BootConfig {
             release: dir.join("release"),
             cache: dir.join("cache"),
             public_url: URL.into(),
+            max_images,
         }),
         ..Config::default()
     };
@@ -148,13 +158,14 @@ async fn a_farm_gets_its_own_media_built_once(engine: Engine) {
         settings.contains(&format!("gridos.registry={URL}\r\n")),
         "{settings}"
     );
-    let mtime = std::fs::metadata(&on_disk).unwrap().modified().unwrap();
+    // A rebuild renames a new file into place: another inode.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&on_disk).unwrap());
     let (s, again, _) = get(&h, &format!("/boot/{farm}/usb.img")).await;
     assert_eq!(s, 200);
     assert_eq!(again, img, "the cached image, byte for byte");
     assert_eq!(
-        std::fs::metadata(&on_disk).unwrap().modified().unwrap(),
-        mtime,
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&on_disk).unwrap()),
+        inode,
         "not rebuilt"
     );
 
@@ -268,4 +279,37 @@ async fn a_release_that_cannot_be_built_is_a_clear_500_and_caches_nothing(engine
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+async fn the_cache_keeps_at_most_its_limit_least_recently_served_first(engine: Engine) {
+    if !media_tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let Ok(h) = harness_keeping(engine, d.path(), 2).await else {
+        return;
+    };
+    let farms = [h.farm("a").await, h.farm("b").await, h.farm("c").await];
+    let names =
+        |ids: &[i64]| -> Vec<String> { ids.iter().map(|i| format!("farm-{i}.img")).collect() };
+    let held = || -> Vec<String> {
+        let mut v: Vec<String> = cached(d.path())
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for f in &farms[..2] {
+        assert_eq!(get(&h, &format!("/boot/{f}/usb.img")).await.0, 200);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Farm a served again: b is now the least recently served, and goes for c.
+    assert_eq!(get(&h, &format!("/boot/{}/usb.img", farms[0])).await.0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(get(&h, &format!("/boot/{}/usb.img", farms[2])).await.0, 200);
+    assert_eq!(held(), names(&[farms[0], farms[2]]));
+    // b is built again when asked.
+    assert_eq!(get(&h, &format!("/boot/{}/usb.img", farms[1])).await.0, 200);
+    assert_eq!(held().len(), 2);
 }
