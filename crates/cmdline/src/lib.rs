@@ -85,6 +85,10 @@ pub struct Settings {
     /// (`gridos.plain_http=`, comma-separated): a registry on the farm's own network, or the
     /// test rig's on the host. TLS is the default for every other.
     pub plain_http: Vec<String>,
+    /// Whether the cache may go on the USB stick the node booted from, in its free space after
+    /// the boot partition (`gridos.cache_on_stick=yes`), when no other disk can take it.
+    /// Off by default: a stick wears out and gets pulled, and the cache holds the node's key.
+    pub cache_on_stick: bool,
 }
 
 impl Default for Settings {
@@ -98,6 +102,7 @@ impl Default for Settings {
             hostname: "gridos".to_string(),
             report_interval: None,
             plain_http: Vec::new(),
+            cache_on_stick: false,
         }
     }
 }
@@ -226,7 +231,7 @@ fn parse_hosts(value: &str) -> Option<Vec<String>> {
 
 /// Every `gridos.*` key [`parse`] understands, so a settings file can call an unknown one a
 /// typo instead of ignoring it.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     "gridos.farm",
     "gridos.registry",
     "gridos.net",
@@ -235,6 +240,7 @@ pub const KEYS: [&str; 8] = [
     "gridos.hostname",
     "gridos.report_interval",
     "gridos.plain_http",
+    "gridos.cache_on_stick",
 ];
 
 /// Where the node's own command line is: `/proc/cmdline` with the boot stick's settings file
@@ -321,6 +327,11 @@ pub fn parse(line: &str) -> (Settings, Vec<Warning>) {
                     s.report_interval = Some(secs)
                 }
                 _ => bad("expected seconds between 1 and 86400"),
+            },
+            "gridos.cache_on_stick" => match value {
+                "yes" => s.cache_on_stick = true,
+                "no" => s.cache_on_stick = false,
+                _ => bad("expected yes|no"),
             },
             "gridos.plain_http" => match parse_hosts(value) {
                 Some(hosts) => s.plain_http = hosts,

@@ -128,6 +128,8 @@ const WORDS: &[&str] = &[
     "gridos.plain_http=host:99999",
     "gridos.wipe=none",
     "gridos.wipe=all",
+    "gridos.cache_on_stick=yes",
+    "gridos.cache_on_stick=YES",
     "gridos.hostname=node-1",
     "gridos.hostname=-bad",
     "gridos.report_interval=5",
@@ -190,6 +192,10 @@ fn render(s: &Settings, noise: &[String]) -> String {
     if !s.plain_http.is_empty() {
         w.push(format!("gridos.plain_http={}", s.plain_http.join(",")));
     }
+    w.push(format!(
+        "gridos.cache_on_stick={}",
+        if s.cache_on_stick { "yes" } else { "no" }
+    ));
     w.join(" ")
 }
 
@@ -223,9 +229,10 @@ fn settings() -> impl Strategy<Value = Settings> {
         "[a-zA-Z0-9][a-zA-Z0-9-]{0,62}",
         proptest::option::of(1u32..=86_400),
         proptest::collection::vec("[a-z0-9][a-z0-9.-]{0,20}:[1-9][0-9]{0,3}", 0..3),
+        any::<bool>(),
     )
         .prop_map(
-            |(farm, registry, net, log, wipe, hostname, report_interval, plain_http)| Settings {
+            |(
                 farm,
                 registry,
                 net,
@@ -234,6 +241,19 @@ fn settings() -> impl Strategy<Value = Settings> {
                 hostname,
                 report_interval,
                 plain_http,
+                cache_on_stick,
+            )| {
+                Settings {
+                    farm,
+                    registry,
+                    net,
+                    log,
+                    wipe,
+                    hostname,
+                    report_interval,
+                    plain_http,
+                    cache_on_stick,
+                }
             },
         )
 }

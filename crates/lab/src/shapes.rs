@@ -74,6 +74,9 @@ pub enum Trial {
     /// As `CfgFarm`, but the farm named does not exist yet: the node must say so on the
     /// console, and register once the farmer creates it.
     CfgFarmCreatedLater,
+    /// A stick and no disk, `gridos.cache_on_stick=yes` in its `gridos.cfg`: the cache goes
+    /// in the stick's free space, and the stick is still not sold.
+    CacheOnStick,
     /// The first boot gets a damaged initramfs (bytes flipped near its end, as a broken
     /// download leaves it): the console must say so and the node must reboot, not hang; the
     /// second boot gets the good one and registers.
@@ -257,6 +260,12 @@ pub const SHAPES: &[Shape] = &[
         &[DiskKind::Ssd],
         Boot::cell(Firmware::Ovmf, BootMedium::Usb, Bus::Nvme, E1000),
         Trial::CfgFarm,
+    ),
+    cell(
+        "usb-ovmf-nodisk-e1000-stickcache",
+        &[],
+        Boot::cell(Firmware::Ovmf, BootMedium::Usb, Bus::VirtioScsi, E1000),
+        Trial::CacheOnStick,
     ),
     cell(
         "iso-ovmf-blk-virtio",
@@ -541,27 +550,46 @@ fn prepare_medium(
         }
         // Farm ids are given in order: the next farm created gets this one.
         Trial::CfgFarmCreatedLater => farm + 1,
+        Trial::CacheOnStick => {
+            // A 1 GiB stick: the image, then free space.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&built.path)?
+                .set_len(1 << 30)?;
+            let text =
+                bootmedia::usb::config_text(&built.cmdline) + "gridos.cache_on_stick=yes\r\n";
+            write_cfg(&built.path, work, &text)?;
+            say("gridos.cfg on the stick edited with mcopy: gridos.cache_on_stick=yes".into());
+            return Ok(None);
+        }
         Trial::None | Trial::DamagedInitramfs => return Ok(None),
     };
     let text = bootmedia::usb::config_text(&built.cmdline)
         .replace(&format!("gridos.farm={farm}\r\n"), "")
         + &format!("# moved to farm {other} on a laptop\r\ngridos.farm={other}\r\n");
+    write_cfg(&built.path, work, &text)?;
+    say(format!(
+        "gridos.cfg on the stick edited with mcopy: farm {farm} (built in) → {other}"
+    ));
+    Ok(Some(other))
+}
+
+/// Replaces `gridos.cfg` on the stick image's FAT partition with mtools, as a farmer's laptop
+/// would (no mount).
+fn write_cfg(image: &Path, work: &Path, text: &str) -> anyhow::Result<()> {
     let file = work.join("gridos.cfg");
     std::fs::write(&file, text)?;
     let status = std::process::Command::new("mcopy")
         .env("MTOOLS_SKIP_CHECK", "1")
         .arg("-o")
         .arg("-i")
-        .arg(format!("{}@@1048576", built.path.display()))
+        .arg(format!("{}@@1048576", image.display()))
         .arg(&file)
         .arg("::/gridos.cfg")
         .status()
         .map_err(|e| hosttools::spawn_error("mcopy", e))?;
     ensure!(status.success(), "mcopy onto the stick image: {status}");
-    say(format!(
-        "gridos.cfg on the stick edited with mcopy: farm {farm} (built in) → {other}"
-    ));
-    Ok(Some(other))
+    Ok(())
 }
 
 /// The node says on its console that farm `later` does not exist; the farmer creates it, and
@@ -802,7 +830,19 @@ async fn check_booted(
         s.expected_disks()
     };
     let cap = check_capacity(reg, id, shape.cpus, shape.memory_mib, at_boot.0, at_boot.1).await?;
-    let cache = check_cache(guest, shape.expected_cache(shape.disks)).await?;
+    let cache = if shape.trial == Trial::CacheOnStick {
+        // The stick holds the cache (and is not sold: SRU and HRU were 0 above).
+        let l = guest
+            .wait_line(&["cache placed", "disk="], Duration::from_secs(60))
+            .await?;
+        ensure!(
+            l.contains(&format!("size={}", 1u64 << 30)) && l.contains("backing=Created"),
+            "the cache is not on the 1 GiB stick: {l}"
+        );
+        format!("the boot stick {}", field(&l, "disk").unwrap_or("?"))
+    } else {
+        check_cache(guest, shape.expected_cache(shape.disks)).await?
+    };
     say(format!("{cap}; cache on {cache}"));
     let timing = timing(&guest.serial, secs);
     if let Some(kind) = shape.hot_add {
@@ -947,7 +987,11 @@ mod tests {
                 "{n}"
             );
         }
-        for t in [Trial::CfgFarm, Trial::CfgFarmCreatedLater] {
+        for t in [
+            Trial::CfgFarm,
+            Trial::CfgFarmCreatedLater,
+            Trial::CacheOnStick,
+        ] {
             assert!(
                 has(&|s| s.trial == t && s.boot.medium == BootMedium::Usb),
                 "{t:?}"

@@ -29,6 +29,9 @@ pub struct Config {
     pub only: Option<Vec<String>>,
     /// Disks known to be the boot medium: never used, never counted.
     pub boot: Vec<String>,
+    /// `gridos.cache_on_stick=yes`: the gridos boot stick may take the cache in its free
+    /// space when no other disk can (it is still never sold).
+    pub stick_cache: bool,
     /// Where the measurements are published for the agent.
     pub measured: PathBuf,
     /// `/proc/modules`, to see drivers still initialising.
@@ -58,10 +61,15 @@ fn head_tail(dev: &Path, size: u64) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// The first partition's name: `sda` → `sda1`, `nvme0n1` → `nvme0n1p1`, `loop3` → `loop3p1`.
 pub fn first_partition(disk: &str) -> String {
+    nth_partition(disk, 1)
+}
+
+/// Partition `n`'s name, as [`first_partition`] spells the first.
+pub fn nth_partition(disk: &str, n: usize) -> String {
     if disk.ends_with(|c: char| c.is_ascii_digit()) {
-        format!("{disk}p1")
+        format!("{disk}p{n}")
     } else {
-        format!("{disk}1")
+        format!("{disk}{n}")
     }
 }
 
@@ -75,9 +83,13 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
     let dev = cfg.dev.join(&disk.name);
     let (head, tail) = head_tail(&dev, disk.size_bytes)?;
     let sig = signature::detect(&head, &tail);
-    if signature::boot_medium(&head) {
+    let boot_medium = signature::boot_medium(&head);
+    if boot_medium && !cfg.stick_cache {
         tracing::info!(disk = %disk.name, "skipping disk: the gridos boot medium (never formatted, not sold)");
         return Ok(None);
+    }
+    if boot_medium {
+        tracing::info!(disk = %disk.name, "the gridos boot stick may hold the cache (gridos.cache_on_stick=yes) if no other disk can; it is not sold");
     }
     if sig == Some(signature::Signature::Iso9660) {
         tracing::info!(disk = %disk.name, "skipping disk: ISO 9660 image (boot medium)");
@@ -135,6 +147,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         latency_us,
         signature: sig,
         cache_partition,
+        boot_medium,
     }))
 }
 
@@ -249,21 +262,56 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
         Some(&script),
     )?;
     let part = cfg.dev.join(first_partition(disk));
-    if !wait_for(&part, Duration::from_secs(3)) {
+    await_partition(disk, &dev_s, &part)?;
+    run_cmd(
+        "mkfs.btrfs",
+        &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
+        None,
+    )?;
+    Ok(part)
+}
+
+/// Waits for a partition just written to appear, adding it with partx if the kernel did not.
+fn await_partition(disk: &str, dev_s: &str, part: &Path) -> Result<()> {
+    if !wait_for(part, Duration::from_secs(3)) {
         // Some kernels (no GPT parser built in) do not pick the table up on re-read;
         // partx reads it in user space and adds the partition with BLKPG.
         tracing::info!(disk, "partition not visible yet; adding it with partx");
-        if let Err(e) = run_cmd("partx", &["--add", &dev_s], None) {
+        if let Err(e) = run_cmd("partx", &["--add", dev_s], None) {
             tracing::warn!(
                 disk,
                 error = &e as &dyn std::error::Error,
                 "partx --add failed"
             );
         }
-        if !wait_for(&part, Duration::from_secs(10)) {
+        if !wait_for(part, Duration::from_secs(10)) {
             return Err(Error::NoPartition(part.display().to_string()));
         }
     }
+    Ok(())
+}
+
+/// Adds the cache partition in the boot stick's free space, after its partitions, and formats
+/// it; the boot partition is not touched.
+fn append(cfg: &Config, disk: &str) -> Result<PathBuf> {
+    let dev = cfg.dev.join(disk);
+    let dev_s = dev.to_string_lossy().into_owned();
+    let before = disks::scan::partitions_of(&cfg.sys_block.join(disk)).len();
+    // The image's backup GPT sits where the image ended, not at the end of the stick it was
+    // written to: move it there, or sfdisk sees no free space.
+    run_cmd(
+        "sfdisk",
+        &["--quiet", "--relocate", "gpt-bak-std", &dev_s],
+        None,
+    )?;
+    let script = format!("size=+, type={LINUX_FS_GUID}, name=\"{CACHE_LABEL}\"\n");
+    run_cmd(
+        "sfdisk",
+        &["--quiet", "--append", "--wipe-partitions", "always", &dev_s],
+        Some(&script),
+    )?;
+    let part = cfg.dev.join(nth_partition(disk, before + 1));
+    await_partition(disk, &dev_s, &part)?;
     run_cmd(
         "mkfs.btrfs",
         &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
@@ -299,6 +347,8 @@ fn candidates(cfg: &Config, known: &[String]) -> Result<Vec<Candidate>> {
 fn publish(cfg: &Config, cands: &[Candidate]) -> Result<()> {
     let m: Vec<Measured> = cands
         .iter()
+        // The boot stick holds the cache only by the farmer's leave: it is not capacity.
+        .filter(|c| !c.boot_medium)
         .map(|c| Measured {
             disk: c.disk.clone(),
             kind: c.kind,
@@ -351,13 +401,18 @@ fn prepare(cfg: &Config, plan: &Plan, state: &mut State) -> Result<Option<PathBu
             state.backing = Backing::Created;
             Some(create(cfg, disk, *wipe)?)
         }
+        Plan::Append { disk } => {
+            tracing::info!(disk, "adding the gridos cache partition to the boot stick");
+            state.backing = Backing::Created;
+            Some(append(cfg, disk)?)
+        }
         Plan::Tmpfs { .. } => None,
     })
 }
 
 fn log_placement(state: &State, plan: &Plan) {
     let disk = match plan {
-        Plan::Reuse { disk, .. } | Plan::Create { disk, .. } => disk,
+        Plan::Reuse { disk, .. } | Plan::Create { disk, .. } | Plan::Append { disk } => disk,
         Plan::Tmpfs { .. } => return,
     };
     if let Some(c) = state.disks.iter().find(|c| &c.disk.name == disk) {

@@ -59,21 +59,24 @@ struct Args {
     watch: bool,
 }
 
-fn policy(args: &Args) -> anyhow::Result<WipePolicy> {
-    if let Some(w) = &args.wipe {
-        return match w.as_str() {
-            "none" => Ok(WipePolicy::None),
-            "empty" => Ok(WipePolicy::Empty),
-            "all" => Ok(WipePolicy::All),
-            other => anyhow::bail!("--wipe {other:?}: expected none|empty|all"),
-        };
-    }
+/// The wipe policy (`--wipe` over `gridos.wipe`) and `gridos.cache_on_stick`.
+fn policy(args: &Args) -> anyhow::Result<(WipePolicy, bool)> {
     let line = cmdline::read_line(&args.cmdline);
     let (settings, warnings) = cmdline::parse(&line);
-    for w in warnings.iter().filter(|w| w.key == "gridos.wipe") {
+    for w in warnings
+        .iter()
+        .filter(|w| w.key == "gridos.wipe" || w.key == "gridos.cache_on_stick")
+    {
         tracing::warn!("{w}");
     }
-    Ok(settings.wipe)
+    let wipe = match args.wipe.as_deref() {
+        None => settings.wipe,
+        Some("none") => WipePolicy::None,
+        Some("empty") => WipePolicy::Empty,
+        Some("all") => WipePolicy::All,
+        Some(other) => anyhow::bail!("--wipe {other:?}: expected none|empty|all"),
+    };
+    Ok((wipe, settings.cache_on_stick))
 }
 
 /// The program's entry: `args` is its whole command line, program name first.
@@ -88,12 +91,14 @@ where
         let ready = args.run_dir.join(crate::state::STATE_FILE).exists();
         std::process::exit(if ready { 0 } else { 1 });
     }
+    let (wipe, stick_cache) = policy(&args)?;
     let cfg = Config {
         sys_block: args.sys_block.clone(),
         dev: args.dev.clone(),
         mountpoint: args.mountpoint.clone(),
         run_dir: args.run_dir.clone(),
-        policy: policy(&args)?,
+        policy: wipe,
+        stick_cache,
         only: args.only_devices.clone(),
         boot: args.skip_disks.clone(),
         measured: args.measured.clone(),

@@ -18,6 +18,10 @@ pub struct Candidate {
     pub signature: Option<Signature>,
     /// A partition already holding a btrfs labelled `gridos-cache`.
     pub cache_partition: Option<String>,
+    /// The gridos USB stick the node booted from, offered because `gridos.cache_on_stick=yes`:
+    /// last in every order, never wiped (the cache goes in its free space), never sold.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub boot_medium: bool,
 }
 
 /// What storage will do.
@@ -36,6 +40,12 @@ pub enum Plan {
         disk: String,
         /// Whether existing signatures must be erased first.
         wipe: bool,
+    },
+    /// Add the cache partition in the free space of the boot stick, after its boot partition
+    /// (`gridos.cache_on_stick=yes`, no other disk usable).
+    Append {
+        /// Disk name.
+        disk: String,
     },
     /// No disk can be used: cache on tmpfs, lost at reboot.
     Tmpfs {
@@ -66,7 +76,12 @@ pub fn preference(cands: &[Candidate]) -> Vec<&Candidate> {
             } else {
                 0
             };
-            (c.kind, class, std::cmp::Reverse(c.disk.size_bytes))
+            (
+                c.boot_medium,
+                c.kind,
+                class,
+                std::cmp::Reverse(c.disk.size_bytes),
+            )
         };
         key(a)
             .cmp(&key(b))
@@ -77,7 +92,7 @@ pub fn preference(cands: &[Candidate]) -> Vec<&Candidate> {
 
 /// Picks the cache disk (docs/storage.md, "Cache placement"): an existing cache partition in
 /// [`preference`] order; else a new one on the first disk in that order that the wipe policy
-/// allows; else tmpfs. Returns the plan and, per refused disk, why it was refused.
+/// allows (the boot stick, when offered, last and in its free space); else tmpfs. Returns the plan and, per refused disk, why it was refused.
 pub fn decide(cands: &[Candidate], policy: WipePolicy) -> (Plan, Vec<(String, String)>) {
     let mut refused = Vec::new();
     let ordered = preference(cands);
@@ -93,6 +108,19 @@ pub fn decide(cands: &[Candidate], policy: WipePolicy) -> (Plan, Vec<(String, St
         }
     }
     for c in &ordered {
+        if c.boot_medium {
+            // Its data (the boot partition) stays whatever the policy: only free space is used.
+            if policy == WipePolicy::None {
+                refused.push((c.disk.name.clone(), "gridos.wipe=none: never format".into()));
+                continue;
+            }
+            return (
+                Plan::Append {
+                    disk: c.disk.name.clone(),
+                },
+                refused,
+            );
+        }
         match (policy, c.signature) {
             (WipePolicy::None, _) => {
                 refused.push((c.disk.name.clone(), "gridos.wipe=none: never format".into()));
@@ -160,7 +188,62 @@ mod tests {
             latency_us,
             signature: sig,
             cache_partition: cache.map(str::to_string),
+            boot_medium: false,
         }
+    }
+
+    #[test]
+    fn the_boot_stick_is_the_last_resort_and_keeps_its_data() {
+        let stick = Candidate {
+            boot_medium: true,
+            ..cand("sda", Kind::Ssd, Some(Signature::Gpt), None)
+        };
+        let hdd = cand("sdb", Kind::Hdd, None, None);
+        // Any other usable disk first, even an HDD.
+        assert_eq!(
+            decide(&[stick.clone(), hdd.clone()], WipePolicy::Empty).0,
+            Plan::Create {
+                disk: "sdb".into(),
+                wipe: false
+            }
+        );
+        // Alone, it gets the cache in its free space: never wiped, under every policy but none.
+        for p in [WipePolicy::Empty, WipePolicy::All] {
+            assert_eq!(
+                decide(std::slice::from_ref(&stick), p).0,
+                Plan::Append { disk: "sda".into() }
+            );
+        }
+        assert!(matches!(
+            decide(std::slice::from_ref(&stick), WipePolicy::None).0,
+            Plan::Tmpfs { .. }
+        ));
+        // A disk that holds data under `empty` is passed over for the stick.
+        let used = cand("sdc", Kind::Ssd, Some(Signature::Ext), None);
+        assert_eq!(
+            decide(&[used, stick.clone()], WipePolicy::Empty).0,
+            Plan::Append { disk: "sda".into() }
+        );
+        // Its cache partition is re-used at the next boot, but another disk's comes first.
+        let stick_cache = Candidate {
+            cache_partition: Some("sda2".into()),
+            ..stick
+        };
+        assert_eq!(
+            decide(std::slice::from_ref(&stick_cache), WipePolicy::None).0,
+            Plan::Reuse {
+                disk: "sda".into(),
+                partition: "sda2".into()
+            }
+        );
+        let other_cache = cand("sdb", Kind::Hdd, Some(Signature::Gpt), Some("sdb1"));
+        assert_eq!(
+            decide(&[stick_cache, other_cache], WipePolicy::Empty).0,
+            Plan::Reuse {
+                disk: "sdb".into(),
+                partition: "sdb1".into()
+            }
+        );
     }
 
     #[test]

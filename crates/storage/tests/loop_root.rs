@@ -178,3 +178,122 @@ fn cache_on_loop_devices() {
     assert!(!run.join("storage-tmpfs").exists());
     assert_ne!(ext_magic(&data), [0x53, 0xEF]);
 }
+
+/// A gridos USB stick as `dd` leaves it: a GPT made for a small image (its backup header in
+/// the middle of the stick) with the `gridos-boot` partition, then free space. The cache goes
+/// there only with `gridos.cache_on_stick=yes`, beside the boot partition, which keeps its
+/// bytes; it is found again at the next boot; the stick is never counted as capacity.
+#[test]
+fn cache_on_the_boot_stick_only_when_asked() {
+    let Ok(()) = test_infra::require_root("attaches a loop device, partitions and mounts it")
+    else {
+        return;
+    };
+    let Ok(()) = test_infra::require_device("/dev/loop-control", "loop devices") else {
+        return;
+    };
+    let Ok(_) = test_infra::require_tools(&["losetup", "sfdisk", "partx", "mkfs.btrfs"]) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let stick = t.path().join("stick.img");
+    std::fs::File::create(&stick)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let script = "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"gridos-boot\"\n";
+    let mut sf = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&stick)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let boot_bytes = b"the boot partition's bytes".repeat(1000);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&stick)
+            .unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&boot_bytes).unwrap();
+        // Written to a 256 MiB stick.
+        f.set_len(256 << 20).unwrap();
+    }
+    let read_boot = || {
+        let mut f = std::fs::File::open(&stick).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        let mut b = vec![0u8; boot_bytes.len()];
+        f.read_exact(&mut b).unwrap();
+        b
+    };
+    let mut loops = Loops {
+        devs: vec![],
+        mounts: vec![],
+    };
+    let dev = attach(&stick);
+    loops.devs.push(dev.clone());
+    let name = dev.trim_start_matches("/dev/").to_string();
+    let mnt = t.path().join("cache");
+    loops.mounts.push(mnt.clone());
+    let run = t.path().join("run");
+    let (mnt_s, run_s) = (
+        mnt.to_string_lossy().into_owned(),
+        run.to_string_lossy().into_owned(),
+    );
+    let measured = run.join("disks.json");
+    let measured_s = measured.to_string_lossy().into_owned();
+    let cmdline = t.path().join("cmdline");
+    let cmdline_s = cmdline.to_string_lossy().into_owned();
+    let args = [
+        "--mountpoint",
+        &mnt_s,
+        "--run-dir",
+        &run_s,
+        "--cmdline",
+        &cmdline_s,
+        "--measured",
+        &measured_s,
+        "--settle-quiet-ms",
+        "300",
+        "--only-devices",
+        &name,
+    ];
+
+    // Not asked (also under wipe=all): the stick is left alone, the cache is on tmpfs.
+    std::fs::write(&cmdline, "quiet gridos.wipe=all\n").unwrap();
+    let s = storage(&args);
+    assert_eq!(s["backing"], "tmpfs");
+    nix::mount::umount(&mnt).unwrap();
+    assert!(!Path::new(&format!("/dev/{name}p2")).exists());
+
+    // Asked: the cache goes in the free space, the boot partition keeps its bytes.
+    std::fs::write(&cmdline, "quiet gridos.cache_on_stick=yes\n").unwrap();
+    let s = storage(&args);
+    assert_eq!(s["backing"], "created", "{s}");
+    assert_eq!(s["device"], format!("/dev/{name}p2"));
+    assert_eq!(read_boot(), boot_bytes, "the boot partition was touched");
+    let measured_disks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&measured).unwrap()).unwrap();
+    assert!(
+        !measured_disks.to_string().contains(&name),
+        "the stick is counted as capacity: {measured_disks}"
+    );
+    std::fs::write(mnt.join("identity"), "node-key").unwrap();
+    nix::mount::umount(&mnt).unwrap();
+
+    // The next boot finds it again.
+    let s = storage(&args);
+    assert_eq!(s["backing"], "reused", "{s}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("identity")).unwrap(),
+        "node-key"
+    );
+    nix::mount::umount(&mnt).unwrap();
+    assert_eq!(read_boot(), boot_bytes);
+}
