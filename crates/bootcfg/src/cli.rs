@@ -69,6 +69,19 @@ where
         }
         words = parsed.words;
     }
+    // PID 1 set the hostname from the kernel's command line before the stick was readable.
+    if let Some(name) = words
+        .iter()
+        .rev()
+        .find_map(|w| w.strip_prefix("gridos.hostname="))
+    {
+        match nix::unistd::sethostname(name) {
+            Ok(()) => tracing::info!(hostname = name, "hostname set from gridos.cfg"),
+            Err(e) => {
+                tracing::error!(hostname = name, error = %e, "cannot set the hostname from gridos.cfg")
+            }
+        }
+    }
     let node_line = merge(&line, &words);
     if let Some(dir) = args.out.parent() {
         let _ = std::fs::create_dir_all(dir);

@@ -64,6 +64,12 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             bad("gridos.media is set by the medium itself".into());
             continue;
         }
+        if cmdline::EARLY_KEYS.contains(&key) {
+            bad(format!(
+                "{key} is read by PID 1 before the stick can be; set it on the kernel command line"
+            ));
+            continue;
+        }
         if !cmdline::KEYS.contains(&key) {
             bad(if key.starts_with("gridos.") {
                 format!(
@@ -132,7 +138,8 @@ mod tests {
                     gridos.media=iso\r\n\
                     gridos.hostname=a b\r\n\
                     just words\r\n\
-                    gridos.log=d\u{e9}bug\r\n";
+                    gridos.log=d\u{e9}bug\r\n\
+                    gridos.log=debug\r\n";
         let p = parse(file.as_bytes());
         assert_eq!(
             p.words,
@@ -147,10 +154,11 @@ mod tests {
             "line 9: gridos.hostname: the value must be one word",
             "line 10: \"just words\" is not key=value",
             "line 11: not plain ASCII text",
+            "line 12: gridos.log is read by PID 1 before the stick can be",
         ] {
             assert!(problems.contains(want), "{want} in\n{problems}");
         }
-        assert_eq!(p.problems.len(), 7, "{problems}");
+        assert_eq!(p.problems.len(), 8, "{problems}");
 
         let line = merge("console=ttyS0 gridos.farm=3 gridos.media=usb\n", &p.words);
         assert_eq!(

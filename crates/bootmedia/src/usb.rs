@@ -63,7 +63,7 @@ pub fn config_text(cmdline: &str) -> String {
     for w in cmdline.split_whitespace() {
         // Only what a farmer may set: not the medium's or the image's own words.
         let key = w.split('=').next().unwrap_or("");
-        if cmdline::KEYS.contains(&key) {
+        if cmdline::KEYS.contains(&key) && !cmdline::EARLY_KEYS.contains(&key) {
             keys.push(key);
             text.push_str(w);
             text.push_str("\r\n");
@@ -201,11 +201,13 @@ mod tests {
         assert_eq!(p.words, ["gridos.farm=3", "gridos.registry=http://r:1"]);
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         // Built without a farm: the lines to fill in are there, and read as comments.
-        let text = config_text("console=ttyS0 gridos.log=info");
+        // PID 1's own settings are not in it: it reads them before the stick is readable.
+        let text = config_text("console=ttyS0 gridos.log=info gridos.wipe=all");
         assert!(text.contains("\r\n#gridos.farm=\r\n"), "{text}");
         assert!(text.contains("\r\n#gridos.registry=\r\n"), "{text}");
+        assert!(!text.contains("gridos.log"), "{text}");
         let p = bootcfg::parse(text.as_bytes());
-        assert_eq!(p.words, ["gridos.log=info"]);
+        assert_eq!(p.words, ["gridos.wipe=all"]);
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         // Filled in as told.
         let filled = text.replace("#gridos.farm=", "gridos.farm=12");

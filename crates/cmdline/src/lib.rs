@@ -243,6 +243,10 @@ pub const KEYS: [&str; 9] = [
     "gridos.cache_on_stick",
 ];
 
+/// Keys PID 1 alone reads, at its very start, before any boot medium is readable: a settings
+/// file cannot change them (`gridos-bootcfg` says so).
+pub const EARLY_KEYS: [&str; 1] = ["gridos.log"];
+
 /// Where the node's own command line is: `/proc/cmdline` with the boot stick's settings file
 /// (`gridos.cfg`) applied, written by `gridos-bootcfg` before the services start.
 pub const NODE_CMDLINE: &str = "/run/gridos/cmdline";
