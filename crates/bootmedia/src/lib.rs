@@ -71,6 +71,40 @@ pub fn release_cmdline(dir: &Path) -> Result<String, MediaError> {
     Ok(line.to_string())
 }
 
+/// A registry URL as it is baked into a node's boot media (`gridos.registry=`): http or https,
+/// with a host, no trailing `/`, words a boot script can carry, and never a loopback address,
+/// which on the node is the node itself. Returns the URL as it goes in, or why not.
+pub fn node_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err("a node needs an http:// or https:// URL".into());
+    };
+    check_words(url)?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    if host.is_empty() || url.contains(' ') {
+        return Err("no host".into());
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    if loopback {
+        return Err(format!(
+            "the URL is baked into the node image, and {host} is a loopback address, which on \
+             the node is the node itself; give the address nodes reach the registry at (a QEMU \
+             guest on this machine: http://10.0.2.2:PORT)"
+        ));
+    }
+    Ok(url.to_string())
+}
+
 /// A command line a boot script can carry as it is: one line of printable ASCII, no quotes
 /// or characters a boot loader's script language would take as its own.
 pub fn check_words(line: &str) -> Result<(), String> {
@@ -206,4 +240,35 @@ pub(crate) fn publish(from: &Path, to: &Path) -> Result<(), MediaError> {
     };
     std::fs::rename(from, to).map_err(err)?;
     atomicfile::sync_dir(parent_of(to)).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_url;
+
+    #[test]
+    fn only_a_registry_a_node_can_reach_is_baked() {
+        assert_eq!(
+            node_url("http://10.0.2.2:8480/").unwrap(),
+            "http://10.0.2.2:8480"
+        );
+        assert!(node_url("https://registry.example").is_ok());
+        assert!(node_url("https://[2001:db8::1]:443").is_ok());
+        for bad in [
+            "http://127.0.0.1:8480",
+            "http://127.1.2.3",
+            "http://localhost:8480",
+            "http://LocalHost",
+            "http://[::1]:8480",
+            "http://[::1]",
+            "http://[0:0:0:0:0:0:0:1]:8480",
+            "ftp://registry.example",
+            "registry.example",
+            "http://",
+            "http://a b",
+            "http://x/$y",
+        ] {
+            assert!(node_url(bad).is_err(), "{bad}");
+        }
+    }
 }

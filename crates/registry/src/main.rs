@@ -85,26 +85,8 @@ impl BootArgs {
         let (Some(release), Some(url)) = (&self.release, &self.public_url) else {
             return Ok(None);
         };
-        let url = url.trim_end_matches('/');
-        let host = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .and_then(|rest| rest.split('/').next())
-            .filter(|h| !h.is_empty());
-        let Some(host) = host else {
-            anyhow::bail!("--public-url {url:?}: nodes need an http:// or https:// URL");
-        };
-        bootmedia::check_words(url).map_err(|e| anyhow::anyhow!("--public-url {url:?}: {e}"))?;
-        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let name = name.trim_start_matches('[').trim_end_matches(']');
-        let loopback = name == "localhost"
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|a| a.is_loopback());
-        anyhow::ensure!(
-            !loopback,
-            "--public-url {url}: nodes would call their own loopback; give the address they reach this registry at"
-        );
+        let url =
+            bootmedia::node_url(url).map_err(|e| anyhow::anyhow!("--public-url {url:?}: {e}"))?;
         bootmedia::release_cmdline(release).map_err(|e| anyhow::anyhow!("--release: {e}"))?;
         std::fs::create_dir_all(&self.boot_cache)
             .with_context(|| format!("creating --boot-cache {}", self.boot_cache.display()))?;
