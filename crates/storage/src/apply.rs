@@ -262,7 +262,12 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
         Some(&script),
     )?;
     let part = cfg.dev.join(first_partition(disk));
-    await_partition(disk, &dev_s, &part)?;
+    format_new(disk, &dev_s, part)
+}
+
+/// Formats the cache partition `part` just written to `disk`'s table, once it appears.
+fn format_new(disk: &str, dev_s: &str, part: PathBuf) -> Result<PathBuf> {
+    await_partition(disk, dev_s, &part)?;
     run_cmd(
         "mkfs.btrfs",
         &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
@@ -311,13 +316,7 @@ fn append(cfg: &Config, disk: &str) -> Result<PathBuf> {
         Some(&script),
     )?;
     let part = cfg.dev.join(nth_partition(disk, before + 1));
-    await_partition(disk, &dev_s, &part)?;
-    run_cmd(
-        "mkfs.btrfs",
-        &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
-        None,
-    )?;
-    Ok(part)
+    format_new(disk, &dev_s, part)
 }
 
 /// Probes every usable disk whose name is not in `known`, in name order.
