@@ -504,15 +504,9 @@ const OPAQUE: &str = ".wh..wh..opq";
 /// `unpack_in`, which refuses paths that leave `dst` (`..`, absolute paths, and links
 /// followed out of it).
 fn unpack(blob: &Path, gzip: bool, dst: &Path, max_bytes: u64) -> Result<u64, Unpack> {
+    // tar's errors keep the reason in their source.
     let bad = |what: &str, e: &dyn std::error::Error| {
-        // tar's errors keep the reason in their source.
-        let mut why = format!("{what}: {e}");
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            why.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        Unpack::Bad(why)
+        Unpack::Bad(format!("{what}: {}", svclog::error_chain(e)))
     };
     fs::create_dir_all(dst).map_err(|e| bad("creating the layer directory", &e))?;
     let file = File::open(blob).map_err(|e| bad("opening the blob", &e))?;

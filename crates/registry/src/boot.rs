@@ -137,12 +137,10 @@ fn farm_words(cfg: &BootConfig, farm: i64) -> Vec<String> {
 }
 
 fn build_failed(farm: i64, what: &str, e: &dyn std::error::Error) -> ApiError {
-    let mut msg = format!("building the {what} for farm {farm} failed: {e}");
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg += &format!(": {c}");
-        cause = c.source();
-    }
+    let msg = format!(
+        "building the {what} for farm {farm} failed: {}",
+        svclog::error_chain(e)
+    );
     tracing::error!(farm, "{msg}");
     ApiError::BuildFailed(msg)
 }
