@@ -71,6 +71,25 @@ pub fn release_cmdline(dir: &Path) -> Result<String, MediaError> {
     Ok(line.to_string())
 }
 
+/// The release's command line with `append` (the caller's words) and `extra` (the medium's)
+/// after it, checked as one line a boot script or loader configuration can carry.
+pub fn cmdline_with(dir: &Path, append: &[String], extra: &[&str]) -> Result<String, MediaError> {
+    let mut cmdline = release_cmdline(dir)?;
+    for a in append
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        cmdline.push(' ');
+        cmdline.push_str(a);
+    }
+    check_words(&cmdline).map_err(|reason| MediaError::Cmdline {
+        dir: dir.into(),
+        reason,
+    })?;
+    Ok(cmdline)
+}
+
 /// A registry URL as it is baked into a node's boot media (`gridos.registry=`): http or https,
 /// with a host, no trailing `/`, words a boot script can carry, and never a loopback address,
 /// which on the node is the node itself. Returns the URL as it goes in, or why not.
@@ -177,19 +196,7 @@ pub(crate) struct Release {
 impl Release {
     /// `append` from the caller, then `extra` from the medium itself.
     pub fn open(dir: &Path, append: &[String], extra: &[&str]) -> Result<Release, MediaError> {
-        let mut cmdline = release_cmdline(dir)?;
-        for a in append
-            .iter()
-            .map(String::as_str)
-            .chain(extra.iter().copied())
-        {
-            cmdline.push(' ');
-            cmdline.push_str(a);
-        }
-        check_words(&cmdline).map_err(|reason| MediaError::Cmdline {
-            dir: dir.into(),
-            reason,
-        })?;
+        let cmdline = cmdline_with(dir, append, extra)?;
         let size = |file: &'static str| {
             std::fs::metadata(dir.join(file))
                 .map(|m| m.len())

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{check_words, release_cmdline, MediaError};
+use crate::{cmdline_with, MediaError};
 
 /// What [`write`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,15 +66,7 @@ pub fn dnsmasq_example(folder: &Path) -> String {
 /// fine: the release files stay and the script is added). `append` goes after the release's
 /// command line (the lab's console settings, say). Every file is written whole or not at all.
 pub fn write(release: &Path, out: &Path, append: &[String]) -> Result<Pxe, MediaError> {
-    let mut cmdline = release_cmdline(release)?;
-    for a in append {
-        cmdline.push(' ');
-        cmdline.push_str(a);
-    }
-    check_words(&cmdline).map_err(|reason| MediaError::Cmdline {
-        dir: release.into(),
-        reason,
-    })?;
+    let cmdline = cmdline_with(release, append, &[])?;
     let write = |path: PathBuf, bytes: &[u8]| {
         atomicfile::write(&path, bytes, 0o644).map_err(|source| MediaError::Write { path, source })
     };
@@ -175,7 +167,7 @@ mod tests {
         assert!(e.to_string().contains("vmlinuz"), "{e}");
         std::fs::write(d.path().join("cmdline"), "\n").unwrap();
         assert!(matches!(
-            release_cmdline(d.path()),
+            crate::release_cmdline(d.path()),
             Err(MediaError::Cmdline { .. })
         ));
     }

@@ -100,14 +100,8 @@ pub async fn get_boot(
     let words = farm_words(cfg, farm);
     match item {
         Item::Ipxe => {
-            let cmdline = bootmedia::release_cmdline(&cfg.release)
+            let line = bootmedia::cmdline_with(&cfg.release, &words, &[])
                 .map_err(|e| build_failed(farm, "iPXE script", &e))?;
-            let line = format!("{cmdline} {}", words.join(" "));
-            bootmedia::check_words(&line).map_err(|reason| {
-                ApiError::BuildFailed(format!(
-                    "the iPXE script for farm {farm}: the command line {reason}"
-                ))
-            })?;
             let script = bootmedia::pxe::script(&line, "ipxe");
             Ok((
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
