@@ -523,13 +523,12 @@ fn prepare_medium(
             ));
             return Ok(None);
         }
-        Medium::Usb(path) | Medium::Cdrom(path) => {
-            if path.extension().is_some_and(|e| e == "iso") {
+        Medium::Usb(path) | Medium::Cdrom(path) => match shape.boot.medium {
+            BootMedium::Iso | BootMedium::IsoOnUsb => {
                 bootmedia::iso::write(&args.image, path, &opts)?
-            } else {
-                bootmedia::usb::write(&args.image, path, &opts)?
             }
-        }
+            _ => bootmedia::usb::write(&args.image, path, &opts)?,
+        },
     };
     say(format!(
         "{} made in {:.1} s: {} bytes",
