@@ -217,7 +217,7 @@ impl Release {
 }
 
 /// The folder a file named by the user lives in.
-pub(crate) fn parent_of(out: &Path) -> &Path {
+pub fn parent_of(out: &Path) -> &Path {
     out.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
@@ -225,7 +225,7 @@ pub(crate) fn parent_of(out: &Path) -> &Path {
 
 /// A scratch folder beside the output, so the finished image is renamed into place (never
 /// copied) and a failed build leaves nothing behind: the folder goes when dropped.
-pub(crate) fn scratch_dir(parent: &Path) -> Result<tempfile::TempDir, MediaError> {
+pub fn scratch_dir(parent: &Path) -> Result<tempfile::TempDir, MediaError> {
     std::fs::create_dir_all(parent).map_err(|source| MediaError::Write {
         path: parent.into(),
         source,

@@ -581,17 +581,7 @@ async fn image_build(registry: &str, j: bool, args: ImageBuildArgs) -> anyhow::R
             } else {
                 build.out.clone()
             };
-            let parent = file
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."))
-                .to_path_buf();
-            std::fs::create_dir_all(&parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-            let scratch = tempfile::Builder::new()
-                .prefix(".gridos-release.")
-                .tempdir_in(&parent)
-                .with_context(|| format!("a scratch folder in {}", parent.display()))?;
+            let scratch = bootmedia::scratch_dir(bootmedia::parent_of(&file))?;
             build.out = scratch.path().to_path_buf();
             (Some(file), Some(scratch))
         }
