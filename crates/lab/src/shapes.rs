@@ -578,16 +578,9 @@ fn prepare_medium(
 fn write_cfg(image: &Path, work: &Path, text: &str) -> anyhow::Result<()> {
     let file = work.join("gridos.cfg");
     std::fs::write(&file, text)?;
-    let status = std::process::Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-o")
-        .arg("-i")
-        .arg(format!("{}@@1048576", image.display()))
-        .arg(&file)
-        .arg("::/gridos.cfg")
-        .status()
-        .map_err(|e| hosttools::spawn_error("mcopy", e))?;
-    ensure!(status.success(), "mcopy onto the stick image: {status}");
+    // The boot partition starts 1 MiB into the image (bootmedia::usb); mtools' `@@` offset.
+    let partition = format!("{}@@1048576", image.display());
+    bootmedia::tools::mcopy(Path::new(&partition), &file, "::/gridos.cfg")?;
     Ok(())
 }
 
