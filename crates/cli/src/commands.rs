@@ -143,11 +143,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Units(u) => units(&u, j)?,
+        Command::Ledger(c) => crate::ledger::run(&client, c, j).await?,
     }
     Ok(())
 }
 
-fn print<T: Serialize>(json_mode: bool, v: &T, human: impl FnOnce(&T) -> String) {
+pub(crate) fn print<T: Serialize>(json_mode: bool, v: &T, human: impl FnOnce(&T) -> String) {
     if json_mode {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -203,7 +204,7 @@ fn node_filter(f: &NodeFilterArgs) -> anyhow::Result<NodeFilter> {
 }
 
 /// A list query that can be moved to the next page.
-trait Paged: Serialize {
+pub(crate) trait Paged: Serialize {
     fn set_after(&mut self, after: i64);
 }
 
@@ -219,6 +220,12 @@ impl Paged for ContractFilter {
     }
 }
 
+impl Paged for gridapi::PeriodFilter {
+    fn set_after(&mut self, after: i64) {
+        self.after = Some(after);
+    }
+}
+
 impl Paged for NodeFilter {
     fn set_after(&mut self, after: i64) {
         self.after = Some(after);
@@ -226,7 +233,7 @@ impl Paged for NodeFilter {
 }
 
 /// Fetches one page, or every page when `all`, of a list endpoint.
-async fn all_pages<T: DeserializeOwned, Q: Paged>(
+pub(crate) async fn all_pages<T: DeserializeOwned, Q: Paged>(
     client: &Client,
     path: &str,
     mut query: Q,

@@ -7,6 +7,7 @@ mod commands;
 /// App files (`grid deploy`): YAML or JSON with sizes in units; the lab writes them too.
 pub mod deploy;
 mod keyfile;
+mod ledger;
 mod logs;
 
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ enum Command {
     Deployments(DeploymentsCmd),
     /// A workload's newest output (stdout and stderr), asked of the node and sealed to you.
     Logs(LogsArgs),
+    /// TFT balances and histories, and the minting periods that paid farmers.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCmd),
     /// Grid-wide totals.
     Stats,
     /// Compute CU and SU from raw resources with the grid's formulas.

@@ -501,3 +501,78 @@ fn image_build_refuses_bad_media_options_before_building() {
         assert!(left.is_empty(), "{extra:?}: {left:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farmer_reads_the_reward_of_a_closed_period() {
+    use accounting::PERIOD_SECS;
+    use registry::ledger::{self, NewPolicy};
+    let reg = Registry::sqlite().await;
+    let db = registry::Db::connect(reg.db_url()).await.unwrap();
+    let farm = reg.farm("ledger-farm").await;
+    let (_, farm_view) = reg.get(&format!("/api/v1/farms/{farm}")).await;
+    let owner = farm_view["twin_id"].as_i64().unwrap();
+    let policy = NewPolicy {
+        name: "standard".into(),
+        cu: 2_400_000,
+        su: 1_000_000,
+        nu: 30_000,
+        ipv4: 5_000,
+        sla_permill: 950,
+        default: true,
+    };
+    ledger::create_policy(&db, &policy, test_infra::now())
+        .await
+        .unwrap();
+    ledger::set_price(&db, 80_000, test_infra::now())
+        .await
+        .unwrap();
+    // One bare-metal node up for the whole of its first period: CU = min(2·4/2, (5-1)/4,
+    // 50/50) = 1, SU = 50·0.8/200 = 0.2.
+    let t0 = test_infra::now() - PERIOD_SECS - 86_400;
+    let capacity = Resources {
+        cru: 2,
+        mru: 5 * GIB,
+        sru: 50 * GIB,
+        hru: 0,
+        ipv4: 0,
+    };
+    let node = test_infra::history::seed_node(&db, farm, capacity, t0).await;
+    let reports: Vec<(i64, Report)> = (t0 + 60..test_infra::now() - 600)
+        .step_by(2400)
+        .map(|at| (at, Report::uptime((at - t0 + 60) as u64)))
+        .collect();
+    test_infra::history::seed_reports(&db, &node, &reports).await;
+    registry::minting::close_due(&db, test_infra::now(), 3600)
+        .await
+        .unwrap();
+
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("key");
+    let url = reg.url();
+    let run = |args: &'static [&'static str]| {
+        let (url, key) = (url.clone(), key.clone());
+        tokio::task::spawn_blocking(move || grid(&url, &key, args))
+    };
+    // 1·2.40 + 0.2·1.00 = 2.60 USD at 0.08 USD = 32.5 TFT.
+    let owner_arg: &'static str = Box::leak(format!("twin:{owner}").into_boxed_str());
+    let args: &'static [&'static str] =
+        Box::leak(Box::new(["--json", "ledger", "balance", owner_arg]));
+    let b = ok_json(run(args).await.unwrap());
+    assert_eq!(b["balance"], 325_000_000, "{b}");
+    let out = run(&["ledger", "periods"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("paid") && text.contains("32.5"),
+        "{text}"
+    );
+    let out = run(&["ledger", "history", "mint"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("-32.5") && text.contains(&format!("reward:node:{}:period:0", node.id)),
+        "{text}"
+    );
+    // An account written two ways would be two accounts: the CLI refuses the odd spelling.
+    let out = run(&["ledger", "balance", "twin:07"]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a ledger account"));
+}

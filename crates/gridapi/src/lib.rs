@@ -7,6 +7,12 @@
 //! comes back.
 
 use gridtypes::{ResourceTotals, Resources, Units};
+
+pub mod ledger;
+pub use ledger::{
+    BalanceView, EntryView, PeriodFilter, PeriodView, PolicyView, PostingView, PriceView,
+    TransactionView,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -42,6 +48,16 @@ pub mod paths {
     pub const MAILBOX_LOG_REQUEST: &str = "/api/v1/mailbox/logs/request";
     /// A node POSTs a signed `Logs` (its answer, sealed to the twin).
     pub const MAILBOX_LOGS: &str = "/api/v1/mailbox/logs";
+    /// Closed minting periods with their rewards: `GET` lists, `GET /{id}` has the receipt.
+    pub const PERIODS: &str = "/api/v1/periods";
+    /// Ledger accounts: `GET /{account}` is the balance, `GET /{account}/entries` the history.
+    pub const LEDGER_ACCOUNTS: &str = "/api/v1/ledger/accounts";
+    /// Ledger transactions: `GET /{id}`.
+    pub const LEDGER_TRANSACTIONS: &str = "/api/v1/ledger/transactions";
+    /// Farming policies.
+    pub const POLICIES: &str = "/api/v1/policies";
+    /// The TFT price history.
+    pub const PRICES: &str = "/api/v1/prices";
 
     /// One twin.
     pub fn twin(id: u64) -> String {

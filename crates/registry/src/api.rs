@@ -96,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::STATS, get(stats))
         .route("/boot/{farm}/{item}", get(crate::boot::get_boot))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::ledger_api::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every write, whatever its kind: counted per client address before any work.
         .layer(ip_layer(rate.per_ip, "writes"))

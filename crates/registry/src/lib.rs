@@ -8,7 +8,10 @@ pub mod api;
 pub mod boot;
 pub mod db;
 pub mod error;
+pub mod ledger;
+pub mod ledger_api;
 pub mod limits;
+pub mod minting;
 pub mod server;
 pub mod writer;
 
@@ -48,6 +51,8 @@ pub struct Config {
     pub rate: RateLimits,
     /// Boot media per farm (`/boot/{farm}/…`), when a release folder is given.
     pub boot: Option<boot::BootConfig>,
+    /// Closing minting periods in the background (`None`: only `grid-registry close`).
+    pub minting: Option<minting::MintingConfig>,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             write_queue_bytes: 64 << 20,
             rate: RateLimits::default(),
             boot: None,
+            minting: Some(minting::MintingConfig::default()),
         }
     }
 }
@@ -71,6 +77,9 @@ impl Default for Config {
 /// the rate limiters' clean-up run as tasks).
 pub fn app(db: Db, config: Config) -> Router {
     let writer = writer::Writer::spawn(db.clone(), config.write_queue_bytes);
+    if let Some(m) = config.minting {
+        tokio::spawn(minting::run(db.clone(), m));
+    }
     let keys = limits::KeyLimiter::new(config.rate.per_key);
     let timeout = config.request_timeout;
     let state = Arc::new(api::AppState {

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use registry::{db, Config, Db, Rate, RateLimits};
 use tracing_subscriber::EnvFilter;
 
+mod operator;
+
 #[derive(Parser)]
 #[command(
     name = "grid-registry",
@@ -43,7 +45,17 @@ enum Command {
         limits: Limits,
         #[command(flatten)]
         boot: BootArgs,
+        /// Seconds between looks for minting periods to close (0: never; then run
+        /// `grid-registry close`).
+        #[arg(long, default_value_t = 600)]
+        close_every: u64,
+        /// Seconds after a period's end before it is closed (waits for the report that
+        /// proves its last stretch).
+        #[arg(long, default_value_t = registry::minting::MintingConfig::default().settle_secs)]
+        settle: i64,
     },
+    #[command(flatten)]
+    Operator(operator::OperatorCmd),
     /// Create or migrate the database, then exit.
     Migrate {
         /// Database URL, as for `serve`.
@@ -203,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Operator(cmd) => operator::run(cmd).await?,
         Command::Migrate { db } => {
             Db::connect(&db).await?;
             println!("database {} is up to date", db::redact(&db));
@@ -214,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
             up_window,
             limits,
             boot,
+            close_every,
+            settle,
         } => {
             anyhow::ensure!(
                 body_limit >= 1024,
@@ -227,6 +242,10 @@ async fn main() -> anyhow::Result<()> {
             };
             limits.apply(&mut config)?;
             config.boot = boot.config()?;
+            config.minting = (close_every > 0).then_some(registry::minting::MintingConfig {
+                every: Duration::from_secs(close_every),
+                settle_secs: settle,
+            });
             let database = Db::connect(&db).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -375,15 +375,16 @@ async fn store_uptimes(
     q.execute(&mut *conn).await?;
 
     let sql = format!(
-        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) VALUES {}{}",
-        values(backend, live.len(), 6, 1),
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) \
+         VALUES {}{}",
+        values(backend, live.len(), 7, 1),
         match backend {
             Backend::Sqlite => "",
             Backend::Postgres => " RETURNING id, node_id, nonce",
         }
     );
     let mut q = sqlx::query(&sql);
-    for (i, node, _) in live {
+    for (i, node, (uptime, _)) in live {
         let job = &batch[*i];
         q = q
             .bind(*node)
@@ -391,7 +392,8 @@ async fn store_uptimes(
             .bind(job.verified.timestamp)
             .bind(now)
             .bind(&job.verified.nonce)
-            .bind(job.raw.as_slice());
+            .bind(job.raw.as_slice())
+            .bind(*uptime as i64);
     }
     let ids: Vec<i64> = match backend {
         // One writer holds SQLite's lock, and a multi-row INSERT numbers its rows in order:
@@ -1199,8 +1201,10 @@ async fn register_node(
     let row = sqlx::query(
         "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
             box_key, cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
-            registered_at, updated_at, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, $8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, $7, $7, $7) \
+            registered_at, updated_at, last_seen, connected_at, connected_cru, connected_mru, \
+            connected_sru, connected_hru, connected_ipv4) \
+         VALUES ($1, $2, $3, $4, $5, $6, $8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, $7, $7, $7, \
+            $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (public_key) DO UPDATE SET farm_id = excluded.farm_id, \
             serial = excluded.serial, virtualized = excluded.virtualized, \
             interfaces = excluded.interfaces, agent_version = excluded.agent_version, \
@@ -1215,6 +1219,14 @@ async fn register_node(
     .bind(reg.agent_version.as_deref())
     .bind(now)
     .bind(reg.box_key.as_deref())
+    // What the node connected with: its periods count from the signed time, and it is
+    // never rewarded for more than this capacity (kept on re-registration).
+    .bind(v.timestamp)
+    .bind(reg.capacity.cru as i64)
+    .bind(reg.capacity.mru as i64)
+    .bind(reg.capacity.sru as i64)
+    .bind(reg.capacity.hru as i64)
+    .bind(reg.capacity.ipv4 as i64)
     .fetch_one(&mut *conn)
     .await?;
     let id: i64 = row.try_get(0)?;
@@ -1236,9 +1248,15 @@ async fn insert_report(
     job: &Job,
     now: i64,
 ) -> Result<i64, sqlx::Error> {
+    // The figure accounting sums, kept beside the envelope it came from (see 0006_ledger).
+    let reading: Option<i64> = match &job.verified.payload {
+        Payload::Report(Report::Uptime { uptime_secs, .. }) => Some(*uptime_secs as i64),
+        Payload::Report(Report::Consumption(c)) => Some(c.traffic_bytes as i64),
+        _ => None,
+    };
     sqlx::query(
-        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(node)
     .bind(kind)
@@ -1246,6 +1264,7 @@ async fn insert_report(
     .bind(now)
     .bind(&job.verified.nonce)
     .bind(job.raw.as_slice())
+    .bind(reading)
     .fetch_one(&mut *conn)
     .await?
     .try_get(0)

@@ -1,0 +1,99 @@
+//! A node's signed history in the past, stored straight into a registry's database: months
+//! of reports cannot be sent through the API, which takes only envelopes signed within
+//! 300 s of its clock. Everything stored is a real envelope signed by the node's key at the
+//! time it claims, so the registry and `grid audit` read and verify it as any other.
+
+use ed25519_dalek::SigningKey;
+use gridtypes::{Envelope, Payload, Report, Resources};
+use registry::Db;
+use sqlx::Row;
+
+use crate::client::{new_key, node_registration, nonce};
+
+/// A node seeded into the past.
+pub struct SeededNode {
+    /// Its id.
+    pub id: i64,
+    /// Its key.
+    pub key: SigningKey,
+}
+
+/// Registers a new node of `farm` with `capacity` on bare metal, as if its first
+/// registration was signed at `at`.
+pub async fn seed_node(db: &Db, farm: i64, capacity: Resources, at: i64) -> SeededNode {
+    let key = new_key();
+    let mut reg = node_registration(farm, capacity);
+    if let Payload::RegisterNode(r) = &mut reg {
+        r.virtualized = false;
+    }
+    let env = Envelope::seal(&key, &reg, at, nonce());
+    let signer = hex::encode(key.verifying_key().as_bytes());
+    let units = capacity.farming_units();
+    let c = |v: u64| v as i64;
+    let id: i64 = sqlx::query(
+        "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
+            cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
+            registered_at, updated_at, last_seen, connected_at, connected_cru, connected_mru, \
+            connected_sru, connected_hru, connected_ipv4) \
+         VALUES ($1, $2, NULL, 0, '[]', NULL, $3, $4, $5, $6, $7, $3, $4, $5, $6, $8, $9, \
+            $10, $10, $10, $10, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(&signer)
+    .bind(farm)
+    .bind(c(capacity.cru))
+    .bind(c(capacity.mru))
+    .bind(c(capacity.sru))
+    .bind(c(capacity.hru))
+    .bind(c(capacity.ipv4))
+    .bind(units.cu)
+    .bind(units.su)
+    .bind(at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("seeding a node: {e}"))
+    .try_get(0)
+    .unwrap_or_else(|e| panic!("seeded node id: {e}"));
+    insert(db, id, &[("registration", env, None)]).await;
+    SeededNode { id, key }
+}
+
+/// Stores `reports` (signed time, report) of `node`, each signed at its time.
+pub async fn seed_reports(db: &Db, node: &SeededNode, reports: &[(i64, Report)]) {
+    let rows: Vec<(&'static str, Envelope, Option<i64>)> = reports
+        .iter()
+        .map(|(at, r)| {
+            let reading = match r {
+                Report::Uptime { uptime_secs, .. } => Some(*uptime_secs as i64),
+                Report::Consumption(c) => Some(c.traffic_bytes as i64),
+                Report::Capacity { .. } => None,
+            };
+            let env = Envelope::seal(&node.key, &Payload::Report(r.clone()), *at, nonce());
+            (r.kind().as_str(), env, reading)
+        })
+        .collect();
+    insert(db, node.id, &rows).await;
+}
+
+async fn insert(db: &Db, node: i64, rows: &[(&str, Envelope, Option<i64>)]) {
+    let mut tx = db
+        .pool
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("seeding: {e}"));
+    for (kind, envelope, reading) in rows {
+        sqlx::query(
+            "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6)",
+        )
+        .bind(node)
+        .bind(*kind)
+        .bind(envelope.timestamp)
+        .bind(&envelope.nonce)
+        .bind(envelope.to_json())
+        .bind(*reading)
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("seeding a report: {e}"));
+    }
+    tx.commit().await.unwrap_or_else(|e| panic!("seeding: {e}"));
+}
