@@ -16,4 +16,6 @@ pub use bill::{bill, BillInput, BillLine, Pricing};
 pub use ledger::{check_balanced, transfer, Account, Posting, Unbooked};
 pub use money::{format_usd, parse_usd, tft_for_usd, Tft, TftParseError, MICRO_USD, TFT_UNITS};
 pub use reward::{price_at, reward, FarmingPolicy, Outcome, Receipt, RewardInput};
-pub use uptime::{account, Period, Sample, Uptime, Violation, PERIOD_SECS, TOLERANCE_SECS};
+pub use uptime::{
+    account, is_violation, Period, Sample, Uptime, Violation, PERIOD_SECS, TOLERANCE_SECS,
+};

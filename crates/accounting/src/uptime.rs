@@ -130,7 +130,7 @@ pub fn account(period: &Period, samples: &[Sample]) -> Uptime {
                 let du = ub.saturating_sub(ua);
                 if ub < ua || ub < dt {
                     ub.min(dt)
-                } else if du > dt.saturating_add(TOLERANCE_SECS) {
+                } else if is_violation(a, *b) {
                     if violation.is_none() && period.contains(b.at) {
                         violation = Some(Violation {
                             at: b.at,
@@ -153,6 +153,19 @@ pub fn account(period: &Period, samples: &[Sample]) -> Uptime {
         reports: sorted.iter().filter(|s| period.contains(s.at)).count() as u64,
         violation,
     }
+}
+
+/// Whether report `b`, following `a`, claims more uptime than time passed beyond
+/// [`TOLERANCE_SECS`] without being a reboot (less uptime than before, or than time passed):
+/// the rule [`account`] applies, and what an honest agent must never send.
+pub fn is_violation(a: Sample, b: Sample) -> bool {
+    let ua = a.uptime_secs.min(i64::MAX as u64) as i64;
+    let ub = b.uptime_secs.min(i64::MAX as u64) as i64;
+    let dt = b.at.saturating_sub(a.at);
+    if ub < ua || ub < dt {
+        return false;
+    }
+    ub.saturating_sub(ua) > dt.saturating_add(TOLERANCE_SECS)
 }
 
 #[cfg(test)]

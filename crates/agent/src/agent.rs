@@ -12,11 +12,11 @@ use tokio::time::Instant;
 
 use backoff::Backoff;
 
-use crate::client::{Client, Outcome};
+use crate::client::{signing, Client, Outcome, Signing};
 use crate::deployments::{NoRuntime, Remote};
 use crate::identity::{self, IdentityError, KEY_FILE};
 use crate::probe::{Hardware, Probe, ProbeError};
-use crate::queue::{Entry, Queue, QueueError};
+use crate::queue::{boot_time, Entry, Queue, QueueError};
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +164,9 @@ struct Agent {
     /// before the first reading: what it counted before this agent started was reported by
     /// an earlier one, or belongs to no report).
     traffic_seen: Option<u64>,
+    /// The last uptime report the registry took from this process, as (signed timestamp,
+    /// uptime): the one the registry's minting compares the next with.
+    last_uptime: Option<(i64, u64)>,
 }
 
 /// What one delivery pass ended with.
@@ -214,8 +217,12 @@ impl Agent {
     }
 
     fn enqueue(&mut self, report: Report) -> Result<(), AgentError> {
+        self.enqueue_measured(report, now())
+    }
+
+    fn enqueue_measured(&mut self, report: Report, measured_at: i64) -> Result<(), AgentError> {
         let kind = report.kind().as_str();
-        self.queue.push(&Entry::new(report, now()))?;
+        self.queue.push(&Entry::new(report, measured_at))?;
         tracing::debug!(kind, queued = self.queue.len(), "report queued");
         let queued = self.queue.len();
         self.status.send_modify(|s| s.queued = queued);
@@ -266,12 +273,27 @@ impl Agent {
         for w in &warnings {
             tracing::warn!("{w} (sent with every report)");
         }
+        let measured_at = now();
         match read_uptime(&self.cfg.probe.proc) {
-            Some(uptime_secs) => self.enqueue(Report::Uptime {
-                uptime_secs,
-                stopping,
-                warnings,
-            }),
+            Some(uptime_secs) => {
+                let superseded = self
+                    .queue
+                    .supersede_uptime(boot_time(measured_at, uptime_secs))?;
+                if superseded > 0 {
+                    tracing::info!(
+                        superseded,
+                        "older undelivered uptime readings of this boot replaced by the new one"
+                    );
+                }
+                self.enqueue_measured(
+                    Report::Uptime {
+                        uptime_secs,
+                        stopping,
+                        warnings,
+                    },
+                    measured_at,
+                )
+            }
             None => {
                 tracing::error!(
                     "cannot read {}/uptime: no uptime report",
@@ -389,12 +411,33 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             };
             let kind = entry.report.kind().as_str();
-            match self.client.report(&entry).await {
+            let t = now();
+            let boot = read_uptime(&self.cfg.probe.proc).map(|u| boot_time(t, u));
+            let (at, report) = match signing(&entry, t, boot, self.last_uptime) {
+                Signing::Sign { at, report } => (at, report),
+                Signing::Outdated => {
+                    tracing::warn!(
+                        seq,
+                        measured_at = entry.measured_at,
+                        "dropping an uptime reading of an earlier boot: signed this late, the \
+                         registry's minting would see more uptime than time between reports"
+                    );
+                    self.drop_front()?;
+                    continue;
+                }
+            };
+            let uptime = match &report {
+                Report::Uptime { uptime_secs, .. } => Some((at, *uptime_secs)),
+                _ => None,
+            };
+            let taken = match self.client.send(&entry, at, &report).await {
                 Outcome::Accepted(id) => {
                     tracing::debug!(seq, kind, report_id = id, "report delivered");
+                    true
                 }
                 Outcome::Replay => {
                     tracing::info!(seq, kind, "registry already had this report; dropping it");
+                    true
                 }
                 Outcome::Refused {
                     code: ErrorCode::UnknownSigner,
@@ -432,13 +475,20 @@ impl Agent {
                         message,
                         "registry refused a report for good; dropping it"
                     );
+                    false
                 }
                 Outcome::Unavailable(e) => return Ok(self.unreachable("sending reports", &e)),
                 Outcome::Throttled { retry_after } => {
                     return Ok(self.throttled("sending reports", retry_after))
                 }
-            }
+            };
             self.queue.pop()?;
+            // After a replay the registry holds an earlier signing of this reading (same
+            // uptime, or restated for that earlier time): checking the next report against
+            // this signing instead is never the looser test.
+            if taken && uptime.is_some() {
+                self.last_uptime = uptime;
+            }
             sent += 1;
             self.backoff.reset();
             let queued = self.queue.len();
@@ -455,6 +505,14 @@ impl Agent {
             );
         }
         Ok(Pass::Idle)
+    }
+
+    /// Removes the front entry unsent.
+    fn drop_front(&mut self) -> Result<(), AgentError> {
+        self.queue.pop()?;
+        let queued = self.queue.len();
+        self.status.send_modify(|s| s.queued = queued);
+        Ok(())
     }
 
     /// One delivery attempt: register first if needed, then drain the queue.
@@ -569,6 +627,7 @@ pub async fn run(
         reserved,
         usage: None,
         traffic_seen: None,
+        last_uptime: None,
     };
     agent.usage = agent
         .cfg

@@ -6,10 +6,12 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use gridapi::{paths, ErrorBody, ErrorCode, MailboxPage, Written};
 use gridtypes::mailbox::{self, DeploymentStatus, LogAnswer};
-use gridtypes::{now, Envelope, NodeRegistration, Payload, Sealed, MAX_CLOCK_SKEW_SECS, NONCE_LEN};
+use gridtypes::{
+    now, Envelope, NodeRegistration, Payload, Report, Sealed, MAX_CLOCK_SKEW_SECS, NONCE_LEN,
+};
 use rand::RngCore;
 
-use crate::queue::Entry;
+use crate::queue::{same_boot, Entry};
 
 /// How a registry answered one signed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,68 @@ pub const MAX_MAILBOX_BYTES: usize = 2 << 20;
 /// The timestamp a queued report measured at `measured_at` is signed with at `now`.
 pub fn sign_time(measured_at: i64, now: i64) -> i64 {
     measured_at.clamp(now.saturating_sub(RESIGN_WINDOW_SECS), now)
+}
+
+/// How a queued entry goes out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signing {
+    /// Sign `report` with timestamp `at`.
+    Sign {
+        /// The envelope's timestamp.
+        at: i64,
+        /// The payload, an uptime reading restated for `at`.
+        report: Report,
+    },
+    /// An uptime reading of an earlier boot that no timestamp the registry still accepts can
+    /// carry without its minting seeing a violation (see [`signing`]).
+    Outdated,
+}
+
+/// How `entry` is signed at `now`, on a node whose running boot started at `boot` (`None`
+/// when `/proc/uptime` is unreadable: the entry then goes as it is), after `last`, the last
+/// uptime report the registry took from this agent as (signed timestamp, uptime).
+///
+/// The registry reads an uptime report as "up for `uptime_secs` at the signed time", and
+/// the signed time of a late report is later than its reading ([`sign_time`]):
+/// - a reading of the running boot is restated for the signed time (the node has been up
+///   ever since, so that is what `/proc/uptime` said then). As it was, a report delivered
+///   late followed by one on time would claim more uptime than time between them;
+/// - a reading of an earlier boot cannot be: that boot ended at an unknown time. As it is, it
+///   says the node booted at `at − uptime_secs`. If that is after the running boot started,
+///   the next reports (more uptime than time since it) would be violations: this happens when
+///   the registry comes back more than four minutes plus the old reading's uptime after the
+///   reboot. Or it can be one itself after `last` (two readings of one earlier boot, both
+///   late). Either way it is [`Signing::Outdated`]; what it alone proved (that boot's last
+///   stretch) is lost, which is less than a period's reward.
+///
+/// Readings of the running boot are never held back: they are true as restated, and none
+/// after them could do better.
+pub fn signing(entry: &Entry, now: i64, boot: Option<i64>, last: Option<(i64, u64)>) -> Signing {
+    let at = sign_time(entry.measured_at, now);
+    let late = at.saturating_sub(entry.measured_at);
+    let mut report = entry.report.clone();
+    if let (Report::Uptime { uptime_secs, .. }, Some(entry_boot), Some(boot)) =
+        (&mut report, entry.boot_time(), boot)
+    {
+        if same_boot(entry_boot, boot) {
+            if late > 0 {
+                *uptime_secs = uptime_secs.saturating_add(late.unsigned_abs());
+            }
+        } else if crate::queue::boot_time(at, *uptime_secs) > boot
+            || last.is_some_and(|last| uptime_violation(last, (at, *uptime_secs)))
+        {
+            return Signing::Outdated;
+        }
+    }
+    Signing::Sign { at, report }
+}
+
+/// Whether the registry's minting would call the uptime report `next` a violation after
+/// `prev`, both as (signed timestamp, uptime): more uptime than time passed, beyond
+/// `accounting::TOLERANCE_SECS`, and not a reboot (less uptime than before, or than time passed).
+pub fn uptime_violation(prev: (i64, u64), next: (i64, u64)) -> bool {
+    let sample = |(at, uptime_secs)| accounting::Sample { at, uptime_secs };
+    accounting::is_violation(sample(prev), sample(next))
 }
 
 /// Talks to one registry as one node.
@@ -129,8 +193,15 @@ impl Client {
         self.post(paths::NODES, env).await
     }
 
-    /// Sends one queued report, signed now with its own nonce.
+    /// Sends one queued report as it was queued, signed now with its own nonce.
     pub async fn report(&self, entry: &Entry) -> Outcome {
+        self.send(entry, sign_time(entry.measured_at, now()), &entry.report)
+            .await
+    }
+
+    /// Sends `report` for the queued `entry` (see [`signing`]), signed with timestamp `at`
+    /// and the entry's nonce.
+    pub async fn send(&self, entry: &Entry, at: i64, report: &Report) -> Outcome {
         let Some(nonce) = entry.nonce_bytes() else {
             return Outcome::Refused {
                 status: 0,
@@ -138,8 +209,7 @@ impl Client {
                 message: format!("queued nonce {:?} is not 32 hex digits", entry.nonce),
             };
         };
-        let ts = sign_time(entry.measured_at, now());
-        let env = Envelope::seal(&self.key, &Payload::Report(entry.report.clone()), ts, nonce);
+        let env = Envelope::seal(&self.key, &Payload::Report(report.clone()), at, nonce);
         self.post(paths::REPORTS, env).await
     }
 
@@ -344,6 +414,259 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(None), None);
+    }
+
+    const BOOT: i64 = 1_700_000_000;
+    const EVERY: i64 = 2_400;
+
+    /// A reading of the boot that started at `boot`, taken at `at`.
+    fn reading(boot: i64, at: i64, stopping: bool) -> Entry {
+        Entry::new(
+            Report::Uptime {
+                uptime_secs: (at - boot) as u64,
+                stopping,
+                warnings: Vec::new(),
+            },
+            at,
+        )
+    }
+
+    /// (signed timestamp, uptime) of an uptime report that goes out.
+    fn sample(s: &Signing) -> (i64, u64) {
+        match s {
+            Signing::Sign {
+                at,
+                report: Report::Uptime { uptime_secs, .. },
+            } => (*at, *uptime_secs),
+            other => panic!("not an uptime report to sign: {other:?}"),
+        }
+    }
+
+    /// What the registry's minting would say about these reports, in signed-time order.
+    fn violations(samples: &[(i64, u64)]) -> Vec<((i64, u64), (i64, u64))> {
+        samples
+            .windows(2)
+            .filter(|w| uptime_violation(w[0], w[1]))
+            .map(|w| (w[0], w[1]))
+            .collect()
+    }
+
+    #[test]
+    fn the_registry_rule_between_two_uptime_reports() {
+        // As crates/accounting reads them (DESIGN.md, "Minting").
+        assert!(!uptime_violation((1000, 500), (1100, 600)));
+        assert!(!uptime_violation((1000, 500), (1100, 659)));
+        assert!(uptime_violation((1000, 500), (1100, 661)));
+        // Less uptime than time passed, or less than before: a reboot.
+        assert!(!uptime_violation((1000, 500), (1100, 80)));
+        assert!(!uptime_violation((1000, 5000), (1001, 4000)));
+        // The burst: readings a report interval apart, signed a second apart.
+        assert!(uptime_violation((1000, 5000), (1001, 5000 + EVERY as u64)));
+    }
+
+    #[test]
+    fn a_reading_of_the_running_boot_is_restated_for_its_signing_time() {
+        let on_time = reading(BOOT, BOOT + 5000, false);
+        assert_eq!(
+            signing(&on_time, BOOT + 5010, Some(BOOT), None),
+            Signing::Sign {
+                at: BOOT + 5000,
+                report: on_time.report.clone()
+            }
+        );
+        // Two hours late: signed 240 s ago, the uptime it had then.
+        let now = BOOT + 5000 + 7200;
+        assert_eq!(
+            sample(&signing(&on_time, now, Some(BOOT), None)),
+            (
+                now - RESIGN_WINDOW_SECS,
+                (now - RESIGN_WINDOW_SECS - BOOT) as u64
+            )
+        );
+        // The boot time read again a little off is the same boot.
+        assert_eq!(
+            sample(&signing(&on_time, now, Some(BOOT + 40), None)),
+            (
+                now - RESIGN_WINDOW_SECS,
+                (now - RESIGN_WINDOW_SECS - BOOT) as u64
+            )
+        );
+        // A last report before the agent (not the node) stopped: the node was up all along.
+        let stop = reading(BOOT, BOOT + 5000, true);
+        match signing(&stop, now, Some(BOOT), None) {
+            Signing::Sign {
+                report: Report::Uptime { stopping, .. },
+                ..
+            } => assert!(stopping),
+            other => panic!("{other:?}"),
+        }
+        // Unknown running boot (no /proc/uptime): as queued.
+        assert_eq!(
+            signing(&on_time, now, None, None),
+            Signing::Sign {
+                at: now - RESIGN_WINDOW_SECS,
+                report: on_time.report.clone()
+            }
+        );
+        // Other reports are never touched.
+        let capacity = Entry::new(
+            Report::Capacity {
+                capacity: gridtypes::Resources::default(),
+                warnings: Vec::new(),
+            },
+            BOOT + 10,
+        );
+        assert_eq!(
+            signing(&capacity, now, Some(BOOT + 9000), None),
+            Signing::Sign {
+                at: now - RESIGN_WINDOW_SECS,
+                report: capacity.report.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn a_reading_of_an_earlier_boot_goes_as_it_is_or_not_at_all() {
+        let old = reading(BOOT, BOOT + 10_000, true);
+        // Rebooted 30 s later, the registry came back at once: the reading's own time.
+        let boot = BOOT + 10_030;
+        assert_eq!(
+            signing(&old, boot + 60, Some(boot), None),
+            Signing::Sign {
+                at: old.measured_at,
+                report: old.report.clone()
+            }
+        );
+        // Later: signed 240 s ago, unchanged, as long as "up 10,000 s then" implies a boot no
+        // later than the running one, i.e. until this boot is 240 s longer than that one was.
+        let now = boot + 10_000 + RESIGN_WINDOW_SECS;
+        assert_eq!(
+            sample(&signing(&old, now, Some(boot), None)),
+            (now - RESIGN_WINDOW_SECS, 10_000)
+        );
+        assert_eq!(signing(&old, now + 1, Some(boot), None), Signing::Outdated);
+    }
+
+    #[test]
+    fn a_second_late_reading_of_an_earlier_boot_is_dropped_not_a_violation() {
+        // The agent (not the node) stopped, ran again for an hour, then the node rebooted;
+        // the registry was away throughout and comes back soon after the reboot.
+        let stop = reading(BOOT, BOOT + 10_000, true);
+        let after = reading(BOOT, BOOT + 13_600, false);
+        let boot = BOOT + 13_700;
+        let now = boot + 200;
+        let first = sample(&signing(&stop, now, Some(boot), None));
+        assert_eq!(first, (now - RESIGN_WINDOW_SECS, 10_000));
+        assert!(uptime_violation(first, (now - RESIGN_WINDOW_SECS, 13_600)));
+        assert_eq!(
+            signing(&after, now, Some(boot), Some(first)),
+            Signing::Outdated
+        );
+        // Without the first, it goes.
+        assert_eq!(
+            sample(&signing(&after, now, Some(boot), None)),
+            (now - RESIGN_WINDOW_SECS, 13_600)
+        );
+    }
+
+    #[test]
+    fn a_reading_of_the_running_boot_is_never_held_back() {
+        // Whatever the registry took last (here: the clock was stepped back since), the
+        // running boot's reading goes: holding it back would hold back every later one too.
+        let e = reading(BOOT, BOOT + 5000, false);
+        let last = Some((BOOT + 5000, 5000 + 600));
+        assert!(matches!(
+            signing(&e, BOOT + 5000, Some(BOOT), last),
+            Signing::Sign { .. }
+        ));
+    }
+
+    /// A node that reports every 40 minutes loses the registry for `outage` seconds; the
+    /// agent keeps only the newest reading per boot (`Queue::supersede_uptime`). Whenever the
+    /// registry comes back, what it then holds must never be a violation.
+    #[test]
+    fn no_outage_makes_an_honest_node_violate() {
+        let mut plain_violations = 0;
+        for outage in (0..4 * EVERY).step_by(97) {
+            let down = BOOT + 3 * EVERY;
+            let back = down + outage;
+            let mut registry = vec![(down, (down - BOOT) as u64)];
+            // The newest reading taken while the registry was away, if any.
+            let last_tick = down + (outage / EVERY) * EVERY;
+            let mut queued = Vec::new();
+            if last_tick > down {
+                queued.push(reading(BOOT, last_tick, false));
+            }
+            let mut plain = registry.clone();
+            for e in &queued {
+                registry.push(sample(&signing(
+                    e,
+                    back,
+                    Some(BOOT),
+                    registry.last().copied(),
+                )));
+                let Report::Uptime { uptime_secs, .. } = e.report else {
+                    unreachable!()
+                };
+                plain.push((sign_time(e.measured_at, back), uptime_secs));
+            }
+            // The next tick, on time, and one more.
+            for k in 1..=2 {
+                let tick = last_tick + k * EVERY;
+                let e = reading(BOOT, tick, false);
+                registry.push(sample(&signing(
+                    &e,
+                    tick,
+                    Some(BOOT),
+                    registry.last().copied(),
+                )));
+                plain.push((tick, (tick - BOOT) as u64));
+            }
+            assert_eq!(violations(&registry), vec![], "outage {outage}");
+            plain_violations += violations(&plain).len();
+        }
+        // Signed late with the uptime measured earlier, the old way violated.
+        assert!(plain_violations > 0);
+    }
+
+    /// The node rebooted while the registry was away: the old boot's last reading, then
+    /// the new boot's, go out together whenever the registry comes back.
+    #[test]
+    fn a_reboot_during_an_outage_never_violates() {
+        for old_uptime in [100, 5_000, 50_000] {
+            let old_boot = BOOT;
+            let stop_at = old_boot + old_uptime;
+            let new_boot = stop_at + 90;
+            for since_boot in (1..20_000).step_by(131) {
+                let back = new_boot + since_boot;
+                let mut registry = vec![(old_boot + 50, 50u64)];
+                // The agent reads uptime 5 s after boot, then every 40 minutes.
+                let newest = new_boot + 5 + (since_boot - 5).max(0) / EVERY * EVERY;
+                let queued = [
+                    reading(old_boot, stop_at, true),
+                    reading(new_boot, newest.min(back), false),
+                ];
+                for e in &queued {
+                    match signing(e, back, Some(new_boot), registry.last().copied()) {
+                        Signing::Outdated => {
+                            assert!(
+                                since_boot > old_uptime + RESIGN_WINDOW_SECS,
+                                "{old_uptime} {since_boot}"
+                            );
+                            assert_ne!(e.boot_time(), Some(new_boot));
+                        }
+                        s => registry.push(sample(&s)),
+                    }
+                }
+                let tick = back + EVERY;
+                registry.push((tick, (tick - new_boot) as u64));
+                assert_eq!(
+                    violations(&registry),
+                    vec![],
+                    "old boot up {old_uptime} s, registry back {since_boot} s after the reboot"
+                );
+            }
+        }
     }
 
     #[test]

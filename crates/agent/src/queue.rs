@@ -7,6 +7,10 @@
 //! `docs/agent.md`), because the registry refuses envelopes more than 300 s old. The nonce is
 //! fixed at enqueue time, so re-sending an entry the registry already took is answered
 //! `409 replay` and the duplicate is dropped instead of stored twice.
+//!
+//! Uptime readings of one boot are cumulative, so a new one supersedes the older unsent ones
+//! of its boot ([`Queue::supersede_uptime`]): a burst of them after an outage, all signed at
+//! nearly the same time, would show the registry more uptime than time between them.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -63,12 +67,35 @@ impl Entry {
         }
     }
 
+    /// When the node booted, by an uptime reading (`measured_at − uptime_secs`); `None` for
+    /// other reports.
+    pub fn boot_time(&self) -> Option<i64> {
+        match self.report {
+            Report::Uptime { uptime_secs, .. } => Some(boot_time(self.measured_at, uptime_secs)),
+            _ => None,
+        }
+    }
+
     /// The nonce as bytes (entries are only written by [`Entry::new`], so it always decodes).
     pub fn nonce_bytes(&self) -> Option<[u8; NONCE_LEN]> {
         let mut out = [0u8; NONCE_LEN];
         hex::decode_to_slice(&self.nonce, &mut out).ok()?;
         Some(out)
     }
+}
+
+/// Two boot times this close are the same boot: the clock and `/proc/uptime` are read a
+/// moment apart, both truncated to seconds, and NTP may slew the clock between readings.
+pub const SAME_BOOT_SECS: i64 = 60;
+
+/// The boot time an uptime reading taken at `measured_at` implies.
+pub fn boot_time(measured_at: i64, uptime_secs: u64) -> i64 {
+    measured_at.saturating_sub(i64::try_from(uptime_secs).unwrap_or(i64::MAX))
+}
+
+/// Whether two boot times name the same boot (see [`SAME_BOOT_SECS`]).
+pub fn same_boot(a: i64, b: i64) -> bool {
+    a.abs_diff(b) <= SAME_BOOT_SECS as u64
 }
 
 /// An on-disk FIFO of reports.
@@ -148,22 +175,81 @@ impl Queue {
         Ok(seq)
     }
 
+    fn read(&self, seq: u64) -> Result<Entry, QueueError> {
+        let path = self.path(seq);
+        let bytes = fs::read(&path).map_err(|source| QueueError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| QueueError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
     /// The oldest entry, if any; `Err(Corrupt)` means it can never be sent (drop it).
     pub fn front(&self) -> Option<(u64, Result<Entry, QueueError>)> {
         let seq = *self.seqs.front()?;
-        let path = self.path(seq);
-        let entry = fs::read(&path)
-            .map_err(|source| QueueError::Io {
-                path: path.clone(),
-                source,
-            })
-            .and_then(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| QueueError::Corrupt {
-                    path,
-                    message: e.to_string(),
+        Some((seq, self.read(seq)))
+    }
+
+    /// Removes the waiting uptime readings of the boot that started at `boot_time` (within
+    /// [`SAME_BOOT_SECS`]), except `stopping` ones, before a newer reading of that boot is
+    /// pushed; returns how many went.
+    ///
+    /// Uptime of one boot only grows, so the newer reading proves all the older ones did:
+    /// nothing is lost. Sent after an outage, the older ones would all be signed at nearly the
+    /// same time (see `client::sign_time`) while their uptimes differ by the report interval,
+    /// which the registry's minting reads as a node claiming more uptime than time passed.
+    /// Entries that cannot be read are left for [`Queue::front`] to report.
+    ///
+    /// Callers hold `&mut Queue`, so no entry taken with [`Queue::front`] can be in flight: the
+    /// front may go too, and the next [`Queue::pop`] removes the new front, as it should.
+    pub fn supersede_uptime(&mut self, boot_time: i64) -> Result<usize, QueueError> {
+        let stale: Vec<u64> = self
+            .seqs
+            .iter()
+            .copied()
+            .filter(|&seq| {
+                self.read(seq).is_ok_and(|e| match e.report {
+                    Report::Uptime {
+                        stopping: false, ..
+                    } => e.boot_time().is_some_and(|b| same_boot(b, boot_time)),
+                    _ => false,
                 })
-            });
-        Some((seq, entry))
+            })
+            .collect();
+        self.remove(&stale)?;
+        Ok(stale.len())
+    }
+
+    /// Removes the entries `seqs` durably, forgetting each whose file is gone even when a
+    /// later one fails, so the in-memory order never names a removed file.
+    fn remove(&mut self, seqs: &[u64]) -> Result<(), QueueError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut failed = None;
+        let mut gone = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let path = self.path(seq);
+            match fs::remove_file(&path) {
+                Ok(()) => gone.push(seq),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(seq),
+                Err(source) => {
+                    failed = Some(QueueError::Io { path, source });
+                    break;
+                }
+            }
+        }
+        self.seqs.retain(|s| !gone.contains(s));
+        // A removal not yet on disk may come back after a crash: harmless, the entry is then
+        // superseded again by the next reading, or sent restated (`client::signing`).
+        sync_dir(&self.dir).map_err(|source| QueueError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Removes the oldest entry (after the registry took it, or refused it for good).
@@ -255,6 +341,140 @@ mod tests {
         assert!(matches!(e, Err(QueueError::Corrupt { .. })));
         q.pop().unwrap();
         assert_eq!(drain(&mut q), vec![6]);
+    }
+
+    /// Every entry, oldest first, without removing any.
+    fn entries(q: &Queue) -> Vec<Entry> {
+        q.seqs.iter().map(|&s| q.read(s).unwrap()).collect()
+    }
+
+    /// Every entry, oldest first, `None` for one that cannot be read.
+    fn listing(q: &Queue) -> Vec<Option<Entry>> {
+        q.seqs.iter().map(|&s| q.read(s).ok()).collect()
+    }
+
+    fn reading(boot: i64, uptime_secs: u64, stopping: bool) -> Entry {
+        Entry::new(
+            Report::Uptime {
+                uptime_secs,
+                stopping,
+                warnings: Vec::new(),
+            },
+            boot + uptime_secs as i64,
+        )
+    }
+
+    fn consumption(at: i64) -> Entry {
+        Entry::new(
+            Report::Consumption(gridtypes::Consumption {
+                used: gridtypes::Resources::default(),
+                traffic_bytes: 7,
+            }),
+            at,
+        )
+    }
+
+    #[test]
+    fn a_new_reading_supersedes_only_the_older_ordinary_readings_of_its_boot() {
+        const A: i64 = 1_700_000_000;
+        const B: i64 = A + 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path()).unwrap();
+        let a1 = reading(A, 100, false);
+        let a2 = reading(A, 2_500, false);
+        let traffic = consumption(A + 3_000);
+        let a_stop = reading(A, 3_600, true);
+        // Clock and /proc/uptime read a moment apart: still boot A.
+        let a3 = reading(A + 30, 4_900, false);
+        // More than a minute off: another boot, however close.
+        let near = reading(A - 61, 5_000, false);
+        let b1 = reading(B, 60, false);
+        let b_stop = reading(B, 90, true);
+        for e in [&a1, &a2, &traffic, &a_stop, &a3, &near, &b1, &b_stop] {
+            q.push(e).unwrap();
+        }
+        // An entry nobody can read is left for the sender to report and drop.
+        fs::write(dir.path().join(format!("{:020}.json", q.next)), b"junk").unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path()).unwrap();
+
+        // The new reading of boot A, its boot time read a few seconds off.
+        assert_eq!(q.supersede_uptime(A + 5).unwrap(), 3);
+        let new = reading(A + 5, 7_300, false);
+        q.push(&new).unwrap();
+        let expected = vec![
+            Some(traffic),
+            Some(a_stop),
+            Some(near),
+            Some(b1),
+            Some(b_stop),
+            None,
+            Some(new),
+        ];
+        assert_eq!(listing(&q), expected);
+
+        // On disk as in memory: a reopened queue has the same entries, in the same order.
+        drop(q);
+        let mut q = Queue::open(dir.path()).unwrap();
+        assert_eq!(listing(&q), expected);
+        let mut sent = Vec::new();
+        while let Some((_, e)) = q.front() {
+            sent.push(e.ok());
+            q.pop().unwrap();
+        }
+        assert_eq!(sent, expected);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn superseding_can_take_the_front_and_the_queue_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path()).unwrap();
+        q.push(&up(1)).unwrap();
+        q.push(&up(2)).unwrap();
+        // `up(n)` readings all say boot 1000.
+        assert_eq!(q.supersede_uptime(1000).unwrap(), 2);
+        assert!(q.is_empty());
+        q.push(&up(3)).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(q);
+        let mut q = Queue::open(dir.path()).unwrap();
+        assert_eq!(drain(&mut q), vec![3]);
+    }
+
+    #[test]
+    fn entries_written_before_superseding_existed_still_load_and_are_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let nonce = "ab".repeat(NONCE_LEN);
+        // Byte for byte what earlier agents wrote (no field was added for superseding).
+        let old = [
+            format!(
+                r#"{{"measured_at":1000100,"nonce":"{nonce}","report":{{"report":"uptime","uptime_secs":100}}}}"#
+            ),
+            format!(
+                r#"{{"measured_at":1000200,"nonce":"{nonce}","report":{{"report":"uptime","uptime_secs":200,"stopping":true}}}}"#
+            ),
+            format!(
+                r#"{{"measured_at":1000300,"nonce":"{nonce}","report":{{"report":"consumption","used":{{"cru":0,"mru":0,"sru":0,"hru":0,"ipv4":0}},"traffic_bytes":5}}}}"#
+            ),
+        ];
+        for (i, text) in old.iter().enumerate() {
+            fs::write(dir.path().join(format!("{i:020}.json")), text).unwrap();
+        }
+        let mut q = Queue::open(dir.path()).unwrap();
+        assert_eq!(entries(&q).len(), 3);
+        assert_eq!(q.supersede_uptime(1_000_000).unwrap(), 1);
+        let left = entries(&q);
+        assert!(matches!(
+            left[0].report,
+            Report::Uptime {
+                uptime_secs: 200,
+                stopping: true,
+                ..
+            }
+        ));
+        assert!(matches!(left[1].report, Report::Consumption(_)));
+        assert_eq!(left.len(), 2);
     }
 
     #[test]

@@ -154,25 +154,28 @@ async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
         .until("two uptime reports", |s| s.delivered >= 2)
         .await;
 
-    // The registry goes away: reports pile up on disk.
+    // The registry goes away: the uptime reading waits on disk, each new one of this boot
+    // replacing the one before (it proves the same uptime and more).
     reg.halt().await;
-    let s = agent.until("three queued reports", |s| s.queued >= 3).await;
-    assert!(
-        s.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("unreachable"),
-        "{s:?}"
-    );
-    assert!(uptime_files(&state) >= 3);
-    let queued_in_outage = s.queued as u64;
+    let s = agent
+        .until("the outage noticed", |s| {
+            s.queued >= 1
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("unreachable"))
+        })
+        .await;
     let delivered_before = s.delivered;
+    // Three more readings taken meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(agent.status.borrow().queued, 1);
+    assert_eq!(uptime_files(&state), 1);
 
-    // It comes back on the same database: every queued report arrives.
+    // It comes back on the same database: the queued reading arrives, reports go on.
     reg.resume().await;
     agent
-        .until("the queue to drain", |s| {
-            s.queued == 0 && s.delivered >= delivered_before + queued_in_outage
+        .until("the queue to drain and two more reports", |s| {
+            s.queued == 0 && s.delivered >= delivered_before + 3
         })
         .await;
     let s = agent.shutdown().await;
@@ -191,6 +194,7 @@ async fn node_registers_reports_and_loses_nothing_while_the_registry_is_away() {
         ups.windows(2).all(|w| w[0].1 <= w[1].1),
         "timestamp order: {ups:?}"
     );
+    assert_no_violation(&ups);
 
     // The agent restarts (same state dir): same key, same node, reports continue.
     let before = ups.len();
@@ -222,13 +226,27 @@ async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
         .unwrap();
     agent.until("a report", |s| s.delivered >= 1).await;
     reg.halt().await;
-    agent.until("two queued", |s| s.queued >= 2).await;
-    // Planned shutdown while the registry is away: the last report is queued too.
+    agent
+        .until("a report the registry did not take", |s| {
+            s.queued >= 1 && s.last_error.is_some()
+        })
+        .await;
+    // Planned shutdown while the registry is away: the last report is queued too, and
+    // supersedes the ordinary reading queued during the outage.
     let s = agent.shutdown().await;
     let left = uptime_files(&state);
-    // Two queued during the outage plus the last one written on the way out.
     assert_eq!(left, s.queued, "{s:?}");
-    assert!(left >= 3, "{s:?}");
+    assert_eq!(left, 1, "{s:?}");
+    let queue = agent::queue::Queue::open(&state.join("queue")).unwrap();
+    let (_, last) = queue.front().unwrap();
+    assert!(
+        matches!(
+            last.unwrap().report,
+            gridtypes::Report::Uptime { stopping: true, .. }
+        ),
+        "the shutdown report is what is left"
+    );
+    drop(queue);
     let delivered_first_run = s.delivered;
 
     reg.resume().await;
@@ -244,6 +262,132 @@ async fn reports_queued_before_an_agent_restart_are_delivered_after_it() {
         "{ups:?}"
     );
     assert!(ups.windows(2).all(|w| w[0].0 <= w[1].0), "{ups:?}");
+    assert_no_violation(&ups);
+    reg.halt().await;
+}
+
+/// No two consecutive uptime reports (as (uptime, signed_at), in order) are what the
+/// registry's minting calls a violation.
+fn assert_no_violation(ups: &[(u64, i64)]) {
+    for w in ups.windows(2) {
+        assert!(
+            !agent::client::uptime_violation((w[0].1, w[0].0), (w[1].1, w[1].0)),
+            "violation between {:?} and {:?} in {ups:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// A /proc with a fixed uptime (and the memory the probe reads).
+fn fake_proc(root: &Path, uptime_secs: i64) -> PathBuf {
+    let proc = root.join("proc");
+    put(&proc, "uptime", &format!("{uptime_secs}.25 10.00\n"));
+    put(&proc, "meminfo", "MemTotal:        4194304 kB\n");
+    proc
+}
+
+fn uptime_entry(boot: i64, uptime_secs: i64, stopping: bool) -> agent::queue::Entry {
+    agent::queue::Entry::new(
+        gridtypes::Report::Uptime {
+            uptime_secs: uptime_secs as u64,
+            stopping,
+            warnings: Vec::new(),
+        },
+        boot + uptime_secs,
+    )
+}
+
+/// Hours of outage, a reboot and an agent restart in between: what waits in the queue goes
+/// out in a burst, and the registry's minting must find no violation in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_after_a_long_outage_is_no_minting_violation() {
+    use agent::queue::{Entry, Queue};
+    use gridtypes::{Consumption, Report, Resources};
+
+    const UP: i64 = 100_000;
+    let mut reg = Registry::sqlite().await;
+    let farm = reg.farm("farm-burst").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+    let mut cfg = config(&reg, farm, &state, &sys);
+    cfg.probe.proc = fake_proc(dir.path(), UP);
+    // One reading at start only: the fake uptime does not move.
+    cfg.uptime_interval = Duration::from_secs(3600);
+
+    let now = gridtypes::now();
+    let boot = now - UP;
+    // An earlier boot that lasted long (its reading can still be told apart from this boot),
+    // and a short one (it cannot: signed now, it would say the node booted after this boot).
+    let (long_boot, short_boot) = (boot - 400_000, boot - 20_000);
+    let long_stop = uptime_entry(long_boot, 300_000, true);
+    let short_last = uptime_entry(short_boot, 1_000, false);
+    // This boot: readings every 40 minutes for the last two hours, and the last report of an
+    // agent that stopped (not the node) in between.
+    let ours = [-7200, -4800, -2400].map(|ago| uptime_entry(boot, UP + ago, false));
+    let agent_stop = uptime_entry(boot, UP - 6000, true);
+    let traffic = Entry::new(
+        Report::Consumption(Consumption {
+            used: Resources::default(),
+            traffic_bytes: 4096,
+        }),
+        now - 5000,
+    );
+    let mut q = Queue::open(&cfg.queue_dir()).unwrap();
+    for e in [
+        &long_stop,
+        &short_last,
+        &ours[0],
+        &agent_stop,
+        &traffic,
+        &ours[1],
+        &ours[2],
+    ] {
+        q.push(e).unwrap();
+    }
+    drop(q);
+
+    // Still away when the agent starts: its first reading supersedes the three of this boot.
+    reg.halt().await;
+    let mut agent = spawn(cfg);
+    agent
+        .until("the older readings superseded", |s| {
+            s.queued == 5 && s.last_error.is_some()
+        })
+        .await;
+    reg.resume().await;
+    let s = agent
+        .until("the burst delivered", |s| {
+            s.node_id.is_some() && s.queued == 0
+        })
+        .await;
+    // The long boot's stop, this boot's agent stop, the traffic, the new reading; the short
+    // boot's reading was dropped.
+    assert_eq!(s.delivered, 4, "{s:?}");
+    let node = s.node_id.unwrap();
+    agent.shutdown().await;
+
+    let ups = uptimes(&reg, node).await;
+    assert_no_violation(&ups);
+    let readings: Vec<u64> = ups.iter().map(|u| u.0).collect();
+    assert_eq!(readings.len(), 4, "{ups:?}");
+    assert_eq!(readings[0], 300_000, "the long boot's reading as it was");
+    // This boot's readings say what the uptime was when they were signed: each implies
+    // this boot (the fake uptime stands still, so later ones imply a few seconds later).
+    for &(uptime, signed_at) in &ups[1..] {
+        let implied = signed_at - uptime as i64;
+        assert!(
+            (0..30).contains(&(implied - boot)),
+            "{uptime} at {signed_at}, boot {boot}: {ups:?}"
+        );
+    }
+    for gone in ours.iter().chain([&short_last]) {
+        let Report::Uptime { uptime_secs, .. } = gone.report else {
+            unreachable!()
+        };
+        assert!(!readings.contains(&uptime_secs), "{uptime_secs} in {ups:?}");
+    }
     reg.halt().await;
 }
 
