@@ -189,6 +189,31 @@ impl Receipt {
     }
 }
 
+/// From a node's capacity history (signed time order): the capacity in force at the
+/// period's start and every one reported during it, and whether its latest registration
+/// before the period's end said it is virtualised.
+pub fn capacities_in(
+    history: &[(i64, (Resources, Option<bool>))],
+    period: &Period,
+) -> (Vec<Resources>, bool) {
+    let at_start = history
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= period.start)
+        .map(|(_, (c, _))| *c);
+    let during = history
+        .iter()
+        .filter(|(at, _)| *at > period.start && *at < period.end)
+        .map(|(_, (c, _))| *c);
+    let virtualized = history
+        .iter()
+        .rev()
+        .filter(|(at, _)| *at < period.end)
+        .find_map(|(_, (_, v))| *v)
+        .unwrap_or(false);
+    (at_start.into_iter().chain(during).collect(), virtualized)
+}
+
 /// The price a node that connected at `connected_at` earns at: the price in force then, or
 /// the first one ever set when none was set before (a node is not denied its reward for
 /// connecting early). `prices` holds (time set, µUSD per TFT), oldest first.
@@ -345,6 +370,28 @@ mod tests {
         assert_eq!(price_at(&prices, 999), Some(90_000));
         assert_eq!(price_at(&prices, 50), Some(50_000));
         assert_eq!(price_at(&[], 50), None);
+    }
+
+    #[test]
+    fn capacities_are_those_in_force_at_the_start_and_reported_during_the_period() {
+        let p = Period::nth(T0, 1);
+        let (a, b, c, d) = (
+            node(),
+            Resources { cru: 4, ..node() },
+            Resources { cru: 2, ..node() },
+            Resources { cru: 1, ..node() },
+        );
+        let history = [
+            (T0, (a, Some(false))),
+            (p.start - 10, (b, None)),
+            (p.start + 10, (c, Some(true))),
+            (p.end, (d, Some(false))),
+        ];
+        let (caps, virtualized) = capacities_in(&history, &p);
+        assert_eq!(caps, vec![b, c]);
+        assert!(virtualized);
+        let (caps, virtualized) = capacities_in(&history[..1], &Period::nth(T0, 0));
+        assert_eq!((caps, virtualized), (vec![a], false));
     }
 
     #[test]

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::{
-    deploy, keyfile, logs, Cli, Command, ContractStateArg, ContractsCmd, DeploymentsCmd, FarmCmd,
-    ImageBuildArgs, ImageCmd, ImageFormat, KeyCmd, NodeFilterArgs, NodesCmd, StatusArg, TwinCmd,
-    UnitsArgs,
+    audit, deploy, keyfile, logs, AuditCmd, Cli, Command, ContractStateArg, ContractsCmd,
+    DeploymentsCmd, FarmCmd, ImageBuildArgs, ImageCmd, ImageFormat, KeyCmd, NodeFilterArgs,
+    NodesCmd, StatusArg, TwinCmd, UnitsArgs,
 };
 
 /// Runs one parsed command line.
@@ -144,6 +144,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Units(u) => units(&u, j)?,
         Command::Ledger(c) => crate::ledger::run(&client, c, j).await?,
+        Command::Audit(AuditCmd::Node { id }) => {
+            let a = audit::node(&client, id).await?;
+            print(j, &a, audit::node_text);
+            if !a.clean() {
+                bail!("node {id}: the registry's figures do not hold");
+            }
+        }
+        Command::Audit(AuditCmd::Farm { id }) => {
+            let a = audit::farm(&client, id).await?;
+            print(j, &a, |a| {
+                let mut t: String = a.nodes.iter().map(audit::node_text).collect();
+                t.push_str(&format!(
+                    "farm {}: {} nodes, {:.0} messages verified per second\n",
+                    a.farm_id,
+                    a.nodes.len(),
+                    a.reports_per_sec
+                ));
+                t
+            });
+            let bad = a.nodes.iter().filter(|n| !n.clean()).count();
+            if bad > 0 {
+                bail!("farm {id}: the registry's figures do not hold for {bad} node(s)");
+            }
+        }
     }
     Ok(())
 }

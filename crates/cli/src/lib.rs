@@ -2,6 +2,7 @@
 //! units). Answers are read as `gridapi` types; `--json` prints them as the registry sent them
 //! (plus what the CLI checked itself, such as each report's signature).
 
+mod audit;
 mod client;
 mod commands;
 /// App files (`grid deploy`): YAML or JSON with sizes in units; the lab writes them too.
@@ -66,6 +67,10 @@ enum Command {
     Deployments(DeploymentsCmd),
     /// A workload's newest output (stdout and stderr), asked of the node and sealed to you.
     Logs(LogsArgs),
+    /// Check a node's or farm's figures without trusting the registry: every signature is
+    /// verified and units, uptime, rewards and payments are computed again.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// TFT balances and histories, and the minting periods that paid farmers.
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
@@ -111,6 +116,20 @@ enum ImageFormat {
     Pxe,
     Usb,
     Iso,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// One node.
+    Node {
+        /// Node id.
+        id: u64,
+    },
+    /// Every node of a farm.
+    Farm {
+        /// Farm id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]

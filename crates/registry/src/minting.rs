@@ -278,7 +278,7 @@ async fn period_input(
             history.push((at, change));
         }
     }
-    let (capacities, virtualized) = capacities_in(&history, &period);
+    let (capacities, virtualized) = accounting::capacities_in(&history, &period);
     Ok(RewardInput {
         node_id: n.id,
         farm_id: n.farm_id,
@@ -302,30 +302,6 @@ pub fn capacity_change(envelope: &[u8]) -> Option<(Resources, Option<bool>)> {
         Payload::Report(Report::Capacity { capacity, .. }) => Some((capacity, None)),
         _ => None,
     }
-}
-
-/// From a node's capacity history up to the period's end (signed time order): the capacity
-/// in force at the period's start and every one reported during it, and whether its latest
-/// registration said it is virtualised.
-pub fn capacities_in(
-    history: &[(i64, (Resources, Option<bool>))],
-    period: &Period,
-) -> (Vec<Resources>, bool) {
-    let at_start = history
-        .iter()
-        .rev()
-        .find(|(at, _)| *at <= period.start)
-        .map(|(_, (c, _))| *c);
-    let during = history
-        .iter()
-        .filter(|(at, _)| *at > period.start && *at < period.end)
-        .map(|(_, (c, _))| *c);
-    let virtualized = history
-        .iter()
-        .rev()
-        .find_map(|(_, (_, v))| *v)
-        .unwrap_or(false);
-    (at_start.into_iter().chain(during).collect(), virtualized)
 }
 
 /// Fills the `reading` column of reports stored before it existed, a batch at a time.

@@ -74,26 +74,48 @@ pub async fn seed_reports(db: &Db, node: &SeededNode, reports: &[(i64, Report)])
     insert(db, node.id, &rows).await;
 }
 
+/// Rows per INSERT: within both engines' limits on bound parameters (6 per row).
+const ROWS_PER_INSERT: usize = 500;
+
 async fn insert(db: &Db, node: i64, rows: &[(&str, Envelope, Option<i64>)]) {
     let mut tx = db
         .pool
         .begin()
         .await
         .unwrap_or_else(|e| panic!("seeding: {e}"));
-    for (kind, envelope, reading) in rows {
-        sqlx::query(
-            "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) \
-             VALUES ($1, $2, $3, $3, $4, $5, $6)",
-        )
-        .bind(node)
-        .bind(*kind)
-        .bind(envelope.timestamp)
-        .bind(&envelope.nonce)
-        .bind(envelope.to_json())
-        .bind(*reading)
-        .execute(&mut *tx)
-        .await
-        .unwrap_or_else(|e| panic!("seeding a report: {e}"));
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 6;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for (kind, envelope, reading) in chunk {
+            q = q
+                .bind(node)
+                .bind(*kind)
+                .bind(envelope.timestamp)
+                .bind(envelope.nonce.clone())
+                .bind(envelope.to_json())
+                .bind(*reading);
+        }
+        q.execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("seeding reports: {e}"));
     }
     tx.commit().await.unwrap_or_else(|e| panic!("seeding: {e}"));
 }
