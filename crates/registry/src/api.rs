@@ -53,6 +53,8 @@ pub struct AppState {
     pub config: Config,
     /// Boot media builds in progress.
     pub boot_builds: crate::boot::Builds,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 type AppResult<T> = Result<T, ApiError>;
@@ -97,9 +99,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/boot/{farm}/{item}", get(crate::boot::get_boot))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ledger_api::routes())
+        .route("/metrics", get(crate::metrics::get_metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every write, whatever its kind: counted per client address before any work.
         .layer(ip_layer(rate.per_ip, "writes"))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_rejections,
+        ))
         .with_state(state)
 }
 
@@ -148,7 +155,12 @@ async fn signed_write(
     kind: &'static str,
 ) -> AppResult<(StatusCode, Json<Written>)> {
     let (verified, raw) = open_signed(state, headers, body, kind).await?;
+    let stored = match &verified.payload {
+        Payload::Report(r) => r.kind().as_str(),
+        other => other.kind(),
+    };
     let written = state.writer.write(verified, raw).await?;
+    state.metrics.ingested(stored);
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -784,7 +796,7 @@ fn wide_sum(r: &AnyRow, col: &str) -> Result<u128, sqlx::Error> {
 
 const CAPACITY_COLUMNS: [&str; 5] = ["cru", "mru", "sru", "hru", "ipv4"];
 
-async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
+pub(crate) async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
     let sums: Vec<String> = CAPACITY_COLUMNS.iter().map(|c| split_sum(c)).collect();
     let sql = format!(
         "SELECT COUNT(*) AS nodes, {}, \
@@ -818,7 +830,7 @@ async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
     })
 }
 
-async fn count(db: &Db, table: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn count(db: &Db, table: &str) -> Result<i64, sqlx::Error> {
     sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
         .fetch_one(&db.pool)
         .await?

@@ -193,7 +193,10 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
+        let code = self.code();
         let mut response = (self.status(), Json(body)).into_response();
+        // For the rejection counter of /metrics (metrics::count_rejections).
+        response.extensions_mut().insert(code);
         if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ledger;
 pub mod ledger_api;
 pub mod limits;
+pub mod metrics;
 pub mod minting;
 pub mod server;
 pub mod writer;
@@ -88,6 +89,7 @@ pub fn app(db: Db, config: Config) -> Router {
         keys,
         config,
         boot_builds: boot::Builds::default(),
+        metrics: metrics::Metrics::default(),
     });
     api::router(state)
         .layer(axum::middleware::from_fn_with_state(
