@@ -100,6 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ledger_api::routes())
         .route("/metrics", get(crate::metrics::get_metrics))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every write, whatever its kind: counted per client address before any work.
         .layer(ip_layer(rate.per_ip, "writes"))
@@ -372,11 +373,11 @@ async fn get_farm(State(s): S, Path(id): Path<String>) -> AppResult<Json<FarmVie
 
 // ---- nodes ----
 
-const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
+pub(crate) const NODE_COLUMNS: &str = "id, public_key, farm_id, serial, virtualized, interfaces, \
     agent_version, box_key, cru, mru, sru, hru, ipv4, used_cru, used_mru, used_sru, used_hru, used_ipv4, \
     cu, su, uptime_secs, traffic_bytes, registered_at, updated_at, last_seen, stopping";
 
-fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
+pub(crate) fn node_view(r: &AnyRow, up_since: i64) -> Result<NodeView, sqlx::Error> {
     let capacity = resources(r, "")?;
     let used = resources(r, "used_")?;
     let last_seen: i64 = r.try_get("last_seen")?;

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod minting;
 pub mod server;
+pub mod web;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Config {
     pub boot: Option<boot::BootConfig>,
     /// Closing minting periods in the background (`None`: only `grid-registry close`).
     pub minting: Option<minting::MintingConfig>,
+    /// How often the grid is sampled for the web page's charts (`None`: never).
+    pub sample_every: Option<Duration>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             rate: RateLimits::default(),
             boot: None,
             minting: Some(minting::MintingConfig::default()),
+            sample_every: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -80,6 +84,9 @@ pub fn app(db: Db, config: Config) -> Router {
     let writer = writer::Writer::spawn(db.clone(), config.write_queue_bytes);
     if let Some(m) = config.minting {
         tokio::spawn(minting::run(db.clone(), m));
+    }
+    if let Some(every) = config.sample_every {
+        tokio::spawn(web::sampler(db.clone(), every, config.up_window_secs));
     }
     let keys = limits::KeyLimiter::new(config.rate.per_key);
     let timeout = config.request_timeout;

@@ -72,6 +72,22 @@ pub async fn seed_reports(db: &Db, node: &SeededNode, reports: &[(i64, Report)])
         })
         .collect();
     insert(db, node.id, &rows).await;
+    // The node's row as the writer would have left it after the newest uptime report.
+    if let Some((at, Report::Uptime { uptime_secs, .. })) = reports
+        .iter()
+        .filter(|(_, r)| matches!(r, Report::Uptime { .. }))
+        .max_by_key(|(at, _)| *at)
+    {
+        sqlx::query(
+            "UPDATE nodes SET last_seen = $1, uptime_secs = $2 WHERE id = $3 AND last_seen < $1",
+        )
+        .bind(*at)
+        .bind(*uptime_secs as i64)
+        .bind(node.id)
+        .execute(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("seeding: {e}"));
+    }
 }
 
 /// Rows per INSERT: within both engines' limits on bound parameters (6 per row).
