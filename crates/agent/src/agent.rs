@@ -264,6 +264,7 @@ impl Agent {
         self.enqueue(Report::Consumption(gridtypes::Consumption {
             used,
             traffic_bytes: traffic_bytes.min(gridtypes::MAX_TRAFFIC_BYTES),
+            contracts: Vec::new(),
         }))
     }
 

@@ -369,6 +369,7 @@ mod tests {
             Report::Consumption(gridtypes::Consumption {
                 used: gridtypes::Resources::default(),
                 traffic_bytes: 7,
+                contracts: Vec::new(),
             }),
             at,
         )

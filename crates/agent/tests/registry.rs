@@ -331,6 +331,7 @@ async fn a_burst_after_a_long_outage_is_no_minting_violation() {
         Report::Consumption(Consumption {
             used: Resources::default(),
             traffic_bytes: 4096,
+            contracts: Vec::new(),
         }),
         now - 5000,
     );

@@ -543,13 +543,26 @@ fn contract_table(list: &[ContractView]) -> String {
             c.id,
             c.twin_id,
             c.node_id,
-            c.state.as_str(),
+            if c.grace_since.is_some() {
+                "grace"
+            } else {
+                c.state.as_str()
+            },
             r.cru,
             gib(r.mru),
             gib(r.sru),
             gib(r.hru),
             r.ipv4
         );
+    }
+    // A contract in grace runs on unpaid: say until when, and what to do.
+    for c in list.iter().filter(|c| c.state == ContractState::Active) {
+        if let Some(end) = c.grace_ends {
+            out += &format!(
+                "contract {}: its twin's balance does not cover its bill; it is cancelled at {} (Unix time) unless the twin pays in\n",
+                c.id, end
+            );
+        }
     }
     out
 }

@@ -170,11 +170,22 @@ fn payload() -> BoxedStrategy<Payload> {
     let capacity = (resources(), warnings())
         .prop_map(|(capacity, warnings)| Payload::Report(Report::Capacity { capacity, warnings }))
         .boxed();
-    let consumption = (resources(), edge_u64())
-        .prop_map(|(used, traffic_bytes)| {
+    let consumption = (
+        resources(),
+        edge_u64(),
+        prop::collection::vec((edge_u64(), edge_u64()), 0..4),
+    )
+        .prop_map(|(used, traffic_bytes, shares)| {
             Payload::Report(Report::Consumption(Consumption {
                 used,
                 traffic_bytes,
+                contracts: shares
+                    .into_iter()
+                    .map(|(contract_id, traffic_bytes)| gridtypes::ContractTraffic {
+                        contract_id,
+                        traffic_bytes,
+                    })
+                    .collect(),
             }))
         })
         .boxed();

@@ -494,6 +494,16 @@ pub struct ContractView {
     /// The number of the twin's latest log request (the next must be larger).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub log_request: Option<i64>,
+    /// Billed up to this time (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub billed_until: Option<i64>,
+    /// Set while the twin cannot pay: the contract runs on until `grace_ends`, then it is
+    /// cancelled unless the twin's balance covers its bill by then.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grace_since: Option<i64>,
+    /// When the grace ends (with `grace_since`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grace_ends: Option<i64>,
 }
 
 /// One contract in a node's mailbox: what the node must run under it, if anything.

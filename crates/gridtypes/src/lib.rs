@@ -17,8 +17,8 @@ pub use envelope::{
     NONCE_LEN,
 };
 pub use payload::{
-    Consumption, ContractRequest, Interface, NodeRegistration, Payload, PayloadError, Report,
-    ReportKind, Sealed, MAX_PAYLOAD_BYTES, MAX_POLL_WAIT_SECS, MAX_TEXT, MAX_TRAFFIC_BYTES,
-    MAX_UPTIME_SECS, MAX_WARNINGS,
+    Consumption, ContractRequest, ContractTraffic, Interface, NodeRegistration, Payload,
+    PayloadError, Report, ReportKind, Sealed, MAX_PAYLOAD_BYTES, MAX_POLL_WAIT_SECS,
+    MAX_REPORTED_CONTRACTS, MAX_TEXT, MAX_TRAFFIC_BYTES, MAX_UPTIME_SECS, MAX_WARNINGS,
 };
 pub use units::{ResourceTotals, Resources, Units, GIB, MAX_CRU, MAX_DISK, MAX_IPV4, MAX_MRU};

@@ -191,14 +191,31 @@ pub enum Report {
 }
 
 /// Resources reserved by workloads and traffic moved since the previous report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consumption {
     /// Resources currently reserved by workloads.
     pub used: Resources,
     /// Public traffic in bytes since the previous consumption report.
     pub traffic_bytes: u64,
+    /// Of that traffic, each contract's share: what the contract's twin is billed NU for.
+    /// Left out when empty, so reports without contracts keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contracts: Vec<ContractTraffic>,
 }
+
+/// One contract's public traffic in a consumption report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractTraffic {
+    /// The contract.
+    pub contract_id: u64,
+    /// Its public traffic in bytes since the previous consumption report.
+    pub traffic_bytes: u64,
+}
+
+/// Most contracts one consumption report may name.
+pub const MAX_REPORTED_CONTRACTS: usize = 128;
 
 impl Report {
     /// An uptime report without warnings.
@@ -325,7 +342,8 @@ impl Payload {
             Payload::Logs(_) => sealed_payload(MAX_LOG_ANSWER_BYTES),
             // 8 warnings of 128 bytes even if every byte is escaped as \u00XX, plus the numbers.
             Payload::Report(Report::Uptime { .. } | Report::Capacity { .. }) => 8192,
-            Payload::Report(Report::Consumption(_)) => 1024,
+            // The numbers, and 128 contracts of about 60 bytes each.
+            Payload::Report(Report::Consumption(_)) => 1024 + MAX_REPORTED_CONTRACTS * 64,
             Payload::RegisterNode(_) => MAX_PAYLOAD_BYTES,
         }
     }
@@ -476,6 +494,31 @@ impl Payload {
                         c.traffic_bytes
                     )));
                 }
+                if c.contracts.len() > MAX_REPORTED_CONTRACTS {
+                    return Err(invalid(format!(
+                        "{} contracts, at most {MAX_REPORTED_CONTRACTS}",
+                        c.contracts.len()
+                    )));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut sum = 0u64;
+                for t in &c.contracts {
+                    check_contract_id(t.contract_id)?;
+                    if !seen.insert(t.contract_id) {
+                        return Err(invalid(format!(
+                            "contract {} is named twice",
+                            t.contract_id
+                        )));
+                    }
+                    sum = sum.saturating_add(t.traffic_bytes);
+                }
+                // The contracts' shares are parts of the node's public traffic.
+                if sum > c.traffic_bytes {
+                    return Err(invalid(format!(
+                        "the contracts' traffic ({sum} bytes) is more than the node's ({})",
+                        c.traffic_bytes
+                    )));
+                }
                 Ok(())
             }
         }
@@ -543,6 +586,7 @@ mod tests {
             Payload::Report(Report::Consumption(Consumption {
                 used: Resources::from_gib(1, 1.0, 0.0, 0.0),
                 traffic_bytes: 10,
+                contracts: Vec::new(),
             })),
         ] {
             assert_eq!(Payload::from_bytes(&p.to_bytes()).unwrap(), p);
@@ -701,6 +745,7 @@ mod tests {
             Payload::Report(Report::Consumption(Consumption {
                 used: full,
                 traffic_bytes: MAX_TRAFFIC_BYTES,
+                contracts: Vec::new(),
             })),
             Payload::CreateFarm {
                 name: "f".repeat(MAX_FARM_NAME),

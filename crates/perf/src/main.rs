@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use test_infra::{nonce, RegistryCommand, RegistryProcess};
 
+mod ledger;
+
 #[derive(Parser)]
 #[command(
     name = "gridos-perf",
@@ -100,6 +102,30 @@ enum Test {
         /// `/healthz` requests per step, each on a new connection.
         #[arg(long, default_value_t = 200)]
         probes: usize,
+    },
+    /// Closing one month of minting periods for grids of each size (fresh database each).
+    ClosePeriods {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        #[arg(long, value_delimiter = ',', default_value = "1000,3000,10000")]
+        nodes: Vec<usize>,
+    },
+    /// `grid audit farm` over 100 nodes with a closed month each, against the verify ceiling.
+    Audit {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        /// The `grid` binary (default: the one next to this binary).
+        #[arg(long)]
+        grid_bin: Option<std::path::PathBuf>,
+    },
+    /// Time to first byte of the web pages with many nodes registered.
+    WebTtfb {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: DbKind,
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 50)]
+        requests: usize,
     },
     /// Everything, in the order BENCHMARKS.md reports it.
     All {
@@ -664,6 +690,25 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => vec![ingest_compare(baseline_bin, db, clients, reports, rounds).await?],
         Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
+        Test::ClosePeriods { db, nodes } => vec![ledger::close_periods(db, &nodes).await?],
+        Test::Audit { db, grid_bin } => {
+            let bin = match grid_bin {
+                Some(b) => b,
+                None => std::env::current_exe()?.with_file_name("grid"),
+            };
+            let ceiling = verify_ceiling(5.0);
+            let mut r = ledger::audit(db, &bin).await?;
+            let max = ceiling["verify_per_sec_all_cores"].as_f64().unwrap_or(1.0);
+            r["ratio_to_ceiling"] = json!(
+                ((r["verified_per_sec"].as_f64().unwrap_or(0.0) / max) * 1000.0).round() / 1000.0
+            );
+            vec![ceiling, r]
+        }
+        Test::WebTtfb {
+            db,
+            nodes,
+            requests,
+        } => vec![ledger::web_ttfb(db, nodes, requests).await?],
         Test::ReadsRss { clients, secs } => vec![reads_rss(clients, secs).await?],
         Test::IdleConns { steps, probes } => vec![idle_conns(&steps, probes).await?],
         Test::Ingest {

@@ -556,7 +556,8 @@ async fn list_reports(
 // ---- contracts ----
 
 const CONTRACT_COLUMNS: &str = "id, twin_id, node_id, cru, mru, sru, hru, ipv4, state, \
-    created_at, cancelled_at, deployment_version, status_version, log_request_id";
+    created_at, cancelled_at, deployment_version, status_version, log_request_id, billed_until, \
+    grace_since";
 
 fn contract_state(r: &AnyRow) -> Result<ContractState, sqlx::Error> {
     r.try_get::<String, _>("state")?
@@ -564,8 +565,9 @@ fn contract_state(r: &AnyRow) -> Result<ContractState, sqlx::Error> {
         .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
-fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
+fn contract_view(r: &AnyRow, grace_secs: i64) -> Result<ContractView, sqlx::Error> {
     let state = contract_state(r)?;
+    let grace_since: Option<i64> = r.try_get("grace_since")?;
     Ok(ContractView {
         id: r.try_get("id")?,
         twin_id: r.try_get("twin_id")?,
@@ -577,6 +579,9 @@ fn contract_view(r: &AnyRow) -> Result<ContractView, sqlx::Error> {
         deployment_version: r.try_get("deployment_version")?,
         status_version: r.try_get("status_version")?,
         log_request: r.try_get("log_request_id")?,
+        billed_until: r.try_get("billed_until")?,
+        grace_since,
+        grace_ends: grace_since.map(|g| g.saturating_add(grace_secs)),
     })
 }
 
@@ -602,7 +607,7 @@ async fn list_contracts(
         .await?;
     let items = rows
         .iter()
-        .map(contract_view)
+        .map(|r| contract_view(r, s.config.billing.grace_secs))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(page(items, limit, |c| c.id)))
 }
@@ -616,7 +621,7 @@ async fn get_contract(State(s): S, Path(id): Path<String>) -> AppResult<Json<Con
     .fetch_optional(&s.db.pool)
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("contract {id} does not exist")))?;
-    Ok(Json(contract_view(&row)?))
+    Ok(Json(contract_view(&row, s.config.billing.grace_secs)?))
 }
 
 // ---- mailboxes ----

@@ -5,6 +5,7 @@
 //! no state outside its database, so several replicas can share one PostgreSQL.
 
 pub mod api;
+pub mod billing;
 pub mod boot;
 pub mod db;
 pub mod error;
@@ -57,6 +58,8 @@ pub struct Config {
     pub minting: Option<minting::MintingConfig>,
     /// How often the grid is sampled for the web page's charts (`None`: never).
     pub sample_every: Option<Duration>,
+    /// Billing of contracts.
+    pub billing: billing::BillingConfig,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             boot: None,
             minting: Some(minting::MintingConfig::default()),
             sample_every: Some(Duration::from_secs(600)),
+            billing: billing::BillingConfig::default(),
         }
     }
 }
@@ -84,6 +88,9 @@ pub fn app(db: Db, config: Config) -> Router {
     let writer = writer::Writer::spawn(db.clone(), config.write_queue_bytes);
     if let Some(m) = config.minting {
         tokio::spawn(minting::run(db.clone(), m));
+    }
+    if let Some(every) = config.billing.every {
+        tokio::spawn(billing::run(db.clone(), every, config.billing.grace_secs));
     }
     if let Some(every) = config.sample_every {
         tokio::spawn(web::sampler(db.clone(), every, config.up_window_secs));

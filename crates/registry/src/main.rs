@@ -53,6 +53,12 @@ enum Command {
         /// proves its last stretch).
         #[arg(long, default_value_t = registry::minting::MintingConfig::default().settle_secs)]
         settle: i64,
+        /// Seconds between billing rounds (0: never; then run `grid-registry bill`).
+        #[arg(long, default_value_t = 300)]
+        bill_every: u64,
+        /// Seconds a contract whose twin cannot pay keeps running before it is cancelled.
+        #[arg(long, default_value_t = registry::billing::BillingConfig::default().grace_secs)]
+        grace: i64,
     },
     #[command(flatten)]
     Operator(operator::OperatorCmd),
@@ -229,6 +235,8 @@ async fn main() -> anyhow::Result<()> {
             boot,
             close_every,
             settle,
+            bill_every,
+            grace,
         } => {
             anyhow::ensure!(
                 body_limit >= 1024,
@@ -246,6 +254,11 @@ async fn main() -> anyhow::Result<()> {
                 every: Duration::from_secs(close_every),
                 settle_secs: settle,
             });
+            anyhow::ensure!(grace >= 0, "--grace must not be negative");
+            config.billing = registry::billing::BillingConfig {
+                every: (bill_every > 0).then(|| Duration::from_secs(bill_every)),
+                grace_secs: grace,
+            };
             let database = Db::connect(&db).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -103,6 +103,32 @@ pub enum OperatorCmd {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Set what twins pay per hour from now on (USD per CU-hour, per SU-hour, per GiB of
+    /// public traffic, per IPv4-hour).
+    Pricing {
+        /// USD per CU per hour, e.g. 0.01.
+        #[arg(long, value_parser = parse_usd)]
+        cu: u64,
+        /// USD per SU per hour.
+        #[arg(long, value_parser = parse_usd)]
+        su: u64,
+        /// USD per GiB of public traffic.
+        #[arg(long, value_parser = parse_usd)]
+        nu: u64,
+        /// USD per public IPv4 address per hour.
+        #[arg(long, value_parser = parse_usd)]
+        ipv4: u64,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Bill every contract that is due (the server does this every --bill-every seconds).
+    Bill {
+        /// Seconds a contract whose twin cannot pay keeps running before it is cancelled.
+        #[arg(long, default_value_t = registry::billing::BillingConfig::default().grace_secs)]
+        grace: i64,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Close every minting period that is due and pay its reward (the server does this
     /// every --close-every seconds on its own).
     Close {
@@ -222,6 +248,40 @@ pub async fn run(cmd: OperatorCmd) -> anyhow::Result<()> {
                     Some(id) => format!("twin {twin} credited {amount} TFT (transaction {id})"),
                     None => format!("deposit {reference:?} was credited before: nothing changed"),
                 },
+            );
+        }
+        OperatorCmd::Pricing {
+            cu,
+            su,
+            nu,
+            ipv4,
+            db,
+        } => {
+            let database = Db::connect(&db.db).await?;
+            let p = accounting::Pricing { cu, su, nu, ipv4 };
+            let id = registry::billing::set_pricing(&database, p, now).await?;
+            print(
+                db.json,
+                serde_json::json!({ "id": id, "pricing": p }),
+                format!(
+                    "twins pay {} USD per CU-hour, {} per SU-hour, {} per GiB, {} per IPv4-hour from now on",
+                    format_usd(cu),
+                    format_usd(su),
+                    format_usd(nu),
+                    format_usd(ipv4)
+                ),
+            );
+        }
+        OperatorCmd::Bill { grace, db } => {
+            let database = Db::connect(&db.db).await?;
+            let b = registry::billing::bill_due(&database, now, grace).await?;
+            print(
+                db.json,
+                serde_json::to_value(b)?,
+                format!(
+                    "{} bills, {} TFT charged; {} contracts entered grace, {} resumed, {} cancelled unpaid",
+                    b.bills, b.charged, b.graced, b.resumed, b.cancelled
+                ),
             );
         }
         OperatorCmd::Close { settle, db } => {

@@ -515,7 +515,13 @@ async fn apply(
             check!(farm_exists(conn, reg.farm_id as i64));
             Ctx::Node(node_by_key(conn, &v.signer_hex).await?.ok())
         }
-        Payload::Report(_) => Ctx::Node(Some(check!(node_by_key(conn, &v.signer_hex)))),
+        Payload::Report(report) => {
+            let node = check!(node_by_key(conn, &v.signer_hex));
+            if let Report::Consumption(c) = report {
+                check!(traffic_targets(conn, node.id, c));
+            }
+            Ctx::Node(Some(node))
+        }
         Payload::CreateContract(req) => {
             let twin = check!(twin_id(conn, &v.signer_hex));
             let node = check!(node_with_room(conn, backend, req));
@@ -658,6 +664,32 @@ struct NodeState {
     used: Resources,
 }
 
+/// Refuses a consumption report that names a contract not on the reporting node: a node
+/// bills traffic to its own contracts only. Cancelled ones count (their last traffic).
+async fn traffic_targets(
+    conn: &mut AnyConnection,
+    node: i64,
+    c: &gridtypes::Consumption,
+) -> Result<Result<(), ApiError>, sqlx::Error> {
+    for t in &c.contracts {
+        let on = sqlx::query("SELECT node_id FROM contracts WHERE id = $1")
+            .bind(t.contract_id as i64)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match on {
+            Some(r) if r.try_get::<i64, _>(0)? == node => {}
+            Some(_) => {
+                return Ok(Err(ApiError::Forbidden(format!(
+                    "contract {} is not on this node: a node reports traffic for its own contracts only",
+                    t.contract_id
+                ))))
+            }
+            None => return Ok(Err(no_contract(t.contract_id))),
+        }
+    }
+    Ok(Ok(()))
+}
+
 async fn node_by_key(
     conn: &mut AnyConnection,
     key: &str,
@@ -729,10 +761,11 @@ async fn node_with_room(
 }
 
 /// A contract that `twin` may cancel.
-struct ContractRow {
-    id: i64,
-    node_id: i64,
-    resources: Resources,
+#[derive(Clone)]
+pub(crate) struct ContractRow {
+    pub(crate) id: i64,
+    pub(crate) node_id: i64,
+    pub(crate) resources: Resources,
 }
 
 async fn cancellable(
@@ -783,7 +816,8 @@ async fn create_contract(
     let rev = next_rev(conn, node.id).await?;
     let id: i64 = sqlx::query(
         "INSERT INTO contracts (twin_id, node_id, cru, mru, sru, hru, ipv4, state, envelope, \
-            created_at, rev) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            created_at, rev, billed_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10) RETURNING id",
     )
     .bind(twin)
     .bind(node.id)
@@ -804,7 +838,7 @@ async fn create_contract(
     Ok(Ok(Written { id, created: true }))
 }
 
-async fn cancel_contract(
+pub(crate) async fn cancel_contract(
     conn: &mut AnyConnection,
     backend: Backend,
     contract: ContractRow,
@@ -1311,6 +1345,19 @@ async fn store_report(
             .bind(node.id)
             .execute(&mut *conn)
             .await?;
+            // Each contract's share waits for its next bill.
+            for t in &c.contracts {
+                sqlx::query(
+                    "UPDATE contracts SET traffic_unbilled = CASE WHEN traffic_unbilled > $1 - $2 \
+                     THEN $1 ELSE traffic_unbilled + $2 END WHERE id = $3 AND node_id = $4",
+                )
+                .bind(i64::MAX)
+                .bind(t.traffic_bytes as i64)
+                .bind(t.contract_id as i64)
+                .bind(node.id)
+                .execute(&mut *conn)
+                .await?;
+            }
         }
     }
     Ok(Ok(Written {

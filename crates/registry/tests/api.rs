@@ -150,6 +150,7 @@ async fn node_reports_are_stored_verbatim_and_reverify(engine: Engine) {
             Report::Consumption(Consumption {
                 used,
                 traffic_bytes: 3 * GIB,
+                contracts: Vec::new(),
             }),
         )
         .await;

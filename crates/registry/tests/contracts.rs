@@ -288,6 +288,7 @@ async fn consumption_reports_do_not_override_contracts(engine: Engine) {
             Report::Consumption(Consumption {
                 used: ask(4, 8 * GIB, 0),
                 traffic_bytes: 1000,
+                contracts: Vec::new(),
             }),
         )
         .await;

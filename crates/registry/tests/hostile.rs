@@ -253,10 +253,12 @@ async fn numbers_beyond_physical_bounds_are_refused(engine: Engine) {
         Report::Consumption(Consumption {
             used: Resources::default(),
             traffic_bytes: i64::MAX as u64,
+            contracts: Vec::new(),
         }),
         Report::Consumption(Consumption {
             used: Resources::default(),
             traffic_bytes: MAX_TRAFFIC_BYTES + 1,
+            contracts: Vec::new(),
         }),
         Report::uptime(u64::MAX),
         Report::uptime(i64::MAX as u64),
@@ -296,6 +298,7 @@ async fn traffic_totals_saturate_and_rows_stay_readable(engine: Engine) {
         Report::Consumption(Consumption {
             used: Resources::default(),
             traffic_bytes: t,
+            contracts: Vec::new(),
         })
     };
     for _ in 0..2 {

@@ -14,7 +14,6 @@ use proptest::strategy::ValueTree;
 use registry::ledger::{self, NewPolicy};
 use registry::minting::{close_due, Closed};
 use registry::{Config, Db};
-use sqlx::Row;
 use test_infra::client::error_code;
 use test_infra::history::{seed_node, seed_reports, SeededNode};
 use test_infra::{now, Engine, Registry};
@@ -92,6 +91,7 @@ async fn month_old_node(
         Report::Consumption(Consumption {
             used: Resources::default(),
             traffic_bytes: 100 * GIB,
+            contracts: Vec::new(),
         }),
     ));
     edit(&mut reports);
@@ -263,37 +263,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
-/// Every transaction sums to zero, all entries sum to zero, and each account's balance is
-/// the sum of its entries.
 async fn assert_balanced(db: &Db) {
-    let unbalanced: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM (SELECT tx_id FROM ledger_entries GROUP BY tx_id \
-         HAVING SUM(amount) <> 0) u",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-    .try_get(0)
-    .unwrap();
-    assert_eq!(unbalanced, 0, "transactions that do not balance");
-    let drift: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM ledger_balances b WHERE b.balance <> \
-         (SELECT CAST(SUM(e.amount) AS BIGINT) FROM ledger_entries e WHERE e.account = b.account)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-    .try_get(0)
-    .unwrap();
-    assert_eq!(drift, 0, "balances that are not the sum of their entries");
-    let total: Option<i64> =
-        sqlx::query("SELECT CAST(SUM(balance) AS BIGINT) FROM ledger_balances")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            .try_get(0)
-            .unwrap();
-    assert_eq!(total.unwrap_or(0), 0);
+    test_infra::history::assert_ledger_balanced(db).await;
 }
 
 async fn the_ledger_always_balances(engine: Engine) {

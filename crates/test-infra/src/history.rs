@@ -135,3 +135,29 @@ async fn insert(db: &Db, node: i64, rows: &[(&str, Envelope, Option<i64>)]) {
     }
     tx.commit().await.unwrap_or_else(|e| panic!("seeding: {e}"));
 }
+
+/// Asserts the ledger's invariants: every transaction sums to zero, every balance is the sum
+/// of its entries, and all balances sum to zero.
+pub async fn assert_ledger_balanced(db: &Db) {
+    let one = |sql: &'static str| async move {
+        sqlx::query(sql)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .try_get::<Option<i64>, _>(0)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or(0)
+    };
+    let unbalanced = one(
+        "SELECT COUNT(*) FROM (SELECT tx_id FROM ledger_entries GROUP BY tx_id \
+         HAVING SUM(amount) <> 0) u",
+    )
+    .await;
+    assert_eq!(unbalanced, 0, "transactions that do not balance");
+    let drift = one("SELECT COUNT(*) FROM ledger_balances b WHERE b.balance <> \
+         (SELECT CAST(SUM(e.amount) AS BIGINT) FROM ledger_entries e WHERE e.account = b.account)")
+    .await;
+    assert_eq!(drift, 0, "balances that are not the sum of their entries");
+    let total = one("SELECT CAST(SUM(balance) AS BIGINT) FROM ledger_balances").await;
+    assert_eq!(total, 0, "the balances do not add up to zero");
+}
