@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench ledger-bench
 
 all: build
 
@@ -166,6 +166,12 @@ bench:
 	$(CARGO) build --release -p registry -p perf
 	@mkdir -p $(BUILD)
 	tests/with-postgres.sh target/release/gridos-perf --out $(BUILD)/bench.json all
+
+## Issue 14's benchmarks: period closing, grid audit, web page time to first byte.
+ledger-bench:
+	@tools/need-packages.sh test
+	$(CARGO) build --release -p registry -p perf -p cli
+	bench/ledger/run.sh
 
 clean:
 	$(CARGO) clean

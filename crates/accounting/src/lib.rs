@@ -15,7 +15,9 @@ pub mod uptime;
 pub use bill::{bill, BillInput, BillLine, Pricing};
 pub use ledger::{check_balanced, transfer, Account, Posting, Unbooked};
 pub use money::{format_usd, parse_usd, tft_for_usd, Tft, TftParseError, MICRO_USD, TFT_UNITS};
-pub use reward::{capacities_in, price_at, reward, FarmingPolicy, Outcome, Receipt, RewardInput};
+pub use reward::{
+    capacities_in, price_at, reward, FarmingPolicy, Outcome, Rates, Receipt, RewardInput,
+};
 pub use uptime::{
     account, is_violation, Period, Sample, Uptime, Violation, PERIOD_SECS, TOLERANCE_SECS,
 };

@@ -8,15 +8,23 @@ use serde::{Deserialize, Serialize};
 use crate::money::{tft_for_usd, Tft};
 use crate::uptime::{Period, Uptime};
 
-/// The rates a farm's nodes earn at, set by the registry's operator. Money is in
-/// micro-dollars (µUSD); the SLA in thousandths of the period.
+/// A named farming policy of the registry: the rates a farm's nodes earn at, set by the
+/// registry's operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FarmingPolicy {
     /// The policy's id in the registry.
     pub id: i64,
     /// Its name.
     pub name: String,
+    /// What it pays.
+    #[serde(flatten)]
+    pub rates: Rates,
+}
+
+/// What a farming policy pays. Money is in micro-dollars (µUSD); the SLA in thousandths of
+/// the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
     /// µUSD per CU per period.
     pub cu: u64,
     /// µUSD per SU per period.
@@ -141,10 +149,11 @@ pub fn reward(input: RewardInput) -> Receipt {
     let nu = gib(input.traffic_bytes);
     let ipv4_hours = rewarded.ipv4 as f64 * input.uptime.up_secs.max(0) as f64 / 3600.0;
     let usd_due = input.policy.as_ref().map_or(0, |p| {
-        let usd = units.cu * p.cu as f64
-            + units.su * p.su as f64
-            + nu * p.nu as f64
-            + ipv4_hours * p.ipv4 as f64;
+        let r = &p.rates;
+        let usd = units.cu * r.cu as f64
+            + units.su * r.su as f64
+            + nu * r.nu as f64
+            + ipv4_hours * r.ipv4 as f64;
         // A float-to-int cast saturates; the rates and units are bounded far below it.
         usd.round() as u64
     });
@@ -153,7 +162,7 @@ pub fn reward(input: RewardInput) -> Receipt {
     } else if input.uptime.violation.is_some() {
         Outcome::Violation
     } else if let Some(policy) = &input.policy {
-        if input.uptime.permill() < policy.sla_permill {
+        if input.uptime.permill() < policy.rates.sla_permill {
             Outcome::BelowSla
         } else if input.price.is_none_or(|p| p == 0) {
             Outcome::NoPrice
@@ -241,11 +250,13 @@ mod tests {
         FarmingPolicy {
             id: 1,
             name: "default".into(),
-            cu: 2_400_000,
-            su: 1_000_000,
-            nu: 30_000,
-            ipv4: 5_000,
-            sla_permill: 950,
+            rates: Rates {
+                cu: 2_400_000,
+                su: 1_000_000,
+                nu: 30_000,
+                ipv4: 5_000,
+                sla_permill: 950,
+            },
         }
     }
 

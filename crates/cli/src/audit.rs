@@ -9,8 +9,7 @@
 use std::time::Instant;
 
 use accounting::{
-    account, capacities_in, price_at, reward, Account, FarmingPolicy, Period, Receipt, RewardInput,
-    Sample, Tft,
+    account, capacities_in, price_at, reward, Account, Period, Receipt, RewardInput, Sample, Tft,
 };
 use gridapi::{
     paths, FarmView, NodeFilter, NodeView, PeriodFilter, PeriodView, PolicyView, PriceView,
@@ -270,16 +269,8 @@ pub async fn node(client: &Client, id: u64) -> anyhow::Result<NodeAudit> {
         let policy = theirs.input.policy.clone().and_then(|used| {
             let published = policies
                 .iter()
-                .find(|q| q.id == used.id)
-                .map(|q| FarmingPolicy {
-                    id: q.id,
-                    name: q.name.clone(),
-                    cu: q.cu,
-                    su: q.su,
-                    nu: q.nu,
-                    ipv4: q.ipv4,
-                    sla_permill: q.sla_permill,
-                });
+                .find(|q| q.policy.id == used.id)
+                .map(|q| q.policy.clone());
             if published.as_ref() != Some(&used) {
                 differences.push(Difference {
                     what: tag("policy"),

@@ -9,7 +9,6 @@ use std::process::{Command, Output};
 
 use accounting::PERIOD_SECS;
 use gridtypes::{Report, Resources, GIB};
-use registry::ledger::{self, NewPolicy};
 use registry::{Config, Db};
 use serde_json::Value;
 use test_infra::history::{seed_node, seed_reports, SeededNode};
@@ -58,17 +57,7 @@ async fn setup(engine: Engine) -> Option<Setup> {
     .await
     .ok()?;
     let db = Db::connect(h.db_url()).await.unwrap();
-    let policy = NewPolicy {
-        name: "standard".into(),
-        cu: 2_400_000,
-        su: 1_000_000,
-        nu: 30_000,
-        ipv4: 5_000,
-        sla_permill: 950,
-        default: true,
-    };
-    ledger::create_policy(&db, &policy, now()).await.unwrap();
-    ledger::set_price(&db, 80_000, now()).await.unwrap();
+    test_infra::history::standard_settings(&db).await;
     let farm = h.farm("audited").await;
     let mut nodes = Vec::new();
     for _ in 0..2 {

@@ -505,27 +505,12 @@ fn image_build_refuses_bad_media_options_before_building() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_farmer_reads_the_reward_of_a_closed_period() {
     use accounting::PERIOD_SECS;
-    use registry::ledger::{self, NewPolicy};
     let reg = Registry::sqlite().await;
     let db = registry::Db::connect(reg.db_url()).await.unwrap();
     let farm = reg.farm("ledger-farm").await;
     let (_, farm_view) = reg.get(&format!("/api/v1/farms/{farm}")).await;
     let owner = farm_view["twin_id"].as_i64().unwrap();
-    let policy = NewPolicy {
-        name: "standard".into(),
-        cu: 2_400_000,
-        su: 1_000_000,
-        nu: 30_000,
-        ipv4: 5_000,
-        sla_permill: 950,
-        default: true,
-    };
-    ledger::create_policy(&db, &policy, test_infra::now())
-        .await
-        .unwrap();
-    ledger::set_price(&db, 80_000, test_infra::now())
-        .await
-        .unwrap();
+    test_infra::history::standard_settings(&db).await;
     // One bare-metal node up for the whole of its first period: CU = min(2·4/2, (5-1)/4,
     // 50/50) = 1, SU = 50·0.8/200 = 0.2.
     let t0 = test_infra::now() - PERIOD_SECS - 86_400;

@@ -1,27 +1,16 @@
 //! Rewards, prices and the TFT ledger as auditors read them (`/api/v1/periods`,
 //! `/api/v1/ledger/...`, `/api/v1/policies`, `/api/v1/prices`).
 
-use accounting::{Account, Receipt, Tft};
+use accounting::{Account, FarmingPolicy, Receipt, Tft};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// A farming policy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyView {
-    /// Policy id.
-    pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// µUSD per CU per period.
-    pub cu: u64,
-    /// µUSD per SU per period.
-    pub su: u64,
-    /// µUSD per GiB of public traffic.
-    pub nu: u64,
-    /// µUSD per public IPv4 address per hour up.
-    pub ipv4: u64,
-    /// Least uptime that earns, permill of the period.
-    pub sla_permill: u64,
+    /// Its id, name and rates.
+    #[serde(flatten)]
+    pub policy: FarmingPolicy,
     /// Whether farms without a policy of their own use it.
     pub default: bool,
     /// When it was made.

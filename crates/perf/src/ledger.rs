@@ -10,7 +10,6 @@ use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use gridtypes::{Consumption, Envelope, Payload, Report, Resources, GIB};
 use rand::rngs::OsRng;
-use registry::ledger::{self, NewPolicy};
 use registry::{Background, Config, Db};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -241,17 +240,7 @@ pub async fn seed(kind: DbKind, nodes: usize, history: bool) -> anyhow::Result<S
         reports += rows.len() as u64;
         insert_reports(&db, kind, &rows).await?;
     }
-    let policy = NewPolicy {
-        name: "standard".into(),
-        cu: 2_400_000,
-        su: 1_000_000,
-        nu: 30_000,
-        ipv4: 5_000,
-        sla_permill: 950,
-        default: true,
-    };
-    ledger::create_policy(&db, &policy, gridtypes::now()).await?;
-    ledger::set_price(&db, 80_000, gridtypes::now()).await?;
+    test_infra::history::standard_settings(&db).await;
     Ok(Seeded {
         db,
         url,

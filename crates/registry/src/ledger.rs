@@ -5,7 +5,7 @@
 //! entries and the accounts' new balances in one database transaction, and carries a
 //! unique reference: booking the same thing twice books it once.
 
-use accounting::{check_balanced, Account, FarmingPolicy, Posting, Tft, Unbooked};
+use accounting::{check_balanced, Account, FarmingPolicy, Posting, Rates, Tft, Unbooked};
 use gridapi::{PolicyView, PriceView};
 use sqlx::{AnyConnection, Row};
 
@@ -89,21 +89,13 @@ pub const MAX_POLICY_NAME: usize = 64;
 /// real rate).
 pub const MAX_MICRO_USD: u64 = 1_000_000 * accounting::MICRO_USD;
 
-/// A new farming policy's rates, µUSD (see [`FarmingPolicy`]).
+/// A new farming policy.
 #[derive(Debug, Clone)]
 pub struct NewPolicy {
     /// Unique name.
     pub name: String,
-    /// µUSD per CU per period.
-    pub cu: u64,
-    /// µUSD per SU per period.
-    pub su: u64,
-    /// µUSD per GiB of traffic.
-    pub nu: u64,
-    /// µUSD per IPv4-hour.
-    pub ipv4: u64,
-    /// Least uptime that earns, permill.
-    pub sla_permill: u64,
+    /// What it pays.
+    pub rates: Rates,
     /// Make it the policy of farms without one.
     pub default: bool,
 }
@@ -117,7 +109,8 @@ pub async fn create_policy(db: &Db, p: &NewPolicy, now: i64) -> Result<i64, Ledg
             p.name
         )));
     }
-    for (what, v) in [("cu", p.cu), ("su", p.su), ("nu", p.nu), ("ipv4", p.ipv4)] {
+    let r = &p.rates;
+    for (what, v) in [("cu", r.cu), ("su", r.su), ("nu", r.nu), ("ipv4", r.ipv4)] {
         if v > MAX_MICRO_USD {
             return Err(LedgerError::Invalid(format!(
                 "the {what} rate {} USD is above the {} USD allowed",
@@ -126,10 +119,10 @@ pub async fn create_policy(db: &Db, p: &NewPolicy, now: i64) -> Result<i64, Ledg
             )));
         }
     }
-    if p.sla_permill > 1000 {
+    if r.sla_permill > 1000 {
         return Err(LedgerError::Invalid(format!(
             "an SLA of {} permill is more than the whole period (1000)",
-            p.sla_permill
+            r.sla_permill
         )));
     }
     let mut tx = db.pool.begin().await?;
@@ -148,11 +141,11 @@ pub async fn create_policy(db: &Db, p: &NewPolicy, now: i64) -> Result<i64, Ledg
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(&p.name)
-    .bind(p.cu as i64)
-    .bind(p.su as i64)
-    .bind(p.nu as i64)
-    .bind(p.ipv4 as i64)
-    .bind(p.sla_permill as i64)
+    .bind(r.cu as i64)
+    .bind(r.su as i64)
+    .bind(r.nu as i64)
+    .bind(r.ipv4 as i64)
+    .bind(r.sla_permill as i64)
     .bind(now)
     .fetch_one(&mut *tx)
     .await?
@@ -268,13 +261,17 @@ pub async fn policies(db: &Db) -> Result<Vec<PolicyView>, sqlx::Error> {
     rows.iter()
         .map(|r| {
             Ok(PolicyView {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                cu: u(r, "cu")?,
-                su: u(r, "su")?,
-                nu: u(r, "nu")?,
-                ipv4: u(r, "ipv4")?,
-                sla_permill: u(r, "sla_permill")?,
+                policy: FarmingPolicy {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    rates: Rates {
+                        cu: u(r, "cu")?,
+                        su: u(r, "su")?,
+                        nu: u(r, "nu")?,
+                        ipv4: u(r, "ipv4")?,
+                        sla_permill: u(r, "sla_permill")?,
+                    },
+                },
                 default: r.try_get::<i64, _>("dflt")? > 0,
                 created_at: r.try_get("created_at")?,
             })
@@ -296,17 +293,4 @@ pub async fn prices(db: &Db) -> Result<Vec<PriceView>, sqlx::Error> {
             })
         })
         .collect()
-}
-
-/// A policy as the reward computation takes it.
-pub fn policy_of(view: &PolicyView) -> FarmingPolicy {
-    FarmingPolicy {
-        id: view.id,
-        name: view.name.clone(),
-        cu: view.cu,
-        su: view.su,
-        nu: view.nu,
-        ipv4: view.ipv4,
-        sla_permill: view.sla_permill,
-    }
 }

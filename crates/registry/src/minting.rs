@@ -75,10 +75,10 @@ struct Settings {
 async fn settings(db: &Db) -> Result<Settings, sqlx::Error> {
     let policies = ledger::policies(db).await?;
     Ok(Settings {
-        default: policies.iter().find(|p| p.default).map(|p| p.id),
+        default: policies.iter().find(|p| p.default).map(|p| p.policy.id),
         policies: policies
-            .iter()
-            .map(|p| (p.id, ledger::policy_of(p)))
+            .into_iter()
+            .map(|p| (p.policy.id, p.policy))
             .collect(),
         prices: ledger::prices(db)
             .await?

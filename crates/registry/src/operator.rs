@@ -165,11 +165,13 @@ pub async fn run(cmd: OperatorCmd) -> anyhow::Result<()> {
             let database = Db::connect(&db.db).await?;
             let p = NewPolicy {
                 name,
-                cu,
-                su,
-                nu,
-                ipv4,
-                sla_permill: sla,
+                rates: accounting::Rates {
+                    cu,
+                    su,
+                    nu,
+                    ipv4,
+                    sla_permill: sla,
+                },
                 default,
             };
             let id = ledger::create_policy(&database, &p, now).await?;
@@ -212,13 +214,13 @@ pub async fn run(cmd: OperatorCmd) -> anyhow::Result<()> {
             for p in &list {
                 text.push_str(&format!(
                     "\n{:>4}  {:<20} {:>10} {:>10} {:>10} {:>10} {:>6}{}",
-                    p.id,
-                    p.name,
-                    format_usd(p.cu),
-                    format_usd(p.su),
-                    format_usd(p.nu),
-                    format_usd(p.ipv4),
-                    p.sla_permill,
+                    p.policy.id,
+                    p.policy.name,
+                    format_usd(p.policy.rates.cu),
+                    format_usd(p.policy.rates.su),
+                    format_usd(p.policy.rates.nu),
+                    format_usd(p.policy.rates.ipv4),
+                    p.policy.rates.sla_permill,
                     if p.default { "  default" } else { "" }
                 ));
             }

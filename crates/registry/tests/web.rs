@@ -11,7 +11,6 @@ use std::process::Command;
 
 use accounting::PERIOD_SECS;
 use gridtypes::{Report, Resources, GIB};
-use registry::ledger::{self, NewPolicy};
 use registry::{Config, Db};
 use test_infra::history::{seed_node, seed_reports};
 use test_infra::{now, Engine, Registry};
@@ -95,17 +94,7 @@ async fn the_web_page_shows_the_grid_in_a_browser(engine: Engine) {
         return;
     };
     let db = Db::connect(h.db_url()).await.unwrap();
-    let policy = NewPolicy {
-        name: "standard".into(),
-        cu: 2_400_000,
-        su: 1_000_000,
-        nu: 30_000,
-        ipv4: 5_000,
-        sla_permill: 950,
-        default: true,
-    };
-    ledger::create_policy(&db, &policy, now()).await.unwrap();
-    ledger::set_price(&db, 80_000, now()).await.unwrap();
+    test_infra::history::standard_settings(&db).await;
     let farm = h.farm("solar-one").await;
     // Two nodes with a closed, paid month behind them (silent now), one up now.
     let capacity = Resources {

@@ -161,3 +161,27 @@ pub async fn assert_ledger_balanced(db: &Db) {
     let total = one("SELECT CAST(SUM(balance) AS BIGINT) FROM ledger_balances").await;
     assert_eq!(total, 0, "the balances do not add up to zero");
 }
+
+/// The grid's usual farming rates, as the default policy: 2.40 USD per CU and 1.00 USD per
+/// SU a period, 0.03 USD per GiB of traffic, 0.005 USD per IPv4-hour, 95 % uptime; and a TFT
+/// price of 0.08 USD. The worked examples of the tests are computed with these.
+pub async fn standard_settings(db: &Db) {
+    let policy = registry::ledger::NewPolicy {
+        name: "standard".into(),
+        rates: accounting::Rates {
+            cu: 2_400_000,
+            su: 1_000_000,
+            nu: 30_000,
+            ipv4: 5_000,
+            sla_permill: 950,
+        },
+        default: true,
+    };
+    let now = gridtypes::now();
+    registry::ledger::create_policy(db, &policy, now)
+        .await
+        .unwrap_or_else(|e| panic!("the standard policy: {e}"));
+    registry::ledger::set_price(db, 80_000, now)
+        .await
+        .unwrap_or_else(|e| panic!("the TFT price: {e}"));
+}
