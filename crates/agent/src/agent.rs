@@ -2,6 +2,7 @@
 //! durable queue until told to stop, with a last uptime report on the way out.
 
 use gridapi::ErrorCode;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -164,6 +165,9 @@ struct Agent {
     /// before the first reading: what it counted before this agent started was reported by
     /// an earlier one, or belongs to no report).
     traffic_seen: Option<u64>,
+    /// The provision service's per-contract veth counters at the same reading as
+    /// `traffic_seen`: what each contract's share is taken from (crate::traffic).
+    contracts_seen: BTreeMap<i64, u64>,
     /// The last uptime report the registry took from this process, as (signed timestamp,
     /// uptime): the one the registry's minting compares the next with.
     last_uptime: Option<(i64, u64)>,
@@ -233,14 +237,25 @@ impl Agent {
     }
 
     /// Queues a consumption report: what the node's deployments reserve and the traffic of
-    /// their containers since the last report (nothing when both are nothing).
+    /// their containers since the last report, with each contract's share of it (nothing
+    /// when both are nothing).
     async fn enqueue_consumption(&mut self) -> Result<(), AgentError> {
+        let mut restarted = false;
         let counted = match &self.usage {
             Some(c) => match c
                 .call(&provision::service::Request::Usage, Duration::from_secs(10))
                 .await
             {
-                Ok(provision::service::Response::Usage { traffic_bytes }) => Some(traffic_bytes),
+                Ok(provision::service::Response::Usage {
+                    traffic_bytes,
+                    contracts,
+                }) => {
+                    // This client is the only one that reads the counters: its connection
+                    // tells whether the service (and every counter with it) started again
+                    // since the last reading, even when the counts are already back above it.
+                    restarted = c.take_restarted();
+                    Some((traffic_bytes, contracts))
+                }
                 other => {
                     tracing::debug!(answer = ?other, "no traffic figure from the provision service");
                     None
@@ -248,23 +263,48 @@ impl Agent {
             },
             None => None,
         };
-        let traffic_bytes = match (counted, self.traffic_seen) {
-            (Some(now), Some(seen)) if now >= seen => now - seen,
-            // The service started again: it counts from its start.
-            (Some(now), Some(_)) => now,
-            _ => 0,
+        let Some((now, contracts_now)) = counted else {
+            // Nothing read: the traffic since the last reading goes with the next report.
+            return self.enqueue_traffic(0, Vec::new());
         };
-        if counted.is_some() {
-            self.traffic_seen = counted;
-        }
+        let traffic_bytes = match self.traffic_seen {
+            Some(seen) if now >= seen && !restarted => now - seen,
+            // The service started again: it counts from its start.
+            Some(_) => now,
+            // The first reading is the base: what was counted before was reported by an
+            // earlier agent, or belongs to no report.
+            None => 0,
+        };
+        // The registry takes at most this much per report; shares are taken of what is sent.
+        let traffic_bytes = traffic_bytes.min(gridtypes::MAX_TRAFFIC_BYTES);
+        let seen = if restarted {
+            BTreeMap::new()
+        } else {
+            std::mem::take(&mut self.contracts_seen)
+        };
+        // The veths count a twin's internal traffic too; the bridges' total is what is
+        // public, so the veths only decide how that total is shared (crate::traffic).
+        let shares = crate::traffic::contract_shares(traffic_bytes, &contracts_now, &seen);
+        self.traffic_seen = Some(now);
+        self.contracts_seen = contracts_now;
+        self.enqueue_traffic(traffic_bytes, shares)
+    }
+
+    /// Queues the consumption report of [`Agent::enqueue_consumption`], unless the node
+    /// reserves nothing and moved nothing.
+    fn enqueue_traffic(
+        &mut self,
+        traffic_bytes: u64,
+        contracts: Vec<gridtypes::ContractTraffic>,
+    ) -> Result<(), AgentError> {
         let used = *self.reserved.borrow();
         if used == Resources::default() && traffic_bytes == 0 {
             return Ok(());
         }
         self.enqueue(Report::Consumption(gridtypes::Consumption {
             used,
-            traffic_bytes: traffic_bytes.min(gridtypes::MAX_TRAFFIC_BYTES),
-            contracts: Vec::new(),
+            traffic_bytes,
+            contracts,
         }))
     }
 
@@ -628,6 +668,7 @@ pub async fn run(
         reserved,
         usage: None,
         traffic_seen: None,
+        contracts_seen: BTreeMap::new(),
         last_uptime: None,
     };
     agent.usage = agent

@@ -2,7 +2,8 @@
 //! tells the registry, without losing a report when the registry is away.
 //!
 //! `probe` measures (disks as the storage service measured them, through `disks`), `identity` keeps the node key, `queue` holds reports on disk,
-//! `client` talks to the registry, and `agent` ties them together in one event loop.
+//! `client` talks to the registry, `traffic` shares the node's public traffic among contracts,
+//! and `agent` ties them together in one event loop.
 
 pub mod agent;
 pub mod cli;
@@ -11,5 +12,6 @@ pub mod deployments;
 pub mod identity;
 pub mod probe;
 pub mod queue;
+pub mod traffic;
 
 pub use agent::{run, AgentError, Config, Status};

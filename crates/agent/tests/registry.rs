@@ -625,3 +625,200 @@ async fn a_twin_deployment_is_taken_up_answered_and_kept_across_restarts() {
     assert_eq!(kept["cancelled"], true);
     agent.shutdown().await;
 }
+
+/// One answer of the fake provision service to `usage`: the instance that gives it (another
+/// one than before is a restart of the service) and its counters.
+#[derive(Clone)]
+struct Reading {
+    instance: &'static str,
+    traffic_bytes: u64,
+    contracts: std::collections::BTreeMap<i64, u64>,
+}
+
+/// A provision service that answers `usage` with `script`, one reading per request, the
+/// last one for ever. To change instances it hangs up on the request, as a restarted service
+/// would have, and greets the next connection with the new name. Everything else is answered
+/// with an error.
+fn fake_provision(sock: &Path, script: Vec<Reading>) -> tokio::task::JoinHandle<()> {
+    use provision::service::{Request, Response};
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    assert!(!script.is_empty());
+    let listener = tokio::net::UnixListener::bind(sock).unwrap();
+    let script = Arc::new(Mutex::new(VecDeque::from(script)));
+    // The reading the next `usage` gets, used up when `take`.
+    let next = |script: &Mutex<VecDeque<Reading>>, take: bool| {
+        let mut q = script.lock().unwrap();
+        let r = q.front().cloned().unwrap();
+        if take && q.len() > 1 {
+            q.pop_front();
+        }
+        r
+    };
+    let line = |v: &Response| {
+        let mut line = serde_json::to_vec(v).unwrap();
+        line.push(b'\n');
+        line
+    };
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let script = script.clone();
+            tokio::spawn(async move {
+                let instance = next(&script, false).instance;
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let hello = Response::Hello {
+                    instance: instance.into(),
+                };
+                if w.write_all(&line(&hello)).await.is_err() {
+                    return;
+                }
+                while let Ok(Some(req)) = lines.next_line().await {
+                    let answer = match serde_json::from_str::<Request>(&req) {
+                        Ok(Request::Usage) => {
+                            if next(&script, false).instance != instance {
+                                return;
+                            }
+                            let r = next(&script, true);
+                            Response::Usage {
+                                traffic_bytes: r.traffic_bytes,
+                                contracts: r.contracts,
+                            }
+                        }
+                        _ => Response::Error {
+                            message: "not in this fake".into(),
+                        },
+                    };
+                    if w.write_all(&line(&answer)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Every consumption report of a node with traffic, oldest first, as (traffic_bytes,
+/// [(contract, share)]).
+async fn traffic_reports(reg: &Registry, node: i64) -> Vec<(u64, Vec<(i64, u64)>)> {
+    let (s, v) = reg
+        .get(&format!(
+            "/api/v1/nodes/{node}/reports?kind=consumption&limit=1000"
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
+            let p: Value = serde_json::from_slice(&env.payload).unwrap();
+            let shares = p["contracts"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| {
+                            (
+                                c["contract_id"].as_i64().unwrap(),
+                                c["traffic_bytes"].as_u64().unwrap(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (p["traffic_bytes"].as_u64().unwrap(), shares)
+        })
+        .filter(|(t, _)| *t > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_contract_gets_its_share_of_the_public_traffic_and_the_registry_takes_it() {
+    use gridtypes::{ContractRequest, Resources};
+
+    let reg = Registry::sqlite().await;
+    let farm = reg.farm("farm-traffic").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sys = fake_sys(dir.path());
+    let sock = dir.path().join("provision.sock");
+    let mut cfg = config(&reg, farm, &state, &sys);
+    cfg.provision_socket = Some(sock.clone());
+    let mut agent = spawn(cfg);
+    let node = agent
+        .until("registration", |s| s.node_id.is_some())
+        .await
+        .node_id
+        .unwrap();
+
+    // Two contracts of one twin on the node: the registry takes shares of the node's own
+    // contracts only (and refuses the whole report otherwise).
+    let (twin, _) = reg.twin().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let ask = Payload::CreateContract(ContractRequest {
+            node_id: node as u64,
+            resources: Resources {
+                cru: 1,
+                mru: GIB,
+                sru: 10 * GIB,
+                hru: 0,
+                ipv4: 0,
+            },
+        });
+        let (s, v) = reg.signed(gridapi::paths::CONTRACTS, &twin, &ask).await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    let (c1, c2) = (ids[0], ids[1]);
+    let reading = |instance, traffic_bytes, a: u64, b: u64| Reading {
+        instance,
+        traffic_bytes,
+        contracts: [(c1, a), (c2, b)].into_iter().collect(),
+    };
+    // The service comes up only now; its first reading is the agent's base.
+    let provision = fake_provision(
+        &sock,
+        vec![
+            reading("fake-1", 200, 50, 0),
+            // 50 and 100 more bytes on the veths, 800 more public: 1 to 2.
+            reading("fake-1", 1000, 100, 100),
+            // 300 and 100 more on the veths, 3000 more public: 3 to 1.
+            reading("fake-1", 4000, 400, 200),
+            // The service started again: all it counts is new, though the node's total and
+            // contract 1's count are already above the last reading.
+            reading("fake-2", 5000, 400, 1000),
+        ],
+    );
+    let want = vec![
+        // 800 · 50/150 and 800 · 100/150, rounded down.
+        (800, vec![(c1, 266), (c2, 533)]),
+        (3000, vec![(c1, 2250), (c2, 750)]),
+        // 5000 · 400/1400 and 5000 · 1000/1400, rounded down.
+        (5000, vec![(c1, 1428), (c2, 3571)]),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = traffic_reports(&reg, node).await;
+        if got.len() >= want.len() {
+            assert_eq!(got, want);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the traffic reports: {got:?}, {:?}",
+            *agent.status.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing new counted: no more traffic reports.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(traffic_reports(&reg, node).await, want);
+    let s = agent.shutdown().await;
+    assert_eq!(s.last_error, None, "{s:?}");
+    provision.abort();
+}

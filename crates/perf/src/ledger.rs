@@ -116,7 +116,7 @@ fn month(key: &SigningKey, node: i64, farm: i64, capacity: Resources, t0: i64) -
 }
 
 async fn insert_reports(db: &Db, kind: DbKind, rows: &[Row7]) -> anyhow::Result<()> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     for chunk in rows.chunks(1000) {
         let sql = format!(
             "INSERT INTO reports (node_id, kind, signed_at, received_at, nonce, envelope, reading) VALUES {}",
@@ -185,7 +185,7 @@ pub async fn seed(kind: DbKind, nodes: usize, history: bool) -> anyhow::Result<S
     // A batch of nodes at a time: rows signed on all cores, then stored in one transaction.
     for batch in (0..nodes).collect::<Vec<_>>().chunks(200) {
         let mut ids = Vec::with_capacity(batch.len());
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         for &i in batch {
             let key = SigningKey::generate(&mut OsRng);
             let farm = farms[i / PER_FARM];

@@ -3,12 +3,13 @@
 //! ([`container`]: overlayfs root, own namespaces, cgroup v2 limits, output in a pipe), the
 //! supervision of every contract's containers ([`runtime`]: restart policy, bounded logs,
 //! stop and delete), their volumes ([`volume`]: btrfs subvolumes with a quota), the twins'
-//! networks ([`twinnet`]: a bridge per twin, NAT out, nothing between twins) and the local
-//! socket the agent drives it through ([`service`]). See docs/deployments.md.
+//! networks ([`twinnet`]: a bridge per twin, NAT out, nothing between twins, traffic counted
+//! per node and per contract) and the local socket the agent drives it through ([`service`]). See docs/deployments.md.
 
 pub mod cli;
 pub mod container;
 pub mod image;
+mod meter;
 pub mod runtime;
 pub mod service;
 pub mod twinnet;

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::container::{self, Bind, Limits, Spec};
 use crate::image::ImageStore;
+use crate::meter::Meter;
 use crate::twinnet::{Attachment, NetError, Range, TwinNet};
 use crate::volume;
 use svclog::error_chain;
@@ -82,6 +83,14 @@ pub enum RuntimeError {
     /// The twin networks.
     #[error("twin networks")]
     Net(#[from] NetError),
+    /// A blocking task of the runtime died.
+    #[error("the {what} task failed")]
+    Task {
+        /// What it was doing.
+        what: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
     /// No such container under that contract.
     #[error("contract {contract} has no container {name:?} on this node")]
     NoSuchWorkload {
@@ -117,6 +126,9 @@ pub struct Runtime {
     cfg: Config,
     images: ImageStore,
     net: Option<Arc<TwinNet>>,
+    /// Each contract's veth counts (see [`crate::meter`]); locked around every reading of
+    /// the counters and every retirement of a veth.
+    meter: Arc<Mutex<Meter>>,
     contracts: tokio::sync::Mutex<BTreeMap<i64, BTreeMap<String, Watched>>>,
 }
 
@@ -161,6 +173,7 @@ impl Runtime {
             cfg,
             images,
             net,
+            meter: Arc::new(Mutex::new(Meter::default())),
             contracts: tokio::sync::Mutex::new(BTreeMap::new()),
         })
     }
@@ -307,8 +320,39 @@ impl Runtime {
         };
         tokio::task::spawn_blocking(move || net.traffic_bytes())
             .await
-            .map_err(|e| NetError::Full(format!("the traffic task failed: {e}")))?
+            .map_err(|source| RuntimeError::Task {
+                what: "traffic",
+                source,
+            })?
             .map_err(RuntimeError::from)
+    }
+
+    /// Bytes each contract's containers sent and received through their veths since the
+    /// service started, both ways, those of containers gone since included (a restart of the
+    /// service starts again from 0); empty without twin networks. These counts include the
+    /// traffic between a twin's own containers, which is not public: they say how the node's
+    /// public total ([`Runtime::traffic_bytes`]) is shared among contracts, not how much it
+    /// is.
+    pub async fn contract_traffic(&self) -> Result<BTreeMap<i64, u64>, RuntimeError> {
+        let Some(net) = self.net.clone() else {
+            return Ok(BTreeMap::new());
+        };
+        let meter = self.meter.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held through the reading: a veth retired meanwhile would be counted twice.
+            let mut m = lock(&meter);
+            let counters: BTreeMap<String, u64> = net
+                .veth_traffic()?
+                .into_iter()
+                .map(|(veth, t)| (veth, t.bytes()))
+                .collect();
+            Ok(m.totals(&counters))
+        })
+        .await
+        .map_err(|source| RuntimeError::Task {
+            what: "contract traffic",
+            source,
+        })?
     }
 
     /// Where each container of `contract` stands now.
@@ -439,6 +483,7 @@ impl Runtime {
             stop_timeout: self.cfg.stop_timeout,
             contract,
             net: self.net.clone().map(|n| (n, twin.to_string())),
+            meter: self.meter.clone(),
         };
         let task = tokio::spawn(w.run(stopped, first_tx));
         // The first start's outcome is the answer; a container that failed to start and
@@ -687,6 +732,8 @@ struct Watcher {
     contract: i64,
     /// The twin networks and the twin whose network the container joins.
     net: Option<(Arc<TwinNet>, String)>,
+    /// Where the container's veth is counted under its contract.
+    meter: Arc<Mutex<Meter>>,
 }
 
 impl Watcher {
@@ -703,10 +750,22 @@ impl Watcher {
         loop {
             let (root, spec, net) = (self.root.clone(), self.spec.clone(), self.net.clone());
             let started = tokio::task::spawn_blocking(move || {
-                container::start_with(&root, &spec, |pid| match &net {
-                    Some((n, twin)) => n.attach(twin, pid).map(Some).map_err(|e| error_chain(&e)),
+                let mut plugged = None;
+                let started = container::start_with(&root, &spec, |pid| match &net {
+                    Some((n, twin)) => {
+                        let a = n.attach(twin, pid).map_err(|e| error_chain(&e))?;
+                        plugged = Some(a.clone());
+                        Ok(Some(a))
+                    }
                     None => Ok(None),
-                })
+                });
+                // A start that failed after the network was plugged in (the program could
+                // not be executed, say) gives its address and namespace back: a container
+                // that keeps failing must not use up its twin's addresses.
+                if let (Err(_), Some((n, _)), Some(a)) = (&started, &net, &plugged) {
+                    n.detach(a);
+                }
+                started
             })
             .await
             .map_err(|e| e.to_string())
@@ -714,6 +773,9 @@ impl Watcher {
             let began = tokio::time::Instant::now();
             let ended = match started {
                 Ok((s, attachment)) => {
+                    if let Some(a) = &attachment {
+                        lock(&self.meter).plugged(self.contract, &a.veth);
+                    }
                     let address = attachment.as_ref().map(|a| a.address.to_string());
                     tracing::info!(contract = self.contract, container = %self.spec.hostname, pid = s.pid.as_raw(), address, "container started");
                     self.set(DeploymentState::Running, None);
@@ -776,11 +838,34 @@ impl Watcher {
         }
     }
 
-    /// Gives the container's address back (its veth went with its namespace already).
+    /// Reads the last count of the container's veth into its contract's total, then gives
+    /// its address back (the veth goes, with its counters: the namespace, held by the twin
+    /// network, kept it until now).
     async fn unplug(&self, attachment: Option<Attachment>) {
         if let (Some((net, _)), Some(a)) = (&self.net, attachment) {
-            let net = net.clone();
-            let _ = tokio::task::spawn_blocking(move || net.detach(&a)).await;
+            let (net, meter, contract) = (net.clone(), self.meter.clone(), self.contract);
+            let _ = tokio::task::spawn_blocking(move || {
+                {
+                    // Read and retired under one lock: a reading of all contracts in between
+                    // would count this veth twice.
+                    let mut m = lock(&meter);
+                    let counted = match net.traffic(&a) {
+                        Ok(t) => Some(t.bytes()),
+                        Err(e) => {
+                            tracing::warn!(
+                                contract,
+                                veth = a.veth,
+                                error = &e as &dyn std::error::Error,
+                                "last traffic count of a container not read; its earlier one stands"
+                            );
+                            None
+                        }
+                    };
+                    m.unplugged(&a.veth, counted);
+                }
+                net.detach(&a)
+            })
+            .await;
         }
         lock(&self.status).address = None;
     }

@@ -6,6 +6,7 @@
 //! starts with the service's `hello`: a new instance name tells the agent the service was
 //! restarted and its containers are gone, so the agent applies its deployments again.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,8 +89,19 @@ pub enum Response {
     /// The answer to [`Request::Usage`].
     Usage {
         /// Bytes the twins' containers moved through the node since the service started
-        /// (a restart starts again from 0).
+        /// (a restart starts again from 0): their public traffic.
         traffic_bytes: u64,
+        /// Bytes each contract's containers moved through their veths since the service
+        /// started, by contract ([`Runtime::contract_traffic`]): how `traffic_bytes` is
+        /// shared, not how much it is (a twin's internal traffic is in these counts).
+        /// Defaults to none, so that an agent reads the answer of a service from before
+        /// these counts; left out when empty, so that an older agent reads it too.
+        #[serde(
+            default,
+            skip_serializing_if = "BTreeMap::is_empty",
+            with = "by_contract"
+        )]
+        contracts: BTreeMap<i64, u64>,
     },
     /// Log bytes, base64.
     Logs {
@@ -101,6 +113,38 @@ pub enum Response {
         /// Why.
         message: String,
     },
+}
+
+/// [`Response::Usage`]'s counts as a JSON object keyed by contract id. An internally tagged
+/// enum is buffered before its variant is read, and from that buffer serde cannot turn the
+/// object's keys (JSON keys are strings) into integers: they are read as strings and parsed.
+mod by_contract {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(counts: &BTreeMap<i64, u64>, s: S) -> Result<S::Ok, S::Error> {
+        counts.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i64, u64>, D::Error> {
+        let raw = BTreeMap::<String, u64>::deserialize(d)?;
+        let mut counts = BTreeMap::new();
+        for (key, bytes) in raw {
+            let contract: i64 = key
+                .parse()
+                .map_err(|_| D::Error::custom(format!("contract {key:?} is not a number")))?;
+            // "7" and "07" are one contract: its count must not be taken from either at
+            // random.
+            if counts.insert(contract, bytes).is_some() {
+                return Err(D::Error::custom(format!(
+                    "contract {contract} is counted twice"
+                )));
+            }
+        }
+        Ok(counts)
+    }
 }
 
 /// Who may connect besides root (the agent's group), and how long they may idle.
@@ -218,12 +262,24 @@ async fn handle(runtime: &Runtime, req: Request) -> Response {
             runtime.remove(contract).await;
             Response::Removed
         }
-        Request::Usage => match runtime.traffic_bytes().await {
-            Ok(traffic_bytes) => Response::Usage { traffic_bytes },
-            Err(e) => Response::Error {
-                message: svclog::error_chain(&e),
-            },
-        },
+        Request::Usage => {
+            // Both or neither: an agent that got the total without the shares would see
+            // every contract's count start again from nothing at the next reading.
+            let counted = async {
+                let contracts = runtime.contract_traffic().await?;
+                let traffic_bytes = runtime.traffic_bytes().await?;
+                Ok::<_, crate::RuntimeError>((traffic_bytes, contracts))
+            };
+            match counted.await {
+                Ok((traffic_bytes, contracts)) => Response::Usage {
+                    traffic_bytes,
+                    contracts,
+                },
+                Err(e) => Response::Error {
+                    message: svclog::error_chain(&e),
+                },
+            }
+        }
         Request::Statuses { contract } => Response::Workloads {
             workloads: runtime.statuses(contract).await,
         },
@@ -416,4 +472,46 @@ async fn read_answer<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::
     })?;
     serde_json::from_slice(&line)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_answers_of_older_and_newer_services_are_read() {
+        // A service from before per-contract counts.
+        let old: Response =
+            serde_json::from_str(r#"{"answer":"usage","traffic_bytes":42}"#).unwrap();
+        assert_eq!(
+            old,
+            Response::Usage {
+                traffic_bytes: 42,
+                contracts: BTreeMap::new()
+            }
+        );
+        // Without counts the answer is what an older agent expects, field for field.
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"answer":"usage","traffic_bytes":42}"#
+        );
+        let new = Response::Usage {
+            traffic_bytes: 42,
+            contracts: BTreeMap::from([(7, 1000), (12, 5)]),
+        };
+        let line = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            line,
+            r#"{"answer":"usage","traffic_bytes":42,"contracts":{"7":1000,"12":5}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), new);
+        for bad in [
+            r#"{"answer":"usage","traffic_bytes":1,"contracts":{"x":1}}"#,
+            r#"{"answer":"usage","traffic_bytes":1,"contracts":{"7":1,"07":2}}"#,
+            r#"{"answer":"usage","traffic_bytes":1,"contracts":{"7":-1}}"#,
+        ] {
+            assert!(serde_json::from_str::<Response>(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -14,6 +14,13 @@
 //!   node's own services;
 //! - what leaves for the outside is masqueraded behind the node's address.
 //!
+//! Each container's veth counts what the container sent and received, its twin's internal
+//! traffic included; the twin bridges' own interfaces count only what passes the node's IP
+//! stack (see [`TwinNet::traffic_bytes`]). A container's namespace is held open from
+//! [`TwinNet::attach`] to [`TwinNet::detach`]: otherwise it, and with it the veth and its
+//! counters, would vanish with the container's last process, before the counters are read for
+//! the last time.
+//!
 //! Netlink sockets belong to the network namespace of the thread that opens them, so each
 //! operation runs on a thread of its own: in the node's namespace for bridges and veths, and
 //! after `setns(2)` into the container's namespace to set up `eth0` there.
@@ -146,6 +153,13 @@ pub struct Traffic {
     pub tx_bytes: u64,
 }
 
+impl Traffic {
+    /// Both ways together (saturating).
+    pub fn bytes(self) -> u64 {
+        self.rx_bytes.saturating_add(self.tx_bytes)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Twin {
     slot: u32,
@@ -159,6 +173,10 @@ struct State {
     next_veth: u32,
     /// Bytes counted by twin bridges already removed.
     retired_bytes: u64,
+    /// The network namespace of each attached container, by the node's end of its veth:
+    /// held open until it is detached, so that the veth outlives the container's last
+    /// process and its final count can still be read.
+    held: BTreeMap<String, File>,
 }
 
 /// The twin networks of the node.
@@ -232,16 +250,21 @@ impl TwinNet {
                 let _ = self.remove_bridge_if_empty(twin, slot);
             }
         }
-        let address = done?;
+        let (address, ns) = done?;
+        let veth = format!("{VETH_PREFIX}{n}");
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.held.insert(veth.clone(), ns);
+        }
         Ok(Attachment {
             twin: twin.to_string(),
             address,
-            veth: format!("{VETH_PREFIX}{n}"),
+            veth,
         })
     }
 
-    /// Unplugs a container: its veth pair goes (already gone with its namespace is fine), and
-    /// its twin's bridge when it was the last. Blocking.
+    /// Unplugs a container: its veth pair goes (already gone is fine), then the hold on its
+    /// namespace, and its twin's bridge when it was the last. Blocking.
     pub fn detach(&self, a: &Attachment) {
         let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = remove_link(a.veth.clone()) {
@@ -251,6 +274,12 @@ impl TwinNet {
                 "veth not removed"
             );
         }
+        // Let go even when the veth could not be removed: the namespace then takes it along.
+        let held = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.held.remove(&a.veth)
+        };
+        drop(held);
         let host = a.address.octets()[3];
         let slot = self.release(&a.twin, host);
         if let Some(slot) = slot {
@@ -275,17 +304,24 @@ impl TwinNet {
             else {
                 return Ok(Traffic::default());
             };
-            // The node's end counts the other way round: what it sends, the container gets.
-            Ok(l.attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::Stats64(s) => Some(Traffic {
-                        rx_bytes: s.tx_bytes,
-                        tx_bytes: s.rx_bytes,
-                    }),
-                    _ => None,
-                })
-                .unwrap_or_default())
+            Ok(container_traffic(&l))
+        })
+    }
+
+    /// What every attached container sent and received so far, by the node's end of its veth
+    /// (one netlink dump, however many containers run). Blocking.
+    pub fn veth_traffic(&self) -> Result<BTreeMap<String, Traffic>, NetError> {
+        on_thread(None, |h| async move {
+            let mut links = h.link().get().execute();
+            let mut all = BTreeMap::new();
+            while let Some(l) = links.try_next().await.map_err(netlink("listing links"))? {
+                let name = link_name(&l);
+                if !name.starts_with(VETH_PREFIX) {
+                    continue;
+                }
+                all.insert(name, container_traffic(&l));
+            }
+            Ok(all)
         })
     }
 
@@ -364,7 +400,8 @@ impl TwinNet {
         Ok(st.retired_bytes.saturating_add(live))
     }
 
-    fn plug(&self, slot: u32, host: u8, n: u32, pid: Pid) -> Result<Ipv4Addr, NetError> {
+    /// Plugs the container in; its address and its namespace (for [`State::held`]).
+    fn plug(&self, slot: u32, host: u8, n: u32, pid: Pid) -> Result<(Ipv4Addr, File), NetError> {
         let subnet = self.range.subnet(slot);
         let gateway = Ipv4Addr::from(subnet + 1);
         let address = Ipv4Addr::from(subnet + u32::from(host));
@@ -430,7 +467,8 @@ impl TwinNet {
                 .map_err(netlink(format!("moving {p} into the container")))?;
             Ok(())
         })?;
-        on_thread(Some(ns), |h| async move {
+        let inside = ns.try_clone().map_err(io("duplicating a descriptor"))?;
+        on_thread(Some(inside), |h| async move {
             let pi = index_of(&h, &peer)
                 .await?
                 .ok_or_else(|| NetError::Full(format!("{peer} is not in the container")))?;
@@ -471,7 +509,7 @@ impl TwinNet {
                 .map_err(netlink("default route"))?;
             Ok(())
         })?;
-        Ok(address)
+        Ok((address, ns))
     }
 }
 
@@ -573,6 +611,21 @@ fn remove_link(name: String) -> Result<(), NetError> {
         }
         Ok(())
     })
+}
+
+/// A container's traffic from the node's end of its veth, which counts the other way round:
+/// what the node's end sends, the container gets.
+fn container_traffic(l: &LinkMessage) -> Traffic {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(Traffic {
+                rx_bytes: s.tx_bytes,
+                tx_bytes: s.rx_bytes,
+            }),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 fn link_name(l: &LinkMessage) -> String {

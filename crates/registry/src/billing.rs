@@ -178,7 +178,7 @@ async fn bill_one(
         pricing,
         price,
     });
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     // Another replica may have billed it since it was read: the row decides.
     let current: Option<i64> = sqlx::query(&format!(
         "SELECT billed_until FROM contracts WHERE id = $1{}",

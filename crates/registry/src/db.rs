@@ -144,6 +144,19 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for another writer: a deferred
+    /// transaction that reads and then writes fails at once with "database is locked" when
+    /// another connection (the writer, closing, billing, sampling) committed in between.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+}
+
 /// Reads the five resource columns `{prefix}cru` … `{prefix}ipv4` of a row.
 pub fn resources(row: &AnyRow, prefix: &str) -> Result<Resources, sqlx::Error> {
     let get = |c: &str| -> Result<u64, sqlx::Error> {

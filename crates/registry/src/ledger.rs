@@ -125,7 +125,7 @@ pub async fn create_policy(db: &Db, p: &NewPolicy, now: i64) -> Result<i64, Ledg
             r.sla_permill
         )));
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let taken = sqlx::query("SELECT id FROM farming_policies WHERE name = $1")
         .bind(&p.name)
         .fetch_optional(&mut *tx)
@@ -223,7 +223,7 @@ pub async fn deposit(
             "a deposit reference is 1..=128 printable characters".into(),
         ));
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let exists = sqlx::query("SELECT 1 FROM twins WHERE id = $1")
         .bind(twin)
         .fetch_optional(&mut *tx)

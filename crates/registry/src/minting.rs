@@ -151,7 +151,7 @@ pub async fn close_due(db: &Db, now: i64, settle_secs: i64) -> Result<Closed, Le
                 receipts.push((i, reward(input)));
             }
         }
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         for (i, receipt) in &receipts {
             if book_period(&mut tx, &nodes[*i], receipt, now).await? {
                 closed.periods += 1;
@@ -317,7 +317,7 @@ pub async fn backfill_readings(db: &Db) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(filled);
         }
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         for r in &rows {
             let id: i64 = r.try_get(0)?;
             let raw: Vec<u8> = r.try_get(1)?;

@@ -184,7 +184,7 @@ async fn apply_all(
     node_ids: &mut NodeIds,
     batch: &[Job],
 ) -> Result<Vec<Result<Written, ApiError>>, sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let now = now();
     let mut results: Vec<Option<Result<Written, ApiError>>> = batch.iter().map(|_| None).collect();
     // Uptime reports are nearly all the traffic: they are applied with a few statements per

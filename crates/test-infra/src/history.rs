@@ -95,8 +95,7 @@ const ROWS_PER_INSERT: usize = 500;
 
 async fn insert(db: &Db, node: i64, rows: &[(&str, Envelope, Option<i64>)]) {
     let mut tx = db
-        .pool
-        .begin()
+        .begin_write()
         .await
         .unwrap_or_else(|e| panic!("seeding: {e}"));
     for chunk in rows.chunks(ROWS_PER_INSERT) {
