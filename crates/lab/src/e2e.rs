@@ -854,17 +854,38 @@ async fn consumption(reg: &Registry, node: &Node) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n: NodeView = reg.get(&paths::node(node.id as u64)).await?;
-        if n.traffic_bytes > 0 {
+        // Each contract's share of that traffic, as the node signed it: what the registry
+        // bills the twin NU for.
+        let mut shared = 0u64;
+        let mut contracts = std::collections::BTreeSet::new();
+        for (r, env) in reports(reg, node.id, &node.key).await? {
+            if r.kind != StoredKind::Consumption.as_str() {
+                continue;
+            }
+            if let Payload::Report(Report::Consumption(c)) = Payload::from_bytes(&env.payload)? {
+                let sum: u64 = c.contracts.iter().map(|t| t.traffic_bytes).sum();
+                ensure!(
+                    sum <= c.traffic_bytes,
+                    "a consumption report shares {sum} bytes among contracts of {} in all",
+                    c.traffic_bytes
+                );
+                shared += sum;
+                contracts.extend(c.contracts.iter().map(|t| t.contract_id));
+            }
+        }
+        if n.traffic_bytes > 0 && shared > 0 {
             step(&format!(
                 "consumption: the node's signed consumption reports add up to {} bytes of \
-                 container traffic",
+                 container traffic, {shared} of them shared among contracts {contracts:?}",
                 n.traffic_bytes
             ));
             return Ok(());
         }
         ensure!(
             Instant::now() < deadline,
-            "no consumption report carried the containers' traffic"
+            "no consumption report carried the containers' traffic with each contract's share \
+             ({} bytes in all, {shared} shared)",
+            n.traffic_bytes
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

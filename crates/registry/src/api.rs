@@ -787,10 +787,12 @@ async fn get_logs(State(s): S, Path(id): Path<String>) -> AppResult<Json<LogsVie
 /// SQL for summing a column that holds values in `0..2^63` without overflowing 64 bits:
 /// the high and low 32 bits are summed apart (each sum fits for up to 2^31 rows) and joined
 /// in 128 bits by [`wide_sum`]. Both engines divide integers exactly.
-fn split_sum(col: &str) -> String {
+/// The sum of `expr` over rows, in two 32-bit halves summed separately (each fits a
+/// 64-bit sum over any number of nodes), as `{alias}_hi` and `{alias}_lo`.
+fn split_sum(expr: &str, alias: &str) -> String {
     format!(
-        "CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
-         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+        "CAST(COALESCE(SUM(({expr}) / 4294967296), 0) AS BIGINT) AS {alias}_hi, \
+         CAST(COALESCE(SUM(({expr}) % 4294967296), 0) AS BIGINT) AS {alias}_lo"
     )
 }
 
@@ -802,38 +804,48 @@ fn wide_sum(r: &AnyRow, col: &str) -> Result<u128, sqlx::Error> {
 
 const CAPACITY_COLUMNS: [&str; 5] = ["cru", "mru", "sru", "hru", "ipv4"];
 
-pub(crate) async fn totals(db: &Db, up_since: Option<i64>) -> Result<Totals, sqlx::Error> {
-    let sums: Vec<String> = CAPACITY_COLUMNS.iter().map(|c| split_sum(c)).collect();
-    let sql = format!(
-        "SELECT COUNT(*) AS nodes, {}, \
-         CAST(COALESCE(SUM(cu), 0.0) AS DOUBLE PRECISION) AS cu, \
-         CAST(COALESCE(SUM(su), 0.0) AS DOUBLE PRECISION) AS su \
-         FROM nodes WHERE last_seen >= $1{}",
-        sums.join(", "),
-        if up_since.is_some() {
-            " AND stopping = 0"
-        } else {
-            ""
-        }
-    );
-    let r = sqlx::query(&sql)
-        .bind(up_since.unwrap_or(i64::MIN))
-        .fetch_one(&db.pool)
-        .await?;
-    Ok(Totals {
-        nodes: r.try_get("nodes")?,
-        capacity: ResourceTotals {
-            cru: wide_sum(&r, "cru")?,
-            mru: wide_sum(&r, "mru")?,
-            sru: wide_sum(&r, "sru")?,
-            hru: wide_sum(&r, "hru")?,
-            ipv4: wide_sum(&r, "ipv4")?,
-        },
-        units: Units {
-            cu: r.try_get("cu")?,
-            su: r.try_get("su")?,
-        },
-    })
+/// Totals over every node and over the nodes up (last seen since `up_since` and not
+/// stopping), in one pass over the node table.
+pub(crate) async fn grid_totals(db: &Db, up_since: i64) -> Result<(Totals, Totals), sqlx::Error> {
+    const UP: &str = "last_seen >= $1 AND stopping = 0";
+    let mut cols = vec![
+        "COUNT(*) AS all_nodes".to_string(),
+        format!("CAST(COALESCE(SUM(CASE WHEN {UP} THEN 1 ELSE 0 END), 0) AS BIGINT) AS up_nodes"),
+    ];
+    for c in CAPACITY_COLUMNS {
+        cols.push(split_sum(c, &format!("all_{c}")));
+        cols.push(split_sum(
+            &format!("CASE WHEN {UP} THEN {c} ELSE 0 END"),
+            &format!("up_{c}"),
+        ));
+    }
+    for u in ["cu", "su"] {
+        cols.push(format!(
+            "CAST(COALESCE(SUM({u}), 0.0) AS DOUBLE PRECISION) AS all_{u}"
+        ));
+        cols.push(format!(
+            "CAST(COALESCE(SUM(CASE WHEN {UP} THEN {u} ELSE 0.0 END), 0.0) AS DOUBLE PRECISION) AS up_{u}"
+        ));
+    }
+    let sql = format!("SELECT {} FROM nodes", cols.join(", "));
+    let r = sqlx::query(&sql).bind(up_since).fetch_one(&db.pool).await?;
+    let read = |p: &str| -> Result<Totals, sqlx::Error> {
+        Ok(Totals {
+            nodes: r.try_get(format!("{p}_nodes").as_str())?,
+            capacity: ResourceTotals {
+                cru: wide_sum(&r, &format!("{p}_cru"))?,
+                mru: wide_sum(&r, &format!("{p}_mru"))?,
+                sru: wide_sum(&r, &format!("{p}_sru"))?,
+                hru: wide_sum(&r, &format!("{p}_hru"))?,
+                ipv4: wide_sum(&r, &format!("{p}_ipv4"))?,
+            },
+            units: Units {
+                cu: r.try_get(format!("{p}_cu").as_str())?,
+                su: r.try_get(format!("{p}_su").as_str())?,
+            },
+        })
+    };
+    Ok((read("all")?, read("up")?))
 }
 
 pub(crate) async fn count(db: &Db, table: &str) -> Result<i64, sqlx::Error> {
@@ -845,12 +857,13 @@ pub(crate) async fn count(db: &Db, table: &str) -> Result<i64, sqlx::Error> {
 
 async fn stats(State(s): S) -> AppResult<Json<Stats>> {
     let up_since = now() - s.config.up_window_secs;
+    let (all, up) = grid_totals(&s.db, up_since).await?;
     Ok(Json(Stats {
         twins: count(&s.db, "twins").await?,
         farms: count(&s.db, "farms").await?,
         reports: count(&s.db, "reports").await?,
         up_window_secs: s.config.up_window_secs,
-        up: totals(&s.db, Some(up_since)).await?,
-        all: totals(&s.db, None).await?,
+        up,
+        all,
     }))
 }

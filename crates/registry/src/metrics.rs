@@ -137,8 +137,8 @@ pub async fn count_rejections(
 pub async fn get_metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let m = &s.metrics;
     let up_since = gridtypes::now() - s.config.up_window_secs;
-    for (scope, since) in [("all", None), ("up", Some(up_since))] {
-        let t = crate::api::totals(&s.db, since).await?;
+    let (all, up) = crate::api::grid_totals(&s.db, up_since).await?;
+    for (scope, t) in [("all", all), ("up", up)] {
         m.nodes.get_or_create(&Scope { scope }).set(t.nodes);
         for (resource, v) in [
             ("cru", t.capacity.cru),

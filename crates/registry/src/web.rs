@@ -18,7 +18,7 @@ use gridtypes::units::gib;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sqlx::Row;
 
-use crate::api::{node_view, parse_id, totals, AppState, NODE_COLUMNS};
+use crate::api::{grid_totals, node_view, parse_id, AppState, NODE_COLUMNS};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::ledger;
@@ -46,8 +46,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// Records how the grid stands now, once per `every` slot across all replicas.
 pub async fn sample(db: &Db, now: i64, every: i64, up_window: i64) -> Result<(), sqlx::Error> {
     let slot = now - now.rem_euclid(every.max(1));
-    let all = totals(db, None).await?;
-    let up = totals(db, Some(now - up_window)).await?;
+    let (all, up) = grid_totals(db, now - up_window).await?;
     sqlx::query(
         "INSERT INTO grid_samples (at, nodes, nodes_up, cu_up, su_up) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (at) DO NOTHING",
@@ -206,8 +205,7 @@ fn capacity_figures(prefix: &str, t: &Totals) -> Markup {
 async fn overview(State(s): S) -> Page {
     let now = gridtypes::now();
     let up_since = now - s.config.up_window_secs;
-    let all = totals(&s.db, None).await?;
-    let up = totals(&s.db, Some(up_since)).await?;
+    let (all, up) = grid_totals(&s.db, up_since).await?;
     let twins = crate::api::count(&s.db, "twins").await?;
     let farms_count = crate::api::count(&s.db, "farms").await?;
     let minted = ledger::balance(&s.db, Account::Mint).await?;
@@ -223,12 +221,15 @@ async fn overview(State(s): S) -> Page {
             .iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)? as f64)))
             .collect::<Result<_, sqlx::Error>>()?;
+    // The largest farms: counted per farm on the node table (its farm index), joined with
+    // the farms' names only for the few listed.
     let farms = sqlx::query(
-        "SELECT f.id, f.name, COUNT(n.id) AS nodes, \
-            CAST(COALESCE(SUM(CASE WHEN n.last_seen >= $1 AND n.stopping = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS up, \
-            CAST(COALESCE(SUM(CASE WHEN n.last_seen >= $1 AND n.stopping = 0 THEN n.cu ELSE 0.0 END), 0.0) AS DOUBLE PRECISION) AS cu \
-         FROM farms f LEFT JOIN nodes n ON n.farm_id = f.id \
-         GROUP BY f.id, f.name ORDER BY COUNT(n.id) DESC, f.id LIMIT $2",
+        "SELECT f.id, f.name, g.nodes, g.up, g.cu FROM \
+         (SELECT farm_id, COUNT(*) AS nodes, \
+            CAST(SUM(CASE WHEN last_seen >= $1 AND stopping = 0 THEN 1 ELSE 0 END) AS BIGINT) AS up, \
+            CAST(SUM(CASE WHEN last_seen >= $1 AND stopping = 0 THEN cu ELSE 0.0 END) AS DOUBLE PRECISION) AS cu \
+          FROM nodes GROUP BY farm_id ORDER BY COUNT(*) DESC, farm_id LIMIT $2) g \
+         JOIN farms f ON f.id = g.farm_id ORDER BY g.nodes DESC, f.id",
     )
     .bind(up_since)
     .bind(FARMS_LISTED)
@@ -265,7 +266,7 @@ async fn overview(State(s): S) -> Page {
             }
         }
         @if farms_count > FARMS_LISTED {
-            p.note { "The " (FARMS_LISTED) " largest farms of " (farms_count) "; all of them: "
+            p.note { "The " (FARMS_LISTED) " largest farms of " (farms_count) " (farms without nodes are not listed); all of them: "
                 a href="/api/v1/farms" { "/api/v1/farms" } "." }
         }
     };
