@@ -127,9 +127,18 @@ pub async fn bill_due(db: &Db, now: i64, grace_secs: i64) -> Result<Billed, Ledg
     let Some(pricing) = pricing(db).await? else {
         return Ok(done);
     };
-    let Some(price) = ledger::prices(db).await?.last().map(|p| p.micro_usd) else {
+    let prices = ledger::prices(db).await?;
+    let Some(price) = prices.last().map(|p| p.micro_usd) else {
         return Ok(done);
     };
+    // Time before there were both prices and a TFT price is not billed afterwards: a
+    // contract older than the operator's first prices pays from then on.
+    let first_priced: i64 = sqlx::query("SELECT MIN(set_at) FROM billing_prices")
+        .fetch_one(&db.pool)
+        .await?
+        .try_get::<Option<i64>, _>(0)?
+        .unwrap_or(now);
+    let billable_from = first_priced.max(prices.first().map_or(now, |p| p.set_at));
     let rows = sqlx::query(
         "SELECT c.id, c.twin_id, c.node_id, c.cru, c.mru, c.sru, c.hru, c.ipv4, c.billed_until, \
             c.traffic_unbilled, c.grace_since, c.cancelled_at, f.twin_id AS farm_twin \
@@ -143,17 +152,18 @@ pub async fn bill_due(db: &Db, now: i64, grace_secs: i64) -> Result<Billed, Ledg
     .await?;
     for r in &rows {
         let d = due(r)?;
+        let from = d.billed_until.max(billable_from);
         let to = match d.cancelled_at {
-            Some(end) => end,
+            Some(end) => end.max(from),
             None => {
-                let hours = ((now - d.billed_until) / HOUR).clamp(0, MAX_HOURS);
-                d.billed_until + hours * HOUR
+                let hours = ((now - from) / HOUR).clamp(0, MAX_HOURS);
+                from + hours * HOUR
             }
         };
-        if to <= d.billed_until && d.cancelled_at.is_none() {
+        if to <= from && d.cancelled_at.is_none() {
             continue;
         }
-        bill_one(db, &d, to, pricing, price, now, grace_secs, &mut done).await?;
+        bill_one(db, &d, from, to, pricing, price, now, grace_secs, &mut done).await?;
     }
     Ok(done)
 }
@@ -162,6 +172,7 @@ pub async fn bill_due(db: &Db, now: i64, grace_secs: i64) -> Result<Billed, Ledg
 async fn bill_one(
     db: &Db,
     d: &Due,
+    from: i64,
     to: i64,
     pricing: Pricing,
     price: u64,
@@ -171,7 +182,7 @@ async fn bill_one(
 ) -> Result<(), LedgerError> {
     let line = bill(BillInput {
         contract_id: d.row.id,
-        from: d.billed_until,
+        from,
         to,
         reserved: d.row.resources,
         traffic_bytes: d.traffic.max(0) as u64,

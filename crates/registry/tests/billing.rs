@@ -19,6 +19,7 @@ use test_infra::client::error_code;
 use test_infra::{now, seal, Engine, Registry};
 
 test_infra::on_both_engines!(
+    time_before_the_first_prices_is_not_billed,
     contracts_are_billed_by_the_hour_with_their_traffic,
     a_twin_that_cannot_pay_gets_a_grace_then_its_contract_ends,
     a_node_bills_only_its_own_contracts,
@@ -35,6 +36,18 @@ struct Grid {
 }
 
 async fn grid(engine: Engine) -> Option<Grid> {
+    grid_priced(engine, true).await
+}
+
+/// 0.01 USD per CU-hour, 0.004 per SU-hour, 0.05 per GiB, 0.005 per IPv4-hour.
+const PRICING: Pricing = Pricing {
+    cu: 10_000,
+    su: 4_000,
+    nu: 50_000,
+    ipv4: 5_000,
+};
+
+async fn grid_priced(engine: Engine, priced: bool) -> Option<Grid> {
     let config = Config {
         minting: None,
         sample_every: None,
@@ -46,16 +59,11 @@ async fn grid(engine: Engine) -> Option<Grid> {
     };
     let h = Registry::start_with(engine, config).await.ok()?;
     let db = Db::connect(h.db_url()).await.unwrap();
-    // 0.01 USD per CU-hour, 0.004 per SU-hour, 0.05 per GiB, 0.005 per IPv4-hour; a TFT is
-    // 0.05 USD.
-    let p = Pricing {
-        cu: 10_000,
-        su: 4_000,
-        nu: 50_000,
-        ipv4: 5_000,
-    };
-    set_pricing(&db, p, now()).await.unwrap();
-    ledger::set_price(&db, 50_000, now()).await.unwrap();
+    // A TFT is 0.05 USD.
+    if priced {
+        set_pricing(&db, PRICING, now()).await.unwrap();
+        ledger::set_price(&db, 50_000, now()).await.unwrap();
+    }
     let farm = h.farm("billed").await;
     let (_, v) = h.get(&format!("{}/{farm}", paths::FARMS)).await;
     let farmer = v["twin_id"].as_i64().unwrap();
@@ -149,6 +157,29 @@ async fn unbilled(g: &Grid, id: i64) -> i64 {
         .unwrap()
         .try_get(0)
         .unwrap()
+}
+
+async fn time_before_the_first_prices_is_not_billed(engine: Engine) {
+    let Some(g) = grid_priced(engine, false).await else {
+        return;
+    };
+    let (key, payer) = twin(&g, "10").await;
+    let c = contract(&g, &key).await;
+    let start = c.created_at;
+    // Without prices nothing is billed; the operator sets them two hours later.
+    assert_eq!(
+        bill_due(&g.db, start + 2 * HOUR, GRACE).await.unwrap(),
+        Billed::default()
+    );
+    set_pricing(&g.db, PRICING, start + 2 * HOUR).await.unwrap();
+    ledger::set_price(&g.db, 50_000, start + 2 * HOUR)
+        .await
+        .unwrap();
+    // One hour after the prices: one hour is billed, not three.
+    let b = bill_due(&g.db, start + 3 * HOUR + 5, GRACE).await.unwrap();
+    assert_eq!((b.bills, b.charged), (1, tft("0.32")));
+    assert_eq!(balance(&g, payer).await, tft("9.68"));
+    assert_eq!(view(&g, c.id).await.billed_until, Some(start + 3 * HOUR));
 }
 
 async fn contracts_are_billed_by_the_hour_with_their_traffic(engine: Engine) {
