@@ -43,6 +43,10 @@ UPDATE nodes SET connected_at = registered_at, connected_cru = cru, connected_mr
 -- period closes without decoding a million envelopes; auditors check it against them.
 ALTER TABLE reports ADD COLUMN reading INTEGER;
 CREATE INDEX reports_node_kind_time ON reports(node_id, kind, signed_at);
+-- Reports stored before the column existed, until the server has filled it in: the server
+-- looks for them at every start, and without this index that look reads the whole table.
+CREATE INDEX reports_unread ON reports(id)
+    WHERE reading IS NULL AND kind IN ('uptime', 'consumption');
 
 -- Double-entry ledger: a transaction's entries add up to zero; `ref` names what it pays
 -- for, once (closing a period twice books nothing twice). Accounts: `twin:N`, `mint`
