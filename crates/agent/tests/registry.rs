@@ -17,11 +17,11 @@ use serde_json::Value;
 use test_infra::Registry;
 use tokio::sync::{oneshot, watch};
 
-/// All uptime reports of a node, oldest first, as (uptime_secs, signed_at).
-async fn uptimes(reg: &Registry, node: i64) -> Vec<(u64, i64)> {
+/// The payloads of a node's stored reports of `kind`, oldest first, with their signed time.
+async fn payloads(reg: &Registry, node: i64, kind: &str) -> Vec<(Value, i64)> {
     let (s, v) = reg
         .get(&format!(
-            "/api/v1/nodes/{node}/reports?kind=uptime&limit=1000"
+            "/api/v1/nodes/{node}/reports?kind={kind}&limit=1000"
         ))
         .await;
     assert_eq!(s, 200, "{v}");
@@ -32,11 +32,17 @@ async fn uptimes(reg: &Registry, node: i64) -> Vec<(u64, i64)> {
         .map(|r| {
             let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
             let p: Value = serde_json::from_slice(&env.payload).unwrap();
-            (
-                p["uptime_secs"].as_u64().unwrap(),
-                r["signed_at"].as_i64().unwrap(),
-            )
+            (p, r["signed_at"].as_i64().unwrap())
         })
+        .collect()
+}
+
+/// All uptime reports of a node, oldest first, as (uptime_secs, signed_at).
+async fn uptimes(reg: &Registry, node: i64) -> Vec<(u64, i64)> {
+    payloads(reg, node, "uptime")
+        .await
+        .into_iter()
+        .map(|(p, at)| (p["uptime_secs"].as_u64().unwrap(), at))
         .collect()
 }
 
@@ -704,19 +710,10 @@ fn fake_provision(sock: &Path, script: Vec<Reading>) -> tokio::task::JoinHandle<
 /// Every consumption report of a node with traffic, oldest first, as (traffic_bytes,
 /// [(contract, share)]).
 async fn traffic_reports(reg: &Registry, node: i64) -> Vec<(u64, Vec<(i64, u64)>)> {
-    let (s, v) = reg
-        .get(&format!(
-            "/api/v1/nodes/{node}/reports?kind=consumption&limit=1000"
-        ))
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let env: Envelope = serde_json::from_value(r["envelope"].clone()).unwrap();
-            let p: Value = serde_json::from_slice(&env.payload).unwrap();
+    payloads(reg, node, "consumption")
+        .await
+        .into_iter()
+        .map(|(p, _)| {
             let shares = p["contracts"]
                 .as_array()
                 .map(|a| {

@@ -179,7 +179,6 @@ pub async fn seed(kind: DbKind, nodes: usize, history: bool) -> anyhow::Result<S
         hru: 2400 * GIB,
         ipv4: 1,
     };
-    let units = capacity.farming_units();
     let base = gridtypes::now() - PERIOD_SECS - 3 * 86_400;
     let mut reports = 0u64;
     // A batch of nodes at a time: rows signed on all cores, then stored in one transaction.
@@ -190,30 +189,10 @@ pub async fn seed(kind: DbKind, nodes: usize, history: bool) -> anyhow::Result<S
             let key = SigningKey::generate(&mut OsRng);
             let farm = farms[i / PER_FARM];
             let t0 = base + (i as i64 % EVERY);
-            let c = |v: u64| v as i64;
-            let id: i64 = sqlx::query(
-                "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
-                    cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
-                    registered_at, updated_at, last_seen, connected_at, connected_cru, connected_mru, \
-                    connected_sru, connected_hru, connected_ipv4) \
-                 VALUES ($1, $2, NULL, 0, '[]', NULL, $3, $4, $5, $6, $7, $3, $4, $5, $6, $8, $9, \
-                    $10, $10, $11, $10, $3, $4, $5, $6, $7) RETURNING id",
-            )
-            .bind(hex::encode(key.verifying_key().as_bytes()))
-            .bind(farm)
-            .bind(c(capacity.cru))
-            .bind(c(capacity.mru))
-            .bind(c(capacity.sru))
-            .bind(c(capacity.hru))
-            .bind(c(capacity.ipv4))
-            .bind(units.cu)
-            .bind(units.su)
-            .bind(t0)
             // Half the grid reported within the up window, half did not.
-            .bind(if i % 2 == 0 { gridtypes::now() } else { t0 })
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+            let last_seen = if i % 2 == 0 { gridtypes::now() } else { t0 };
+            let id = test_infra::history::insert_node(&mut tx, &key, farm, capacity, t0, last_seen)
+                .await?;
             ids.push((id, key, farm, t0));
         }
         tx.commit().await?;

@@ -32,15 +32,7 @@ async fn rig() -> Option<Rig> {
     let bin = test_infra::require_tool("docker-registry").ok()?;
     let busybox = test_infra::require_tool("busybox").ok()?;
     let reg = OciRegistry::start(&bin).unwrap();
-    let layer = test_infra::oci::busybox_layer(&busybox).unwrap();
-    let image = reg
-        .push(
-            "gridos/busybox:1",
-            vec![layer],
-            test_infra::oci::config(&["/bin/sh"], &[]),
-        )
-        .await
-        .unwrap();
+    let image = reg.push_busybox(&busybox).await.unwrap();
     Some(Rig {
         _reg: reg,
         dir: tempfile::tempdir().unwrap(),

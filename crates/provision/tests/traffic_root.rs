@@ -13,7 +13,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gridtypes::deployment::Deployment;
@@ -27,52 +26,12 @@ use test_infra::oci::OciRegistry;
 /// container's own chatter (neighbour discovery).
 const BODY: u64 = 1 << 20;
 
-type Job = Box<dyn FnOnce() + Send>;
+#[path = "support/netns.rs"]
+mod netns;
+use netns::Ns;
 
-/// A thread in a network namespace of its own that runs what it is given.
-struct Ns {
-    jobs: mpsc::Sender<Job>,
-    tid: i32,
-}
-
+// What only this test asks of a namespace.
 impl Ns {
-    fn new() -> Ns {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (tid_tx, tid_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            for job in rx {
-                job();
-            }
-        });
-        Ns {
-            jobs,
-            tid: tid_rx.recv().unwrap(),
-        }
-    }
-
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .unwrap();
-        rx.recv().expect("the namespace thread panicked")
-    }
-
-    /// `ip ARGS` in this namespace.
-    fn ip(&self, args: &[&str]) {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let out = self.run(move || Command::new("ip").args(&args).output().unwrap());
-        assert!(
-            out.status.success(),
-            "ip: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Answers every HTTP request on `port` with [`BODY`] bytes, for ever.
     fn serve(&self, port: u16) {
         let l = self.run(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
@@ -138,15 +97,7 @@ async fn until(rt: &Runtime, contract: i64, name: &str, state: DeploymentState, 
 /// Everything that runs in the node's namespace.
 async fn on_the_node(registry: PathBuf, busybox: PathBuf) {
     let reg = OciRegistry::start(&registry).unwrap();
-    let layer = test_infra::oci::busybox_layer(&busybox).unwrap();
-    let image = reg
-        .push(
-            "gridos/busybox:1",
-            vec![layer],
-            test_infra::oci::config(&["/bin/sh"], &[]),
-        )
-        .await
-        .unwrap();
+    let image = reg.push_busybox(&busybox).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(&dir.path().join("workloads"));
     cfg.plain_http = vec![reg.addr.clone()];

@@ -19,52 +19,12 @@ use std::time::Duration;
 use nix::unistd::Pid;
 use provision::twinnet::{Range, TwinNet};
 
-type Job = Box<dyn FnOnce() + Send>;
+#[path = "support/netns.rs"]
+mod netns;
+use netns::Ns;
 
-/// A thread in a network namespace of its own that runs what it is given.
-struct Ns {
-    jobs: mpsc::Sender<Job>,
-    tid: i32,
-}
-
+// What only this test asks of a namespace.
 impl Ns {
-    fn new() -> Ns {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (tid_tx, tid_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            for job in rx {
-                job();
-            }
-        });
-        Ns {
-            jobs,
-            tid: tid_rx.recv().unwrap(),
-        }
-    }
-
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .unwrap();
-        rx.recv().expect("the namespace thread panicked")
-    }
-
-    /// `ip ARGS` in this namespace.
-    fn ip(&self, args: &[&str]) {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let out = self.run(move || Command::new("ip").args(&args).output().unwrap());
-        assert!(
-            out.status.success(),
-            "ip: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Accepts connections on `port` for ever; each accepted peer's address goes to the
     /// returned channel.
     fn listen(&self, port: u16) -> mpsc::Receiver<SocketAddr> {

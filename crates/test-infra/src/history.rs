@@ -27,18 +27,41 @@ pub async fn seed_node(db: &Db, farm: i64, capacity: Resources, at: i64) -> Seed
         r.virtualized = false;
     }
     let env = Envelope::seal(&key, &reg, at, nonce());
-    let signer = hex::encode(key.verifying_key().as_bytes());
+    let mut conn = db
+        .pool
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("seeding a node: {e}"));
+    let id = insert_node(&mut conn, &key, farm, capacity, at, at)
+        .await
+        .unwrap_or_else(|e| panic!("seeding a node: {e}"));
+    drop(conn);
+    insert(db, id, &[("registration", env, None)]).await;
+    SeededNode { id, key }
+}
+
+/// Writes the row of a node with `key` in `farm` as its first registration, signed at `at`,
+/// would have made it, last seen at `last_seen`; returns its id. Only the row: the signed
+/// registration is [`seed_node`]'s.
+pub async fn insert_node(
+    conn: &mut sqlx::AnyConnection,
+    key: &ed25519_dalek::SigningKey,
+    farm: i64,
+    capacity: Resources,
+    at: i64,
+    last_seen: i64,
+) -> Result<i64, sqlx::Error> {
     let units = capacity.farming_units();
     let c = |v: u64| v as i64;
-    let id: i64 = sqlx::query(
+    sqlx::query(
         "INSERT INTO nodes (public_key, farm_id, serial, virtualized, interfaces, agent_version, \
             cru, mru, sru, hru, ipv4, free_cru, free_mru, free_sru, free_hru, cu, su, \
             registered_at, updated_at, last_seen, connected_at, connected_cru, connected_mru, \
             connected_sru, connected_hru, connected_ipv4) \
          VALUES ($1, $2, NULL, 0, '[]', NULL, $3, $4, $5, $6, $7, $3, $4, $5, $6, $8, $9, \
-            $10, $10, $10, $10, $3, $4, $5, $6, $7) RETURNING id",
+            $10, $10, $11, $10, $3, $4, $5, $6, $7) RETURNING id",
     )
-    .bind(&signer)
+    .bind(hex::encode(key.verifying_key().as_bytes()))
     .bind(farm)
     .bind(c(capacity.cru))
     .bind(c(capacity.mru))
@@ -48,13 +71,10 @@ pub async fn seed_node(db: &Db, farm: i64, capacity: Resources, at: i64) -> Seed
     .bind(units.cu)
     .bind(units.su)
     .bind(at)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap_or_else(|e| panic!("seeding a node: {e}"))
+    .bind(last_seen)
+    .fetch_one(&mut *conn)
+    .await?
     .try_get(0)
-    .unwrap_or_else(|e| panic!("seeded node id: {e}"));
-    insert(db, id, &[("registration", env, None)]).await;
-    SeededNode { id, key }
 }
 
 /// Stores `reports` (signed time, report) of `node`, each signed at its time.

@@ -105,6 +105,14 @@ impl OciRegistry {
             .map_err(|e| format!("pushing {reference}: {e}"))?;
         Ok(reference)
     }
+
+    /// Pushes `gridos/busybox:1`: one layer of the host's `busybox`, `/bin/sh` as its
+    /// entrypoint, as the runtime tests run it. Returns its reference.
+    pub async fn push_busybox(&self, busybox: &Path) -> Result<String, String> {
+        let layer = busybox_layer(busybox).map_err(|e| format!("busybox layer: {e}"))?;
+        self.push("gridos/busybox:1", vec![layer], config(&["/bin/sh"], &[]))
+            .await
+    }
 }
 
 /// A tar.gz layer of `(path, contents)` files; a path ending in `/` is a directory, and
