@@ -594,6 +594,85 @@ mod tests {
     }
 
     #[test]
+    fn hostile_contract_shares_are_refused() {
+        let share = |contract_id, traffic_bytes| ContractTraffic {
+            contract_id,
+            traffic_bytes,
+        };
+        let report = |traffic_bytes, contracts| {
+            Payload::Report(Report::Consumption(Consumption {
+                used: Resources::default(),
+                traffic_bytes,
+                contracts,
+            }))
+        };
+        let ok = report(100, vec![share(1, 60), share(2, 40)]);
+        assert_eq!(Payload::from_bytes(&ok.to_bytes()), Ok(ok));
+        let most: Vec<_> = (1..=MAX_REPORTED_CONTRACTS as u64)
+            .map(|c| share(c, 1))
+            .collect();
+        let full = report(u64::from(MAX_REPORTED_CONTRACTS as u32), most.clone());
+        assert!(
+            Payload::from_bytes(&full.to_bytes()).is_ok(),
+            "128 contracts fit"
+        );
+        let mut one_more = most;
+        one_more.push(share(999, 0));
+        for (bad, why) in [
+            (report(1000, one_more), "129 contracts"),
+            (report(10, vec![share(0, 1)]), "contract 0"),
+            (report(10, vec![share(1 << 63, 1)]), "contract above i64"),
+            (report(10, vec![share(u64::MAX, 1)]), "contract u64::MAX"),
+            (
+                report(10, vec![share(7, 1), share(7, 1)]),
+                "a contract twice",
+            ),
+            (
+                report(10, vec![share(1, 6), share(2, 5)]),
+                "shares above the total",
+            ),
+            (
+                report(
+                    MAX_TRAFFIC_BYTES,
+                    vec![share(1, u64::MAX), share(2, u64::MAX)],
+                ),
+                "shares whose sum overflows",
+            ),
+        ] {
+            assert!(
+                matches!(
+                    Payload::from_bytes(&bad.to_bytes()),
+                    Err(PayloadError::Invalid(_))
+                ),
+                "{why} was accepted"
+            );
+        }
+        // The same bytes spelled another way (a contract written as a string, a negative
+        // share) and padding beyond the kind's size are refused before any check.
+        for raw in [
+            r#"{"kind":"report","report":"consumption","used":{"cru":0,"mru":0,"sru":0,"hru":0},"traffic_bytes":5,"contracts":[{"contract_id":"1","traffic_bytes":1}]}"#,
+            r#"{"kind":"report","report":"consumption","used":{"cru":0,"mru":0,"sru":0,"hru":0},"traffic_bytes":5,"contracts":[{"contract_id":1,"traffic_bytes":-1}]}"#,
+            r#"{"kind":"report","report":"consumption","used":{"cru":0,"mru":0,"sru":0,"hru":0},"traffic_bytes":5,"contracts":[{"contract_id":1,"traffic_bytes":1,"extra":1}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    Payload::from_bytes(raw.as_bytes()),
+                    Err(PayloadError::Malformed(_))
+                ),
+                "{raw}"
+            );
+        }
+        let padded = format!(
+            r#"{{"kind":"report","report":"consumption","used":{{"cru":0,"mru":0,"sru":0,"hru":0}},"traffic_bytes":5{}}}"#,
+            " ".repeat(1024 + MAX_REPORTED_CONTRACTS * 64)
+        );
+        assert!(matches!(
+            Payload::from_bytes(padded.as_bytes()),
+            Err(PayloadError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn unknown_fields_and_kinds_are_refused() {
         for bad in [
             r#"{"kind":"register_twin","admin":true}"#,
