@@ -32,6 +32,8 @@ pub use gate::{require_device, require_root, require_tool, require_tools, Skippe
 pub mod btrfs;
 #[cfg(feature = "servers")]
 pub mod client;
+#[cfg(feature = "guest")]
+pub mod guest;
 #[cfg(feature = "servers")]
 pub mod history;
 #[cfg(feature = "oci")]

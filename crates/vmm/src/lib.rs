@@ -1,0 +1,16 @@
+//! Virtual machines for twins, one QEMU process each: the command line from a spec
+//! ([`qemu`]), QMP to drive it ([`qmp`]), whether KVM really works here ([`accel`]), the
+//! cloud-init NoCloud seed that gives the guest its keys, name and address ([`seed`]), and
+//! the process itself: started paused, resumed, stopped by the power button, killed after a
+//! grace period ([`Vm`]). See docs/vms.md.
+
+pub mod accel;
+pub mod qemu;
+pub mod qmp;
+pub mod seed;
+mod vm;
+
+pub use qemu::{Accel, Boot, Disk, Format, Nic, Spec, SpecError};
+pub use qmp::{Qmp, QmpError, Status};
+pub use seed::{Seed, SeedError};
+pub use vm::{Stopped, Vm, VmError};
