@@ -58,6 +58,8 @@ pub mod paths {
     pub const POLICIES: &str = "/api/v1/policies";
     /// The TFT price history.
     pub const PRICES: &str = "/api/v1/prices";
+    /// System extensions: `{name}` (signed manifest) and `{name}/image` (squashfs).
+    pub const EXTENSIONS: &str = "/api/v1/extensions";
 
     /// One twin.
     pub fn twin(id: u64) -> String {

@@ -7,6 +7,7 @@
 
 pub mod deployment;
 pub mod envelope;
+pub mod extension;
 pub mod keyfile;
 pub mod mailbox;
 pub mod payload;

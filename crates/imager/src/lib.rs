@@ -7,6 +7,7 @@ pub mod build;
 pub mod cli;
 pub mod cpio;
 pub mod elf;
+pub mod extension;
 pub mod kernel;
 pub mod modules;
 pub mod profile;

@@ -20,6 +20,7 @@ use sqlx::Connection;
 use test_infra::{nonce, RegistryCommand, RegistryProcess};
 
 mod ledger;
+mod vm;
 
 #[derive(Parser)]
 #[command(
@@ -126,6 +127,11 @@ enum Test {
         nodes: usize,
         #[arg(long, default_value_t = 50)]
         requests: usize,
+    },
+    /// VM start to the guest's ready line: the vmm driver against the bare QEMU command line.
+    VmStart {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
     },
     /// Everything, in the order BENCHMARKS.md reports it.
     All {
@@ -690,6 +696,7 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => vec![ingest_compare(baseline_bin, db, clients, reports, rounds).await?],
         Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
+        Test::VmStart { runs } => vec![vm::vm_start(runs)?],
         Test::ClosePeriods { db, nodes } => vec![ledger::close_periods(db, &nodes).await?],
         Test::Audit { db, grid_bin } => {
             let bin = match grid_bin {

@@ -97,6 +97,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::MAILBOX_LOGS, post(post_logs))
         .route(paths::STATS, get(stats))
         .route("/boot/{farm}/{item}", get(crate::boot::get_boot))
+        .route(
+            &format!("{}/{{name}}", paths::EXTENSIONS),
+            get(crate::extensions::get_manifest),
+        )
+        .route(
+            &format!("{}/{{name}}/image", paths::EXTENSIONS),
+            get(crate::extensions::get_image),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ledger_api::routes())
         .route("/metrics", get(crate::metrics::get_metrics))

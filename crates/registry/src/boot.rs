@@ -264,7 +264,8 @@ fn evict(dir: &Path, keep: &Path, max: usize) {
 }
 
 /// Streams a file with its length, as a download named `name`.
-async fn file(path: &Path, name: &str) -> Result<Response, ApiError> {
+/// Streams a file as an attachment (boot media, extension images).
+pub(crate) async fn file(path: &Path, name: &str) -> Result<Response, ApiError> {
     let f = tokio::fs::File::open(path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "boot file unreadable");
         ApiError::BuildFailed(format!("{name} cannot be read on the registry: {e}"))

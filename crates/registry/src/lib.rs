@@ -9,6 +9,7 @@ pub mod billing;
 pub mod boot;
 pub mod db;
 pub mod error;
+pub mod extensions;
 pub mod ledger;
 pub mod ledger_api;
 pub mod limits;
@@ -54,6 +55,8 @@ pub struct Config {
     pub rate: RateLimits,
     /// Boot media per farm (`/boot/{farm}/…`), when a release folder is given.
     pub boot: Option<boot::BootConfig>,
+    /// The folder of system extensions served at `/api/v1/extensions/…` (`--extensions`).
+    pub extensions: Option<std::path::PathBuf>,
     /// Closing minting periods in the background (`None`: only `grid-registry close`).
     pub minting: Option<minting::MintingConfig>,
     /// How often the grid is sampled for the web page's charts (`None`: never).
@@ -75,6 +78,7 @@ impl Default for Config {
             write_queue_bytes: 64 << 20,
             rate: RateLimits::default(),
             boot: None,
+            extensions: None,
             minting: Some(minting::MintingConfig::default()),
             sample_every: Some(Duration::from_secs(600)),
             billing: billing::BillingConfig::default(),

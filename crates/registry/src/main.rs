@@ -45,6 +45,10 @@ enum Command {
         limits: Limits,
         #[command(flatten)]
         boot: BootArgs,
+        /// Folder of system extensions (NAME.sqfs and NAME.json, as `gridos-imager extension`
+        /// writes them) served to nodes at /api/v1/extensions/NAME.
+        #[arg(long, env = "GRID_REGISTRY_EXTENSIONS")]
+        extensions: Option<std::path::PathBuf>,
         /// Seconds between looks for minting periods to close (0: never; then run
         /// `grid-registry close`).
         #[arg(long, default_value_t = 600)]
@@ -233,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             up_window,
             limits,
             boot,
+            extensions,
             close_every,
             settle,
             bill_every,
@@ -250,6 +255,10 @@ async fn main() -> anyhow::Result<()> {
             };
             limits.apply(&mut config)?;
             config.boot = boot.config()?;
+            if let Some(dir) = &extensions {
+                anyhow::ensure!(dir.is_dir(), "--extensions {}: not a folder", dir.display());
+            }
+            config.extensions = extensions;
             config.minting = (close_every > 0).then_some(registry::minting::MintingConfig {
                 every: Duration::from_secs(close_every),
                 settle_secs: settle,

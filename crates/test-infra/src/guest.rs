@@ -99,6 +99,11 @@ else
     i=0
     while [ $i -lt 50 ] && ! ls /dev/input/event* >/dev/null 2>&1; do sleep 0.1; i=$((i+1)); done
     acpid -f -l /dev/console -c /etc/acpi &
+    # Ready only once acpid listens: a button pressed before that would be lost.
+    i=0
+    while [ $i -lt 100 ] && ! ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event; do
+        sleep 0.05; i=$((i+1))
+    done
 fi
 echo "guest: ready"
 while true; do sleep 3600; done

@@ -4,10 +4,10 @@
 //! and KVM counts only when QEMU exits with the code it wrote.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::qemu::Accel;
+use crate::qemu::{Accel, Qemu};
 
 /// The value the probe writes; QEMU exits with `(value << 1) | 1`.
 const PROBE_VALUE: u8 = 0x21;
@@ -25,7 +25,7 @@ fn boot_sector() -> [u8; 512] {
 
 /// [`Accel::Kvm`] when a probe guest runs under KVM within `limit`, else [`Accel::Tcg`].
 /// `work` holds the probe's boot sector. `GRIDOS_NO_KVM` set skips the probe.
-pub fn probe(qemu: &Path, work: &Path, limit: Duration) -> Accel {
+pub fn probe(qemu: &Qemu, work: &Path, limit: Duration) -> Accel {
     if std::env::var_os("GRIDOS_NO_KVM").is_some()
         || std::fs::OpenOptions::new()
             .read(true)
@@ -47,7 +47,7 @@ pub fn probe(qemu: &Path, work: &Path, limit: Duration) -> Accel {
 
 /// Boots the probe sector under `accel` and returns QEMU's exit code, `None` when it did not
 /// exit within `limit` or could not start.
-pub fn run_probe(qemu: &Path, work: &Path, accel: Accel, limit: Duration) -> Option<i32> {
+pub fn run_probe(qemu: &Qemu, work: &Path, accel: Accel, limit: Duration) -> Option<i32> {
     let sector = work.join("kvm-probe.img");
     // SeaBIOS will not read a disk smaller than one cylinder: the sector is padded (sparse).
     let written = std::fs::write(&sector, boot_sector()).and_then(|()| {
@@ -59,7 +59,8 @@ pub fn run_probe(qemu: &Path, work: &Path, accel: Accel, limit: Duration) -> Opt
     if written.is_err() {
         return None;
     }
-    let child = Command::new(qemu)
+    let child = qemu
+        .command()
         .arg("-machine")
         .arg(format!("q35,accel={}", accel.name()))
         .args(["-cpu", "max", "-m", "16M"])

@@ -10,7 +10,7 @@ pub mod qmp;
 pub mod seed;
 mod vm;
 
-pub use qemu::{Accel, Boot, Disk, Format, Nic, Spec, SpecError};
+pub use qemu::{Accel, Boot, Disk, Format, Nic, Qemu, Spec, SpecError};
 pub use qmp::{Qmp, QmpError, Status};
 pub use seed::{Seed, SeedError};
 pub use vm::{Stopped, Vm, VmError};

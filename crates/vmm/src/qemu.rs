@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The fewest MiB a guest gets: below this no Linux kernel boots.
 pub const MIN_MEMORY_MIB: u64 = 64;
@@ -30,6 +31,84 @@ pub enum SpecError {
         /// The path looked for.
         path: PathBuf,
     },
+}
+
+/// How QEMU is run: the host's binary, or the one in a mounted VM-runtime extension, started
+/// through the extension's own dynamic loader with its own libraries, plugins and firmware,
+/// so nothing depends on the base image's libraries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qemu {
+    program: PathBuf,
+    pre: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    firmware: Vec<PathBuf>,
+}
+
+/// Where things are inside the VM-runtime extension (image/extensions/vm.yaml).
+const EXT_LOADER: &str = "lib64/ld-linux-x86-64.so.2";
+const EXT_BINARY: &str = "usr/bin/qemu-system-x86_64";
+const EXT_LIBS: [&str; 2] = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
+const EXT_PLUGINS: &str = "usr/lib/x86_64-linux-gnu/qemu";
+const EXT_FIRMWARE: [&str; 2] = ["usr/share/seabios", "usr/share/qemu"];
+
+impl Qemu {
+    /// A QEMU binary of the host, found by the caller.
+    pub fn host(binary: impl Into<PathBuf>) -> Qemu {
+        Qemu {
+            program: binary.into(),
+            pre: Vec::new(),
+            env: Vec::new(),
+            firmware: Vec::new(),
+        }
+    }
+
+    /// The QEMU of the extension mounted at `root`.
+    pub fn from_extension(root: &Path) -> Result<Qemu, SpecError> {
+        for (what, rel) in [("loader", EXT_LOADER), ("QEMU binary", EXT_BINARY)] {
+            let p = root.join(rel);
+            if !p.is_file() {
+                return Err(SpecError::Missing {
+                    what: if what == "loader" {
+                        "extension's dynamic loader"
+                    } else {
+                        "extension's QEMU binary"
+                    },
+                    path: p,
+                });
+            }
+        }
+        let libs = EXT_LIBS
+            .iter()
+            .map(|d| root.join(d).to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        Ok(Qemu {
+            program: root.join(EXT_LOADER),
+            pre: vec![
+                "--library-path".into(),
+                libs.into(),
+                root.join(EXT_BINARY).into(),
+            ],
+            env: vec![("QEMU_MODULE_DIR".into(), root.join(EXT_PLUGINS).into())],
+            firmware: EXT_FIRMWARE.iter().map(|d| root.join(d)).collect(),
+        })
+    }
+
+    /// A command that runs this QEMU; the caller adds the machine's arguments.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.pre);
+        for dir in &self.firmware {
+            c.arg("-L").arg(dir);
+        }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// The program started (the loader for an extension's QEMU), for error messages.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
 }
 
 /// How QEMU executes guest code.
@@ -301,7 +380,9 @@ pub fn args(spec: &Spec, qmp_socket: &Path) -> Vec<OsString> {
         a.push("-netdev".into());
         a.push(format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap).into());
         a.push("-device".into());
-        a.push(format!("virtio-net-pci,netdev=net0,mac={}", nic.mac).into());
+        // No option ROM: VMs boot a kernel or a disk, never over the network, and the ROM
+        // file would be one more thing the runtime extension must carry.
+        a.push(format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac).into());
     }
     a
 }
@@ -395,7 +476,9 @@ mod tests {
         assert!(drives[0].contains("root.qcow2") && drives[0].contains("format=qcow2"));
         assert!(drives[1].contains("seed.img") && drives[1].contains("read-only=on"));
         assert!(a.contains(&"virtio-blk-pci,drive=disk0,bootindex=0".to_string()));
-        assert!(a.contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".to_string()));
+        assert!(
+            a.contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=".to_string())
+        );
         assert!(!a.contains(&"-kernel".to_string()));
     }
 

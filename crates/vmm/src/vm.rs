@@ -3,10 +3,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::qemu::{self, Spec, SpecError};
+use crate::qemu::{self, Qemu, Spec, SpecError};
 use crate::qmp::{Qmp, QmpError, Status};
 
 /// How long one QMP exchange may take before QEMU counts as hung.
@@ -78,11 +78,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts `qemu` (the `qemu-system-x86_64` binary) for `spec`, paused. `dir` holds the QMP
+    /// Starts `qemu` for `spec`, paused. `dir` holds the QMP
     /// socket (`qmp.sock`) and QEMU's own messages (`qemu.log`). The guest's serial console is
     /// the returned pipe: the caller decides how much of it to keep. Call [`Vm::resume`] to
     /// let the guest run.
-    pub fn launch(qemu: &Path, spec: &Spec, dir: &Path) -> Result<(Vm, ChildStdout), VmError> {
+    pub fn launch(qemu: &Qemu, spec: &Spec, dir: &Path) -> Result<(Vm, ChildStdout), VmError> {
         spec.check()?;
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
@@ -106,22 +106,23 @@ impl Vm {
         }
         let errors = dir.join("qemu.log");
         let err_file = File::create(&errors).map_err(io("creating", &errors))?;
-        let mut child = Command::new(qemu)
+        let mut child = qemu
+            .command()
             .args(qemu::args(spec, &qmp))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err_file)
             .spawn()
             .map_err(|e| VmError::Spawn {
-                program: qemu.to_path_buf(),
-                source: hosttools::spawn_error(&qemu.to_string_lossy(), e),
+                program: qemu.program().to_path_buf(),
+                source: hosttools::spawn_error(&qemu.program().to_string_lossy(), e),
             })?;
         let Some(console) = child.stdout.take() else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(io("taking the console of", qemu)(std::io::Error::other(
-                "no pipe",
-            )));
+            return Err(io("taking the console of", qemu.program())(
+                std::io::Error::other("no pipe"),
+            ));
         };
         let mut vm = Vm { child, qmp, errors };
         let t0 = Instant::now();

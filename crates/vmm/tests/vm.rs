@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm::seed::Network;
-use vmm::{Accel, Boot, Nic, Seed, Spec, Stopped, Vm, VmError};
+use vmm::{Accel, Boot, Nic, Qemu, Seed, Spec, Stopped, Vm, VmError};
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC twin@laptop";
@@ -18,7 +18,7 @@ const KEY: &str =
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
 /// The QEMU binary, and the guest, unless the requirements are missing (then the gate decides).
-fn setup() -> Option<(PathBuf, test_infra::guest::Guest)> {
+fn setup() -> Option<(Qemu, test_infra::guest::Guest)> {
     let tools = test_infra::require_tools(&[
         "qemu-system-x86_64",
         "cpio",
@@ -28,7 +28,7 @@ fn setup() -> Option<(PathBuf, test_infra::guest::Guest)> {
     ])
     .ok()?;
     let guest = test_infra::guest::guest().expect("building the test guest");
-    Some((tools[0].clone(), guest))
+    Some((Qemu::host(&tools[0]), guest))
 }
 
 fn spec(guest: &test_infra::guest::Guest, name: &str, extra: &str) -> Spec {
@@ -203,7 +203,7 @@ fn a_missing_kernel_is_refused_before_qemu_starts() {
         accel: Accel::Tcg,
     };
     // Not even a QEMU binary is needed: the spec is checked first.
-    let err = Vm::launch(Path::new("/nonexistent/qemu"), &s, &dir.path().join("vm"))
+    let err = Vm::launch(&Qemu::host("/nonexistent/qemu"), &s, &dir.path().join("vm"))
         .err()
         .unwrap();
     assert!(err.to_string().contains("kernel"), "{err}");
@@ -219,7 +219,12 @@ fn the_kvm_probe_sector_runs_under_tcg() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let code = vmm::accel::run_probe(&qemu, dir.path(), Accel::Tcg, Duration::from_secs(60));
+    let code = vmm::accel::run_probe(
+        &Qemu::host(qemu),
+        dir.path(),
+        Accel::Tcg,
+        Duration::from_secs(60),
+    );
     assert_eq!(code, Some(vmm::accel::PROBE_EXIT_CODE));
 }
 
