@@ -13,7 +13,7 @@ SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench ledger-bench
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench ledger-bench vm-bench
 
 all: build
 
@@ -172,6 +172,15 @@ ledger-bench:
 	@tools/need-packages.sh test
 	$(CARGO) build --release -p registry -p perf -p cli
 	bench/ledger/run.sh
+
+## Issue 15's benchmarks: VM start through the driver against bare QEMU; the VM-runtime
+## extension's size and its download+verify+mount time (root: loop devices).
+vm-bench:
+	@tools/need-packages.sh image run
+	$(CARGO) build --release -p perf
+	@mkdir -p $(BUILD)
+	target/release/gridos-perf --out $(BUILD)/vm-start.json vm-start --runs 8
+	target/release/gridos-perf --out $(BUILD)/extension-fetch.json extension-fetch --runs 5
 
 clean:
 	$(CARGO) clean

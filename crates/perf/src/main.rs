@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use test_infra::{nonce, RegistryCommand, RegistryProcess};
 
+mod extension;
 mod ledger;
 mod vm;
 
@@ -131,6 +132,13 @@ enum Test {
     /// VM start to the guest's ready line: the vmm driver against the bare QEMU command line.
     VmStart {
         #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// The VM-runtime extension's size and its download+verify+mount time (root).
+    ExtensionFetch {
+        #[arg(long, default_value = "image/extensions/vm.yaml")]
+        profile: std::path::PathBuf,
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
     /// Everything, in the order BENCHMARKS.md reports it.
@@ -697,6 +705,9 @@ async fn main() -> anyhow::Result<()> {
         } => vec![ingest_compare(baseline_bin, db, clients, reports, rounds).await?],
         Test::VerifyCeiling { secs } => vec![verify_ceiling(secs)],
         Test::VmStart { runs } => vec![vm::vm_start(runs)?],
+        Test::ExtensionFetch { profile, runs } => {
+            vec![extension::extension_fetch(&profile, runs).await?]
+        }
         Test::ClosePeriods { db, nodes } => vec![ledger::close_periods(db, &nodes).await?],
         Test::Audit { db, grid_bin } => {
             let bin = match grid_bin {
