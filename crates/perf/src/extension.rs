@@ -24,9 +24,10 @@ pub async fn extension_fetch(profile: &Path, runs: usize) -> anyhow::Result<Valu
         extensions: Some(dir.path().join("release")),
         ..Default::default()
     };
-    let reg = test_infra::registry::Registry::start_with(test_infra::registry::Engine::Sqlite, config)
-        .await
-        .map_err(|s| anyhow::anyhow!(s.reason))?;
+    let reg =
+        test_infra::registry::Registry::start_with(test_infra::registry::Engine::Sqlite, config)
+            .await
+            .map_err(|s| anyhow::anyhow!(s.reason))?;
     let http = reqwest::Client::new();
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for i in 0..runs {
@@ -42,7 +43,10 @@ pub async fn extension_fetch(profile: &Path, runs: usize) -> anyhow::Result<Valu
         cold.push(t.elapsed().as_secs_f64());
         unmount(&m.root);
         let t = Instant::now();
-        let m = node.ensure(&http, &p.name).await.context("mount from the cache")?;
+        let m = node
+            .ensure(&http, &p.name)
+            .await
+            .context("mount from the cache")?;
         warm.push(t.elapsed().as_secs_f64());
         unmount(&m.root);
     }
