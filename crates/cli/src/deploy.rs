@@ -302,6 +302,27 @@ mod tests {
         let e = parse_app("workload: []\n").unwrap_err();
         assert!(format!("{e:#}").contains("workload"), "{e:#}");
         let e = parse_app("workloads:\n- kind: vm\n  name: x\n").unwrap_err();
-        assert!(format!("{e:#}").contains("vm"), "{e:#}");
+        assert!(format!("{e:#}").contains("image"), "{e:#}");
+        let e = parse_app("workloads:\n- kind: vmm\n  name: x\n").unwrap_err();
+        assert!(format!("{e:#}").contains("vmm"), "{e:#}");
+    }
+
+    #[test]
+    fn an_app_file_takes_a_vm_with_its_keys() {
+        let w = parse_app(
+            "workloads:\n\
+             - kind: vm\n  name: box\n  image: 127.0.0.1:5000/vm:1\n  \
+               ssh_keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC me\"]\n  \
+               resources: {cru: 2, mru: 1GiB, sru: 10GiB}\n",
+        )
+        .unwrap();
+        let r = w[0].reserved();
+        assert_eq!((r.cru, r.mru, r.sru), (2, 1 << 30, 10 << 30));
+        let d = Deployment {
+            contract_id: 1,
+            version: 1,
+            workloads: w,
+        };
+        d.validate().unwrap();
     }
 }

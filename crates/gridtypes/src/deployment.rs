@@ -31,6 +31,16 @@ pub const MAX_MOUNTS: usize = 16;
 pub const MIN_CONTAINER_MRU: u64 = 16 << 20;
 /// The smallest volume: 1 MiB.
 pub const MIN_VOLUME: u64 = 1 << 20;
+/// The smallest memory a VM may reserve: less boots no Linux kernel.
+pub const MIN_VM_MRU: u64 = 64 << 20;
+/// The most vCPUs one VM may have (what QEMU's q35 machine takes).
+pub const MAX_VM_CRU: u64 = 255;
+/// The longest extra kernel command line of a VM.
+pub const MAX_VM_CMDLINE: usize = 1024;
+/// Most SSH keys given to one VM.
+pub const MAX_SSH_KEYS: usize = 16;
+/// Longest SSH public key line (an RSA 16384 key is about 2.8 KB).
+pub const MAX_SSH_KEY: usize = 4096;
 
 /// Why a deployment was refused, naming the workload and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +79,7 @@ pub struct Deployment {
     pub workloads: Vec<Workload>,
 }
 
-/// One thing a deployment runs or keeps. VMs and private networks come later as new kinds.
+/// One thing a deployment runs or keeps. Private networks come later as a new kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Workload {
@@ -77,6 +87,55 @@ pub enum Workload {
     Container(Container),
     /// Persistent storage that containers mount.
     Volume(Volume),
+    /// A virtual machine with its own kernel.
+    Vm(Vm),
+}
+
+/// A virtual machine: its own kernel, booted from the files of an OCI image, on its twin's
+/// network, with a root disk of the size it reserved (see docs/vms.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Unique within the deployment; also the guest's host name.
+    pub name: String,
+    /// OCI image holding `boot/vmlinuz` and, optionally, `boot/initrd.img`.
+    pub image: String,
+    /// Added to the guest kernel's command line (after the console setting).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
+    /// vCPUs (`cru`), memory in bytes (`mru`, used in whole MiB) and the root disk in bytes
+    /// (`sru`, an empty disk the guest sees as `/dev/vda`).
+    pub resources: ContainerResources,
+    /// OpenSSH public keys the guest gets through cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// What happens when the guest powers off or QEMU ends.
+    #[serde(default)]
+    pub restart: Restart,
+}
+
+/// An OpenSSH public key line: a known key type, base64 key material, an optional comment;
+/// one line of printable ASCII (it goes into a cloud-init file).
+pub fn ssh_key_ok(k: &str) -> bool {
+    const TYPES: [&str; 6] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+    ];
+    let mut parts = k.splitn(3, ' ');
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    k.len() <= MAX_SSH_KEY
+        && k.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && TYPES.contains(&kind)
+        && !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
 }
 
 /// An OCI container: an image, what to run in it, and what it reserves.
@@ -199,6 +258,7 @@ impl Workload {
         match self {
             Workload::Container(c) => &c.name,
             Workload::Volume(v) => &v.name,
+            Workload::Vm(v) => &v.name,
         }
     }
 
@@ -207,6 +267,7 @@ impl Workload {
         match self {
             Workload::Container(_) => "container",
             Workload::Volume(_) => "volume",
+            Workload::Vm(_) => "vm",
         }
     }
 
@@ -225,6 +286,13 @@ impl Workload {
                 mru: 0,
                 sru: if v.disk == DiskKind::Ssd { v.size } else { 0 },
                 hru: if v.disk == DiskKind::Hdd { v.size } else { 0 },
+                ipv4: 0,
+            },
+            Workload::Vm(v) => Resources {
+                cru: v.resources.cru,
+                mru: v.resources.mru,
+                sru: v.resources.sru,
+                hru: 0,
                 ipv4: 0,
             },
         }
@@ -272,13 +340,14 @@ impl Deployment {
             .iter()
             .filter_map(|w| match w {
                 Workload::Volume(v) => Some(v.name.as_str()),
-                Workload::Container(_) => None,
+                Workload::Container(_) | Workload::Vm(_) => None,
             })
             .collect();
         for w in &self.workloads {
             match w {
                 Workload::Container(c) => c.validate(&volumes)?,
                 Workload::Volume(v) => v.validate()?,
+                Workload::Vm(v) => v.validate()?,
             }
         }
         Ok(())
@@ -385,6 +454,57 @@ impl Container {
             return Err(invalid(
                 at("resources.sru"),
                 "the image and its writable layer need SSD space (1 byte to 16 PiB)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Vm {
+    fn validate(&self) -> Result<(), DeploymentError> {
+        let at = |field: &str| format!("workloads[{}].{field}", self.name);
+        check_image(&at("image"), &self.image)?;
+        if self.cmdline.len() > MAX_VM_CMDLINE
+            || self.cmdline.bytes().any(|b| !(0x20..0x7f).contains(&b))
+        {
+            return Err(invalid(
+                at("cmdline"),
+                format!("at most {MAX_VM_CMDLINE} printable ASCII characters on one line"),
+            ));
+        }
+        if self.ssh_keys.len() > MAX_SSH_KEYS {
+            return Err(invalid(
+                at("ssh_keys"),
+                format!("{} keys, at most {MAX_SSH_KEYS}", self.ssh_keys.len()),
+            ));
+        }
+        if let Some(k) = self.ssh_keys.iter().find(|k| !ssh_key_ok(k)) {
+            let shown: String = k.chars().take(40).collect();
+            return Err(invalid(
+                at("ssh_keys"),
+                format!("{shown:?}…: one line `TYPE BASE64 [COMMENT]` of an OpenSSH public key"),
+            ));
+        }
+        let r = &self.resources;
+        if r.cru == 0 || r.cru > MAX_VM_CRU {
+            return Err(invalid(
+                at("resources.cru"),
+                format!("{} vCPUs: between 1 and {MAX_VM_CRU}", r.cru),
+            ));
+        }
+        if r.mru < MIN_VM_MRU || r.mru > crate::units::MAX_MRU {
+            return Err(invalid(
+                at("resources.mru"),
+                format!("{} bytes: at least 64 MiB and at most 256 TiB", r.mru),
+            ));
+        }
+        if r.sru < MIN_VOLUME || r.sru > crate::units::MAX_DISK {
+            return Err(invalid(
+                at("resources.sru"),
+                format!(
+                    "{} bytes of root disk: at least 1 MiB and at most 16 PiB",
+                    r.sru
+                ),
             ));
         }
         Ok(())
@@ -724,6 +844,88 @@ mod tests {
             v.size = 4096;
         }
         assert!(refused(&d).contains("workloads[data].size"));
+    }
+
+    fn a_vm() -> Vm {
+        Vm {
+            name: "box".into(),
+            image: "127.0.0.1:5000/gridos/vm:1".into(),
+            cmdline: "quiet".into(),
+            resources: ContainerResources {
+                cru: 2,
+                mru: 1 << 30,
+                sru: 10 << 30,
+            },
+            ssh_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC me"
+                    .into(),
+            ],
+            restart: Restart::OnFailure,
+        }
+    }
+
+    #[test]
+    fn a_vm_reserves_its_vcpus_memory_and_root_disk_and_must_fit() {
+        let d = Deployment {
+            contract_id: 1,
+            version: 1,
+            workloads: vec![Workload::Vm(a_vm())],
+        };
+        d.validate().unwrap();
+        let r = d.reserved();
+        assert_eq!((r.cru, r.mru, r.sru, r.hru), (2, 1 << 30, 10 << 30, 0));
+        let small = Resources {
+            cru: 1,
+            mru: 2 << 30,
+            sru: 20 << 30,
+            hru: 0,
+            ipv4: 0,
+        };
+        assert!(matches!(
+            d.fits(&small),
+            Err(DeploymentError::OverContract { .. })
+        ));
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("\"kind\":\"vm\""), "{json}");
+        assert_eq!(serde_json::from_str::<Deployment>(&json).unwrap(), d);
+    }
+
+    #[test]
+    fn hostile_vm_fields_are_refused_with_the_field() {
+        type Change = Box<dyn Fn(&mut Vm)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|v| v.resources.cru = 0), "resources.cru"),
+            (Box::new(|v| v.resources.cru = 256), "resources.cru"),
+            (Box::new(|v| v.resources.mru = 63 << 20), "resources.mru"),
+            (Box::new(|v| v.resources.mru = u64::MAX), "resources.mru"),
+            (Box::new(|v| v.resources.sru = 0), "resources.sru"),
+            (Box::new(|v| v.cmdline = "a\nb".into()), "cmdline"),
+            (Box::new(|v| v.cmdline = "x".repeat(1025)), "cmdline"),
+            (Box::new(|v| v.image = String::new()), "image"),
+            (
+                Box::new(|v| v.ssh_keys = vec!["ssh-ed25519 AAAA me\nruncmd: [reboot]".into()]),
+                "ssh_keys",
+            ),
+            (
+                Box::new(|v| v.ssh_keys = vec!["ssh-dss AAAA me".into()]),
+                "ssh_keys",
+            ),
+            (
+                Box::new(|v| v.ssh_keys = vec![v.ssh_keys[0].clone(); 17]),
+                "ssh_keys",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut v = a_vm();
+            change(&mut v);
+            let d = Deployment {
+                contract_id: 1,
+                version: 1,
+                workloads: vec![Workload::Vm(v)],
+            };
+            let e = refused(&d);
+            assert!(e.contains(field), "{e} should name {field}");
+        }
     }
 
     #[test]

@@ -36,6 +36,65 @@ struct Args {
     /// loopback only and the node's network untouched.
     #[arg(long, default_value = "10.240.0.0/12")]
     twin_range: String,
+    /// The release key's public half (64 hex digits): the only key a system extension (the
+    /// VM runtime) may be signed with. Baked into the node's image; without it, or without a
+    /// registry on the kernel command line, VMs come from `--qemu` or not at all.
+    #[arg(long, default_value = "/etc/gridos/release.pub")]
+    release_key: PathBuf,
+    /// Where system extensions are cached (on the cache partition).
+    #[arg(long, default_value = "/var/cache/gridos/extensions")]
+    extension_cache: PathBuf,
+    /// Where system extensions are mounted.
+    #[arg(long, default_value = "/run/gridos/extensions")]
+    extension_mounts: PathBuf,
+    /// A QEMU binary to run VMs with instead of the VM-runtime extension (development hosts).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// Seconds a VM has between the power button and the kill.
+    #[arg(long, default_value_t = 60)]
+    vm_stop_timeout: u64,
+}
+
+/// How this node runs VMs: a given QEMU, else the signed extension from the registry, else
+/// none (each VM then fails with the reason).
+fn vm_setup(args: &Args, registry: Option<String>) -> Option<crate::vm::VmSetup> {
+    let stop_timeout = std::time::Duration::from_secs(args.vm_stop_timeout);
+    if let Some(q) = &args.qemu {
+        return Some(crate::vm::VmSetup {
+            qemu: crate::vm::QemuSource::Host(q.clone()),
+            accel: None,
+            stop_timeout,
+        });
+    }
+    let text = match std::fs::read_to_string(&args.release_key) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(path = %args.release_key.display(), error = %e, "no release key: this node runs no VMs");
+            return None;
+        }
+    };
+    let release = match gridtypes::parse_public_key(text.trim()) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(path = %args.release_key.display(), error = %e, "the release key is not a key: this node runs no VMs");
+            return None;
+        }
+    };
+    let Some(registry) = registry else {
+        tracing::warn!("no registry on the kernel command line: this node runs no VMs");
+        return None;
+    };
+    Some(crate::vm::VmSetup {
+        qemu: crate::vm::QemuSource::Extension(Box::new(extension::Extensions {
+            cache: args.extension_cache.clone(),
+            mounts: args.extension_mounts.clone(),
+            release,
+            registry,
+            losetup: "losetup".into(),
+        })),
+        accel: None,
+        stop_timeout,
+    })
 }
 
 /// The program's entry: `args` is its whole command line, program name first.
@@ -61,13 +120,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     load_modules();
     let mut cfg = Config::new(&args.state_dir);
     cfg.cgroup = (args.cgroup != "none").then(|| PathBuf::from(&args.cgroup));
-    cfg.plain_http = args.plain_http;
+    cfg.plain_http = args.plain_http.clone();
     cfg.net = match args.twin_range.as_str() {
         "none" => None,
         r => Some(crate::twinnet::Range::parse(r).map_err(anyhow::Error::msg)?),
     };
     let line = cmdline::read_line(std::path::Path::new(cmdline::NODE_CMDLINE));
-    cfg.plain_http.extend(cmdline::parse(&line).0.plain_http);
+    let node = cmdline::parse(&line).0;
+    cfg.plain_http.extend(node.plain_http);
+    cfg.vm = vm_setup(&args, node.registry.clone());
     let runtime = tokio::task::spawn_blocking(move || Runtime::open(cfg))
         .await
         .context("opening the runtime")??;
@@ -108,6 +169,10 @@ fn load_modules() {
         "nft_chain_nat",
         "nft_masq",
         "nft_ct",
+        // VMs: QEMU's taps, the runtime extension on a loop device
+        "tun",
+        "loop",
+        "squashfs",
     ];
     for module in modules {
         match kmod::load_module(module) {

@@ -505,7 +505,8 @@ fn prepare_bind(id: &str, i: usize, b: &Bind) -> Result<PreparedBind, ContainerE
     })
 }
 
-fn make_cgroup(parent: &Path, id: &str, l: &Limits) -> io::Result<PathBuf> {
+/// The cgroup `id` under `parent` with the limits `l` (containers' and VMs').
+pub(crate) fn make_cgroup(parent: &Path, id: &str, l: &Limits) -> io::Result<PathBuf> {
     let cg = parent.join(id);
     fs::create_dir_all(&cg)?;
     const PERIOD: u64 = 100_000;

@@ -4,7 +4,9 @@
 //! supervision of every contract's containers ([`runtime`]: restart policy, bounded logs,
 //! stop and delete), their volumes ([`volume`]: btrfs subvolumes with a quota), the twins'
 //! networks ([`twinnet`]: a bridge per twin, NAT out, nothing between twins, traffic counted
-//! per node and per contract) and the local socket the agent drives it through ([`service`]). See docs/deployments.md.
+//! per node and per contract), the twins' VMs ([`vm`]: QEMU on the twin's bridge, a cloud-init
+//! seed, a root disk) and the local socket the agent drives it through ([`service`]). See
+//! docs/deployments.md and docs/vms.md.
 
 pub mod cli;
 pub mod container;
@@ -13,6 +15,7 @@ mod meter;
 pub mod runtime;
 pub mod service;
 pub mod twinnet;
+pub mod vm;
 pub mod volume;
 
 pub use image::{Image, ImageError, ImageStore};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridtypes::deployment::{Container, Deployment, Restart, Workload};
+use gridtypes::deployment::{Container, Deployment, Restart, Vm, Workload};
 use gridtypes::mailbox::{DeploymentState, WorkloadStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -47,6 +47,8 @@ pub struct Config {
     /// The range twin networks are cut from; `None`: containers get loopback only (hosts
     /// where the runtime may not touch the network, in tests).
     pub net: Option<Range>,
+    /// How VMs run; `None`: a VM workload fails with the reason.
+    pub vm: Option<crate::vm::VmSetup>,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             stop_timeout: Duration::from_secs(10),
             pull_timeout: Duration::from_secs(600),
             net: None,
+            vm: None,
         }
     }
 }
@@ -91,8 +94,8 @@ pub enum RuntimeError {
         /// Why it ended.
         source: tokio::task::JoinError,
     },
-    /// No such container under that contract.
-    #[error("contract {contract} has no container {name:?} on this node")]
+    /// No such workload under that contract.
+    #[error("contract {contract} has no container or VM {name:?} on this node")]
     NoSuchWorkload {
         /// The contract.
         contract: i64,
@@ -108,14 +111,14 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RuntimeE
 
 /// Most processes and threads in one container.
 const PIDS_PER_CONTAINER: u64 = 1024;
-/// Longest pause between two starts of a container that keeps failing.
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
-/// A container that ran this long starts again without delay after an exit.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Longest pause between two starts of a container or VM that keeps failing.
+pub(crate) const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+/// A container or VM that ran this long starts again without delay after an exit.
+pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// One container being watched.
+/// One container or VM being watched.
 struct Watched {
-    spec: Container,
+    spec: Workload,
     status: Arc<Mutex<WorkloadStatus>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -130,6 +133,8 @@ pub struct Runtime {
     /// the counters and every retirement of a veth.
     meter: Arc<Mutex<Meter>>,
     contracts: tokio::sync::Mutex<BTreeMap<i64, BTreeMap<String, Watched>>>,
+    /// QEMU and its accelerator, found with the first VM.
+    hypervisor: Option<Arc<crate::vm::Hypervisor>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -160,7 +165,12 @@ impl Runtime {
             std::fs::remove_dir_all(&containers)
                 .map_err(io_err("removing old containers", &containers))?;
         }
-        for d in ["containers", "logs", "volumes"] {
+        // A VM's seed and sockets are made again at each start; its root disk (vmdisks/) stays.
+        let vms = cfg.root.join("vms");
+        if vms.exists() {
+            std::fs::remove_dir_all(&vms).map_err(io_err("removing old VM folders", &vms))?;
+        }
+        for d in ["containers", "logs", "volumes", "vms", "vmdisks"] {
             let p = cfg.root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -169,12 +179,17 @@ impl Runtime {
             Some(range) => Some(Arc::new(TwinNet::open(range)?)),
             None => None,
         };
+        let hypervisor = cfg
+            .vm
+            .clone()
+            .map(|setup| Arc::new(crate::vm::Hypervisor::new(setup)));
         Ok(Runtime {
             cfg,
             images,
             net,
             meter: Arc::new(Mutex::new(Meter::default())),
             contracts: tokio::sync::Mutex::new(BTreeMap::new()),
+            hypervisor,
         })
     }
 
@@ -184,13 +199,11 @@ impl Runtime {
     pub async fn apply(&self, contract: i64, twin: &str, d: &Deployment) -> Vec<WorkloadStatus> {
         let mut all = self.contracts.lock().await;
         let current = all.entry(contract).or_default();
-        let wanted: BTreeMap<&str, &Container> = d
+        let wanted: BTreeMap<&str, &Workload> = d
             .workloads
             .iter()
-            .filter_map(|w| match w {
-                Workload::Container(c) => Some((c.name.as_str(), c)),
-                Workload::Volume(_) => None,
-            })
+            .filter(|w| !matches!(w, Workload::Volume(_)))
+            .map(|w| (w.name(), w))
             .collect();
         let gone: Vec<String> = current
             .iter()
@@ -211,10 +224,19 @@ impl Runtime {
             .iter()
             .filter_map(|w| match w {
                 Workload::Volume(v) => Some(v.name.clone()),
-                Workload::Container(_) => None,
+                Workload::Container(_) | Workload::Vm(_) => None,
             })
             .collect();
         self.drop_volumes(contract, &keep).await;
+        let keep_vms: Vec<String> = d
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Vm(v) => Some(v.name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.drop_vm_disks(contract, &keep_vms).await;
         for w in &d.workloads {
             if let Workload::Volume(v) = w {
                 let path = self.volume_path(contract, &v.name);
@@ -235,19 +257,24 @@ impl Runtime {
             }
         }
         for w in &d.workloads {
-            if let Workload::Container(c) = w {
-                let status = match current.get(&c.name) {
-                    Some(running) => lock(&running.status).clone(),
-                    None => {
-                        let (status, watched) = self.start(contract, twin, c, &ready).await;
-                        if let Some(watched) = watched {
-                            current.insert(c.name.clone(), watched);
-                        }
-                        status
-                    }
-                };
-                by_name.insert(c.name.clone(), status);
+            if matches!(w, Workload::Volume(_)) {
+                continue;
             }
+            let status = match current.get(w.name()) {
+                Some(running) => lock(&running.status).clone(),
+                None => {
+                    let (status, watched) = match w {
+                        Workload::Container(c) => self.start(contract, twin, c, &ready).await,
+                        Workload::Vm(v) => self.start_vm(contract, twin, v).await,
+                        Workload::Volume(_) => continue,
+                    };
+                    if let Some(watched) = watched {
+                        current.insert(w.name().to_string(), watched);
+                    }
+                    status
+                }
+            };
+            by_name.insert(w.name().to_string(), status);
         }
         let statuses = d
             .workloads
@@ -269,6 +296,160 @@ impl Runtime {
             }
         }
         self.drop_volumes(contract, &[]).await;
+        self.drop_vm_disks(contract, &[]).await;
+    }
+
+    fn vm_disk_path(&self, contract: i64, name: &str) -> PathBuf {
+        self.cfg
+            .root
+            .join("vmdisks")
+            .join(format!("{}.img", Self::id(contract, name)))
+    }
+
+    /// Deletes the root disks of `contract`'s VMs whose names are not in `keep`: the VM was
+    /// dropped from the deployment, and its data with it.
+    async fn drop_vm_disks(&self, contract: i64, keep: &[String]) {
+        let prefix = format!("c{contract}-");
+        let Ok(entries) = std::fs::read_dir(self.cfg.root.join("vmdisks")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file
+                .strip_prefix(&prefix)
+                .and_then(|n| n.strip_suffix(".img"))
+            else {
+                continue;
+            };
+            if keep.iter().any(|k| k == name) {
+                continue;
+            }
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(contract, vm = %name, "VM root disk deleted"),
+                Err(err) => {
+                    tracing::error!(contract, vm = %name, error = %err, "VM root disk not deleted")
+                }
+            }
+        }
+    }
+
+    /// Pulls `v`'s image, makes its root disk and starts it; the watcher when it started (or
+    /// failed in a way its restart policy retries).
+    async fn start_vm(
+        &self,
+        contract: i64,
+        twin: &str,
+        v: &Vm,
+    ) -> (WorkloadStatus, Option<Watched>) {
+        let Some(hv) = self.hypervisor.clone() else {
+            let why = "this node runs no VMs: its provision service has no VM runtime".to_string();
+            return (failed(&v.name, why), None);
+        };
+        let id = Self::id(contract, &v.name);
+        let dir = self.cfg.root.join("vms").join(&id);
+        let (qemu, accel) = match hv.get(&self.cfg.root.join("vms")).await {
+            Ok(found) => found,
+            Err(why) => return (failed(&v.name, why), None),
+        };
+        // Boot files only: they count against no disk of the VM, the root disk is its own.
+        let pulled =
+            tokio::time::timeout(self.cfg.pull_timeout, self.images.pull(&v.image, u64::MAX)).await;
+        let image = match pulled {
+            Ok(Ok(image)) => image,
+            Ok(Err(e)) => return (failed(&v.name, error_chain(&e)), None),
+            Err(_) => {
+                let why = format!(
+                    "pulling {} took longer than {} s",
+                    v.image,
+                    self.cfg.pull_timeout.as_secs()
+                );
+                return (failed(&v.name, why), None);
+            }
+        };
+        let (kernel, initrd) = match crate::vm::boot_files(&image.layers) {
+            Ok(found) => found,
+            Err(why) => return (failed(&v.name, why), None),
+        };
+        let (disk, size) = (self.vm_disk_path(contract, &v.name), v.resources.sru);
+        let at = disk.clone();
+        if let Err(why) = blocking(move || crate::vm::root_disk(&at, size)).await {
+            return (failed(&v.name, why), None);
+        }
+        let cgroup = match &self.cfg.cgroup {
+            Some(parent) => {
+                let (parent, id, l) = (parent.clone(), id.clone(), crate::vm::limits(v));
+                match blocking(move || {
+                    container::make_cgroup(&parent, &id, &l).map_err(|e| e.to_string())
+                })
+                .await
+                {
+                    Ok(cg) => Some(cg),
+                    Err(why) => {
+                        return (failed(&v.name, format!("making its cgroup: {why}")), None)
+                    }
+                }
+            }
+            None => None,
+        };
+        let status = Arc::new(Mutex::new(WorkloadStatus {
+            name: v.name.clone(),
+            state: DeploymentState::Provisioning,
+            reason: None,
+            address: None,
+        }));
+        let (stop, stopped) = watch::channel(false);
+        let (first_tx, first_rx) = oneshot::channel();
+        let w = crate::vm::VmWatcher {
+            contract,
+            twin: twin.to_string(),
+            vm: v.clone(),
+            dir,
+            disk,
+            kernel,
+            initrd,
+            qemu,
+            accel,
+            cgroup,
+            log: Arc::new(Log::new(
+                self.log_path(contract, &v.name),
+                self.cfg.log_bytes,
+            )),
+            status: status.clone(),
+            net: self.net.clone(),
+            meter: self.meter.clone(),
+            stop_timeout: hv.stop_timeout(),
+        };
+        let task = tokio::spawn(w.run(stopped, first_tx));
+        let watched = Watched {
+            spec: Workload::Vm(v.clone()),
+            status,
+            stop,
+            task,
+        };
+        self.first_answer(contract, watched, first_rx).await
+    }
+
+    /// The first start's outcome is the answer; a workload that failed to start and will
+    /// not be retried (restart `never`) is not kept.
+    async fn first_answer(
+        &self,
+        contract: i64,
+        watched: Watched,
+        first: oneshot::Receiver<bool>,
+    ) -> (WorkloadStatus, Option<Watched>) {
+        let started = first.await.unwrap_or(false);
+        let answer = lock(&watched.status).clone();
+        let restart = match &watched.spec {
+            Workload::Container(c) => c.restart,
+            Workload::Vm(v) => v.restart,
+            Workload::Volume(_) => Restart::Never,
+        };
+        if !started && restart == Restart::Never {
+            let _ = watched.task.await;
+            self.discard(contract, watched.spec.name()).await;
+            return (answer, None);
+        }
+        (answer, Some(watched))
     }
 
     fn volume_path(&self, contract: i64, name: &str) -> PathBuf {
@@ -486,23 +667,13 @@ impl Runtime {
             meter: self.meter.clone(),
         };
         let task = tokio::spawn(w.run(stopped, first_tx));
-        // The first start's outcome is the answer; a container that failed to start and
-        // will not be retried is not kept.
-        let first = first_rx.await.unwrap_or(false);
-        let answer = lock(&status).clone();
-        let keep = first || c.restart != Restart::Never;
-        if !keep {
-            let _ = task.await;
-            self.discard(contract, &c.name).await;
-            return (answer, None);
-        }
         let watched = Watched {
-            spec: c.clone(),
+            spec: Workload::Container(c.clone()),
             status,
             stop,
             task,
         };
-        (answer, Some(watched))
+        self.first_answer(contract, watched, first_rx).await
     }
 
     fn spec(
@@ -558,10 +729,17 @@ impl Runtime {
     async fn discard(&self, contract: i64, name: &str) {
         let id = Self::id(contract, name);
         let dir = self.cfg.root.join("containers").join(&id);
+        let vm_dir = self.cfg.root.join("vms").join(&id);
+        let vm_cgroup = self.cfg.cgroup.as_ref().map(|cg| cg.join(&id));
         let log = self.log_path(contract, name);
         let removed = blocking(move || {
             let _ = std::fs::remove_file(rotated(&log));
             let _ = std::fs::remove_file(&log);
+            let _ = std::fs::remove_dir_all(&vm_dir);
+            // A container's cgroup is removed by its watcher; a VM's (QEMU gone) here.
+            if let Some(cg) = vm_cgroup {
+                let _ = std::fs::remove_dir(cg);
+            }
             volume::delete(&dir)
         })
         .await;
@@ -588,7 +766,7 @@ async fn blocking<T: Send + 'static>(
         .and_then(|r| r)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -662,10 +840,10 @@ fn clear_cgroups(cg: &Path) -> Result<(), RuntimeError> {
     std::fs::write(&ctl, wanted.join(" ")).map_err(io_err("enabling controllers in", &ctl))
 }
 
-/// The bounded output of one container: `NAME.log`, moved to `NAME.log.1` when it holds
-/// half the budget (the previous `.1` goes).
+/// The bounded output of one container or VM console: `NAME.log`, moved to `NAME.log.1`
+/// when it holds half the budget (the previous `.1` goes).
 #[derive(Clone)]
-struct Log {
+pub(crate) struct Log {
     path: PathBuf,
     half: u64,
 }
@@ -677,7 +855,7 @@ fn rotated(path: &Path) -> PathBuf {
 }
 
 impl Log {
-    fn new(path: PathBuf, bytes: u64) -> Log {
+    pub(crate) fn new(path: PathBuf, bytes: u64) -> Log {
         Log {
             path,
             half: (bytes / 2).max(1),
@@ -838,35 +1016,9 @@ impl Watcher {
         }
     }
 
-    /// Reads the last count of the container's veth into its contract's total, then gives
-    /// its address back (the veth goes, with its counters: the namespace, held by the twin
-    /// network, kept it until now).
     async fn unplug(&self, attachment: Option<Attachment>) {
-        if let (Some((net, _)), Some(a)) = (&self.net, attachment) {
-            let (net, meter, contract) = (net.clone(), self.meter.clone(), self.contract);
-            let _ = tokio::task::spawn_blocking(move || {
-                {
-                    // Read and retired under one lock: a reading of all contracts in between
-                    // would count this veth twice.
-                    let mut m = lock(&meter);
-                    let counted = match net.traffic(&a) {
-                        Ok(t) => Some(t.bytes()),
-                        Err(e) => {
-                            tracing::warn!(
-                                contract,
-                                veth = a.veth,
-                                error = &e as &dyn std::error::Error,
-                                "last traffic count of a container not read; its earlier one stands"
-                            );
-                            None
-                        }
-                    };
-                    m.unplugged(&a.veth, counted);
-                }
-                net.detach(&a)
-            })
-            .await;
-        }
+        let net = self.net.as_ref().map(|(n, _)| n.clone());
+        unplug(&net, &self.meter, self.contract, attachment).await;
         lock(&self.status).address = None;
     }
 
@@ -902,6 +1054,42 @@ impl Watcher {
         }
         tracing::info!(contract = self.contract, container = %self.spec.hostname, "container stopped");
         None
+    }
+}
+
+/// Reads the last count of a container's veth or a VM's tap into its contract's total, then
+/// gives its address back (the veth goes, with its counters: the namespace, held by the twin
+/// network, kept it until now).
+pub(crate) async fn unplug(
+    net: &Option<Arc<TwinNet>>,
+    meter: &Arc<Mutex<Meter>>,
+    contract: i64,
+    attachment: Option<Attachment>,
+) {
+    if let (Some(net), Some(a)) = (net, attachment) {
+        let (net, meter) = (net.clone(), meter.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            {
+                // Read and retired under one lock: a reading of all contracts in between
+                // would count this veth twice.
+                let mut m = lock(&meter);
+                let counted = match net.traffic(&a) {
+                    Ok(t) => Some(t.bytes()),
+                    Err(e) => {
+                        tracing::warn!(
+                            contract,
+                            veth = a.veth,
+                            error = &e as &dyn std::error::Error,
+                            "last traffic count of a workload not read; its earlier one stands"
+                        );
+                        None
+                    }
+                };
+                m.unplugged(&a.veth, counted);
+            }
+            net.detach(&a)
+        })
+        .await;
     }
 }
 
@@ -955,8 +1143,8 @@ async fn wait_pidfd(pid: Pid) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies the container's output into its log until the pipe closes.
-async fn pump(output: OwnedFd, log: Arc<Log>) {
+/// Copies a container's output or a VM's console into its log until the pipe closes.
+pub(crate) async fn pump(output: OwnedFd, log: Arc<Log>) {
     let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
         Ok(rx) => rx,
         Err(e) => {

@@ -144,6 +144,25 @@ pub struct Attachment {
     pub veth: String,
 }
 
+/// A VM's place on its twin's network, taken before QEMU starts: the guest learns its
+/// address from its cloud-init seed, so the address is fixed first; QEMU then creates the tap
+/// by this name and [`TwinNet::plug_tap`] makes it a port of the twin's bridge. The tap has
+/// the veths' prefix, so it is counted, cleaned up and firewalled as a container's veth is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapLease {
+    /// The twin (its key, hex).
+    pub twin: String,
+    /// The tap's name, for QEMU's `-netdev tap,ifname=`.
+    pub tap: String,
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// The twin bridge's address: the guest's default route.
+    pub gateway: Ipv4Addr,
+    /// The twin network's prefix length.
+    pub prefix: u8,
+    slot: u32,
+}
+
 /// Traffic of one container, as its veth counted it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -292,6 +311,66 @@ impl TwinNet {
         }
     }
 
+    /// Takes an address on `twin`'s network and a tap name for a VM about to start (see
+    /// [`TapLease`]). Give it back with [`TwinNet::release_tap`] if the VM never starts.
+    pub fn reserve_tap(&self, twin: &str) -> Result<TapLease, NetError> {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let (slot, host, n, _) = self.reserve(twin)?;
+        let subnet = self.range.subnet(slot);
+        Ok(TapLease {
+            twin: twin.to_string(),
+            tap: format!("{VETH_PREFIX}{n}"),
+            address: Ipv4Addr::from(subnet + u32::from(host)),
+            gateway: Ipv4Addr::from(subnet + 1),
+            prefix: 24,
+            slot,
+        })
+    }
+
+    /// Makes the tap QEMU created for `lease` a port of its twin's bridge (made if it is the
+    /// twin's first workload here), up. On failure the lease is given back. Blocking.
+    pub fn plug_tap(&self, lease: &TapLease) -> Result<Attachment, NetError> {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let (bridge, gateway, tap) = (
+            format!("{BRIDGE_PREFIX}{}", lease.slot),
+            lease.gateway,
+            lease.tap.clone(),
+        );
+        let done = on_thread(None, |h| async move {
+            let br = ensure_bridge(&h, &bridge, gateway).await?;
+            let t = index_of(&h, &tap).await?.ok_or_else(|| {
+                NetError::Full(format!("tap {tap} is not there: QEMU did not create it"))
+            })?;
+            h.link()
+                .set(LinkUnspec::new_with_index(t).controller(br).up().build())
+                .execute()
+                .await
+                .map_err(netlink(format!("plugging {tap} into {bridge}")))
+        });
+        if let Err(e) = done {
+            self.give_back(lease);
+            return Err(e);
+        }
+        Ok(Attachment {
+            twin: lease.twin.clone(),
+            address: lease.address,
+            veth: lease.tap.clone(),
+        })
+    }
+
+    /// Gives back the address of a VM that never started.
+    pub fn release_tap(&self, lease: &TapLease) {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        self.give_back(lease);
+    }
+
+    fn give_back(&self, lease: &TapLease) {
+        let _ = remove_link(lease.tap.clone());
+        if let Some(slot) = self.release(&lease.twin, lease.address.octets()[3]) {
+            let _ = self.remove_bridge_if_empty(&lease.twin, slot);
+        }
+    }
+
     /// What the container of `a` sent and received so far.
     pub fn traffic(&self, a: &Attachment) -> Result<Traffic, NetError> {
         let veth = a.veth.clone();
@@ -414,31 +493,7 @@ impl TwinNet {
             ns.try_clone().map_err(io("duplicating a descriptor"))?,
         );
         on_thread(None, |h| async move {
-            let br = match index_of(&h, &bridge).await? {
-                Some(i) => i,
-                None => {
-                    // Bridged frames must not pass the IP hooks (br_netfilter, where loaded):
-                    // there the twin's own traffic would look routed between twin bridges.
-                    let b = LinkBridge::new(&bridge)
-                        .append_info_data(InfoBridge::NfCallIpTables(false))
-                        .build();
-                    h.link()
-                        .add(b)
-                        .execute()
-                        .await
-                        .map_err(netlink(format!("creating bridge {bridge}")))?;
-                    let i = index_of(&h, &bridge)
-                        .await?
-                        .ok_or_else(|| NetError::Full(format!("bridge {bridge} vanished")))?;
-                    h.address()
-                        .add(i, gateway.into(), 24)
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(netlink(format!("addressing bridge {bridge}")))?;
-                    i
-                }
-            };
+            let br = ensure_bridge(&h, &bridge, gateway).await?;
             h.link()
                 .add(LinkVeth::new(&veth, &p).build())
                 .execute()
@@ -511,6 +566,33 @@ impl TwinNet {
         })?;
         Ok((address, ns))
     }
+}
+
+/// The twin bridge `bridge` with `gateway` on it, made when it is not there; its index.
+async fn ensure_bridge(h: &Handle, bridge: &str, gateway: Ipv4Addr) -> Result<u32, NetError> {
+    if let Some(i) = index_of(h, bridge).await? {
+        return Ok(i);
+    }
+    // Bridged frames must not pass the IP hooks (br_netfilter, where loaded): there the
+    // twin's own traffic would look routed between twin bridges.
+    let b = LinkBridge::new(bridge)
+        .append_info_data(InfoBridge::NfCallIpTables(false))
+        .build();
+    h.link()
+        .add(b)
+        .execute()
+        .await
+        .map_err(netlink(format!("creating bridge {bridge}")))?;
+    let i = index_of(h, bridge)
+        .await?
+        .ok_or_else(|| NetError::Full(format!("bridge {bridge} vanished")))?;
+    h.address()
+        .add(i, gateway.into(), 24)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink(format!("addressing bridge {bridge}")))?;
+    Ok(i)
 }
 
 /// The firewall of [`TwinNet`] for `range` (see the module docs).

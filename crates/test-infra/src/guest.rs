@@ -6,7 +6,8 @@
 //! under nested TCG; what the driver writes is the same either way.
 //!
 //! Console lines the tests wait for: `guest: up`, `cloud-init: ran …`, `guest: ready`,
-//! `guest: power button`. `gridos.ignore_powerdown` on the kernel command line leaves the
+//! `guest: power button`, `guest: gateway … answers`. With a network, the guest serves its
+//! host name over HTTP on port 80 (busybox httpd). `gridos.ignore_powerdown` on the kernel command line leaves the
 //! power button unanswered (the kill-on-timeout case).
 
 use std::path::{Path, PathBuf};
@@ -78,11 +79,16 @@ if [ -n "$seed" ] && mkdir -p /seed && mount -t vfat -o ro "$seed" /seed; then
             ip addr add "$addr" dev eth0
             ip route add default via "$gw"
             net="eth0=$addr,gw=$gw"
-            i=0
-            while [ $i -lt 30 ]; do
-                ping -c 1 -W 1 "$gw" >/dev/null 2>&1 && { echo "guest: gateway $gw answers"; break; }
-                i=$((i+1))
-            done
+            # In the background: a twin's gateway (the node) drops what is sent to it.
+            (
+                i=0
+                while [ $i -lt 30 ]; do
+                    ping -c 1 -W 1 "$gw" >/dev/null 2>&1 && { echo "guest: gateway $gw answers"; break; }
+                    i=$((i+1))
+                done
+            ) &
+            # Something for the twin's other workloads to reach: its host name over HTTP.
+            mkdir -p /www && hostname > /www/index.html && httpd -p 80 -h /www
         else
             net="no-card-with-$mac"
         fi
@@ -111,9 +117,9 @@ while true; do sleep 3600; done
 
 const POWER: &str = "#!/bin/sh\necho \"guest: power button\"\nsync\npoweroff -f\n";
 
-const APPLETS: [&str; 20] = [
+const APPLETS: [&str; 22] = [
     "sh", "mount", "modprobe", "echo", "sed", "head", "grep", "tr", "mkdir", "hostname", "ip",
-    "cat", "sleep", "findfs", "acpid", "poweroff", "sync", "ping", "cut", "true",
+    "cat", "sleep", "findfs", "acpid", "poweroff", "sync", "ping", "cut", "true", "httpd", "ls",
 ];
 
 fn run(cmd: &mut Command) -> Result<String, String> {

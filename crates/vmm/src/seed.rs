@@ -7,14 +7,11 @@ use std::io::{Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::Path;
 
+use gridtypes::deployment::{ssh_key_ok, MAX_SSH_KEYS};
 use serde_json::json;
 
 /// The FAT image's size: the three files are a few KiB, and FAT12 wants at least this.
 const IMAGE_BYTES: u64 = 1 << 20;
-/// At most this many SSH keys, each at most [`MAX_KEY_LEN`] bytes.
-pub const MAX_SSH_KEYS: usize = 16;
-/// The longest SSH public key line taken (an RSA 16384 key is about 2.8 KB).
-pub const MAX_KEY_LEN: usize = 4096;
 
 /// Why a seed cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -66,30 +63,6 @@ fn hostname_ok(h: &str) -> bool {
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// An OpenSSH public key line: a known type, base64 key material, an optional comment; one
-/// line of printable ASCII.
-fn key_ok(k: &str) -> bool {
-    const TYPES: [&str; 6] = [
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-    ];
-    let mut parts = k.splitn(3, ' ');
-    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    k.len() <= MAX_KEY_LEN
-        && k.bytes().all(|b| (0x20..0x7f).contains(&b))
-        && TYPES.contains(&kind)
-        && !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-}
-
 fn cidr_ok(a: &str) -> bool {
     let Some((ip, len_s)) = a.split_once('/') else {
         return false;
@@ -126,7 +99,7 @@ impl Seed {
                 self.ssh_keys.len()
             ));
         }
-        if let Some(k) = self.ssh_keys.iter().find(|k| !key_ok(k)) {
+        if let Some(k) = self.ssh_keys.iter().find(|k| !ssh_key_ok(k)) {
             let shown: String = k.chars().take(40).collect();
             return bad(format!(
                 "SSH key {shown:?}…: one line `TYPE BASE64 [COMMENT]` of printable ASCII"

@@ -1,0 +1,468 @@
+//! The VMs of twins' deployments: each one a QEMU process (crates/vmm) started from the
+//! kernel and initrd of an OCI image, with a root disk on the cache partition, a cloud-init
+//! seed with its name, keys and address, a tap on its twin's bridge, and a cgroup that holds
+//! it to what it reserved. Watched like a container: restarted by its policy, its console in
+//! the bounded log `grid logs` reads, stopped by the power button, killed after the grace.
+//!
+//! The root disk outlives the QEMU process and the service (it is the VM's data, like a
+//! volume), and goes only when the deployment drops the VM. Everything else of a VM (seed,
+//! QMP socket, QEMU's messages) is made again at each start.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gridtypes::deployment::{Restart, Vm};
+use gridtypes::mailbox::{DeploymentState, WorkloadStatus};
+use tokio::sync::{oneshot, watch, OnceCell};
+
+use crate::container::Limits;
+use crate::meter::Meter;
+use crate::twinnet::{Attachment, TwinNet};
+use svclog::error_chain;
+
+/// Memory QEMU itself takes beside the guest's (TCG's translation cache, device models): the
+/// cgroup limit is the guest's memory plus this.
+pub const QEMU_OVERHEAD: u64 = 256 << 20;
+/// Most processes and threads in one VM's cgroup (QEMU's vCPU and I/O threads).
+const PIDS_PER_VM: u64 = 512;
+/// The guest kernel's console, always first on its command line.
+const CONSOLE: &str = "console=ttyS0";
+
+/// Where QEMU comes from on this node.
+#[derive(Debug, Clone)]
+pub enum QemuSource {
+    /// A QEMU installed on the host (development machines, tests).
+    Host(PathBuf),
+    /// The signed VM-runtime extension, fetched from the registry on first need.
+    Extension(Box<extension::Extensions>),
+}
+
+/// How the node runs VMs; `None` in the runtime's config: this node runs none.
+#[derive(Debug, Clone)]
+pub struct VmSetup {
+    /// Where QEMU comes from.
+    pub qemu: QemuSource,
+    /// How guests run; probed with the first VM when not given.
+    pub accel: Option<vmm::Accel>,
+    /// How long a guest has between the power button and the kill.
+    pub stop_timeout: Duration,
+}
+
+/// The QEMU to run and its accelerator, found once per service run.
+#[derive(Debug)]
+pub struct Hypervisor {
+    setup: VmSetup,
+    ready: OnceCell<(vmm::Qemu, vmm::Accel)>,
+    http: reqwest::Client,
+}
+
+impl Hypervisor {
+    /// Nothing is fetched or probed until the first VM.
+    pub fn new(setup: VmSetup) -> Hypervisor {
+        Hypervisor {
+            setup,
+            ready: OnceCell::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The QEMU and accelerator for the next VM: the extension mounted (downloaded and
+    /// verified the first time) and KVM probed, once; an error is tried again next time.
+    pub async fn get(&self, work: &Path) -> Result<(vmm::Qemu, vmm::Accel), String> {
+        let found = self
+            .ready
+            .get_or_try_init(|| async {
+                let qemu = match &self.setup.qemu {
+                    QemuSource::Host(p) => vmm::Qemu::host(p),
+                    QemuSource::Extension(store) => {
+                        let m = store
+                            .ensure(&self.http, "vm")
+                            .await
+                            .map_err(|e| format!("the VM runtime: {}", error_chain(&e)))?;
+                        vmm::Qemu::from_extension(&m.root).map_err(|e| e.to_string())?
+                    }
+                };
+                let accel = match self.setup.accel {
+                    Some(a) => a,
+                    None => {
+                        let (q, w) = (qemu.clone(), work.to_path_buf());
+                        tokio::task::spawn_blocking(move || {
+                            vmm::accel::probe(&q, &w, Duration::from_secs(5))
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                    }
+                };
+                Ok::<_, String>((qemu, accel))
+            })
+            .await?;
+        Ok(found.clone())
+    }
+
+    /// The grace period of a stop.
+    pub fn stop_timeout(&self) -> Duration {
+        self.setup.stop_timeout
+    }
+}
+
+/// The kernel and initrd in an image's layers (highest first wins; a layer that holds the
+/// path as anything but a file, a whiteout among them, hides the lower ones).
+pub fn boot_files(layers: &[PathBuf]) -> Result<(PathBuf, Option<PathBuf>), String> {
+    let find = |rel: &str| -> Option<PathBuf> {
+        for layer in layers.iter().rev() {
+            let p = layer.join(rel);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => return Some(p),
+                Ok(_) => return None,
+                Err(_) => continue,
+            }
+        }
+        None
+    };
+    let kernel = find("boot/vmlinuz")
+        .ok_or("the image has no boot/vmlinuz: a VM image holds the guest's kernel there")?;
+    Ok((kernel, find("boot/initrd.img")))
+}
+
+/// Makes the root disk `path` hold `size` bytes: a sparse file made on first start, grown
+/// when the twin reserves more, never shrunk (that would cut the guest's file system).
+pub fn root_disk(path: &Path, size: u64) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("the root disk {}: {e}", path.display()))?;
+    let now = f.metadata().map_err(|e| e.to_string())?.len();
+    if now > size {
+        return Err(format!(
+            "the root disk holds {now} bytes and cannot shrink to {size}: reserve at least {now}"
+        ));
+    }
+    if now < size {
+        f.set_len(size)
+            .map_err(|e| format!("growing the root disk to {size} bytes: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A stable MAC address for a VM: locally administered, from its contract and name.
+pub fn mac_of(contract: i64, name: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{contract}/{name}").as_bytes());
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+/// One VM being watched.
+pub(crate) struct VmWatcher {
+    pub contract: i64,
+    pub twin: String,
+    pub vm: Vm,
+    /// `vms/ID`: seed, QMP socket, QEMU's messages.
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub qemu: vmm::Qemu,
+    pub accel: vmm::Accel,
+    pub cgroup: Option<PathBuf>,
+    pub log: Arc<crate::runtime::Log>,
+    pub status: Arc<Mutex<WorkloadStatus>>,
+    pub net: Option<Arc<TwinNet>>,
+    pub meter: Arc<Mutex<Meter>>,
+    pub stop_timeout: Duration,
+}
+
+/// What one run of QEMU ended with: its exit code, or `None` when it was stopped.
+type Ended = Option<i32>;
+
+impl VmWatcher {
+    fn set(&self, state: DeploymentState, reason: Option<String>) {
+        let mut s = crate::runtime::lock(&self.status);
+        s.state = state;
+        s.reason = reason;
+    }
+
+    fn id(&self) -> String {
+        format!("c{}-{}", self.contract, self.vm.name)
+    }
+
+    /// Starts QEMU once: lease, seed, launch paused, cgroup, tap, resume.
+    fn launch(&self) -> Result<(vmm::Vm, std::process::ChildStdout, Option<Attachment>), String> {
+        let mac = mac_of(self.contract, &self.vm.name);
+        let lease = match &self.net {
+            Some(n) => Some(n.reserve_tap(&self.twin).map_err(|e| error_chain(&e))?),
+            None => None,
+        };
+        let give_back = |why: String| {
+            if let (Some(n), Some(l)) = (&self.net, &lease) {
+                n.release_tap(l);
+            }
+            why
+        };
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| give_back(format!("{}: {e}", self.dir.display())))?;
+        let seed_path = self.dir.join("seed.img");
+        vmm::Seed {
+            instance_id: self.id(),
+            hostname: self.vm.name.clone(),
+            ssh_keys: self.vm.ssh_keys.clone(),
+            network: lease.as_ref().map(|l| vmm::seed::Network {
+                mac: mac.clone(),
+                address: format!("{}/{}", l.address, l.prefix),
+                gateway: l.gateway.into(),
+                dns: vec![],
+            }),
+        }
+        .write(&seed_path)
+        .map_err(|e| give_back(error_chain(&e)))?;
+        let cmdline = if self.vm.cmdline.is_empty() {
+            CONSOLE.to_string()
+        } else {
+            format!("{CONSOLE} {}", self.vm.cmdline)
+        };
+        let spec = vmm::Spec {
+            name: self.id(),
+            vcpus: u32::try_from(self.vm.resources.cru).unwrap_or(u32::MAX),
+            memory_mib: self.vm.resources.mru >> 20,
+            boot: vmm::Boot::Kernel {
+                kernel: self.kernel.clone(),
+                initrd: self.initrd.clone(),
+                cmdline,
+            },
+            disks: vec![vmm::Disk {
+                path: self.disk.clone(),
+                format: vmm::Format::Raw,
+                read_only: false,
+            }],
+            seed: Some(seed_path),
+            nic: lease.as_ref().map(|l| vmm::Nic {
+                tap: l.tap.clone(),
+                mac: mac.clone(),
+            }),
+            accel: self.accel,
+        };
+        let (mut vm, console) = vmm::Vm::launch(&self.qemu, &spec, &self.dir)
+            .map_err(|e| give_back(error_chain(&e)))?;
+        // Paused: into its cgroup before the guest runs a single instruction.
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = std::fs::write(cg.join("cgroup.procs"), vm.pid().to_string()) {
+                vm.kill();
+                return Err(give_back(format!("moving QEMU into {}: {e}", cg.display())));
+            }
+        }
+        let attachment = match (&self.net, &lease) {
+            (Some(n), Some(l)) => match n.plug_tap(l) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    vm.kill();
+                    return Err(error_chain(&e));
+                }
+            },
+            _ => None,
+        };
+        if let Err(e) = vm.resume() {
+            vm.kill();
+            if let (Some(n), Some(a)) = (&self.net, &attachment) {
+                n.detach(a);
+            }
+            return Err(error_chain(&e));
+        }
+        Ok((vm, console, attachment))
+    }
+
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>, first: oneshot::Sender<bool>) {
+        let me = Arc::new(self);
+        let mut first = Some(first);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let began = tokio::time::Instant::now();
+            let launched = {
+                let me = me.clone();
+                tokio::task::spawn_blocking(move || me.launch())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            };
+            let ended: Ended = match launched {
+                Ok((vm, console, attachment)) => {
+                    if let Some(a) = &attachment {
+                        crate::runtime::lock(&me.meter).plugged(me.contract, &a.veth);
+                    }
+                    let address = attachment.as_ref().map(|a| a.address.to_string());
+                    tracing::info!(contract = me.contract, vm = %me.vm.name, pid = vm.pid(), address, accel = me.accel.name(), "VM started");
+                    me.set(DeploymentState::Running, None);
+                    crate::runtime::lock(&me.status).address = address;
+                    if let Some(f) = first.take() {
+                        let _ = f.send(true);
+                    }
+                    let pump = tokio::spawn(crate::runtime::pump(
+                        std::os::fd::OwnedFd::from(console),
+                        me.log.clone(),
+                    ));
+                    let ended = me.watch(vm, &mut stop).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+                    me.unplug(attachment).await;
+                    match ended {
+                        Some(code) => Some(code),
+                        None => return,
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(contract = me.contract, vm = %me.vm.name, why, "VM did not start");
+                    me.set(DeploymentState::Failed, Some(why));
+                    if let Some(f) = first.take() {
+                        let _ = f.send(false);
+                    }
+                    if me.vm.restart == Restart::Never {
+                        return;
+                    }
+                    None
+                }
+            };
+            let again = match (ended, me.vm.restart) {
+                (None, _) => true,
+                (Some(_), Restart::Always) => true,
+                (Some(code), Restart::OnFailure) => code != 0,
+                (Some(_), Restart::Never) => false,
+            };
+            if let Some(code) = ended {
+                let (state, how) = if code == 0 {
+                    (DeploymentState::Exited, "the guest powered off".to_string())
+                } else {
+                    (
+                        DeploymentState::Failed,
+                        format!("QEMU ended with status {code}"),
+                    )
+                };
+                let reason = match again {
+                    true => format!("{how}; starting again in {} s", delay.as_secs()),
+                    false => how,
+                };
+                tracing::info!(contract = me.contract, vm = %me.vm.name, reason, "VM ended");
+                me.set(state, Some(reason));
+            }
+            if !again {
+                let _ = stop.wait_for(|s| *s).await;
+                return;
+            }
+            if began.elapsed() >= crate::runtime::HEALTHY_RUN {
+                delay = Duration::from_secs(1);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            delay = (delay * 2).min(crate::runtime::MAX_RESTART_DELAY);
+        }
+    }
+
+    /// Waits for QEMU to end (its exit code; 128 + signal), or for a stop: then the power
+    /// button, the kill after the grace period, and `None`.
+    async fn watch(&self, mut vm: vmm::Vm, stop: &mut watch::Receiver<bool>) -> Ended {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let grace = self.stop_timeout;
+        let flag = stopping.clone();
+        let mut waiter = tokio::task::spawn_blocking(move || loop {
+            if flag.load(Ordering::Relaxed) {
+                let how = vm.shutdown(grace);
+                return (None, Some(how));
+            }
+            if let Some(status) = vm.try_wait() {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
+                return (Some(code), None);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let ended_first = tokio::select! {
+            r = &mut waiter => Some(r),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let done = match ended_first {
+            Some(r) => r,
+            None => {
+                stopping.store(true, Ordering::Relaxed);
+                waiter.await
+            }
+        };
+        match done {
+            Ok((Some(code), _)) => Some(code),
+            Ok((None, how)) => {
+                tracing::info!(contract = self.contract, vm = %self.vm.name, how = ?how, "VM stopped");
+                None
+            }
+            Err(e) => {
+                tracing::error!(contract = self.contract, vm = %self.vm.name, error = %e, "VM watch failed");
+                None
+            }
+        }
+    }
+
+    async fn unplug(&self, attachment: Option<Attachment>) {
+        crate::runtime::unplug(&self.net, &self.meter, self.contract, attachment).await;
+        crate::runtime::lock(&self.status).address = None;
+    }
+}
+
+/// The cgroup limits of a VM: its vCPUs, its memory and QEMU's own.
+pub fn limits(vm: &Vm) -> Limits {
+    Limits {
+        cores: vm.resources.cru,
+        memory: vm.resources.mru.saturating_add(QEMU_OVERHEAD),
+        pids: PIDS_PER_VM,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn boot_files_come_from_the_highest_layer_and_a_whiteout_hides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (low, high) = (dir.path().join("l0"), dir.path().join("l1"));
+        for l in [&low, &high] {
+            std::fs::create_dir_all(l.join("boot")).unwrap();
+        }
+        std::fs::write(low.join("boot/vmlinuz"), b"old").unwrap();
+        std::fs::write(low.join("boot/initrd.img"), b"i").unwrap();
+        std::fs::write(high.join("boot/vmlinuz"), b"new").unwrap();
+        let (k, i) = boot_files(&[low.clone(), high.clone()]).unwrap();
+        assert_eq!(k, high.join("boot/vmlinuz"));
+        assert_eq!(i, Some(low.join("boot/initrd.img")));
+        // A directory where the initrd was hides the lower one.
+        std::fs::create_dir_all(high.join("boot/initrd.img")).unwrap();
+        assert_eq!(boot_files(&[low.clone(), high]).unwrap().1, None);
+        let err = boot_files(&[dir.path().join("none")]).unwrap_err();
+        assert!(err.contains("boot/vmlinuz"), "{err}");
+    }
+
+    #[test]
+    fn a_root_disk_grows_and_never_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d/root.img");
+        root_disk(&d, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), 1 << 20);
+        root_disk(&d, 2 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), 2 << 20);
+        let err = root_disk(&d, 1 << 20).unwrap_err();
+        assert!(err.contains("cannot shrink"), "{err}");
+    }
+
+    #[test]
+    fn a_vm_keeps_its_mac_address_and_two_vms_differ() {
+        assert_eq!(mac_of(7, "web"), mac_of(7, "web"));
+        assert_ne!(mac_of(7, "web"), mac_of(7, "db"));
+        assert_ne!(mac_of(7, "web"), mac_of(8, "web"));
+        assert!(mac_of(7, "web").starts_with("52:54:00:"));
+    }
+}
