@@ -13,6 +13,8 @@ use crate::qmp::{Qmp, QmpError, Status};
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to open its QMP socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the power button is pressed again while a guest has not powered off.
+const REPRESS: Duration = Duration::from_secs(5);
 /// How much of QEMU's error output an error quotes.
 const ERR_TAIL: usize = 2048;
 
@@ -212,9 +214,16 @@ impl Vm {
             return Stopped::Killed;
         }
         let t0 = Instant::now();
+        let mut pressed = Instant::now();
         while t0.elapsed() < grace {
             if let Some(status) = self.try_wait() {
                 return Stopped::Graceful(status);
+            }
+            // A guest still booting has nothing listening to the button yet: it is pressed
+            // again now and then, as a person would (a guest already going down ignores it).
+            if pressed.elapsed() >= REPRESS {
+                let _ = self.powerdown();
+                pressed = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(50));
         }

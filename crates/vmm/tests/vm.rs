@@ -277,6 +277,7 @@ fn the_guest_takes_its_address_from_the_seed_on_a_tap() {
         );
         // The guest pings its gateway, the tap's address here: the link works both ways.
         console.wait_for("guest: gateway 10.20.0.1 answers", &mut vm);
+        console.wait_for("guest: ready", &mut vm);
         assert!(matches!(
             vm.shutdown(Duration::from_secs(120)),
             Stopped::Graceful(_)
