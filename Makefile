@@ -10,10 +10,13 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # One `SKIPPED` line per test skipped on purpose (GRIDOS_TEST_SKIP, docs/testing.md); printed
 # after the unit tests and at the end of `make test`.
 SKIP_LOG   ?= $(abspath $(BUILD))/skips.txt
+# The release key: what signs system extensions (the VM runtime) and what images trust. A
+# development key is made here on first use; a release build points this at the real one.
+RELEASE_KEY ?= $(BUILD)/release.key
 # Where `make init` gathers the executables the image takes (the imager's --bin-dir).
 IMAGE_BIN  ?= $(TARGET_DIR)/image-bin
 
-.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench ledger-bench vm-bench
+.PHONY: deps-image deps-run deps-test test-packages all build run test test-unit test-boot-init test-image test-e2e lint fmt fuzz bench boot-bench node-bench libcontainer-bench baseline-image clean init image pxe usb iso deps-media media-bench ledger-bench vm-bench extensions
 
 all: build
 
@@ -24,7 +27,7 @@ build:
 ## create a farm, boot one node in QEMU against it; the console streams here and the node list
 ## is printed once the node registers. Ctrl-C shuts the node down in order.
 ## RUN_ARGS="--port 8481 --report-interval 10" passes flags (gridos-lab run --help).
-run: deps-run image
+run: deps-run image extensions
 	$(CARGO) build --release -p registry -p cli -p lab
 	$(TARGET_DIR)/release/gridos-lab run --image out --work $(BUILD)/run --bin-dir $(TARGET_DIR)/release $(RUN_ARGS)
 
@@ -82,8 +85,17 @@ init:
 ## GRIDOS_KERNEL_ROOT=DIR uses an extracted kernel tree instead of Debian's package.
 image: deps-image init
 	$(CARGO) build -q -p imager
+	@$(TARGET_DIR)/debug/gridos-imager release-key --new-key --key $(RELEASE_KEY) >/dev/null
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager build --profile image/profile.yaml --out out \
-		--bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache
+		--bin-dir $(IMAGE_BIN) --cache $(BUILD)/image-cache \
+		--release-pub $$($(TARGET_DIR)/debug/gridos-imager release-key --key $(RELEASE_KEY))
+
+## The VM runtime (docs/vms.md): QEMU and what it loads as a squashfs in out/extensions,
+## signed with $(RELEASE_KEY); `make run` serves it to the node from the registry.
+extensions: deps-image deps-run
+	$(CARGO) build -q -p imager
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(TARGET_DIR)/debug/gridos-imager extension --new-key \
+		--key $(RELEASE_KEY) --profile image/extensions/vm.yaml --out out/extensions
 
 ## The network-boot folder for the local `make run` farm (docs/boot-media.md): the image with
 ## the farm and registry baked in, boot.ipxe and a dnsmasq recipe, in $(BUILD)/pxe.

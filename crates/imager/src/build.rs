@@ -37,11 +37,20 @@ pub struct Options {
     pub strict: bool,
     /// No progress bar, even on a terminal.
     pub quiet: bool,
+    /// The release key's public half (64 hex digits), written to `etc/gridos/release.pub`:
+    /// the only key the node accepts system extensions (the VM runtime) signed with.
+    pub release_pub: Option<String>,
 }
+
+/// Where the image keeps the release key's public half (crates/provision reads it).
+pub const RELEASE_PUB_PATH: &str = "etc/gridos/release.pub";
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The release key given is not an ed25519 public key.
+    #[error("release key {0:?}: not 64 hex digits of an ed25519 public key")]
+    ReleaseKey(String),
     /// The profile is wrong.
     #[error(transparent)]
     Profile(#[from] ProfileError),
@@ -379,6 +388,15 @@ fn files_step(b: &mut Build<'_>) -> Result<(), BuildError> {
         let n = b.tree.add_dir("", dir)?;
         b.progress
             .line(&format!("{n} files from {}", dir.display()));
+    }
+    if let Some(key) = &b.opts.release_pub {
+        let key = key.trim();
+        gridtypes::parse_public_key(key).map_err(|_| BuildError::ReleaseKey(key.into()))?;
+        b.tree.insert(
+            RELEASE_PUB_PATH,
+            0o644,
+            Kind::File(format!("{key}\n").into_bytes()),
+        )?;
     }
     Ok(())
 }

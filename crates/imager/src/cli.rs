@@ -41,6 +41,10 @@ pub struct BuildArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The release key's public half (64 hex digits, as `gridos-imager release-key` prints
+    /// it): the image trusts system extensions (the VM runtime) signed with it.
+    #[arg(long, env = "GRIDOS_RELEASE_PUB")]
+    pub release_pub: Option<String>,
 }
 
 impl BuildArgs {
@@ -73,6 +77,7 @@ impl BuildArgs {
             cmdline_append,
             strict: self.strict,
             quiet: self.quiet,
+            release_pub: self.release_pub.clone().filter(|k| !k.trim().is_empty()),
         }
     }
 }

@@ -98,6 +98,7 @@ fn fixture(dir: &Path) -> Options {
         cmdline_append: vec![],
         strict: false,
         quiet: true,
+        release_pub: None,
     }
 }
 
@@ -260,4 +261,29 @@ fn interpreter_is_stored_once_and_cmdline_is_appended() {
         .filter(|e| matches!(e.entry.kind, Kind::File(_)))
         .count();
     assert_eq!(files, 1, "{interp:?}");
+}
+
+#[test]
+fn the_release_key_goes_into_the_image_and_a_bad_one_fails_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = fixture(dir.path());
+    let key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[5; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    opts.release_pub = Some(key.clone());
+    imager::build(&opts).unwrap();
+    let entries = unpack(&opts.out.join("initramfs.img"));
+    let pubkey = entries
+        .iter()
+        .find(|e| e.entry.path == imager::build::RELEASE_PUB_PATH)
+        .expect("the release key is in the image");
+    assert_eq!(
+        pubkey.entry.kind,
+        Kind::File(format!("{key}\n").into_bytes())
+    );
+    opts.release_pub = Some("not a key".into());
+    let err = imager::build(&opts).unwrap_err().to_string();
+    assert!(err.contains("release key"), "{err}");
 }

@@ -18,18 +18,23 @@ pub struct Registry {
 
 impl Registry {
     /// Starts `grid-registry serve` from `bin_dir` on 127.0.0.1:`port` (0: a free one) with the
-    /// SQLite file `db_file`, its output appended to `log`.
+    /// SQLite file `db_file`, its output appended to `log`, serving the system extensions in
+    /// `extensions` (the VM runtime, docs/vms.md) when given.
     pub async fn start(
         bin_dir: &Path,
         db_file: &Path,
         port: u16,
         log: &Path,
+        extensions: Option<&Path>,
     ) -> anyhow::Result<Registry> {
         let mut cmd = RegistryCommand::new(bin_dir.join("grid-registry"))
             .database(format!("sqlite://{}", db_file.display()))
             .log(log);
         if port != 0 {
             cmd = cmd.listen(([127, 0, 0, 1], port).into());
+        }
+        if let Some(dir) = extensions {
+            cmd = cmd.arg("--extensions").arg(dir);
         }
         Ok(Registry {
             process: cmd.start().await?,
@@ -168,11 +173,23 @@ pub async fn with_farm(
     port: u16,
     farm_name: &str,
 ) -> anyhow::Result<(Registry, u64)> {
+    with_farm_serving(bin_dir, work, port, farm_name, None).await
+}
+
+/// [`with_farm`], the registry also serving the system extensions in `extensions`.
+pub async fn with_farm_serving(
+    bin_dir: &Path,
+    work: &Path,
+    port: u16,
+    farm_name: &str,
+    extensions: Option<&Path>,
+) -> anyhow::Result<(Registry, u64)> {
     let reg = Registry::start(
         bin_dir,
         &work.join("registry.db"),
         port,
         &work.join("registry.log"),
+        extensions,
     )
     .await?;
     let farm = setup_farm(bin_dir, &reg.url(), &work.join("farmer.key"), farm_name)?;

@@ -60,9 +60,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.work.display()))?;
     let work = args.work.canonicalize()?;
     let accel = qemu::pick_accel(&args.image, &work);
-    let (mut reg, farm) = registry::with_farm(&args.bin_dir, &work, args.port, "my-farm")
-        .await
-        .with_context(|| format!("is another registry on port {}? try --port", args.port))?;
+    // The VM runtime (`make extensions`), when it was built beside the image.
+    let extensions = Some(args.image.join("extensions")).filter(|d| d.is_dir());
+    let (mut reg, farm) = registry::with_farm_serving(
+        &args.bin_dir,
+        &work,
+        args.port,
+        "my-farm",
+        extensions.as_deref(),
+    )
+    .await
+    .with_context(|| format!("is another registry on port {}? try --port", args.port))?;
     eprintln!(
         "== registry {} (SQLite {}), farm {farm}; log in {}",
         reg.url(),
