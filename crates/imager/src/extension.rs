@@ -215,8 +215,23 @@ impl Stage {
 }
 
 /// Builds the extension `profile` describes into `out/NAME.sqfs` and `out/NAME.json`,
-/// signed with `key`. Every file gets `epoch` as its time, so a build is reproducible.
+/// signed with `key`. Every file gets `epoch` as its time, so a build is reproducible. A
+/// failed build leaves neither its staging folder nor a partial image behind.
 pub fn build_extension(
+    profile: &ExtensionProfile,
+    out: &Path,
+    key: &SigningKey,
+    epoch: u32,
+) -> Result<ExtensionReport, ExtensionBuildError> {
+    let built = build_in(profile, out, key, epoch);
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(out.join(format!(".{}.stage", profile.name)));
+        let _ = std::fs::remove_file(out.join(format!(".{}.sqfs.tmp", profile.name)));
+    }
+    built
+}
+
+fn build_in(
     profile: &ExtensionProfile,
     out: &Path,
     key: &SigningKey,
@@ -245,6 +260,8 @@ pub fn build_extension(
     let _ = std::fs::remove_file(&tmp);
     let epoch_s = epoch.to_string();
     run(Command::new("mksquashfs")
+        // mksquashfs refuses its own time options when this is set; they say the same.
+        .env_remove("SOURCE_DATE_EPOCH")
         .arg(&root)
         .arg(&tmp)
         .args(["-noappend", "-comp", "zstd", "-all-root", "-no-xattrs"])
