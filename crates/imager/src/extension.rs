@@ -100,23 +100,10 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Extensi
 }
 
 fn run(cmd: &mut Command) -> Result<String, ExtensionBuildError> {
-    let show = format!("{cmd:?}");
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|e| ExtensionBuildError::Tool {
-        cmd: show.clone(),
-        reason: hosttools::spawn_error(&program, e).to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(ExtensionBuildError::Tool {
-            cmd: show,
-            reason: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::tool::output(cmd).map_err(|f| ExtensionBuildError::Tool {
+        cmd: f.cmd,
+        reason: f.reason,
+    })
 }
 
 /// Reads a profile.

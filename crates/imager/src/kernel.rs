@@ -59,23 +59,10 @@ impl Kernel {
 }
 
 fn run(cmd: &mut Command) -> Result<String, KernelError> {
-    let show = format!("{cmd:?}");
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|e| KernelError::Tool {
-        cmd: show.clone(),
-        reason: hosttools::spawn_error(&program, e).to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(KernelError::Tool {
-            cmd: show,
-            reason: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::tool::output(cmd).map_err(|f| KernelError::Tool {
+        cmd: f.cmd,
+        reason: f.reason,
+    })
 }
 
 /// The concrete package a kernel metapackage depends on, from `apt-cache depends` output.

@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod modules;
 pub mod profile;
 pub mod progress;
+mod tool;
 pub mod tree;
 
 pub use build::{build, BuildError, Options, Report};
