@@ -217,21 +217,28 @@ impl Extensions {
         signed.verify(&self.release).map_err(Self::refused(name))
     }
 
+    /// The registry's URL for extension `name` (`tail`: `""` for the manifest, `"/image"`),
+    /// and the error a failed fetch of it becomes.
+    fn endpoint(&self, name: &str, tail: &str) -> (String, impl Fn(String) -> Error) {
+        let url = format!(
+            "{}{}/{name}{tail}",
+            self.registry.trim_end_matches('/'),
+            gridapi::paths::EXTENSIONS
+        );
+        let (name, at) = (name.to_string(), url.clone());
+        (url, move |reason| Error::Fetch {
+            name: name.clone(),
+            url: at.clone(),
+            reason,
+        })
+    }
+
     async fn fetch_manifest(
         &self,
         http: &reqwest::Client,
         name: &str,
     ) -> Result<(Manifest, Vec<u8>), Error> {
-        let url = format!(
-            "{}{}/{name}",
-            self.registry.trim_end_matches('/'),
-            gridapi::paths::EXTENSIONS
-        );
-        let fetch = |reason: String| Error::Fetch {
-            name: name.into(),
-            url: url.clone(),
-            reason,
-        };
+        let (url, fetch) = self.endpoint(name, "");
         let mut resp = http
             .get(&url)
             .timeout(Duration::from_secs(30))
@@ -275,16 +282,7 @@ impl Extensions {
         image: &Path,
     ) -> Result<(), Error> {
         let name = m.name.as_str();
-        let url = format!(
-            "{}{}/{name}/image",
-            self.registry.trim_end_matches('/'),
-            gridapi::paths::EXTENSIONS
-        );
-        let fetch = |reason: String| Error::Fetch {
-            name: name.into(),
-            url: url.clone(),
-            reason,
-        };
+        let (url, fetch) = self.endpoint(name, "/image");
         let tmp = self
             .cache
             .join(format!("{}{name}.download", atomicfile::TEMP_PREFIX));
