@@ -351,20 +351,14 @@ impl Runtime {
             Ok(found) => found,
             Err(why) => return (failed(&v.name, why), None),
         };
-        // Boot files only: they count against no disk of the VM, the root disk is its own.
-        let pulled =
-            tokio::time::timeout(self.cfg.pull_timeout, self.images.pull(&v.image, u64::MAX)).await;
-        let image = match pulled {
-            Ok(Ok(image)) => image,
-            Ok(Err(e)) => return (failed(&v.name, error_chain(&e)), None),
-            Err(_) => {
-                let why = format!(
-                    "pulling {} took longer than {} s",
-                    v.image,
-                    self.cfg.pull_timeout.as_secs()
-                );
-                return (failed(&v.name, why), None);
-            }
+        // Boot files only: the root disk is the VM's own, so the image is held to a bound of
+        // its own instead of the disk it reserved.
+        let image = match self
+            .pull(&v.name, &v.image, crate::vm::MAX_BOOT_IMAGE)
+            .await
+        {
+            Ok(image) => image,
+            Err(failed) => return (failed, None),
         };
         let (kernel, initrd) = match crate::vm::boot_files(&image.layers) {
             Ok(found) => found,
@@ -605,22 +599,9 @@ impl Runtime {
                 read_only: m.read_only,
             });
         }
-        let pulled = tokio::time::timeout(
-            self.cfg.pull_timeout,
-            self.images.pull(&c.image, c.resources.sru),
-        )
-        .await;
-        let image = match pulled {
-            Ok(Ok(image)) => image,
-            Ok(Err(e)) => return (failed(&c.name, error_chain(&e)), None),
-            Err(_) => {
-                let why = format!(
-                    "pulling {} took longer than {} s",
-                    c.image,
-                    self.cfg.pull_timeout.as_secs()
-                );
-                return (failed(&c.name, why), None);
-            }
+        let image = match self.pull(&c.name, &c.image, c.resources.sru).await {
+            Ok(image) => image,
+            Err(failed) => return (failed, None),
         };
         let spec = match self.spec(contract, c, &image) {
             Ok(s) => Spec { binds, ..s },
@@ -674,6 +655,32 @@ impl Runtime {
             task,
         };
         self.first_answer(contract, watched, first_rx).await
+    }
+
+    /// Pulls `reference` (at most `max_bytes` unpacked) for workload `name` within the pull
+    /// timeout; the workload's failed status when it cannot be had.
+    async fn pull(
+        &self,
+        name: &str,
+        reference: &str,
+        max_bytes: u64,
+    ) -> Result<crate::image::Image, WorkloadStatus> {
+        match tokio::time::timeout(
+            self.cfg.pull_timeout,
+            self.images.pull(reference, max_bytes),
+        )
+        .await
+        {
+            Ok(Ok(image)) => Ok(image),
+            Ok(Err(e)) => Err(failed(name, error_chain(&e))),
+            Err(_) => Err(failed(
+                name,
+                format!(
+                    "pulling {reference} took longer than {} s",
+                    self.cfg.pull_timeout.as_secs()
+                ),
+            )),
+        }
     }
 
     fn spec(

@@ -25,6 +25,8 @@ use svclog::error_chain;
 /// Memory QEMU itself takes beside the guest's (TCG's translation cache, device models): the
 /// cgroup limit is the guest's memory plus this.
 pub const QEMU_OVERHEAD: u64 = 256 << 20;
+/// The most a VM image (its kernel and initrd) may unpack to on the node's cache.
+pub const MAX_BOOT_IMAGE: u64 = 1 << 30;
 /// Most processes and threads in one VM's cgroup (QEMU's vCPU and I/O threads).
 const PIDS_PER_VM: u64 = 512;
 /// The guest kernel's console, always first on its command line.
