@@ -687,7 +687,8 @@ pub async fn run(
     // the file every few seconds gets the new capacity reported without waiting for the probe.
     let mut disks_changed = tokio::time::interval(MEASURED_POLL);
     disks_changed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut measured_seen = file_stamp(&agent.cfg.probe.measured);
+    let stamps = |p: &Probe| (file_stamp(&p.measured), file_stamp(&p.pools));
+    let mut measured_seen = stamps(&agent.cfg.probe);
     tokio::pin!(shutdown);
     loop {
         let wake = agent.next_attempt;
@@ -699,10 +700,10 @@ pub async fn run(
             }
             _ = reprobe.tick() => agent.reprobe().await?,
             _ = disks_changed.tick() => {
-                let stamp = file_stamp(&agent.cfg.probe.measured);
+                let stamp = stamps(&agent.cfg.probe);
                 if stamp != measured_seen {
                     measured_seen = stamp;
-                    tracing::info!("storage published new disk measurements");
+                    tracing::info!("storage published new disk measurements or pools");
                     agent.reprobe().await?;
                 }
             }

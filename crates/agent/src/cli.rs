@@ -55,6 +55,9 @@ struct Args {
     /// The storage service's disk measurements.
     #[arg(long, default_value = disks::measured::MEASURED_FILE, hide = true)]
     measured: PathBuf,
+    /// The storage service's pools.
+    #[arg(long, default_value = disks::pools::POOLS_FILE, hide = true)]
+    pools: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -76,6 +79,7 @@ fn probe_of(args: &Args) -> Probe {
         sys: args.sysfs.clone(),
         proc: args.procfs.clone(),
         measured: args.measured.clone(),
+        pools: args.pools.clone(),
         skip_disks: args.skip_disks.clone(),
         ..Probe::default()
     }

@@ -56,6 +56,8 @@ pub struct Probe {
     pub proc: PathBuf,
     /// The storage service's disk measurements ([`disks::measured`]).
     pub measured: PathBuf,
+    /// The storage service's pools ([`disks::pools`]): only a disk holding one is sold.
+    pub pools: PathBuf,
     /// Disks never counted: the boot medium named by configuration.
     pub skip_disks: Vec<String>,
     /// Whether to ask the kernel for interface addresses (`getifaddrs`); off in unit tests.
@@ -68,6 +70,7 @@ impl Default for Probe {
             sys: PathBuf::from("/sys"),
             proc: PathBuf::from("/proc"),
             measured: PathBuf::from(disks::measured::MEASURED_FILE),
+            pools: PathBuf::from(disks::pools::POOLS_FILE),
             skip_disks: Vec::new(),
             addresses: true,
         }
@@ -186,7 +189,9 @@ impl Probe {
     ///
     /// The agent never runs its own seek test: one measurement per disk (storage's) decides
     /// both where the cache goes and what is sold. A disk storage has not measured yet (it
-    /// appeared a moment ago) is counted once storage has published it.
+    /// appeared a moment ago) is counted once storage has published it, and only if it holds
+    /// a storage pool (the cache partition is one): a disk storage may not format cannot hold
+    /// a twin's bytes, so selling it would sell nothing.
     pub fn disks(&self) -> Result<Vec<Measured>, ProbeError> {
         let dir = self.sys.join("block");
         let present = disks::scan(&dir).map_err(|e| ProbeError::Parse {
@@ -200,6 +205,13 @@ impl Probe {
             );
             Vec::new()
         });
+        let pools = disks::pools::read(&self.pools).unwrap_or_else(|e| {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "storage pools unreadable; counting no disk"
+            );
+            Vec::new()
+        });
         let mut disks = Vec::new();
         for disk in present {
             if let Some(why) = disks::skip_reason(&disk, &self.skip_disks, None) {
@@ -210,7 +222,10 @@ impl Probe {
                 .iter()
                 .find(|m| m.disk.name == disk.name && m.disk.size_bytes == disk.size_bytes)
             {
-                Some(m) => disks.push(m.clone()),
+                Some(m) if pools.iter().any(|p| p.disk == disk.name) => disks.push(m.clone()),
+                Some(_) => {
+                    tracing::info!(disk = %disk.name, "holds no storage pool; not counted")
+                }
                 None => {
                     tracing::info!(disk = %disk.name, "not measured by storage yet; not counted")
                 }

@@ -46,6 +46,19 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
         .map(|d| disks::Measured::new(d, None))
         .collect();
     disks::measured::write(&measured, &m).unwrap();
+    let pools = dir.path().join("pools.json");
+    let pool: Vec<disks::Pool> = m
+        .iter()
+        .map(|m| disks::Pool {
+            id: m.disk.name.clone(),
+            disk: m.disk.name.clone(),
+            kind: m.kind,
+            mountpoint: dir.path().join(&m.disk.name),
+            size_bytes: m.disk.size_bytes,
+            cache: true,
+        })
+        .collect();
+    disks::pools::write(&pools, &pool).unwrap();
     let cmdline = dir.path().join("cmdline");
     put(
         dir.path(),
@@ -61,6 +74,8 @@ async fn agent_binary_registers_from_the_kernel_command_line_and_reports_on_sigt
         .arg(&sys)
         .arg("--measured")
         .arg(&measured)
+        .arg("--pools")
+        .arg(&pools)
         .args(["--uptime-interval", "1"])
         .env_remove("RUST_LOG")
         .env_remove("GRIDOS_FARM")

@@ -40,6 +40,7 @@ struct Tree {
     sys: PathBuf,
     proc: PathBuf,
     measured: PathBuf,
+    pools: PathBuf,
 }
 
 fn qemu_node() -> Tree {
@@ -82,11 +83,13 @@ fn qemu_node() -> Tree {
         "Standard PC (Q35 + ICH9, 2009)\n",
     );
     let measured = dir.path().join("run/disks.json");
+    let pools = dir.path().join("run/pools.json");
     Tree {
         _dir: dir,
         sys,
         proc,
         measured,
+        pools,
     }
 }
 
@@ -101,6 +104,23 @@ fn storage_measured(t: &Tree, disks: &[(&str, Option<u64>)]) {
         })
         .collect();
     disks::measured::write(&t.measured, &m).unwrap();
+    storage_pools(t, &m);
+}
+
+/// Writes the pools storage would have made: one on each of `disks`.
+fn storage_pools(t: &Tree, disks: &[Measured]) {
+    let pools: Vec<disks::Pool> = disks
+        .iter()
+        .map(|m| disks::Pool {
+            id: format!("id-{}", m.disk.name),
+            disk: m.disk.name.clone(),
+            kind: m.kind,
+            mountpoint: format!("/pools/{}", m.disk.name).into(),
+            size_bytes: m.disk.size_bytes,
+            cache: false,
+        })
+        .collect();
+    disks::pools::write(&t.pools, &pools).unwrap();
 }
 
 fn probe(t: &Tree) -> Probe {
@@ -108,6 +128,7 @@ fn probe(t: &Tree) -> Probe {
         sys: t.sys.clone(),
         proc: t.proc.clone(),
         measured: t.measured.clone(),
+        pools: t.pools.clone(),
         addresses: false,
         ..Probe::default()
     }
@@ -158,6 +179,22 @@ fn a_disk_storage_has_not_measured_is_not_counted_yet() {
     put(&t.sys, "block/sda/size", &format!("{}\n", 40 * GIB / 512));
     let hw = probe(&t).hardware().unwrap();
     assert_eq!(hw.capacity.sru, 0);
+}
+
+#[test]
+fn a_disk_without_a_pool_is_not_sold() {
+    let t = qemu_node();
+    storage_measured(&t, &[("sda", Some(80)), ("sdb", None)]);
+    // Storage could not make sdb a pool (it holds data and gridos.wipe=empty).
+    let m = disks::measured::read(&t.measured).unwrap();
+    storage_pools(&t, &m[..1]);
+    let hw = probe(&t).hardware().unwrap();
+    assert_eq!((hw.capacity.sru, hw.capacity.hru), (20 * GIB, 0));
+    // No pool at all (storage has not run, or a cache on tmpfs): nothing is sold.
+    fs::remove_file(&t.pools).unwrap();
+    let hw = probe(&t).hardware().unwrap();
+    assert_eq!((hw.capacity.sru, hw.capacity.hru), (0, 0));
+    assert!(hw.disks.is_empty());
 }
 
 #[test]

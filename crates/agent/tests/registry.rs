@@ -70,7 +70,24 @@ fn fake_sys(root: &Path) -> PathBuf {
         })
         .collect();
     disks::measured::write(&root.join("disks.json"), &m).unwrap();
+    write_pools(&root.join("pools.json"), &m);
     sys
+}
+
+/// What storage would have made of every measured disk: a pool.
+fn write_pools(path: &Path, m: &[disks::Measured]) {
+    let pools: Vec<disks::Pool> = m
+        .iter()
+        .map(|m| disks::Pool {
+            id: m.disk.name.clone(),
+            disk: m.disk.name.clone(),
+            kind: m.kind,
+            mountpoint: path.with_file_name(&m.disk.name),
+            size_bytes: m.disk.size_bytes,
+            cache: false,
+        })
+        .collect();
+    disks::pools::write(path, &pools).unwrap();
 }
 
 fn config(reg: &Registry, farm: i64, state: &Path, sys: &Path) -> Config {
@@ -86,6 +103,7 @@ fn config(reg: &Registry, farm: i64, state: &Path, sys: &Path) -> Config {
     cfg.probe = Probe {
         sys: sys.to_path_buf(),
         measured: sys.with_file_name("disks.json"),
+        pools: sys.with_file_name("pools.json"),
         addresses: false,
         ..Probe::default()
     };

@@ -84,6 +84,7 @@ async fn a_throttled_node_waits_as_told_and_keeps_its_report() {
     cfg.probe = Probe {
         sys,
         measured: dir.path().join("disks.json"),
+        pools: dir.path().join("pools.json"),
         addresses: false,
         ..Probe::default()
     };

@@ -1,19 +1,21 @@
 //! What a disk is, for every gridos program that looks at disks: which block devices count,
 //! how a claimed SSD is checked (the seek test), what the answer is (SSD or HDD), when the set
 //! of disks has settled after boot, and the file through which storage tells the agent what it
-//! measured.
+//! measured and the pools it mounted.
 //!
 //! Storage measures each disk once; the agent counts capacity from that measurement instead
 //! of its own, so a disk can never be sold as HRU while storage uses it as the SSD cache.
 
 pub mod class;
 pub mod measured;
+pub mod pools;
 pub mod scan;
 pub mod seek;
 pub mod settle;
 
 pub use class::{classify, Kind, HDD_LATENCY};
 pub use measured::Measured;
+pub use pools::Pool;
 pub use scan::{scan, skip_reason, Disk};
 
 /// Everything that can go wrong while looking at disks.

@@ -3,10 +3,10 @@
 use crate::plan::{self, Candidate, Plan};
 use crate::signature::{self, PROBE_BYTES};
 use crate::state::{self, Backing, State};
-use crate::{Error, Result, CACHE_LABEL};
+use crate::{Error, Result, CACHE_LABEL, POOL_LABEL};
 use cmdline::WipePolicy;
 use disks::settle::{self, UeventSocket};
-use disks::{Disk, Kind, Measured};
+use disks::{Disk, Kind, Measured, Pool};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +34,10 @@ pub struct Config {
     pub stick_cache: bool,
     /// Where the measurements are published for the agent.
     pub measured: PathBuf,
+    /// Where the pools are published for the agent and provision.
+    pub pools_file: PathBuf,
+    /// Where pools other than the cache are mounted, each in a folder named by its UUID.
+    pub pools_dir: PathBuf,
     /// `/proc/modules`, to see drivers still initialising.
     pub proc_modules: PathBuf,
     /// Quiet period and longest wait for the devices to settle; `None` decides at once.
@@ -73,10 +77,17 @@ pub fn nth_partition(disk: &str, n: usize) -> String {
     }
 }
 
-fn has_cache_label(dev: &Path) -> bool {
+/// The first 68 KiB of a partition: enough for a btrfs superblock.
+fn superblock(dev: &Path) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 0x10000 + 4096];
-    let ok = std::fs::File::open(dev).and_then(|mut f| f.read_exact(&mut buf));
-    ok.is_ok() && signature::btrfs_label(&buf).as_deref() == Some(CACHE_LABEL)
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .ok()?;
+    Some(buf)
+}
+
+fn has_label(dev: &Path, label: &str) -> bool {
+    superblock(dev).is_some_and(|b| signature::btrfs_label(&b).as_deref() == Some(label))
 }
 
 fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
@@ -116,7 +127,12 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
     let cache_partition = disk
         .partitions
         .iter()
-        .find(|p| has_cache_label(&cfg.dev.join(p)))
+        .find(|p| has_label(&cfg.dev.join(p), CACHE_LABEL))
+        .cloned();
+    let pool_partition = disk
+        .partitions
+        .iter()
+        .find(|p| has_label(&cfg.dev.join(p), POOL_LABEL))
         .cloned();
     let latency = if disks::class::needs_seek_test(disk.rotational) {
         match disks::seek::measure(&dev, disk.size_bytes) {
@@ -135,7 +151,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         tracing::warn!(disk = %m.disk.name, ?latency, "disk claims to be an SSD but seeks like an HDD; counted as HDD");
     }
     tracing::info!(disk = %m.disk.name, size = m.disk.size_bytes, kind = ?m.kind, rotational = ?claimed,
-        latency_us = ?m.latency_us, signature = ?sig, cache = ?cache_partition, "disk found");
+        latency_us = ?m.latency_us, signature = ?sig, cache = ?cache_partition, pool = ?pool_partition, "disk found");
     let Measured {
         disk,
         kind,
@@ -147,6 +163,7 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
         latency_us,
         signature: sig,
         cache_partition,
+        pool_partition,
         boot_medium,
     }))
 }
@@ -241,14 +258,16 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
 /// GPT partition type "Linux filesystem".
 const LINUX_FS_GUID: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
-fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
+/// Writes a GPT with one partition named `label` over the whole of `disk` and formats it as
+/// a btrfs labelled the same.
+fn create(cfg: &Config, disk: &str, wipe: bool, label: &str) -> Result<PathBuf> {
     let dev = cfg.dev.join(disk);
     let dev_s = dev.to_string_lossy().into_owned();
     if wipe {
         tracing::warn!(disk, "gridos.wipe=all: erasing every signature on the disk");
         run_cmd("wipefs", &["--all", "--force", &dev_s], None)?;
     }
-    let script = format!("label: gpt\nsize=+, type={LINUX_FS_GUID}, name=\"{CACHE_LABEL}\"\n");
+    let script = format!("label: gpt\nsize=+, type={LINUX_FS_GUID}, name=\"{label}\"\n");
     run_cmd(
         "sfdisk",
         &[
@@ -262,15 +281,15 @@ fn create(cfg: &Config, disk: &str, wipe: bool) -> Result<PathBuf> {
         Some(&script),
     )?;
     let part = cfg.dev.join(first_partition(disk));
-    format_new(disk, &dev_s, part)
+    format_new(disk, &dev_s, part, label)
 }
 
-/// Formats the cache partition `part` just written to `disk`'s table, once it appears.
-fn format_new(disk: &str, dev_s: &str, part: PathBuf) -> Result<PathBuf> {
+/// Formats the partition `part` just written to `disk`'s table, once it appears.
+fn format_new(disk: &str, dev_s: &str, part: PathBuf, label: &str) -> Result<PathBuf> {
     await_partition(disk, dev_s, &part)?;
     run_cmd(
         "mkfs.btrfs",
-        &["--force", "--label", CACHE_LABEL, &part.to_string_lossy()],
+        &["--force", "--label", label, &part.to_string_lossy()],
         None,
     )?;
     Ok(part)
@@ -316,7 +335,7 @@ fn append(cfg: &Config, disk: &str) -> Result<PathBuf> {
         Some(&script),
     )?;
     let part = cfg.dev.join(nth_partition(disk, before + 1));
-    format_new(disk, &dev_s, part)
+    format_new(disk, &dev_s, part, CACHE_LABEL)
 }
 
 /// Probes every usable disk whose name is not in `known`, in name order.
@@ -398,7 +417,7 @@ fn prepare(cfg: &Config, plan: &Plan, state: &mut State) -> Result<Option<PathBu
         Plan::Create { disk, wipe } => {
             tracing::info!(disk, "creating the gridos cache partition");
             state.backing = Backing::Created;
-            Some(create(cfg, disk, *wipe)?)
+            Some(create(cfg, disk, *wipe, CACHE_LABEL)?)
         }
         Plan::Append { disk } => {
             tracing::info!(disk, "adding the gridos cache partition to the boot stick");
@@ -420,6 +439,115 @@ fn log_placement(state: &State, plan: &Plan) {
     }
 }
 
+/// Records the cache partition as the first pool: it holds twins' volumes and VM disks too
+/// when its disk is the only one of its kind.
+fn cache_pool(cfg: &Config, state: &mut State, plan: &Plan) {
+    let disk = match plan {
+        Plan::Reuse { disk, .. } | Plan::Create { disk, .. } | Plan::Append { disk } => disk,
+        Plan::Tmpfs { .. } => return,
+    };
+    state.cache_disk = Some(disk.clone());
+    let (Some(part), Some(c)) = (
+        &state.device,
+        state.disks.iter().find(|c| &c.disk.name == disk),
+    ) else {
+        return;
+    };
+    match pool_on(part, &c.disk.name, c.kind, &cfg.mountpoint, true) {
+        Ok(pool) => {
+            state.pools.retain(|p| !p.cache);
+            state.pools.insert(0, pool);
+        }
+        Err(e) => tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "the cache partition is not a pool: no volume can go there"
+        ),
+    }
+}
+
+/// The pool on the btrfs `part`, mounted at `mountpoint`.
+fn pool_on(part: &Path, disk: &str, kind: Kind, mountpoint: &Path, cache: bool) -> Result<Pool> {
+    Ok(Pool {
+        id: fsid(part)?,
+        disk: disk.to_string(),
+        kind,
+        mountpoint: mountpoint.to_path_buf(),
+        size_bytes: fs_size(mountpoint)?,
+        cache,
+    })
+}
+
+fn fsid(part: &Path) -> Result<String> {
+    superblock(part)
+        .and_then(|b| signature::btrfs_fsid(&b))
+        .ok_or_else(|| Error::Read {
+            path: part.display().to_string(),
+            source: std::io::Error::other("no btrfs superblock"),
+        })
+}
+
+fn fs_size(mountpoint: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(mountpoint).map_err(|e| Error::Read {
+        path: mountpoint.display().to_string(),
+        source: e.into(),
+    })?;
+    Ok(st.blocks().saturating_mul(st.fragment_size()))
+}
+
+/// Makes every disk that holds neither the cache nor a pool yet a pool, as far as the wipe
+/// policy allows (`plan::pools`), and mounts it under `cfg.pools_dir`. A disk that fails is
+/// logged and left out: it is not sold, and the others still are.
+fn make_pools(cfg: &Config, state: &mut State) {
+    let fresh: Vec<Candidate> = state
+        .disks
+        .iter()
+        .filter(|c| !state.pools.iter().any(|p| p.disk == c.disk.name))
+        .cloned()
+        .collect();
+    let (plans, refused) = plan::pools(&fresh, state.cache_disk.as_deref(), cfg.policy);
+    for (disk, why) in &refused {
+        tracing::warn!(disk, why, "disk not made a pool");
+    }
+    if !plans.is_empty() {
+        load_btrfs();
+    }
+    for p in plans {
+        let Some(kind) = fresh
+            .iter()
+            .find(|c| c.disk.name == p.disk())
+            .map(|c| c.kind)
+        else {
+            continue;
+        };
+        match mount_pool(cfg, &p, kind) {
+            Ok(pool) => {
+                tracing::info!(disk = %pool.disk, kind = ?pool.kind, size = pool.size_bytes,
+                    id = %pool.id, mountpoint = %pool.mountpoint.display(),
+                    reused = matches!(p, plan::PoolPlan::Reuse { .. }), "pool ready");
+                state.pools.push(pool);
+            }
+            Err(e) => tracing::error!(
+                disk = p.disk(),
+                error = &e as &dyn std::error::Error,
+                "disk not made a pool; not sold"
+            ),
+        }
+    }
+}
+
+fn mount_pool(cfg: &Config, p: &plan::PoolPlan, kind: Kind) -> Result<Pool> {
+    let part = match p {
+        plan::PoolPlan::Reuse { partition, .. } => cfg.dev.join(partition),
+        plan::PoolPlan::Create { disk, wipe } => {
+            tracing::info!(disk, "creating a storage pool");
+            create(cfg, disk, *wipe, POOL_LABEL)?
+        }
+    };
+    let target = cfg.pools_dir.join(fsid(&part)?);
+    mount(&part, "btrfs", &target, None)?;
+    pool_on(&part, p.disk(), kind, &target, false)
+}
+
 /// Waits for the devices to settle, finds the disks, decides, and makes the cache available
 /// at `cfg.mountpoint`. Falls back to tmpfs (with a loud warning) when no disk can be used.
 pub fn run(cfg: &Config, events: Option<&UeventSocket>) -> Result<State> {
@@ -436,6 +564,8 @@ pub fn run(cfg: &Config, events: Option<&UeventSocket>) -> Result<State> {
         device: None,
         warning: None,
         disks: cands,
+        cache_disk: None,
+        pools: Vec::new(),
     };
     let on_disk = prepare(cfg, &plan, &mut state)?;
     if let Plan::Tmpfs { reason } = &plan {
@@ -459,6 +589,9 @@ pub fn run(cfg: &Config, events: Option<&UeventSocket>) -> Result<State> {
     }
     state.device = on_disk;
     log_placement(&state, &plan);
+    cache_pool(cfg, &mut state, &plan);
+    make_pools(cfg, &mut state);
+    disks::pools::write(&cfg.pools_file, &state.pools)?;
     state::save(&cfg.run_dir, &state)?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), backing = ?state.backing, "cache ready");
     Ok(state)
@@ -490,8 +623,15 @@ pub fn watch(cfg: &Config, mut state: State, events: &UeventSocket) -> Result<()
 }
 
 fn absorb(cfg: &Config, state: &mut State, names: &[String]) -> Result<()> {
-    // Disks that went away are no longer counted.
+    // Disks that went away are no longer counted, and their pools are gone.
     state.disks.retain(|c| names.contains(&c.disk.name));
+    for gone in state.pools.iter().filter(|p| !names.contains(&p.disk)) {
+        tracing::error!(disk = %gone.disk, pool = %gone.id, "disk gone: its pool and the volumes on it are lost");
+        if let Err(e) = nix::mount::umount2(&gone.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mountpoint = %gone.mountpoint.display(), error = %e, "cannot detach the pool");
+        }
+    }
+    state.pools.retain(|p| names.contains(&p.disk));
     let known: Vec<String> = state.disks.iter().map(|c| c.disk.name.clone()).collect();
     let new = candidates(cfg, &known)?;
     for c in &new {
@@ -515,8 +655,11 @@ fn absorb(cfg: &Config, state: &mut State, names: &[String]) -> Result<()> {
             state.device = Some(part);
             state.warning = None;
             log_placement(state, &plan);
+            cache_pool(cfg, state, &plan);
         }
     }
+    make_pools(cfg, state);
+    disks::pools::write(&cfg.pools_file, &state.pools)?;
     state::save(&cfg.run_dir, state)
 }
 

@@ -45,6 +45,12 @@ struct Args {
     /// Where the disk measurements are published for the agent.
     #[arg(long, default_value = disks::measured::MEASURED_FILE)]
     measured: PathBuf,
+    /// Where the pools are published for the agent and provision.
+    #[arg(long, default_value = disks::pools::POOLS_FILE)]
+    pools: PathBuf,
+    /// Where pools other than the cache are mounted.
+    #[arg(long, default_value = disks::pools::POOLS_DIR)]
+    pools_dir: PathBuf,
     /// `/proc/modules`, to see drivers still initialising.
     #[arg(long, default_value = "/proc/modules")]
     proc_modules: PathBuf,
@@ -102,6 +108,8 @@ where
         only: args.only_devices.clone(),
         boot: args.skip_disks.clone(),
         measured: args.measured.clone(),
+        pools_file: args.pools.clone(),
+        pools_dir: args.pools_dir.clone(),
         proc_modules: args.proc_modules.clone(),
         settle: (args.settle_quiet_ms > 0).then(|| {
             (

@@ -1,5 +1,7 @@
 //! The storage service: finds the node's disks, tells SSD from HDD by measurement,
-//! and creates or re-uses the btrfs cache partition under the `gridos.wipe` policy.
+//! creates or re-uses the btrfs cache partition under the `gridos.wipe` policy, and makes
+//! every other disk it may use a storage pool (one btrfs per disk) for twins' volumes and
+//! VM disks.
 //!
 //! Decisions (`signature`, `plan`, and `disks` for what a disk is) are pure functions over
 //! a sysfs tree and disk headers, so they are tested without root; `apply` and `migrate` do
@@ -67,3 +69,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// GPT partition name and btrfs label that mark a disk as holding the gridos cache.
 pub const CACHE_LABEL: &str = "gridos-cache";
+
+/// GPT partition name and btrfs label of a storage pool: every other disk storage may use.
+pub const POOL_LABEL: &str = "gridos-pool";

@@ -18,6 +18,9 @@ pub struct Candidate {
     pub signature: Option<Signature>,
     /// A partition already holding a btrfs labelled `gridos-cache`.
     pub cache_partition: Option<String>,
+    /// A partition already holding a btrfs labelled `gridos-pool`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_partition: Option<String>,
     /// The gridos USB stick the node booted from, offered because `gridos.cache_on_stick=yes`:
     /// last in every order, never wiped (the cache goes in its free space), never sold.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -52,6 +55,78 @@ pub enum Plan {
         /// Why, for the log and the marker file.
         reason: String,
     },
+}
+
+/// What storage does with a disk that does not hold the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Mount the pool already on it: the twins' volumes there are kept.
+    Reuse {
+        /// Disk name.
+        disk: String,
+        /// Partition name.
+        partition: String,
+    },
+    /// Partition and format it as a pool (`wipe`: it holds data and the policy is `all`).
+    Create {
+        /// Disk name.
+        disk: String,
+        /// Whether existing signatures must be erased first.
+        wipe: bool,
+    },
+}
+
+impl PoolPlan {
+    /// The disk this plan is for.
+    pub fn disk(&self) -> &str {
+        match self {
+            PoolPlan::Reuse { disk, .. } | PoolPlan::Create { disk, .. } => disk,
+        }
+    }
+}
+
+/// Picks, in name order, what becomes of every disk but the cache's (`cache_disk`, `None`
+/// when the cache is on tmpfs) and the boot stick: an existing pool is re-used under every
+/// policy; otherwise a disk becomes a new pool under the same rules as the cache (`empty`:
+/// only a disk with no signature; `all`: any, wiped first; `none`: never). Returns the plans
+/// and, per refused disk, why it was refused.
+pub fn pools(
+    cands: &[Candidate],
+    cache_disk: Option<&str>,
+    policy: WipePolicy,
+) -> (Vec<PoolPlan>, Vec<(String, String)>) {
+    let mut plans = Vec::new();
+    let mut refused = Vec::new();
+    let mut ordered: Vec<&Candidate> = cands.iter().collect();
+    ordered.sort_by(|a, b| a.disk.name.cmp(&b.disk.name));
+    for c in ordered {
+        let disk = c.disk.name.clone();
+        if c.boot_medium || cache_disk == Some(disk.as_str()) {
+            continue;
+        }
+        if let Some(partition) = &c.pool_partition {
+            plans.push(PoolPlan::Reuse {
+                disk,
+                partition: partition.clone(),
+            });
+            continue;
+        }
+        match (policy, c.signature) {
+            (WipePolicy::None, _) => {
+                refused.push((disk, "gridos.wipe=none: never format; not sold".into()));
+            }
+            (WipePolicy::Empty, Some(sig)) => refused.push((
+                disk,
+                format!("holds data ({sig:?} signature) and gridos.wipe=empty; not sold"),
+            )),
+            (WipePolicy::Empty, None) => plans.push(PoolPlan::Create { disk, wipe: false }),
+            (WipePolicy::All, sig) => plans.push(PoolPlan::Create {
+                disk,
+                wipe: sig.is_some(),
+            }),
+        }
+    }
+    (plans, refused)
 }
 
 /// Latency class of a measured disk: `floor(log2(µs))`, so NVMe (~50 µs) beats SATA (~150 µs)
@@ -188,8 +263,63 @@ mod tests {
             latency_us,
             signature: sig,
             cache_partition: cache.map(str::to_string),
+            pool_partition: None,
             boot_medium: false,
         }
+    }
+
+    #[test]
+    fn every_other_disk_the_policy_allows_becomes_a_pool() {
+        let mut old_pool = cand("sdd", Kind::Hdd, Some(Signature::Gpt), None);
+        old_pool.pool_partition = Some("sdd1".into());
+        let stick = Candidate {
+            boot_medium: true,
+            ..cand("sde", Kind::Ssd, None, None)
+        };
+        let cands = vec![
+            cand("sdc", Kind::Hdd, Some(Signature::Ext), None),
+            old_pool,
+            cand("sda", Kind::Ssd, None, None),
+            cand("sdb", Kind::Hdd, None, None),
+            stick,
+        ];
+        let (plans, refused) = pools(&cands, Some("sda"), WipePolicy::Empty);
+        assert_eq!(
+            plans,
+            [
+                PoolPlan::Create {
+                    disk: "sdb".into(),
+                    wipe: false
+                },
+                PoolPlan::Reuse {
+                    disk: "sdd".into(),
+                    partition: "sdd1".into()
+                },
+            ]
+        );
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, "sdc");
+        assert!(refused[0].1.contains("Ext"), "{refused:?}");
+
+        let (plans, _) = pools(&cands, Some("sda"), WipePolicy::All);
+        let disks: Vec<&str> = plans.iter().map(PoolPlan::disk).collect();
+        assert_eq!(disks, ["sdb", "sdc", "sdd"]);
+        assert!(plans.contains(&PoolPlan::Create {
+            disk: "sdc".into(),
+            wipe: true
+        }));
+
+        // Under `none` only what is already a pool is used; with the cache on tmpfs, the
+        // disk it could not use is not a pool either.
+        let (plans, refused) = pools(&cands, None, WipePolicy::None);
+        assert_eq!(
+            plans,
+            [PoolPlan::Reuse {
+                disk: "sdd".into(),
+                partition: "sdd1".into()
+            }]
+        );
+        assert_eq!(refused.len(), 3);
     }
 
     #[test]

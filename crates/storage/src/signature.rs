@@ -151,6 +151,24 @@ pub fn btrfs_label(buf: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&raw[..end]).into_owned())
 }
 
+/// The UUID of a btrfs in `buf` (a partition's first 68 KiB), as `blkid` spells it.
+pub fn btrfs_fsid(buf: &[u8]) -> Option<String> {
+    const SB: usize = 0x10000;
+    if !at(buf, SB + 0x40, b"_BHRfS_M") {
+        return None;
+    }
+    let id = buf.get(SB + 0x20..SB + 0x30)?;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +267,18 @@ mod tests {
         b[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
         b[0x1012b..0x1012b + 12].copy_from_slice(b"gridos-cache");
         assert_eq!(btrfs_label(&b).as_deref(), Some("gridos-cache"));
+        assert_eq!(
+            btrfs_fsid(&b).as_deref(),
+            Some("00000000-0000-0000-0000-000000000000")
+        );
+        b[0x10020..0x10030].copy_from_slice(&[
+            0x6f, 0x1c, 0x2b, 0x3a, 0x49, 0x58, 0x67, 0x76, 0x85, 0x94, 0xa3, 0xb2, 0xc1, 0xd0,
+            0xef, 0xfe,
+        ]);
+        assert_eq!(
+            btrfs_fsid(&b).as_deref(),
+            Some("6f1c2b3a-4958-6776-8594-a3b2c1d0effe")
+        );
+        assert_eq!(btrfs_fsid(&b[..0x10000]), None);
     }
 }

@@ -34,6 +34,10 @@ pub struct State {
     pub warning: Option<String>,
     /// Every disk considered, with its measured kind.
     pub disks: Vec<Candidate>,
+    /// The disk holding the cache partition, if on disk.
+    pub cache_disk: Option<String>,
+    /// Every mounted pool, the cache's first.
+    pub pools: Vec<disks::Pool>,
 }
 
 /// Writes `bytes` to `path` (mode 0644) atomically, creating the directory if needed.
@@ -84,6 +88,8 @@ mod tests {
             device: None,
             warning: Some("no disk found".into()),
             disks: vec![],
+            cache_disk: None,
+            pools: vec![],
         };
         save(t.path(), &s).unwrap();
         let m = std::fs::read_to_string(t.path().join(TMPFS_MARKER)).unwrap();

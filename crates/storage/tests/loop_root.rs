@@ -109,6 +109,8 @@ fn cache_on_loop_devices() {
     let mnt_s = mnt.to_string_lossy().into_owned();
     let run_s = run.to_string_lossy().into_owned();
     let measured_s = run.join("disks.json").to_string_lossy().into_owned();
+    let pools_s = run.join("pools.json").to_string_lossy().into_owned();
+    let pools_dir_s = t.path().join("pools").to_string_lossy().into_owned();
     let both = format!("{an},{bn}");
     let base = [
         "--mountpoint",
@@ -119,6 +121,10 @@ fn cache_on_loop_devices() {
         "/dev/null",
         "--measured",
         &measured_s,
+        "--pools",
+        &pools_s,
+        "--pools-dir",
+        &pools_dir_s,
         "--settle-quiet-ms",
         "300",
     ];
@@ -131,6 +137,10 @@ fn cache_on_loop_devices() {
     assert_eq!(s["device"], format!("/dev/{an}p1"));
     assert!(mounted(&mnt));
     assert_eq!(ext_magic(&data), [0x53, 0xEF], "data disk was touched");
+    // The cache is the only pool: the data disk is neither formatted nor sold.
+    let pools = disks::pools::read(&run.join("pools.json")).unwrap();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert!(pools[0].cache && pools[0].disk == an && pools[0].mountpoint == mnt);
     std::fs::write(mnt.join("identity"), "node-key").unwrap();
     let ok = Command::new(env!("CARGO_BIN_EXE_gridos-storage"))
         .args(["--check", "--run-dir", &run_s])
@@ -248,6 +258,8 @@ fn cache_on_the_boot_stick_only_when_asked() {
     );
     let measured = run.join("disks.json");
     let measured_s = measured.to_string_lossy().into_owned();
+    let pools_s = run.join("pools.json").to_string_lossy().into_owned();
+    let pools_dir_s = t.path().join("pools").to_string_lossy().into_owned();
     let cmdline = t.path().join("cmdline");
     let cmdline_s = cmdline.to_string_lossy().into_owned();
     let args = [
@@ -259,6 +271,10 @@ fn cache_on_the_boot_stick_only_when_asked() {
         &cmdline_s,
         "--measured",
         &measured_s,
+        "--pools",
+        &pools_s,
+        "--pools-dir",
+        &pools_dir_s,
         "--settle-quiet-ms",
         "300",
         "--only-devices",
@@ -296,4 +312,150 @@ fn cache_on_the_boot_stick_only_when_asked() {
     );
     nix::mount::umount(&mnt).unwrap();
     assert_eq!(read_boot(), boot_bytes);
+}
+
+/// Sets what the kernel says of a loop device's rotation, as a disk's firmware would.
+fn set_rotational(dev: &str, rotational: bool) {
+    let name = dev.trim_start_matches("/dev/");
+    std::fs::write(
+        format!("/sys/block/{name}/queue/rotational"),
+        if rotational { "1" } else { "0" },
+    )
+    .unwrap();
+}
+
+/// Three blank disks, two SSDs and an HDD: the cache goes on an SSD, and each other disk
+/// becomes a pool of its own kind, mounted under the pools folder by its UUID. At the next
+/// boot, under `none`, every pool is found again with the same UUID and its data, whatever
+/// the disks are called then; a pool's disk that goes away is not listed.
+#[test]
+fn every_other_disk_becomes_a_pool() {
+    let Ok(()) = test_infra::require_root("attaches loop devices, partitions and mounts them")
+    else {
+        return;
+    };
+    let Ok(()) = test_infra::require_device("/dev/loop-control", "loop devices") else {
+        return;
+    };
+    let Ok(_) = test_infra::require_tools(&["losetup", "sfdisk", "partx", "mkfs.btrfs"]) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let imgs: Vec<PathBuf> = ["ssd0", "ssd1", "hdd"]
+        .iter()
+        .map(|n| t.path().join(format!("{n}.img")))
+        .collect();
+    for img in &imgs {
+        std::fs::File::create(img)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+    }
+    let run = t.path().join("run");
+    let mnt = t.path().join("cache");
+    let pools_dir = t.path().join("pools");
+    let mut loops = Loops {
+        devs: vec![],
+        mounts: vec![],
+    };
+    // Attached in this order, so that the device names differ from boot to boot.
+    let boot = |loops: &mut Loops, order: &[usize], wipe: &str| {
+        let mut names = vec![String::new(); imgs.len()];
+        for &i in order {
+            let dev = attach(&imgs[i]);
+            set_rotational(&dev, i == 2);
+            loops.devs.push(dev.clone());
+            names[i] = dev.trim_start_matches("/dev/").to_string();
+        }
+        let only = names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",");
+        let (measured, pools_file) = (run.join("disks.json"), run.join("pools.json"));
+        let args = [
+            "--mountpoint",
+            mnt.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cmdline",
+            "/dev/null",
+            "--measured",
+            measured.to_str().unwrap(),
+            "--pools",
+            pools_file.to_str().unwrap(),
+            "--pools-dir",
+            pools_dir.to_str().unwrap(),
+            "--settle-quiet-ms",
+            "300",
+            "--wipe",
+            wipe,
+            "--only-devices",
+            &only,
+        ];
+        let state = storage(&args);
+        let pools = disks::pools::read(&run.join("pools.json")).unwrap();
+        for p in &pools {
+            loops.mounts.push(p.mountpoint.clone());
+        }
+        (names, state, pools)
+    };
+    let shutdown = |loops: &mut Loops| {
+        for m in loops.mounts.drain(..) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for d in loops.devs.drain(..) {
+            assert!(Command::new("losetup")
+                .args(["-d", &d])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+
+    let (names, state, pools) = boot(&mut loops, &[0, 1, 2], "empty");
+    assert_eq!(state["backing"], "created", "{state}");
+    assert_eq!(pools.len(), 3, "{pools:?}");
+    let cache = &pools[0];
+    assert!(cache.cache && cache.mountpoint == mnt && cache.kind == disks::Kind::Ssd);
+    let ssd_pool = pools
+        .iter()
+        .find(|p| !p.cache && p.kind == disks::Kind::Ssd)
+        .expect("an SSD pool");
+    let hdd_pool = pools
+        .iter()
+        .find(|p| p.kind == disks::Kind::Hdd)
+        .expect("an HDD pool");
+    assert_eq!(hdd_pool.disk, names[2]);
+    for p in [ssd_pool, hdd_pool] {
+        assert_eq!(p.mountpoint, pools_dir.join(&p.id));
+        assert!(mounted(&p.mountpoint), "{p:?}");
+        // 256 MiB less the GPT and btrfs's own reserve.
+        assert!(
+            p.size_bytes > 200 << 20 && p.size_bytes <= 256 << 20,
+            "{p:?}"
+        );
+        std::fs::write(p.mountpoint.join("kept"), &p.id).unwrap();
+    }
+    let (ssd_id, hdd_id) = (ssd_pool.id.clone(), hdd_pool.id.clone());
+    shutdown(&mut loops);
+
+    // The next boot: other device names, a policy that formats nothing.
+    let (_, state, again) = boot(&mut loops, &[2, 1, 0], "none");
+    assert_eq!(state["backing"], "reused", "{state}");
+    assert_eq!(again.len(), 3, "{again:?}");
+    for id in [&ssd_id, &hdd_id] {
+        let p = again.iter().find(|p| &p.id == id).expect("the pool again");
+        assert_eq!(
+            std::fs::read_to_string(p.mountpoint.join("kept")).unwrap(),
+            *id
+        );
+    }
+    shutdown(&mut loops);
+
+    // Without the HDD, its pool is not listed (and so not sold).
+    let (_, state, pools) = boot(&mut loops, &[1, 0], "none");
+    assert_eq!(pools.len(), 2, "{state}");
+    assert!(pools.iter().all(|p| p.id != hdd_id));
 }
