@@ -52,3 +52,38 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Writes `value` as JSON atomically (mode 0644: the agent reads it without privilege),
+/// making the folder if needed.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(
+    path: &std::path::Path,
+    value: &T,
+) -> Result<()> {
+    let err = |source| Error::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let json = serde_json::to_vec_pretty(value).map_err(|e| err(std::io::Error::other(e)))?;
+    atomicfile::write(path, &json, 0o644).map_err(err)
+}
+
+/// Reads JSON written by [`write_json`]; a missing file is `T::default()` (storage has not
+/// written it yet).
+pub(crate) fn read_json<T: serde::de::DeserializeOwned + Default>(
+    path: &std::path::Path,
+) -> Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(Error::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}

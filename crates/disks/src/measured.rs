@@ -1,7 +1,7 @@
 //! The measurement storage makes of each disk, written to a file the agent reads: one seek
 //! test per disk, one answer for both the cache placement and the capacity sold.
 
-use crate::{Disk, Error, Kind, Result};
+use crate::{Disk, Kind, Result};
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,30 +32,12 @@ impl Measured {
 
 /// Writes the measurements atomically (mode 0644: the agent reads them without privilege).
 pub fn write(path: &Path, disks: &[Measured]) -> Result<()> {
-    let err = |source| Error::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let json = serde_json::to_vec_pretty(disks).map_err(|e| err(std::io::Error::other(e)))?;
-    atomicfile::write(path, &json, 0o644).map_err(err)
+    crate::write_json(path, disks)
 }
 
 /// Reads the measurements; a missing file is an empty list (storage has not measured yet).
 pub fn read(path: &Path) -> Result<Vec<Measured>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(Error::Read {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
+    crate::read_json(path)
 }
 
 #[cfg(test)]
@@ -89,6 +71,6 @@ mod tests {
         assert_eq!(back[0].latency_us, Some(120));
         assert_eq!(back[1].kind, Kind::Hdd);
         std::fs::write(&path, "{").unwrap();
-        assert!(matches!(read(&path), Err(Error::Parse { .. })));
+        assert!(matches!(read(&path), Err(crate::Error::Parse { .. })));
     }
 }

@@ -4,7 +4,7 @@
 //! A disk is sold only when it carries a pool: a disk storage may not format (it holds data
 //! and `gridos.wipe=empty`) cannot hold a twin's bytes, so it is not capacity.
 
-use crate::{Error, Kind, Result};
+use crate::{Kind, Result};
 use std::path::{Path, PathBuf};
 
 /// Where storage publishes the pools on a node.
@@ -33,30 +33,12 @@ pub struct Pool {
 
 /// Writes the pools atomically (mode 0644: the agent reads them without privilege).
 pub fn write(path: &Path, pools: &[Pool]) -> Result<()> {
-    let err = |source| Error::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let json = serde_json::to_vec_pretty(pools).map_err(|e| err(std::io::Error::other(e)))?;
-    atomicfile::write(path, &json, 0o644).map_err(err)
+    crate::write_json(path, pools)
 }
 
 /// Reads the pools; a missing file is no pool (storage has not mounted any yet).
 pub fn read(path: &Path) -> Result<Vec<Pool>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(Error::Read {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
+    crate::read_json(path)
 }
 
 #[cfg(test)]
@@ -89,6 +71,6 @@ mod tests {
         write(&path, &pools).unwrap();
         assert_eq!(read(&path).unwrap(), pools);
         std::fs::write(&path, b"{").unwrap();
-        assert!(matches!(read(&path), Err(Error::Parse { .. })));
+        assert!(matches!(read(&path), Err(crate::Error::Parse { .. })));
     }
 }

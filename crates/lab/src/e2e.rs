@@ -455,6 +455,18 @@ pub(crate) fn rent(
     mru: &str,
     sru: &str,
 ) -> anyhow::Result<String> {
+    rent_hdd(grid, node, cru, mru, sru, "0")
+}
+
+/// As [`rent`], with `hru` of HDD too.
+pub(crate) fn rent_hdd(
+    grid: &dyn Fn(&[&str]) -> anyhow::Result<serde_json::Value>,
+    node: i64,
+    cru: u64,
+    mru: &str,
+    sru: &str,
+    hru: &str,
+) -> anyhow::Result<String> {
     let (node, cru) = (node.to_string(), cru.to_string());
     let c = grid(&[
         "contracts",
@@ -467,6 +479,8 @@ pub(crate) fn rent(
         mru,
         "--sru",
         sru,
+        "--hru",
+        hru,
     ])?;
     Ok(c["id"].to_string())
 }
@@ -518,11 +532,13 @@ async fn deployment(
     image: &str,
 ) -> anyhow::Result<String> {
     let grid = new_twin(&args.bin_dir, reg, work.join("twin.key"))?;
-    let contract = rent(&grid, node.id, 2, "128MiB", "256MiB")?;
+    // The volume is on the HDD: the node sells HRU only for a disk that holds a pool.
+    let contract = rent_hdd(&grid, node.id, 2, "128MiB", "256MiB", "32MiB")?;
     // hog first reads its limits from inside (its own cgroup, mounted read-only at
     // /sys/fs/cgroup): a wrong one ends it with status 3 or 4 instead of the OOM kill. Then
-    // its volume: after a reboot the mark it left is there and it ends with status 0; on the
-    // first boot it leaves the mark and 64 MB must not fit in the 32 MiB volume (else 9).
+    // its volume, on the HDD pool: after a reboot the mark it left is there and it ends with
+    // status 0; on the first boot it leaves the mark and 64 MB must not fit in the 32 MiB
+    // volume (else 9).
     let registry = image.split('/').next().unwrap_or(image);
     let check = format!("test \"$(cat /sys/fs/cgroup/memory.max)\" = 25165824 || exit 3; \
                  test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
@@ -531,7 +547,7 @@ async fn deployment(
                  dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null && exit 9; rm -f /data/big");
     let workloads = format!(
         "{}\
-             - kind: volume\n  name: data\n  size: 32MiB\n\
+             - kind: volume\n  name: data\n  size: 32MiB\n  disk: hdd\n\
              - kind: container\n  name: hog\n  image: {image}\n  restart: never\n  \
                cmd: [sh, -c, '{check}; x=$(yes | head -c 64000000); echo survived']\n  \
                mounts: [{{volume: data, path: /data}}]\n  \
@@ -565,7 +581,7 @@ async fn deployment(
         let data = workload(shown, "data").cloned().unwrap_or_default();
         ensure!(
             data["state"] == "running" && data["reason"].is_null(),
-            "the volume is not a btrfs subvolume with its quota: {shown}"
+            "the volume is not a btrfs subvolume with its quota on the HDD pool: {shown}"
         );
         let hog = workload(shown, "hog").cloned().unwrap_or_default();
         let said = || {
@@ -590,7 +606,7 @@ async fn deployment(
         "deployment: contract {contract} sealed to node {}, image pulled from the host's OCI \
          registry, web running, hog saw its limits in its cgroup (memory.max 24 MiB, cpu.max one \
          core), reached the host's OCI registry through the node's NAT, could not put 64 MB in \
-         its 32 MiB volume, and was killed at the memory limit \
+         its 32 MiB volume on the HDD pool, and was killed at the memory limit \
          ({:.0} s wall)",
         node.id,
         t0.elapsed().as_secs_f64()

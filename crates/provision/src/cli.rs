@@ -53,6 +53,10 @@ struct Args {
     /// Seconds a VM has between the power button and the kill.
     #[arg(long, default_value_t = 60)]
     vm_stop_timeout: u64,
+    /// Storage's pools (`/run/gridos/pools.json` on a node): volumes and VM disks go there.
+    /// Without it they stay in the state folder.
+    #[arg(long)]
+    pools: Option<PathBuf>,
 }
 
 /// How this node runs VMs: a given QEMU, else the signed extension from the registry, else
@@ -129,6 +133,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let node = cmdline::parse(&line).0;
     cfg.plain_http.extend(node.plain_http);
     cfg.vm = vm_setup(&args, node.registry.clone());
+    cfg.pools = args.pools.clone();
     let runtime = tokio::task::spawn_blocking(move || Runtime::open(cfg))
         .await
         .context("opening the runtime")??;

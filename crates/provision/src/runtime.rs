@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridtypes::deployment::{Container, Deployment, Restart, Vm, Workload};
+use gridtypes::deployment::{Container, Deployment, DiskKind, Restart, Vm, Workload};
 use gridtypes::mailbox::{DeploymentState, WorkloadStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 use crate::container::{self, Bind, Limits, Spec};
 use crate::image::ImageStore;
 use crate::meter::Meter;
+use crate::pool::{Item, Pools};
 use crate::twinnet::{Attachment, NetError, Range, TwinNet};
 use crate::volume;
 use svclog::error_chain;
@@ -49,6 +50,9 @@ pub struct Config {
     pub net: Option<Range>,
     /// How VMs run; `None`: a VM workload fails with the reason.
     pub vm: Option<crate::vm::VmSetup>,
+    /// Storage's pools file (`/run/gridos/pools.json`): volumes and VM disks go on the pools
+    /// it lists ([`crate::pool`]); `None`: in `root` (a test host).
+    pub pools: Option<PathBuf>,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Config {
             pull_timeout: Duration::from_secs(600),
             net: None,
             vm: None,
+            pools: None,
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct Runtime {
     contracts: tokio::sync::Mutex<BTreeMap<i64, BTreeMap<String, Watched>>>,
     /// QEMU and its accelerator, found with the first VM.
     hypervisor: Option<Arc<crate::vm::Hypervisor>>,
+    /// Where volumes and VM disks go.
+    pools: Pools,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -183,7 +190,12 @@ impl Runtime {
             .vm
             .clone()
             .map(|setup| Arc::new(crate::vm::Hypervisor::new(setup)));
+        let pools = Pools::open(cfg.pools.clone(), &cfg.root);
+        for (pool, kind, size, booked) in pools.usage() {
+            tracing::info!(pool, ?kind, ?size, booked, "storage pool");
+        }
         Ok(Runtime {
+            pools,
             cfg,
             images,
             net,
@@ -239,7 +251,18 @@ impl Runtime {
         self.drop_vm_disks(contract, &keep_vms).await;
         for w in &d.workloads {
             if let Workload::Volume(v) = w {
-                let path = self.volume_path(contract, &v.name);
+                let path = match self.pools.place(
+                    Item::Volume,
+                    &Self::id(contract, &v.name),
+                    v.disk,
+                    v.size,
+                ) {
+                    Ok(path) => path,
+                    Err(why) => {
+                        by_name.insert(v.name.clone(), failed(&v.name, why));
+                        continue;
+                    }
+                };
                 let (at, size) = (path.clone(), v.size);
                 let status = match blocking(move || volume::ensure(&at, size)).await {
                     Ok(note) => {
@@ -299,35 +322,45 @@ impl Runtime {
         self.drop_vm_disks(contract, &[]).await;
     }
 
-    fn vm_disk_path(&self, contract: i64, name: &str) -> PathBuf {
-        self.cfg
-            .root
-            .join("vmdisks")
-            .join(format!("{}.img", Self::id(contract, name)))
-    }
-
     /// Deletes the root disks of `contract`'s VMs whose names are not in `keep`: the VM was
     /// dropped from the deployment, and its data with it.
     async fn drop_vm_disks(&self, contract: i64, keep: &[String]) {
+        self.drop_items(Item::VmDisk, contract, keep).await;
+    }
+
+    /// Deletes `contract`'s volumes or VM disks (`item`) whose names are not in `keep`, on
+    /// every pool, and clears their bookings.
+    async fn drop_items(&self, item: Item, contract: i64, keep: &[String]) {
         let prefix = format!("c{contract}-");
-        let Ok(entries) = std::fs::read_dir(self.cfg.root.join("vmdisks")) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let Some(name) = file
-                .strip_prefix(&prefix)
-                .and_then(|n| n.strip_suffix(".img"))
-            else {
-                continue;
-            };
-            if keep.iter().any(|k| k == name) {
+        for (id, path) in self.pools.list(item, &prefix) {
+            let name = id[prefix.len()..].to_string();
+            if keep.contains(&name) {
                 continue;
             }
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!(contract, vm = %name, "VM root disk deleted"),
-                Err(err) => {
-                    tracing::error!(contract, vm = %name, error = %err, "VM root disk not deleted")
+            let deleted = match item {
+                Item::Volume => blocking(move || volume::delete(&path)).await,
+                Item::VmDisk => match std::fs::remove_file(&path) {
+                    Err(e)
+                        if e.kind() != io::ErrorKind::NotFound && !path.as_os_str().is_empty() =>
+                    {
+                        Err(e.to_string())
+                    }
+                    _ => Ok(()),
+                },
+            };
+            let deleted = deleted.and_then(|()| self.pools.forget(item, &id));
+            match (item, deleted) {
+                (Item::Volume, Ok(())) => {
+                    tracing::info!(contract, volume = %name, "volume deleted")
+                }
+                (Item::Volume, Err(why)) => {
+                    tracing::error!(contract, volume = %name, why, "volume not deleted")
+                }
+                (Item::VmDisk, Ok(())) => {
+                    tracing::info!(contract, vm = %name, "VM root disk deleted")
+                }
+                (Item::VmDisk, Err(why)) => {
+                    tracing::error!(contract, vm = %name, why, "VM root disk not deleted")
                 }
             }
         }
@@ -364,7 +397,11 @@ impl Runtime {
             Ok(found) => found,
             Err(why) => return (failed(&v.name, why), None),
         };
-        let (disk, size) = (self.vm_disk_path(contract, &v.name), v.resources.sru);
+        let size = v.resources.sru;
+        let disk = match self.pools.place(Item::VmDisk, &id, DiskKind::Ssd, size) {
+            Ok(path) => path,
+            Err(why) => return (failed(&v.name, why), None),
+        };
         let at = disk.clone();
         if let Err(why) = blocking(move || crate::vm::root_disk(&at, size)).await {
             return (failed(&v.name, why), None);
@@ -446,31 +483,9 @@ impl Runtime {
         (answer, Some(watched))
     }
 
-    fn volume_path(&self, contract: i64, name: &str) -> PathBuf {
-        self.cfg.root.join("volumes").join(Self::id(contract, name))
-    }
-
     /// Deletes the volumes of `contract` whose names are not in `keep`.
     async fn drop_volumes(&self, contract: i64, keep: &[String]) {
-        let prefix = format!("c{contract}-");
-        let dir = self.cfg.root.join("volumes");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let Some(name) = file.strip_prefix(&prefix) else {
-                continue;
-            };
-            if keep.iter().any(|k| k == name) {
-                continue;
-            }
-            let path = e.path();
-            match blocking(move || volume::delete(&path)).await {
-                Ok(()) => tracing::info!(contract, volume = %name, "volume deleted"),
-                Err(why) => tracing::error!(contract, volume = %name, why, "volume not deleted"),
-            }
-        }
+        self.drop_items(Item::Volume, contract, keep).await;
     }
 
     /// Stops everything (the service is shutting down); nothing is removed but processes.
