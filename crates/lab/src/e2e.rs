@@ -40,6 +40,10 @@ pub struct E2eArgs {
     /// Guests booted at once (each TCG guest keeps about one host core busy).
     #[arg(long, default_value_t = 2)]
     pub parallel: usize,
+    /// The system extensions from `make extensions` (the VM runtime), served by the registry
+    /// of each shape that runs a VM.
+    #[arg(long, default_value = "out/extensions")]
+    pub extensions: PathBuf,
 }
 
 pub(crate) const GIB: u64 = 1 << 30;
@@ -186,7 +190,7 @@ pub(crate) async fn registered(guest: &mut Guest, timeout: Duration) -> anyhow::
 
 /// Presses Ctrl-Alt-Del and checks the planned shutdown: services stopped in order and the
 /// last uptime report delivered before QEMU ends.
-async fn reboot(guest: &mut Guest) -> anyhow::Result<()> {
+pub(crate) async fn reboot(guest: &mut Guest) -> anyhow::Result<()> {
     guest.ctrl_alt_del()?;
     let st = guest.wait(Duration::from_secs(180)).await?;
     ensure!(st.success(), "qemu ended with {st} after Ctrl-Alt-Del");

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 /// The running registry (stopped when dropped) and what it serves.
 pub struct Images {
-    _reg: test_infra::oci::OciRegistry,
+    reg: test_infra::oci::OciRegistry,
     /// The port, for `gridos.plain_http=10.0.2.2:PORT`.
     pub port: u16,
     /// The image as the guest names it.
@@ -38,14 +38,37 @@ pub async fn start() -> anyhow::Result<Images> {
         .and_then(|p| p.parse().ok())
         .context("the OCI registry's port")?;
     let busybox = pushed.replacen(&reg.addr, &format!("10.0.2.2:{port}"), 1);
-    Ok(Images {
-        _reg: reg,
-        port,
-        busybox,
-    })
+    Ok(Images { reg, port, busybox })
 }
 
 impl Images {
+    /// Pushes `gridos/tinyvm:1`: the tiny guest (Debian's kernel and a busybox initrd that
+    /// reads its cloud-init seed, `test_infra::guest`) as `boot/vmlinuz` and
+    /// `boot/initrd.img`, the layout a `vm` workload boots. Returns the image as the guest
+    /// names it.
+    pub async fn push_vm(&self) -> anyhow::Result<String> {
+        let guest = test_infra::guest::guest().map_err(|e| anyhow::anyhow!(e))?;
+        let kernel = std::fs::read(&guest.kernel)
+            .with_context(|| format!("reading {}", guest.kernel.display()))?;
+        let initrd = std::fs::read(&guest.initrd)
+            .with_context(|| format!("reading {}", guest.initrd.display()))?;
+        let boot = test_infra::oci::layer(&[
+            ("boot/", b""),
+            ("boot/vmlinuz", &kernel),
+            ("boot/initrd.img", &initrd),
+        ])?;
+        let pushed = self
+            .reg
+            .push(
+                "gridos/tinyvm:1",
+                vec![boot],
+                test_infra::oci::config(&[], &[]),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(pushed.replacen(&self.reg.addr, &format!("10.0.2.2:{}", self.port), 1))
+    }
+
     /// The registry for the kernel command line's `gridos.plain_http=`.
     pub fn plain_http(&self) -> String {
         format!("gridos.plain_http=10.0.2.2:{}", self.port)

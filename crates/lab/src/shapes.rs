@@ -57,6 +57,8 @@ pub struct Shape {
     pub full: bool,
     /// A twin also runs a container here ([`probe_container`]; the full scenario runs many).
     pub containers: bool,
+    /// A twin also runs a VM here, kept across a reboot of the node ([`probe_vm`]).
+    pub vm: bool,
     /// Firmware, boot medium, disk controller and network card.
     pub boot: Boot,
     /// What else a boot-matrix cell proves about its medium.
@@ -147,6 +149,7 @@ const fn cell(name: &'static str, disk: &'static [DiskKind], boot: Boot, trial: 
         hot_add: None,
         full: false,
         containers: false,
+        vm: false,
         boot,
         trial,
     }
@@ -164,6 +167,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: true,
         containers: true,
+        vm: false,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -176,6 +180,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
+        vm: false,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -189,6 +194,7 @@ pub const SHAPES: &[Shape] = &[
         full: false,
         // No SSD, no SRU: a container's root disk is SRU, so the registry refuses the contract.
         containers: false,
+        vm: false,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -202,6 +208,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: true,
+        vm: true,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -214,6 +221,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: None,
         full: false,
         containers: false,
+        vm: false,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -226,6 +234,7 @@ pub const SHAPES: &[Shape] = &[
         hot_add: Some(DiskKind::Ssd),
         full: false,
         containers: false,
+        vm: false,
         boot: Boot::KERNEL,
         trial: Trial::None,
     },
@@ -722,9 +731,12 @@ pub async fn check(
             )?;
             (reg, farm)
         }
-        _ => registry::with_farm(&args.bin_dir, work, 0, shape.name).await?,
+        _ => {
+            let extensions = shape.vm.then_some(args.extensions.as_path());
+            registry::with_farm_serving(&args.bin_dir, work, 0, shape.name, extensions).await?
+        }
     };
-    let images = match shape.containers {
+    let images = match shape.containers || shape.vm {
         true => Some(crate::images::start().await?),
         false => None,
     };
@@ -784,8 +796,13 @@ pub async fn check(
             result = Err(e);
         }
     }
-    if let (Ok(_), Some(images)) = (&result, &images) {
+    if let (Ok(_), Some(images), true) = (&result, &images, shape.containers) {
         if let Err(e) = probe_container(args, &reg, work, &images.busybox).await {
+            result = Err(e);
+        }
+    }
+    if let (Ok(_), Some(images), true) = (&result, &images, shape.vm) {
+        if let Err(e) = probe_vm(args, &reg, work, images, &mut machine, &mut guest).await {
             result = Err(e);
         }
     }
@@ -870,6 +887,16 @@ async fn check_booted(
     Ok(timing)
 }
 
+/// The id of the shape's one node.
+async fn only_node(reg: &Registry) -> anyhow::Result<i64> {
+    reg.get::<gridapi::Page<NodeView>>(paths::NODES)
+        .await?
+        .items
+        .first()
+        .map(|n| n.id)
+        .context("no node")
+}
+
 /// A twin rents part of the node and runs one container from the host's OCI registry: it
 /// must see the one core and 64 MiB it reserved in its cgroup and have an address on its
 /// twin's network, and what it prints must come back through `grid logs`.
@@ -881,13 +908,7 @@ async fn probe_container(
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let grid = new_twin(&args.bin_dir, reg, work.join("twin.key"))?;
-    let node = reg
-        .get::<gridapi::Page<NodeView>>(paths::NODES)
-        .await?
-        .items
-        .first()
-        .map(|n| n.id)
-        .context("no node")?;
+    let node = only_node(reg).await?;
     let contract = rent(&grid, node, 1, "64MiB", "64MiB")?;
     let cmd = "test \"$(cat /sys/fs/cgroup/memory.max)\" = 67108864 || exit 3; \
                test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"100000 100000\" || exit 4; \
@@ -930,6 +951,114 @@ async fn probe_container(
     Ok(())
 }
 
+/// A twin runs a VM from the tiny guest image ([`crate::images::Images::push_vm`]) under
+/// nested TCG (the node itself runs under TCG). The node fetches the VM runtime from its
+/// registry and verifies it against the release key baked into its image; the guest's console,
+/// read with `grid logs`, must say that cloud-init read the seed (instance id, host name, the
+/// twin's key, its address on the twin's network). Then the node is shut down with
+/// Ctrl-Alt-Del (the VM is powered off with it) and booted again on the same disks: the VM
+/// must run again and its guest come up once more.
+async fn probe_vm(
+    args: &E2eArgs,
+    reg: &Registry,
+    work: &Path,
+    images: &crate::images::Images,
+    machine: &mut Machine,
+    guest: &mut Guest,
+) -> anyhow::Result<()> {
+    let say = |m: String| {
+        eprintln!(
+            "e2e[{}]: {m}",
+            work.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        )
+    };
+    let image = images.push_vm().await?;
+    let grid = new_twin(&args.bin_dir, reg, work.join("vm-twin.key"))?;
+    let node = only_node(reg).await?;
+    let contract = rent(&grid, node, 1, "128MiB", "16MiB")?;
+    let app = format!(
+        "- kind: vm\n  name: tiny\n  image: {image}\n  cmdline: 'quiet panic=-1'\n  \
+         ssh_keys: ['{VM_KEY}']\n  resources: {{cru: 1, mru: 128MiB, sru: 16MiB}}\n"
+    );
+    let t0 = Instant::now();
+    deploy(&grid, &work.join("vm.yaml"), &app, &contract)?;
+    let mut address = String::new();
+    let what = format!("the VM of contract {contract} did not start");
+    until_shown(&grid, &contract, Duration::from_secs(600), &what, |shown| {
+        ensure!(shown["state"] != "failed", "the node failed it: {shown}");
+        let Some(w) = workload(shown, "tiny") else {
+            return Ok(false);
+        };
+        ensure!(w["state"] != "failed", "the node failed the VM: {shown}");
+        address = w["address"].as_str().unwrap_or_default().to_string();
+        Ok(w["state"] == "running" && address.starts_with("10.240."))
+    })
+    .await?;
+    let started = t0.elapsed().as_secs_f64();
+    let ready = |min: usize| {
+        let grid = &grid;
+        let contract = contract.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(900);
+            loop {
+                let logs = grid(&["logs", &contract, "tiny"])?;
+                let text = logs["text"].as_str().unwrap_or_default().to_string();
+                if text.matches("guest: ready").count() >= min {
+                    return Ok::<String, anyhow::Error>(text);
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the VM's guest did not come up (boot {min}); its console:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let text = ready(1).await?;
+    let want = format!(
+        "cloud-init: ran instance-id=c{contract}-tiny hostname=tiny ssh_keys=1 network=eth0={address}/24"
+    );
+    ensure!(
+        text.contains(&want) && text.contains(&format!("cloud-init: key {VM_KEY}")),
+        "the guest did not see its seed ({want:?}): {text}"
+    );
+    say(format!(
+        "a twin's VM (nested TCG) runs at {address}: the node fetched and verified the VM \
+         runtime, the guest read its cloud-init seed (host name, key, address); running after \
+         {started:.0} s, guest up after {:.0} s wall",
+        t0.elapsed().as_secs_f64()
+    ));
+    crate::e2e::reboot(guest).await?;
+    let said = std::fs::read_to_string(&guest.serial)?;
+    ensure!(
+        said.contains("VM stopped") && said.contains("how=Some(Graceful"),
+        "the node did not power its VM off with the power button at shutdown"
+    );
+    machine.serial = work.join("console-boot2.log");
+    *guest = machine.boot()?;
+    let t1 = Instant::now();
+    registered(guest, Duration::from_secs(args.boot_timeout)).await?;
+    guest
+        .wait_line(
+            &["VM started", &format!("contract={contract}")],
+            Duration::from_secs(600),
+        )
+        .await
+        .context("boot 2 did not start the twin's VM again")?;
+    ready(2).await?;
+    say(format!(
+        "after Ctrl-Alt-Del and a new boot on the same disks the VM runs again and its guest \
+         came up ({:.0} s wall from the new boot)",
+        t1.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The twin's SSH key the VM is given (never used to log in: nothing in the lab reaches a twin
+/// network from outside).
+const VM_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC twin@lab";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,6 +1084,8 @@ mod tests {
         assert!(runs(&|s| s.cpu == "qemu64") && runs(&|s| s.cpu == "max"));
         assert!(runs(&|s| s.cpus == 1) && runs(&|s| s.cpus == 2));
         assert!(runs(&|s| s.disks.contains(&DiskKind::Hdd)));
+        // A twin's VM runs, and comes back after a reboot, on at least one shape.
+        assert!(has(&|s| s.vm));
         // The boot matrix: every value of every axis at least once.
         for f in [Firmware::SeaBios, Firmware::Ovmf] {
             assert!(has(&|s| s.boot.firmware == f), "{f:?}");

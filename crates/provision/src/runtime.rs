@@ -393,7 +393,7 @@ impl Runtime {
             Ok(image) => image,
             Err(failed) => return (failed, None),
         };
-        let (kernel, initrd) = match crate::vm::boot_files(&image.layers) {
+        let boot = match crate::vm::boot_source(&image.layers) {
             Ok(found) => found,
             Err(why) => return (failed(&v.name, why), None),
         };
@@ -402,8 +402,13 @@ impl Runtime {
             Ok(path) => path,
             Err(why) => return (failed(&v.name, why), None),
         };
-        let at = disk.clone();
-        if let Err(why) = blocking(move || crate::vm::root_disk(&at, size)).await {
+        let (at, from, q) = (disk.clone(), boot.clone(), qemu.clone());
+        let made = blocking(move || match &from {
+            crate::vm::BootSource::Disk(image) => crate::vm::root_disk_from(&q, image, &at, size),
+            crate::vm::BootSource::Kernel { .. } => crate::vm::root_disk(&at, size),
+        })
+        .await;
+        if let Err(why) = made {
             return (failed(&v.name, why), None);
         }
         let cgroup = match &self.cfg.cgroup {
@@ -436,8 +441,7 @@ impl Runtime {
             vm: v.clone(),
             dir,
             disk,
-            kernel,
-            initrd,
+            boot,
             qemu,
             accel,
             cgroup,

@@ -1,5 +1,6 @@
 //! The VMs of twins' deployments: each one a QEMU process (crates/vmm) started from the
-//! kernel and initrd of an OCI image, with a root disk on the cache partition, a cloud-init
+//! kernel and initrd of an OCI image, or from the disk image it carries, with a root disk on
+//! an SSD pool, a cloud-init
 //! seed with its name, keys and address, a tap on its twin's bridge, and a cgroup that holds
 //! it to what it reserved. Watched like a container: restarted by its policy, its console in
 //! the bounded log `grid logs` reads, stopped by the power button, killed after the grace.
@@ -109,9 +110,28 @@ impl Hypervisor {
     }
 }
 
-/// The kernel and initrd in an image's layers (highest first wins; a layer that holds the
-/// path as anything but a file, a whiteout among them, hides the lower ones).
-pub fn boot_files(layers: &[PathBuf]) -> Result<(PathBuf, Option<PathBuf>), String> {
+/// What a VM boots from, as its image holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSource {
+    /// `boot/vmlinuz` and, when there, `boot/initrd.img`: QEMU loads them itself.
+    Kernel {
+        /// The kernel.
+        kernel: PathBuf,
+        /// The initrd.
+        initrd: Option<PathBuf>,
+    },
+    /// A disk image in `disk/` (KubeVirt's containerDisk layout), raw or qcow2: it becomes
+    /// the VM's root disk, which the firmware boots.
+    Disk(PathBuf),
+}
+
+/// Names a disk image in `disk/` may have.
+const DISK_IMAGE_SUFFIXES: [&str; 3] = [".img", ".raw", ".qcow2"];
+
+/// What an image's layers boot (highest layer first wins; a layer that holds a path as
+/// anything but a file, a whiteout among them, hides the lower ones): a kernel in
+/// `boot/vmlinuz`, else the one disk image in `disk/`.
+pub fn boot_source(layers: &[PathBuf]) -> Result<BootSource, String> {
     let find = |rel: &str| -> Option<PathBuf> {
         for layer in layers.iter().rev() {
             let p = layer.join(rel);
@@ -123,9 +143,95 @@ pub fn boot_files(layers: &[PathBuf]) -> Result<(PathBuf, Option<PathBuf>), Stri
         }
         None
     };
-    let kernel = find("boot/vmlinuz")
-        .ok_or("the image has no boot/vmlinuz: a VM image holds the guest's kernel there")?;
-    Ok((kernel, find("boot/initrd.img")))
+    if let Some(kernel) = find("boot/vmlinuz") {
+        return Ok(BootSource::Kernel {
+            kernel,
+            initrd: find("boot/initrd.img"),
+        });
+    }
+    for layer in layers.iter().rev() {
+        let Ok(entries) = std::fs::read_dir(layer.join("disk")) else {
+            continue;
+        };
+        let mut images: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                DISK_IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s))
+            })
+            .collect();
+        images.sort();
+        match images.len() {
+            0 => continue,
+            1 => return Ok(BootSource::Disk(images.remove(0))),
+            n => {
+                return Err(format!(
+                    "the image has {n} disk images in disk/: a VM boots from one"
+                ))
+            }
+        }
+    }
+    Err(
+        "the image has neither boot/vmlinuz (a kernel, with boot/initrd.img) nor a disk \
+         image in disk/ (*.img, *.raw or *.qcow2)"
+            .into(),
+    )
+}
+
+/// Makes the root disk `path` from the disk image `image` the first time (raw: copied;
+/// qcow2: converted to raw with the VM runtime's `qemu-img`), as a file of `size` bytes; a
+/// root disk already there is the VM's own data and is only grown ([`root_disk`]). The new
+/// disk is written aside and renamed into place, so a failure leaves nothing.
+pub fn root_disk_from(
+    qemu: &vmm::Qemu,
+    image: &Path,
+    path: &Path,
+    size: u64,
+) -> Result<(), String> {
+    if path.exists() {
+        return root_disk(path, size);
+    }
+    let found = vmm::disk::inspect(image).map_err(|e| error_chain(&e))?;
+    if found.virtual_size > size {
+        return Err(format!(
+            "the image's disk is {} bytes, more than the {size} bytes reserved: reserve at \
+             least {} as sru",
+            found.virtual_size, found.virtual_size
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let part = path.with_extension("part");
+    let made = (|| {
+        let _ = std::fs::remove_file(&part);
+        match found.format {
+            vmm::ImageFormat::Raw => std::fs::copy(image, &part)
+                .map(|_| ())
+                .map_err(|e| format!("copying the disk image: {e}"))?,
+            vmm::ImageFormat::Qcow2 => {
+                vmm::disk::qcow2_to_raw(qemu, image, &part).map_err(|e| error_chain(&e))?
+            }
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(|e| format!("{}: {e}", part.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("growing the root disk to {size} bytes: {e}"))?;
+        f.sync_all()
+            .map_err(|e| format!("syncing the root disk: {e}"))?;
+        std::fs::rename(&part, path).map_err(|e| format!("{}: {e}", path.display()))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    made
 }
 
 /// Makes the root disk `path` hold `size` bytes: a sparse file made on first start, grown
@@ -168,8 +274,7 @@ pub(crate) struct VmWatcher {
     /// `vms/ID`: seed, QMP socket, QEMU's messages.
     pub dir: PathBuf,
     pub disk: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub boot: BootSource,
     pub qemu: vmm::Qemu,
     pub accel: vmm::Accel,
     pub cgroup: Option<PathBuf>,
@@ -232,10 +337,14 @@ impl VmWatcher {
             name: self.id(),
             vcpus: u32::try_from(self.vm.resources.cru).unwrap_or(u32::MAX),
             memory_mib: self.vm.resources.mru >> 20,
-            boot: vmm::Boot::Kernel {
-                kernel: self.kernel.clone(),
-                initrd: self.initrd.clone(),
-                cmdline,
+            boot: match &self.boot {
+                BootSource::Kernel { kernel, initrd } => vmm::Boot::Kernel {
+                    kernel: kernel.clone(),
+                    initrd: initrd.clone(),
+                    cmdline,
+                },
+                // The root disk, first, holds the guest's boot loader and its command line.
+                BootSource::Disk(_) => vmm::Boot::Disk,
             },
             disks: vec![vmm::Disk {
                 path: self.disk.clone(),
@@ -307,7 +416,7 @@ impl VmWatcher {
                         std::os::fd::OwnedFd::from(console),
                         me.log.clone(),
                     ));
-                    let ended = me.watch(vm, &mut stop).await;
+                    let ended = me.watch(vm, &mut stop, attachment.clone()).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
                     me.unplug(attachment).await;
                     match ended {
@@ -366,12 +475,24 @@ impl VmWatcher {
 
     /// Waits for QEMU to end (its exit code; 128 + signal), or for a stop: then the power
     /// button, the kill after the grace period, and `None`.
-    async fn watch(&self, mut vm: vmm::Vm, stop: &mut watch::Receiver<bool>) -> Ended {
+    async fn watch(
+        &self,
+        mut vm: vmm::Vm,
+        stop: &mut watch::Receiver<bool>,
+        attachment: Option<Attachment>,
+    ) -> Ended {
         let stopping = Arc::new(AtomicBool::new(false));
         let grace = self.stop_timeout;
         let flag = stopping.clone();
+        let (net, meter) = (self.net.clone(), self.meter.clone());
         let mut waiter = tokio::task::spawn_blocking(move || loop {
             if flag.load(Ordering::Relaxed) {
+                // QEMU's tap goes with QEMU: its count is read while it is still there.
+                if let (Some(net), Some(a)) = (&net, &attachment) {
+                    if let Ok(t) = net.traffic(a) {
+                        crate::runtime::lock(&meter).seen(&a.veth, t.bytes());
+                    }
+                }
                 let how = vm.shutdown(grace);
                 return (None, Some(how));
             }
@@ -427,6 +548,80 @@ pub fn limits(vm: &Vm) -> Limits {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn boot_files(layers: &[PathBuf]) -> Result<(PathBuf, Option<PathBuf>), String> {
+        match boot_source(layers)? {
+            BootSource::Kernel { kernel, initrd } => Ok((kernel, initrd)),
+            BootSource::Disk(d) => Err(format!("a disk: {}", d.display())),
+        }
+    }
+
+    #[test]
+    fn a_disk_image_boots_when_there_is_no_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let (low, high) = (dir.path().join("l0"), dir.path().join("l1"));
+        std::fs::create_dir_all(low.join("disk")).unwrap();
+        std::fs::create_dir_all(high.join("disk")).unwrap();
+        std::fs::write(low.join("disk/old.qcow2"), b"x").unwrap();
+        std::fs::write(high.join("disk/notes.txt"), b"x").unwrap();
+        let layers = [low.clone(), high.clone()];
+        assert_eq!(
+            boot_source(&layers).unwrap(),
+            BootSource::Disk(low.join("disk/old.qcow2"))
+        );
+        std::fs::write(high.join("disk/new.img"), b"x").unwrap();
+        assert_eq!(
+            boot_source(&layers).unwrap(),
+            BootSource::Disk(high.join("disk/new.img"))
+        );
+        std::fs::write(high.join("disk/other.raw"), b"x").unwrap();
+        let err = boot_source(&layers).unwrap_err();
+        assert!(err.contains("2 disk images"), "{err}");
+        // A kernel wins over disks.
+        std::fs::create_dir_all(high.join("boot")).unwrap();
+        std::fs::write(high.join("boot/vmlinuz"), b"k").unwrap();
+        assert!(matches!(
+            boot_source(&layers).unwrap(),
+            BootSource::Kernel { .. }
+        ));
+        let err = boot_source(&[dir.path().join("none")]).unwrap_err();
+        assert!(
+            err.contains("boot/vmlinuz") && err.contains("disk/"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_root_disk_is_made_from_a_raw_image_once_and_never_half_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = vmm::Qemu::host("/nonexistent/qemu-system-x86_64");
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, b"bootsector").unwrap();
+        let root = dir.path().join("vmdisks/c1-a.img");
+        let err = root_disk_from(&qemu, &image, &root, 4).unwrap_err();
+        assert!(err.contains("reserve at least 10"), "{err}");
+        assert!(!root.exists());
+        root_disk_from(&qemu, &image, &root, 1 << 20).unwrap();
+        let bytes = std::fs::read(&root).unwrap();
+        assert_eq!(bytes.len(), 1 << 20);
+        assert_eq!(&bytes[..10], b"bootsector");
+        // Made once: the guest's writes stay, a new image does not overwrite them.
+        std::fs::write(&root, b"guest data").unwrap();
+        std::fs::write(&image, b"new image!").unwrap();
+        root_disk_from(&qemu, &image, &root, 1 << 20).unwrap();
+        assert_eq!(&std::fs::read(&root).unwrap()[..10], b"guest data");
+        // A qcow2 naming a backing file on the node is refused before anything is made.
+        let mut evil = vec![0u8; 104];
+        evil[..4].copy_from_slice(b"QFI\xfb");
+        evil[7] = 3;
+        evil[15] = 200;
+        evil[31] = 1;
+        std::fs::write(&image, &evil).unwrap();
+        let other = dir.path().join("vmdisks/c1-b.img");
+        let err = root_disk_from(&qemu, &image, &other, 1 << 20).unwrap_err();
+        assert!(err.contains("backing file"), "{err}");
+        assert!(!other.exists() && !other.with_extension("part").exists());
+    }
 
     #[test]
     fn boot_files_come_from_the_highest_layer_and_a_whiteout_hides_them() {

@@ -6,6 +6,8 @@
 //! - the guest got its host name and key from the seed;
 //! - a change restarts it with its root disk kept; dropping it deletes the disk;
 //! - an image without a kernel, and a VM the node has no runtime for, fail with the reason;
+//! - the guest as a qcow2 disk image in `disk/` boots from its converted raw root disk, and a
+//!   root disk smaller than the image is refused;
 //! - stop by the power button.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -194,6 +196,72 @@ async fn on_the_node(registry: PathBuf, qemu: PathBuf) {
     assert!(!disk.exists());
     assert!(!root.join("vms/c9-vm1").exists());
     assert!(rt.statuses(9).await.is_empty());
+
+    // The same guest shipped as a qcow2 disk image in disk/ (KubeVirt's containerDisk):
+    // converted to the VM's raw root disk, booted by the firmware from it.
+    let work = tempfile::tempdir().unwrap();
+    let raw = work.path().join("tiny.img");
+    test_infra::guest::disk_image(&guest, &raw).unwrap();
+    let qcow2 = work.path().join("tiny.qcow2");
+    let converted = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let raw_len = std::fs::metadata(&raw).unwrap().len();
+    let image_layer = layer(&[
+        ("disk/", b""),
+        ("disk/tiny.qcow2", &std::fs::read(&qcow2).unwrap()),
+    ])
+    .unwrap();
+    let disk_image = reg
+        .push(
+            "gridos/diskvm:1",
+            vec![image_layer],
+            test_infra::oci::config(&[], &[]),
+        )
+        .await
+        .unwrap();
+    // A root disk smaller than the image's disk: refused with the size, nothing made.
+    let s = rt
+        .apply(
+            9,
+            TWIN,
+            &deployment(7, json!([vm(&disk_image, 256 << 20, 1 << 20)])),
+        )
+        .await;
+    let w = find(&s, "vm1");
+    assert_eq!(w.state, DeploymentState::Failed, "{w:?}");
+    let why = w.reason.unwrap();
+    assert!(
+        why.contains(&format!("reserve at least {raw_len}")),
+        "{why}"
+    );
+    assert!(!disk.exists());
+    let s = rt
+        .apply(
+            9,
+            TWIN,
+            &deployment(8, json!([vm(&disk_image, 256 << 20, 64 << 20)])),
+        )
+        .await;
+    assert_eq!(find(&s, "vm1").state, DeploymentState::Running, "{s:?}");
+    let text = log_until(&rt, "guest: ready").await;
+    assert!(
+        text.contains("cloud-init: ran instance-id=c9-vm1 hostname=vm1 ssh_keys=1"),
+        "{text}"
+    );
+    let bytes = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        bytes.len(),
+        64 << 20,
+        "a raw root disk of the size reserved"
+    );
+    assert_eq!(&bytes[510..512], &[0x55, 0xaa], "the image's boot sector");
+    rt.apply(9, TWIN, &deployment(9, json!([]))).await;
+    assert!(!disk.exists());
     rt.shutdown().await;
 }
 
@@ -209,6 +277,10 @@ fn a_twin_runs_a_vm_on_its_network_and_it_keeps_its_disk() {
         "qemu-system-x86_64",
         "cpio",
         "depmod",
+        "qemu-img",
+        "mkfs.fat",
+        "syslinux",
+        "mcopy",
     ]) else {
         return;
     };

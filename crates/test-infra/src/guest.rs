@@ -302,3 +302,38 @@ pub fn guest() -> Result<Guest, String> {
         })
         .clone()
 }
+
+/// The guest as a bootable raw disk image at `out`, the way a twin ships a VM as a disk: a
+/// FAT file system over the whole disk (no partition table) with syslinux in its boot sector,
+/// the kernel, the initrd and a `syslinux.cfg` that boots them with [`CMDLINE`]. Made with
+/// `mkfs.fat`, `syslinux` and `mcopy` (dosfstools, syslinux, mtools): nothing is mounted.
+pub fn disk_image(guest: &Guest, out: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(out);
+    let bytes = std::fs::metadata(&guest.kernel)
+        .and_then(|k| Ok(k.len() + std::fs::metadata(&guest.initrd)?.len()))
+        .map_err(|e| e.to_string())?;
+    // Room for the files, the FAT and syslinux; in KiB, as mkfs.fat counts.
+    let kib = (bytes + bytes / 4 + (4 << 20)) / 1024;
+    run(Command::new("mkfs.fat")
+        .args(["-C", "-n", "TINYVM"])
+        .arg(out)
+        .arg(kib.to_string()))?;
+    run(Command::new("syslinux").arg("--install").arg(out))?;
+    let cfg = out.with_extension("cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "DEFAULT tiny\nLABEL tiny\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {CMDLINE}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    for (from, to) in [
+        (guest.kernel.as_path(), "::vmlinuz"),
+        (guest.initrd.as_path(), "::initrd.img"),
+        (cfg.as_path(), "::syslinux.cfg"),
+    ] {
+        run(Command::new("mcopy").arg("-i").arg(out).arg(from).arg(to))?;
+    }
+    let _ = std::fs::remove_file(&cfg);
+    Ok(())
+}

@@ -42,23 +42,35 @@ pub struct Qemu {
     pre: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     firmware: Vec<PathBuf>,
+    /// `qemu-img`, run the same way (program, then its first arguments).
+    img: (PathBuf, Vec<OsString>),
 }
 
 /// Where things are inside the VM-runtime extension (image/extensions/vm.yaml).
 const EXT_LOADER: &str = "lib64/ld-linux-x86-64.so.2";
 const EXT_BINARY: &str = "usr/bin/qemu-system-x86_64";
+const EXT_IMG: &str = "usr/bin/qemu-img";
 const EXT_LIBS: [&str; 2] = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
 const EXT_PLUGINS: &str = "usr/lib/x86_64-linux-gnu/qemu";
 const EXT_FIRMWARE: [&str; 2] = ["usr/share/seabios", "usr/share/qemu"];
 
 impl Qemu {
-    /// A QEMU binary of the host, found by the caller.
+    /// A QEMU binary of the host, found by the caller; `qemu-img` is the one beside it, else
+    /// the one in `PATH`.
     pub fn host(binary: impl Into<PathBuf>) -> Qemu {
+        let program: PathBuf = binary.into();
+        let beside = program.with_file_name("qemu-img");
+        let img = if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from("qemu-img")
+        };
         Qemu {
-            program: binary.into(),
+            program,
             pre: Vec::new(),
             env: Vec::new(),
             firmware: Vec::new(),
+            img: (img, Vec::new()),
         }
     }
 
@@ -84,6 +96,14 @@ impl Qemu {
             .join(":");
         Ok(Qemu {
             program: root.join(EXT_LOADER),
+            img: (
+                root.join(EXT_LOADER),
+                vec![
+                    "--library-path".into(),
+                    libs.clone().into(),
+                    root.join(EXT_IMG).into(),
+                ],
+            ),
             pre: vec![
                 "--library-path".into(),
                 libs.into(),
@@ -102,6 +122,13 @@ impl Qemu {
             c.arg("-L").arg(dir);
         }
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// A command that runs this QEMU's `qemu-img`; the caller adds its arguments.
+    pub fn img_command(&self) -> Command {
+        let mut c = Command::new(&self.img.0);
+        c.args(&self.img.1);
         c
     }
 

@@ -108,9 +108,14 @@ impl Vm {
         }
         let errors = dir.join("qemu.log");
         let err_file = File::create(&errors).map_err(io("creating", &errors))?;
+        use std::os::unix::process::CommandExt;
         let mut child = qemu
             .command()
             .args(qemu::args(spec, &qmp))
+            // A group of its own: a supervisor that stops the caller by signalling its process
+            // group (gridos init does) must not SIGTERM QEMU too, which ends the guest at once
+            // instead of through its power button.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err_file)

@@ -119,6 +119,10 @@ fn a_guest_starts_paused_reads_its_seed_and_powers_off_on_the_button() {
     let paused = vm.status().unwrap();
     assert!(!paused.running, "{paused:?}");
     assert_eq!(paused.state, "prelaunch");
+    // A process group of its own: a SIGTERM to its parent's group (a supervisor stopping the
+    // parent) does not end the guest before its power button is pressed.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(vm.pid()).unwrap());
+    assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
     std::thread::sleep(Duration::from_millis(300));
     assert!(console.text().is_empty(), "the guest ran before resume");
 
