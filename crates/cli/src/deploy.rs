@@ -313,11 +313,13 @@ mod tests {
             "workloads:\n\
              - kind: vm\n  name: box\n  image: 127.0.0.1:5000/vm:1\n  \
                ssh_keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC me\"]\n  \
-               resources: {cru: 2, mru: 1GiB, sru: 10GiB}\n",
+               resources: {cru: 2, mru: 1GiB, sru: 10GiB}\n  volumes: [data]\n\
+             - kind: volume\n  name: data\n  size: 1TB\n  disk: hdd\n",
         )
         .unwrap();
         let r = w[0].reserved();
         assert_eq!((r.cru, r.mru, r.sru), (2, 1 << 30, 10 << 30));
+        assert!(matches!(&w[0], Workload::Vm(v) if v.volumes == ["data"]));
         let d = Deployment {
             contract_id: 1,
             version: 1,

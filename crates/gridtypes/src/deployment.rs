@@ -39,6 +39,8 @@ pub const MAX_VM_CRU: u64 = 255;
 pub const MAX_VM_CMDLINE: usize = 1024;
 /// Most SSH keys given to one VM.
 pub const MAX_SSH_KEYS: usize = 16;
+/// Most volumes one VM has attached as disks.
+pub const MAX_VM_VOLUMES: usize = 8;
 /// Longest SSH public key line (an RSA 16384 key is about 2.8 KB).
 pub const MAX_SSH_KEY: usize = 4096;
 
@@ -109,6 +111,11 @@ pub struct Vm {
     /// OpenSSH public keys the guest gets through cloud-init.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
+    /// Names of [`Volume`]s of the same deployment attached as disks, in this order after
+    /// the root disk (`/dev/vdb`, `/dev/vdc`, …). A volume attached to a VM is that VM's
+    /// alone: no container mounts it and no other VM has it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
     /// What happens when the guest powers off or QEMU ends.
     #[serde(default)]
     pub restart: Restart,
@@ -347,7 +354,36 @@ impl Deployment {
             match w {
                 Workload::Container(c) => c.validate(&volumes)?,
                 Workload::Volume(v) => v.validate()?,
-                Workload::Vm(v) => v.validate()?,
+                Workload::Vm(v) => v.validate(&volumes)?,
+            }
+        }
+        // A VM's volume is a block device of that VM: a second user would corrupt it.
+        let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for w in &self.workloads {
+            let used: Vec<&str> = match w {
+                Workload::Container(c) => c.mounts.iter().map(|m| m.volume.as_str()).collect(),
+                Workload::Vm(v) => v.volumes.iter().map(String::as_str).collect(),
+                Workload::Volume(_) => Vec::new(),
+            };
+            for v in used {
+                users.entry(v).or_default().push(w.name());
+            }
+        }
+        for w in &self.workloads {
+            let Workload::Vm(vm) = w else { continue };
+            for v in &vm.volumes {
+                let others: Vec<&str> = users
+                    .get(v.as_str())
+                    .map(|u| u.iter().copied().filter(|n| *n != vm.name).collect())
+                    .unwrap_or_default();
+                if let Some(other) = others.first() {
+                    return Err(invalid(
+                        format!("workloads[{}].volumes", vm.name),
+                        format!(
+                            "{v:?} is also used by {other:?}: a volume attached to a VM is that VM's alone"
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -461,9 +497,27 @@ impl Container {
 }
 
 impl Vm {
-    fn validate(&self) -> Result<(), DeploymentError> {
+    fn validate(&self, volumes: &BTreeSet<&str>) -> Result<(), DeploymentError> {
         let at = |field: &str| format!("workloads[{}].{field}", self.name);
         check_image(&at("image"), &self.image)?;
+        if self.volumes.len() > MAX_VM_VOLUMES {
+            return Err(invalid(
+                at("volumes"),
+                format!("{} volumes, at most {MAX_VM_VOLUMES}", self.volumes.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for v in &self.volumes {
+            if !volumes.contains(v.as_str()) {
+                return Err(invalid(
+                    at("volumes"),
+                    format!("{v:?} is not a volume of this deployment"),
+                ));
+            }
+            if !seen.insert(v) {
+                return Err(invalid(at("volumes"), format!("{v:?} is attached twice")));
+            }
+        }
         if self.cmdline.len() > MAX_VM_CMDLINE
             || self.cmdline.bytes().any(|b| !(0x20..0x7f).contains(&b))
         {
@@ -860,8 +914,80 @@ mod tests {
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx0dN0wJ8m4vD8pd0t3cLZfmhvbZlmB0wV2fQmBdpzC me"
                     .into(),
             ],
+            volumes: vec![],
             restart: Restart::OnFailure,
         }
+    }
+
+    #[test]
+    fn a_vm_volume_is_the_vms_alone() {
+        let vol = |name: &str| {
+            Workload::Volume(Volume {
+                name: name.into(),
+                size: 1 << 30,
+                disk: DiskKind::Hdd,
+            })
+        };
+        let vm = |volumes: &[&str]| {
+            let mut v = a_vm();
+            v.volumes = volumes.iter().map(|s| s.to_string()).collect();
+            v
+        };
+        let d = |workloads: Vec<Workload>| Deployment {
+            contract_id: 1,
+            version: 1,
+            workloads,
+        };
+        let ok = d(vec![
+            vol("data"),
+            vol("logs"),
+            Workload::Vm(vm(&["data", "logs"])),
+        ]);
+        ok.validate().unwrap();
+        let r = ok.reserved();
+        assert_eq!(
+            (r.sru, r.hru),
+            (10 << 30, 2 << 30),
+            "each counted once, as a volume"
+        );
+        let json = serde_json::to_string(&ok).unwrap();
+        assert!(json.contains(r#""volumes":["data","logs"]"#), "{json}");
+        // Without volumes the field is left out: a VM without any encodes as before.
+        assert!(!serde_json::to_string(&a_vm()).unwrap().contains("volumes"));
+
+        let e = refused(&d(vec![Workload::Vm(vm(&["nope"]))]));
+        assert!(
+            e.contains("workloads[box].volumes") && e.contains("not a volume"),
+            "{e}"
+        );
+        let e = refused(&d(vec![vol("data"), Workload::Vm(vm(&["data", "data"]))]));
+        assert!(e.contains("attached twice"), "{e}");
+        let many: Vec<String> = (0..9).map(|i| format!("v{i}")).collect();
+        let mut w: Vec<Workload> = many.iter().map(|n| vol(n)).collect();
+        w.push(Workload::Vm(vm(&many
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())));
+        assert!(refused(&d(w)).contains("at most 8"));
+        let mut other = vm(&["data"]);
+        other.name = "other".into();
+        let e = refused(&d(vec![
+            vol("data"),
+            Workload::Vm(vm(&["data"])),
+            Workload::Vm(other),
+        ]));
+        assert!(
+            e.contains("also used by") && e.contains("VM's alone"),
+            "{e}"
+        );
+        // web() mounts "data".
+        let c = web();
+        let e = refused(&d(vec![
+            vol("data"),
+            Workload::Vm(vm(&["data"])),
+            Workload::Container(c),
+        ]));
+        assert!(e.contains("also used by"), "{e}");
     }
 
     #[test]

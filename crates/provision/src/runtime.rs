@@ -114,6 +114,21 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RuntimeE
     move |source| RuntimeError::Io { what, path, source }
 }
 
+/// The sizes of the volumes `w` (a VM) has attached, as `sizes` gives them.
+fn attached_sizes(w: &Workload, sizes: &BTreeMap<&str, u64>) -> Vec<u64> {
+    match w {
+        Workload::Vm(v) => v
+            .volumes
+            .iter()
+            .map(|n| sizes.get(n.as_str()).copied().unwrap_or(0))
+            .collect(),
+        Workload::Container(_) | Workload::Volume(_) => Vec::new(),
+    }
+}
+
+/// The disk image file a volume attached to a VM holds.
+pub const VM_VOLUME_FILE: &str = "disk.img";
+
 /// Most processes and threads in one container.
 const PIDS_PER_CONTAINER: u64 = 1024;
 /// Longest pause between two starts of a container or VM that keeps failing.
@@ -124,6 +139,8 @@ pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// One container or VM being watched.
 struct Watched {
     spec: Workload,
+    /// The sizes of a VM's attached volumes when it started.
+    attached: Vec<u64>,
     status: Arc<Mutex<WorkloadStatus>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -217,9 +234,21 @@ impl Runtime {
             .filter(|w| !matches!(w, Workload::Volume(_)))
             .map(|w| (w.name(), w))
             .collect();
+        let sizes: BTreeMap<&str, u64> = d
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Volume(v) => Some((v.name.as_str(), v.size)),
+                _ => None,
+            })
+            .collect();
+        // A VM whose attached volume changed size is changed too: its disk grows at a start.
         let gone: Vec<String> = current
             .iter()
-            .filter(|(name, w)| wanted.get(name.as_str()) != Some(&&w.spec))
+            .filter(|(name, w)| {
+                wanted.get(name.as_str()) != Some(&&w.spec)
+                    || attached_sizes(&w.spec, &sizes) != w.attached
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -231,6 +260,16 @@ impl Runtime {
         // (every container that mounted one was changed, so it is stopped by now).
         let mut by_name: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
         let mut ready: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let on_vm: std::collections::BTreeSet<&str> = d
+            .workloads
+            .iter()
+            .filter_map(|w| match w {
+                Workload::Vm(v) => Some(v.volumes.iter().map(String::as_str)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+
         let keep: Vec<String> = d
             .workloads
             .iter()
@@ -263,8 +302,16 @@ impl Runtime {
                         continue;
                     }
                 };
-                let (at, size) = (path.clone(), v.size);
-                let status = match blocking(move || volume::ensure(&at, size)).await {
+                // A VM's volume is a disk image file in it, whose length bounds what the
+                // guest stores; btrfs also counts the subvolume's metadata and, while a block
+                // is rewritten, both its copies, so the quota leaves room for those.
+                let limit = if on_vm.contains(v.name.as_str()) {
+                    v.size.saturating_add(v.size / 8).saturating_add(64 << 20)
+                } else {
+                    v.size
+                };
+                let at = path.clone();
+                let status = match blocking(move || volume::ensure(&at, limit)).await {
                     Ok(note) => {
                         ready.insert(v.name.clone(), path);
                         WorkloadStatus {
@@ -288,7 +335,22 @@ impl Runtime {
                 None => {
                     let (status, watched) = match w {
                         Workload::Container(c) => self.start(contract, twin, c, &ready).await,
-                        Workload::Vm(v) => self.start_vm(contract, twin, v).await,
+                        Workload::Vm(v) => {
+                            let attached = v
+                                .volumes
+                                .iter()
+                                .map(|n| {
+                                    let found = ready.get(n).zip(sizes.get(n.as_str()));
+                                    found
+                                        .map(|(p, s)| (p.join(VM_VOLUME_FILE), *s))
+                                        .ok_or_else(|| format!("volume {n:?} is not ready"))
+                                })
+                                .collect::<Result<Vec<_>, String>>();
+                            match attached {
+                                Ok(a) => self.start_vm(contract, twin, v, a).await,
+                                Err(why) => (failed(&v.name, why), None),
+                            }
+                        }
                         Workload::Volume(_) => continue,
                     };
                     if let Some(watched) = watched {
@@ -373,6 +435,7 @@ impl Runtime {
         contract: i64,
         twin: &str,
         v: &Vm,
+        volumes: Vec<(PathBuf, u64)>,
     ) -> (WorkloadStatus, Option<Watched>) {
         let Some(hv) = self.hypervisor.clone() else {
             let why = "this node runs no VMs: its provision service has no VM runtime".to_string();
@@ -411,6 +474,19 @@ impl Runtime {
         if let Err(why) = made {
             return (failed(&v.name, why), None);
         }
+        // Each attached volume is a raw disk image file in it, made on first use and grown
+        // with the volume, never shrunk.
+        let files: Vec<PathBuf> = volumes.iter().map(|(p, _)| p.clone()).collect();
+        let attached: Vec<u64> = volumes.iter().map(|(_, s)| *s).collect();
+        let made = blocking(move || {
+            volumes
+                .iter()
+                .try_for_each(|(p, size)| crate::vm::root_disk(p, *size))
+        })
+        .await;
+        if let Err(why) = made {
+            return (failed(&v.name, format!("an attached volume: {why}")), None);
+        }
         let cgroup = match &self.cfg.cgroup {
             Some(parent) => {
                 let (parent, id, l) = (parent.clone(), id.clone(), crate::vm::limits(v));
@@ -441,6 +517,7 @@ impl Runtime {
             vm: v.clone(),
             dir,
             disk,
+            volumes: files,
             boot,
             qemu,
             accel,
@@ -457,6 +534,7 @@ impl Runtime {
         let task = tokio::spawn(w.run(stopped, first_tx));
         let watched = Watched {
             spec: Workload::Vm(v.clone()),
+            attached,
             status,
             stop,
             task,
@@ -669,6 +747,7 @@ impl Runtime {
         let task = tokio::spawn(w.run(stopped, first_tx));
         let watched = Watched {
             spec: Workload::Container(c.clone()),
+            attached: Vec::new(),
             status,
             stop,
             task,

@@ -234,8 +234,9 @@ pub fn root_disk_from(
     made
 }
 
-/// Makes the root disk `path` hold `size` bytes: a sparse file made on first start, grown
-/// when the twin reserves more, never shrunk (that would cut the guest's file system).
+/// Makes the disk file `path` (a root disk, or an attached volume's image) hold `size`
+/// bytes: a sparse file made on first start, grown when the twin reserves more, never shrunk
+/// (that would cut the guest's file system).
 pub fn root_disk(path: &Path, size: u64) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -245,16 +246,16 @@ pub fn root_disk(path: &Path, size: u64) -> Result<(), String> {
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|e| format!("the root disk {}: {e}", path.display()))?;
+        .map_err(|e| format!("the disk {}: {e}", path.display()))?;
     let now = f.metadata().map_err(|e| e.to_string())?.len();
     if now > size {
         return Err(format!(
-            "the root disk holds {now} bytes and cannot shrink to {size}: reserve at least {now}"
+            "the disk holds {now} bytes and cannot shrink to {size}: reserve at least {now}"
         ));
     }
     if now < size {
         f.set_len(size)
-            .map_err(|e| format!("growing the root disk to {size} bytes: {e}"))?;
+            .map_err(|e| format!("growing the disk to {size} bytes: {e}"))?;
     }
     Ok(())
 }
@@ -274,6 +275,8 @@ pub(crate) struct VmWatcher {
     /// `vms/ID`: seed, QMP socket, QEMU's messages.
     pub dir: PathBuf,
     pub disk: PathBuf,
+    /// The attached volumes' disk image files, in order after the root disk.
+    pub volumes: Vec<PathBuf>,
     pub boot: BootSource,
     pub qemu: vmm::Qemu,
     pub accel: vmm::Accel,
@@ -346,11 +349,14 @@ impl VmWatcher {
                 // The root disk, first, holds the guest's boot loader and its command line.
                 BootSource::Disk(_) => vmm::Boot::Disk,
             },
-            disks: vec![vmm::Disk {
-                path: self.disk.clone(),
-                format: vmm::Format::Raw,
-                read_only: false,
-            }],
+            disks: std::iter::once(&self.disk)
+                .chain(&self.volumes)
+                .map(|p| vmm::Disk {
+                    path: p.clone(),
+                    format: vmm::Format::Raw,
+                    read_only: false,
+                })
+                .collect(),
             seed: Some(seed_path),
             nic: lease.as_ref().map(|l| vmm::Nic {
                 tap: l.tap.clone(),

@@ -262,6 +262,39 @@ async fn on_the_node(registry: PathBuf, qemu: PathBuf) {
     assert_eq!(&bytes[510..512], &[0x55, 0xaa], "the image's boot sector");
     rt.apply(9, TWIN, &deployment(9, json!([]))).await;
     assert!(!disk.exists());
+
+    // A volume attached to the VM: a disk image file of its size in the volume, the guest's
+    // second disk; kept across a change of the VM, deleted with the volume.
+    let with_volume = |version: u64, size: u64| {
+        let mut v = vm(&image, 256 << 20, 8 << 20);
+        v["volumes"] = json!(["data"]);
+        deployment(
+            version,
+            json!([{"kind": "volume", "name": "data", "size": size}, v]),
+        )
+    };
+    let s = rt.apply(9, TWIN, &with_volume(10, 32 << 20)).await;
+    assert_eq!(find(&s, "vm1").state, DeploymentState::Running, "{s:?}");
+    assert_eq!(find(&s, "data").state, DeploymentState::Running, "{s:?}");
+    let text = log_until(&rt, "guest: ready").await;
+    assert!(
+        text.contains("guest: disks vda:16384 vdb:65536 vdc:"),
+        "root disk, volume, seed: {text}"
+    );
+    let file = root
+        .join("volumes/c9-data")
+        .join(provision::runtime::VM_VOLUME_FILE);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 << 20);
+    // Grown with the volume (the VM restarts), never shrunk.
+    let s = rt.apply(9, TWIN, &with_volume(11, 48 << 20)).await;
+    assert_eq!(find(&s, "vm1").state, DeploymentState::Running, "{s:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 48 << 20);
+    let s = rt.apply(9, TWIN, &with_volume(12, 16 << 20)).await;
+    let w = find(&s, "vm1");
+    assert_eq!(w.state, DeploymentState::Failed, "{w:?}");
+    assert!(w.reason.unwrap().contains("cannot shrink"));
+    rt.apply(9, TWIN, &deployment(13, json!([]))).await;
+    assert!(!file.exists() && !disk.exists());
     rt.shutdown().await;
 }
 

@@ -5,7 +5,8 @@
 //! serial console. A real cloud-init image needs a whole distribution, far too slow to boot
 //! under nested TCG; what the driver writes is the same either way.
 //!
-//! Console lines the tests wait for: `guest: up`, `cloud-init: ran …`, `guest: ready`,
+//! Console lines the tests wait for: `guest: up`, `cloud-init: ran …`, `guest: disks
+//! vda:SECTORS …` (its virtio disks, in 512-byte sectors), `guest: ready`,
 //! `guest: power button`, `guest: gateway … answers`. With a network, the guest serves its
 //! host name over HTTP on port 80 (busybox httpd). `gridos.ignore_powerdown` on the kernel command line leaves the
 //! power button unanswered (the kill-on-timeout case).
@@ -98,6 +99,9 @@ if [ -n "$seed" ] && mkdir -p /seed && mount -t vfat -o ro "$seed" /seed; then
 else
     echo "cloud-init: no seed"
 fi
+disks=""
+for b in /sys/block/vd*; do [ -e "$b/size" ] && disks="$disks ${b##*/}:$(cat "$b/size")"; done
+echo "guest: disks$disks"
 if grep -q gridos.ignore_powerdown /proc/cmdline; then
     echo "guest: ignoring the power button"
 else
