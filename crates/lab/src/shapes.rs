@@ -9,8 +9,8 @@ use anyhow::{bail, ensure, Context};
 use gridapi::{paths, NodeView};
 
 use crate::e2e::{
-    close, deploy, expected_units, new_twin, registered, rent, small_container, until_shown,
-    workload, E2eArgs, GIB, OS_RESERVE,
+    close, deploy, expected_units, new_twin, registered, rent, rent_hdd, small_container,
+    until_shown, workload, E2eArgs, GIB, OS_RESERVE,
 };
 use crate::qemu::{self, Bus, Disk, Firmware, Guest, Machine, Medium, HDD_BYTES, SSD_BYTES};
 use crate::registry::{self, Registry};
@@ -975,10 +975,13 @@ async fn probe_vm(
     let image = images.push_vm().await?;
     let grid = new_twin(&args.bin_dir, reg, work.join("vm-twin.key"))?;
     let node = only_node(reg).await?;
-    let contract = rent(&grid, node, 1, "128MiB", "16MiB")?;
+    // A volume on the HDD pool, attached as the VM's second disk.
+    let contract = rent_hdd(&grid, node, 1, "128MiB", "16MiB", "32MiB")?;
     let app = format!(
-        "- kind: vm\n  name: tiny\n  image: {image}\n  cmdline: 'quiet panic=-1'\n  \
-         ssh_keys: ['{VM_KEY}']\n  resources: {{cru: 1, mru: 128MiB, sru: 16MiB}}\n"
+        "- kind: volume\n  name: data\n  size: 32MiB\n  disk: hdd\n\
+         - kind: vm\n  name: tiny\n  image: {image}\n  cmdline: 'quiet panic=-1'\n  \
+         ssh_keys: ['{VM_KEY}']\n  volumes: [data]\n  \
+         resources: {{cru: 1, mru: 128MiB, sru: 16MiB}}\n"
     );
     let t0 = Instant::now();
     deploy(&grid, &work.join("vm.yaml"), &app, &contract)?;
@@ -1022,10 +1025,15 @@ async fn probe_vm(
         text.contains(&want) && text.contains(&format!("cloud-init: key {VM_KEY}")),
         "the guest did not see its seed ({want:?}): {text}"
     );
+    // In 512-byte sectors: the 16 MiB root disk, then the 32 MiB volume.
+    ensure!(
+        text.contains("guest: disks vda:32768 vdb:65536 "),
+        "the guest does not see its root disk and its volume: {text}"
+    );
     say(format!(
         "a twin's VM (nested TCG) runs at {address}: the node fetched and verified the VM \
-         runtime, the guest read its cloud-init seed (host name, key, address); running after \
-         {started:.0} s, guest up after {:.0} s wall",
+         runtime, the guest read its cloud-init seed (host name, key, address) and sees its \
+         HDD volume as a disk; running after {started:.0} s, guest up after {:.0} s wall",
         t0.elapsed().as_secs_f64()
     ));
     crate::e2e::reboot(guest).await?;
