@@ -263,8 +263,8 @@ fn evict(dir: &Path, keep: &Path, max: usize) {
     }
 }
 
-/// Streams a file with its length, as a download named `name`.
-/// Streams a file as an attachment (boot media, extension images).
+/// Streams a file with its length, as a download named `name` (boot media, extension
+/// images).
 pub(crate) async fn file(path: &Path, name: &str) -> Result<Response, ApiError> {
     let f = tokio::fs::File::open(path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "boot file unreadable");

@@ -7,7 +7,10 @@
 //! connection waits for a request until that request's head is complete: it serves as the
 //! idle timeout. The shorter head deadline starts at the first byte of a head; it is kept by
 //! [`Tracked`], which sees the bytes, and [`Activity`], which the service marks busy.
+//! [`Tracked`] also ends a connection whose client stops taking an answer: a download
+//! (an extension image, a boot medium) that could not write a byte for the idle timeout.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,6 +140,8 @@ pub async fn run(
         let io = Tracked {
             inner: stream,
             activity: activity.clone(),
+            write_stall: limits.idle_timeout,
+            stalled: None,
         };
         let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
@@ -225,10 +230,40 @@ impl Activity {
     }
 }
 
-/// A client connection that tells its [`Activity`] when bytes arrive.
+/// A client connection that tells its [`Activity`] when bytes arrive, and fails a write
+/// that could not go out for `write_stall`: a client that reads nothing of its answer (its
+/// window shut) would otherwise hold the connection, and one of the server's few slots, for
+/// as long as it likes.
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
+    write_stall: Duration,
+    /// Armed while a write waits for the client to take bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Tracked {
+    fn stall_check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !r.is_pending() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.write_stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no bytes for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -252,11 +287,13 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stall_check(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.stall_check(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -268,7 +305,8 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stall_check(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -833,6 +833,101 @@ async fn idle_and_slow_clients_are_dropped(engine: Engine) {
     assert_eq!(state(&h).await, before);
 }
 
+/// Clients that ask for a large download (an extension image) and then read nothing, as many
+/// as the server has connections: each is ended once it took no byte for the idle timeout,
+/// so the server answers others again within seconds, and what the stalled ones got is cut
+/// short. A client that reads slowly but steadily is not one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_do_not_hold_the_server() {
+    const IMAGE: usize = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vm.sqfs"), vec![0x5au8; IMAGE]).unwrap();
+    let config = Config {
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+        max_connections: 4,
+        extensions: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    };
+    let h = Registry::start_with(Engine::Sqlite, config).await.unwrap();
+    let addr = h.addr();
+    let (answered, waited, got, slow_got) = tokio::task::spawn_blocking(move || {
+        let ask = || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /api/v1/extensions/vm/image HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        };
+        let stalled: Vec<TcpStream> = (0..4).map(|_| ask()).collect();
+        // Let the server fill the sockets' buffers.
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        let mut probe = TcpStream::connect(addr).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = probe.read_to_string(&mut answer);
+        let waited = t.elapsed();
+        // Three idle timeouts after they stalled: every one has been cut by now, even on a
+        // busy machine where the server filled their buffers late.
+        std::thread::sleep(Duration::from_secs(6).saturating_sub(waited));
+        let got: Vec<usize> = stalled
+            .into_iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut n = 0;
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(k) = s.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                n
+            })
+            .collect();
+        // A slow reader: 64 KiB every 100 ms, never idle for the whole timeout.
+        let mut slow = ask();
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut slow_got = 0;
+        let mut alive = true;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            match slow.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    alive = false;
+                    break;
+                }
+                Ok(k) => slow_got += k,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (answer, waited, got, (slow_got, alive))
+    })
+    .await
+    .unwrap();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "healthz waited {waited:?} behind stalled downloads"
+    );
+    for n in got {
+        assert!(n < IMAGE, "a stalled download was not cut: {n} bytes");
+    }
+    // Five seconds of reading a little at a time: still being served, not cut at 2 s.
+    let (slow_got, alive) = slow_got;
+    assert!(
+        alive && slow_got > 0,
+        "a slow but steady reader was cut after {slow_got} bytes"
+    );
+}
+
 /// The real binary under a 256-descriptor limit, flooded with 600 idle connections: it keeps
 /// its descriptors for the database and answers `/healthz` once the idle ones ahead of it
 /// time out.
