@@ -83,6 +83,7 @@ impl Provisioner for NoRuntime {
                     w.kind()
                 )),
                 address: None,
+                kind: None,
             })
             .collect()
     }
@@ -160,6 +161,7 @@ impl Provisioner for Remote {
                 state: DeploymentState::Failed,
                 reason: Some(why.clone()),
                 address: None,
+                kind: None,
             })
             .collect()
     }

@@ -272,8 +272,36 @@ pub fn report_text(r: &Report) -> String {
                     w.reason.as_deref().unwrap_or("")
                 );
             }
+            out += &ssh_lines(&s.workloads, r.node_id);
         }
     }
+    out
+}
+
+/// How to reach each running VM with SSH: its address and the key it was given. The user is
+/// the image's (cloud-init's default user), which only the image knows.
+fn ssh_lines(workloads: &[mailbox::WorkloadStatus], node: i64) -> String {
+    let vms: Vec<(&str, &str)> = workloads
+        .iter()
+        .filter(|w| {
+            w.kind == Some(gridtypes::deployment::WorkloadKind::Vm)
+                && w.state == DeploymentState::Running
+        })
+        .filter_map(|w| Some((w.name.as_str(), w.address.as_deref()?)))
+        .collect();
+    if vms.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nSSH (with a key from the VM's ssh_keys; USER is the image's cloud-init user):\n",
+    );
+    for (name, address) in vms {
+        out += &format!("  {name}: ssh USER@{address}\n");
+    }
+    out += &format!(
+        "  from the twin's network on node {node}: twin networks are not reachable from \
+         outside the node yet (docs/vms.md)\n"
+    );
     out
 }
 
@@ -305,6 +333,58 @@ mod tests {
         assert!(format!("{e:#}").contains("image"), "{e:#}");
         let e = parse_app("workloads:\n- kind: vmm\n  name: x\n").unwrap_err();
         assert!(format!("{e:#}").contains("vmm"), "{e:#}");
+    }
+
+    #[test]
+    fn a_running_vm_gets_its_ssh_line() {
+        use gridtypes::deployment::WorkloadKind;
+        let w = |name: &str, kind, state, address: Option<&str>| mailbox::WorkloadStatus {
+            name: name.into(),
+            state,
+            reason: None,
+            address: address.map(str::to_string),
+            kind,
+        };
+        let text = ssh_lines(
+            &[
+                w(
+                    "box",
+                    Some(WorkloadKind::Vm),
+                    DeploymentState::Running,
+                    Some("10.240.1.2"),
+                ),
+                w(
+                    "web",
+                    Some(WorkloadKind::Container),
+                    DeploymentState::Running,
+                    Some("10.240.1.3"),
+                ),
+                w(
+                    "down",
+                    Some(WorkloadKind::Vm),
+                    DeploymentState::Failed,
+                    None,
+                ),
+                w("old", None, DeploymentState::Running, Some("10.240.1.4")),
+            ],
+            5,
+        );
+        assert!(text.contains("  box: ssh USER@10.240.1.2\n"), "{text}");
+        assert!(
+            !text.contains("web") && !text.contains("down") && !text.contains("old"),
+            "{text}"
+        );
+        assert!(text.contains("node 5"), "{text}");
+        let none = ssh_lines(
+            &[w(
+                "web",
+                Some(WorkloadKind::Container),
+                DeploymentState::Running,
+                Some("10.240.1.3"),
+            )],
+            5,
+        );
+        assert_eq!(none, "");
     }
 
     #[test]

@@ -338,6 +338,7 @@ async fn twin_deploys_and_reads_the_node_answer() {
             state: DeploymentState::Running,
             reason: None,
             address: Some("10.64.0.2".into()),
+            kind: None,
         }],
     };
     let p = Payload::DeploymentStatus(Sealed {

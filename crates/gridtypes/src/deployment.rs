@@ -93,6 +93,18 @@ pub enum Workload {
     Vm(Vm),
 }
 
+/// The kinds of workload, as a status names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// An OCI container.
+    Container,
+    /// A volume.
+    Volume,
+    /// A virtual machine.
+    Vm,
+}
+
 /// A virtual machine: its own kernel, booted from the files of an OCI image, on its twin's
 /// network, with a root disk of the size it reserved (see docs/vms.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +278,15 @@ impl Workload {
             Workload::Container(c) => &c.name,
             Workload::Volume(v) => &v.name,
             Workload::Vm(v) => &v.name,
+        }
+    }
+
+    /// The workload's kind, typed.
+    pub fn kind_of(&self) -> WorkloadKind {
+        match self {
+            Workload::Container(_) => WorkloadKind::Container,
+            Workload::Volume(_) => WorkloadKind::Volume,
+            Workload::Vm(_) => WorkloadKind::Vm,
         }
     }
 

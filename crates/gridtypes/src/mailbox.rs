@@ -203,6 +203,10 @@ pub struct WorkloadStatus {
     /// A container's address on the twin's network on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// What kind of workload it is, from the deployment (so a twin's tools can tell a VM,
+    /// which one reaches with SSH, from a container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::deployment::WorkloadKind>,
 }
 
 impl DeploymentStatus {
@@ -540,6 +544,7 @@ mod tests {
                 state: DeploymentState::Running,
                 reason: None,
                 address: Some("10.20.0.2".into()),
+                kind: None,
             }],
         };
         let sealed = seal_status(&twin.verifying_key(), &s).unwrap();

@@ -994,6 +994,10 @@ async fn probe_vm(
         };
         ensure!(w["state"] != "failed", "the node failed the VM: {shown}");
         address = w["address"].as_str().unwrap_or_default().to_string();
+        ensure!(
+            w["kind"] == "vm",
+            "the node's status does not say tiny is a VM: {shown}"
+        );
         Ok(w["state"] == "running" && address.starts_with("10.240."))
     })
     .await?;

@@ -319,6 +319,7 @@ impl Runtime {
                             state: DeploymentState::Running,
                             reason: note,
                             address: None,
+                            kind: None,
                         }
                     }
                     Err(why) => failed(&v.name, why),
@@ -508,6 +509,7 @@ impl Runtime {
             state: DeploymentState::Provisioning,
             reason: None,
             address: None,
+            kind: None,
         }));
         let (stop, stopped) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
@@ -730,6 +732,7 @@ impl Runtime {
             state: DeploymentState::Provisioning,
             reason: None,
             address: None,
+            kind: None,
         }));
         let (stop, stopped) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
@@ -881,6 +884,7 @@ fn failed(name: &str, reason: String) -> WorkloadStatus {
         state: DeploymentState::Failed,
         reason: Some(reason),
         address: None,
+        kind: None,
     }
 }
 

@@ -15,7 +15,7 @@ use std::future::Future;
 
 use crypto_box::SecretKey;
 use gridapi::{MailboxItem, MailboxPage};
-use gridtypes::deployment::Deployment;
+use gridtypes::deployment::{Deployment, Workload};
 use gridtypes::mailbox::{DeploymentState, DeploymentStatus, LogAnswer, WorkloadStatus};
 
 pub use decide::{decide, Decision, LogDecision};
@@ -451,6 +451,7 @@ fn provisioning(id: i64, d: &Deployment) -> DeploymentStatus {
                 state: DeploymentState::Provisioning,
                 reason: None,
                 address: None,
+                kind: Some(w.kind_of()),
             })
             .collect(),
     }
@@ -461,6 +462,12 @@ fn provisioning(id: i64, d: &Deployment) -> DeploymentStatus {
 fn outcome(id: i64, d: &Deployment, mut workloads: Vec<WorkloadStatus>) -> DeploymentStatus {
     for w in &mut workloads {
         w.reason = w.reason.as_deref().map(bounded);
+        // From the deployment, whatever the runtime said: the twin's tools rely on it.
+        w.kind = d
+            .workloads
+            .iter()
+            .find(|x| x.name() == w.name)
+            .map(Workload::kind_of);
     }
     let failed = workloads
         .iter()

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
 use gridapi::{ContractState, MailboxItem, MailboxPage};
-use gridtypes::deployment::{Deployment, Volume, Workload};
+use gridtypes::deployment::{Deployment, Volume, Workload, WorkloadKind};
 use gridtypes::mailbox::{self, DeploymentState, DeploymentStatus, WorkloadStatus};
 use gridtypes::{Envelope, Payload, Resources, Sealed, NONCE_LEN};
 use rand::rngs::OsRng;
@@ -61,6 +61,7 @@ impl Provisioner for Recording {
                 },
                 reason: (w.name() == "bad").then(|| "x".repeat(2000)),
                 address: None,
+                kind: None,
             })
             .collect()
     }
@@ -305,6 +306,8 @@ async fn a_deployment_is_provisioned_and_reported() {
     let status = r.records()[&CONTRACT].status.clone().unwrap();
     assert_eq!(status.state, DeploymentState::Failed);
     assert!(status.workloads[1].reason.as_ref().unwrap().len() <= mailbox::MAX_REASON);
+    // The kind comes from the deployment, whatever the runtime said (here: nothing).
+    assert_eq!(status.workloads[1].kind, Some(WorkloadKind::Volume));
 
     // An empty version removes everything and says so.
     r.take(&w.deploy(&volumes(3, &[]))).await.unwrap();
@@ -329,13 +332,20 @@ async fn later_changes_of_workloads_reach_the_twin() {
         state: DeploymentState::Failed,
         reason: Some("killed by signal 9".into()),
         address: None,
+        kind: None,
     };
     *w.now.lock().unwrap() = Some(vec![crashed.clone()]);
     r.refresh().await.unwrap();
     assert_eq!(w.twin.sent(), [(1, DeploymentState::Failed)]);
     let status = r.records()[&CONTRACT].status.clone().unwrap();
     assert_eq!(status.workloads[0].state, DeploymentState::Running);
-    assert_eq!(status.workloads[1], crashed);
+    assert_eq!(
+        status.workloads[1],
+        WorkloadStatus {
+            kind: Some(WorkloadKind::Volume),
+            ..crashed.clone()
+        }
+    );
     r.refresh().await.unwrap();
     assert!(w.twin.sent().is_empty(), "nothing changed since");
     // It runs again: running again.

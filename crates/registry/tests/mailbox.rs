@@ -203,6 +203,7 @@ async fn a_deployment_reaches_the_node_and_its_status_the_twin(engine: Engine) {
         state: DeploymentState::Running,
         reason: None,
         address: None,
+        kind: None,
     });
     let (s, v) = post_status(&h, &w.node, &w.twin, &st).await;
     assert_eq!(s, 201, "{v}");
