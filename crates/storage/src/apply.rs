@@ -519,7 +519,8 @@ fn make_pools(cfg: &Config, state: &mut State) {
         else {
             continue;
         };
-        match mount_pool(cfg, &p, kind) {
+        let taken: Vec<String> = state.pools.iter().map(|p| p.id.clone()).collect();
+        match mount_pool(cfg, &p, kind, &taken) {
             Ok(pool) => {
                 tracing::info!(disk = %pool.disk, kind = ?pool.kind, size = pool.size_bytes,
                     id = %pool.id, mountpoint = %pool.mountpoint.display(),
@@ -535,7 +536,9 @@ fn make_pools(cfg: &Config, state: &mut State) {
     }
 }
 
-fn mount_pool(cfg: &Config, p: &plan::PoolPlan, kind: Kind) -> Result<Pool> {
+/// Makes or re-uses the pool of plan `p` and mounts it, unless its UUID is one of `taken`
+/// (a disk cloned from another pool's: mounting it would stand for the other).
+fn mount_pool(cfg: &Config, p: &plan::PoolPlan, kind: Kind, taken: &[String]) -> Result<Pool> {
     let part = match p {
         plan::PoolPlan::Reuse { partition, .. } => cfg.dev.join(partition),
         plan::PoolPlan::Create { disk, wipe } => {
@@ -543,7 +546,17 @@ fn mount_pool(cfg: &Config, p: &plan::PoolPlan, kind: Kind) -> Result<Pool> {
             create(cfg, disk, *wipe, POOL_LABEL)?
         }
     };
-    let target = cfg.pools_dir.join(fsid(&part)?);
+    let id = fsid(&part)?;
+    if taken.contains(&id) {
+        return Err(Error::Read {
+            path: part.display().to_string(),
+            source: std::io::Error::other(format!(
+                "btrfs {id} is already a pool on another disk (a cloned disk?): wipe one of \
+                 them to use it"
+            )),
+        });
+    }
+    let target = cfg.pools_dir.join(&id);
     mount(&part, "btrfs", &target, None)?;
     pool_on(&part, p.disk(), kind, &target, false)
 }
