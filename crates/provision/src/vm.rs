@@ -215,7 +215,8 @@ pub fn root_disk_from(
                 .map(|_| ())
                 .map_err(|e| format!("copying the disk image: {e}"))?,
             vmm::ImageFormat::Qcow2 => {
-                vmm::disk::qcow2_to_raw(qemu, image, &part).map_err(|e| error_chain(&e))?
+                vmm::disk::qcow2_to_raw(qemu, image, &part, vmm::disk::CONVERT_TIMEOUT)
+                    .map_err(|e| error_chain(&e))?
             }
         }
         let f = std::fs::OpenOptions::new()

@@ -10,6 +10,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::Qemu;
 
@@ -138,30 +139,62 @@ pub fn inspect(path: &Path) -> Result<DiskImage, DiskError> {
     })
 }
 
+/// Longest a conversion may take: a 1 GiB image (the most a VM image may unpack to) converts
+/// in well under a minute; a hostile one must not hold the runtime for ever.
+pub const CONVERT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Writes the guest's view of the qcow2 image `src` to the raw file `dst` with `qemu-img`
-/// (the one beside `qemu`). `src` must have passed [`inspect`].
-pub fn qcow2_to_raw(qemu: &Qemu, src: &Path, dst: &Path) -> Result<(), DiskError> {
+/// (the one beside `qemu`), killed if it is not done within `timeout`. `src` must have
+/// passed [`inspect`].
+pub fn qcow2_to_raw(
+    qemu: &Qemu,
+    src: &Path,
+    dst: &Path,
+    timeout: Duration,
+) -> Result<(), DiskError> {
     let fail = |why: String| DiskError::Convert {
         path: src.to_path_buf(),
         why,
     };
-    let out = qemu
+    let mut child = qemu
         .img_command()
         // The format is given, never probed: the header was checked as qcow2.
         .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
         .arg(src)
         .arg(dst)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| fail(hosttools::spawn_error("qemu-img", e).to_string()))?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    // Read aside, so that a chatty qemu-img never blocks on a full pipe.
+    let stderr = child.stderr.take();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => break Err(format!("not done after {timeout:?}: stopped")),
+            Err(e) => break Err(format!("waiting for qemu-img: {e}")),
+        }
+    };
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    Ok(())
+    let said = said.join().unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(fail(format!("{s}: {}", said.trim()))),
+        Err(why) => Err(fail(why)),
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +252,34 @@ mod tests {
             inspect(&t.path().join("none")),
             Err(DiskError::Read { .. })
         ));
+    }
+
+    /// A `qemu-img` that fails says why; one that hangs is stopped at the deadline. Scripts
+    /// stand in for it beside a QEMU path, where [`Qemu::host`] finds it.
+    #[test]
+    fn a_failing_or_hanging_conversion_ends_with_the_reason() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("qemu-img");
+        let (src, dst) = (t.path().join("in.qcow2"), t.path().join("out.raw"));
+        let script = |body: &str| {
+            std::fs::write(&img, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script("echo 'Could not open: boom' >&2; exit 3");
+        let qemu = Qemu::host(t.path().join("qemu-system-x86_64"));
+        let e = qcow2_to_raw(&qemu, &src, &dst, Duration::from_secs(30))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("boom") && e.contains("3"), "{e}");
+        script("exec sleep 30");
+        let t0 = Instant::now();
+        let e = qcow2_to_raw(&qemu, &src, &dst, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not done after"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        script("exit 0");
+        qcow2_to_raw(&qemu, &src, &dst, Duration::from_secs(30)).unwrap();
     }
 }
