@@ -86,8 +86,9 @@ fn superblock(dev: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn has_label(dev: &Path, label: &str) -> bool {
-    superblock(dev).is_some_and(|b| signature::btrfs_label(&b).as_deref() == Some(label))
+/// The btrfs label of partition `dev`, if it holds a btrfs.
+fn btrfs_label_of(dev: &Path) -> Option<String> {
+    superblock(dev).and_then(|b| signature::btrfs_label(&b))
 }
 
 fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
@@ -124,16 +125,20 @@ fn probe(cfg: &Config, mut disk: Disk) -> Result<Option<Candidate>> {
             wait_for(&cfg.dev.join(p), Duration::from_secs(5));
         }
     }
-    let cache_partition = disk
+    // Each partition's superblock is read once, for both labels.
+    let labels: Vec<(&String, Option<String>)> = disk
         .partitions
         .iter()
-        .find(|p| has_label(&cfg.dev.join(p), CACHE_LABEL))
-        .cloned();
-    let pool_partition = disk
-        .partitions
-        .iter()
-        .find(|p| has_label(&cfg.dev.join(p), POOL_LABEL))
-        .cloned();
+        .map(|p| (p, btrfs_label_of(&cfg.dev.join(p))))
+        .collect();
+    let labelled = |want: &str| {
+        labels
+            .iter()
+            .find(|(_, l)| l.as_deref() == Some(want))
+            .map(|(p, _)| (*p).clone())
+    };
+    let cache_partition = labelled(CACHE_LABEL);
+    let pool_partition = labelled(POOL_LABEL);
     let latency = if disks::class::needs_seek_test(disk.rotational) {
         match disks::seek::measure(&dev, disk.size_bytes) {
             Ok(l) => Some(l),
@@ -453,7 +458,8 @@ fn cache_pool(cfg: &Config, state: &mut State, plan: &Plan) {
     ) else {
         return;
     };
-    match pool_on(part, &c.disk.name, c.kind, &cfg.mountpoint, true) {
+    let pool = fsid(part).and_then(|id| pool_on(id, &c.disk.name, c.kind, &cfg.mountpoint, true));
+    match pool {
         Ok(pool) => {
             state.pools.retain(|p| !p.cache);
             state.pools.insert(0, pool);
@@ -465,10 +471,10 @@ fn cache_pool(cfg: &Config, state: &mut State, plan: &Plan) {
     }
 }
 
-/// The pool on the btrfs `part`, mounted at `mountpoint`.
-fn pool_on(part: &Path, disk: &str, kind: Kind, mountpoint: &Path, cache: bool) -> Result<Pool> {
+/// The pool of the btrfs `id` on `disk`, mounted at `mountpoint`.
+fn pool_on(id: String, disk: &str, kind: Kind, mountpoint: &Path, cache: bool) -> Result<Pool> {
     Ok(Pool {
-        id: fsid(part)?,
+        id,
         disk: disk.to_string(),
         kind,
         mountpoint: mountpoint.to_path_buf(),
@@ -558,7 +564,7 @@ fn mount_pool(cfg: &Config, p: &plan::PoolPlan, kind: Kind, taken: &[String]) ->
     }
     let target = cfg.pools_dir.join(&id);
     mount(&part, "btrfs", &target, None)?;
-    pool_on(&part, p.disk(), kind, &target, false)
+    pool_on(id, p.disk(), kind, &target, false)
 }
 
 /// Waits for the devices to settle, finds the disks, decides, and makes the cache available
