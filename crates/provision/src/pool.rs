@@ -47,6 +47,14 @@ impl Item {
         }
     }
 
+    /// The id in a file name [`Item::file`] made; `None` for any other file.
+    fn id_of(self, file: &str) -> Option<&str> {
+        match self {
+            Item::Volume => Some(file),
+            Item::VmDisk => file.strip_suffix(".img"),
+        }
+    }
+
     fn what(self) -> &'static str {
         match self {
             Item::Volume => "volume",
@@ -251,11 +259,7 @@ impl Pools {
             };
             for e in entries.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
-                let id = match item {
-                    Item::Volume => Some(file.as_str()),
-                    Item::VmDisk => file.strip_suffix(".img"),
-                };
-                if let Some(id) = id.filter(|id| id.starts_with(prefix)) {
+                if let Some(id) = item.id_of(&file).filter(|id| id.starts_with(prefix)) {
                     found.push((id.to_string(), e.path()));
                 }
             }
@@ -267,11 +271,7 @@ impl Pools {
             let Some(file) = k.strip_prefix(&head) else {
                 continue;
             };
-            let id = match item {
-                Item::Volume => Some(file),
-                Item::VmDisk => file.strip_suffix(".img"),
-            };
-            if let Some(id) = id.filter(|id| id.starts_with(prefix)) {
+            if let Some(id) = item.id_of(file).filter(|id| id.starts_with(prefix)) {
                 if !found.iter().any(|(f, _)| f == id) {
                     found.push((id.to_string(), PathBuf::new()));
                 }

@@ -504,13 +504,7 @@ impl Runtime {
             }
             None => None,
         };
-        let status = Arc::new(Mutex::new(WorkloadStatus {
-            name: v.name.clone(),
-            state: DeploymentState::Provisioning,
-            reason: None,
-            address: None,
-            kind: None,
-        }));
+        let status = Arc::new(Mutex::new(provisioning(&v.name)));
         let (stop, stopped) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
         let w = crate::vm::VmWatcher {
@@ -727,13 +721,7 @@ impl Runtime {
                 return (failed(&c.name, why), None);
             }
         }
-        let status = Arc::new(Mutex::new(WorkloadStatus {
-            name: c.name.clone(),
-            state: DeploymentState::Provisioning,
-            reason: None,
-            address: None,
-            kind: None,
-        }));
+        let status = Arc::new(Mutex::new(provisioning(&c.name)));
         let (stop, stopped) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
         let w = Watcher {
@@ -876,6 +864,17 @@ async fn blocking<T: Send + 'static>(
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A container or VM being started.
+fn provisioning(name: &str) -> WorkloadStatus {
+    WorkloadStatus {
+        name: name.to_string(),
+        state: DeploymentState::Provisioning,
+        reason: None,
+        address: None,
+        kind: None,
+    }
 }
 
 fn failed(name: &str, reason: String) -> WorkloadStatus {
