@@ -1,8 +1,7 @@
 //! The VMs of twins' deployments: each one a QEMU process (crates/vmm) started from the
 //! kernel and initrd of an OCI image, or from the disk image it carries, with a root disk on
-//! an SSD pool, a cloud-init
-//! seed with its name, keys and address, a tap on its twin's bridge, and a cgroup that holds
-//! it to what it reserved. Watched like a container: restarted by its policy, its console in
+//! an SSD pool, a cloud-init seed with its name, keys and address, a tap on its twin's
+//! bridge, and a cgroup that holds it to what it reserved. Watched like a container: restarted by its policy, its console in
 //! the bounded log `grid logs` reads, stopped by the power button, killed after the grace.
 //!
 //! The root disk outlives the QEMU process and the service (it is the VM's data, like a
@@ -128,9 +127,9 @@ pub enum BootSource {
 /// Names a disk image in `disk/` may have.
 const DISK_IMAGE_SUFFIXES: [&str; 3] = [".img", ".raw", ".qcow2"];
 
-/// What an image's layers boot (highest layer first wins; a layer that holds a path as
-/// anything but a file, a whiteout among them, hides the lower ones): a kernel in
-/// `boot/vmlinuz`, else the one disk image in `disk/`.
+/// What an image's layers boot, as overlayfs would merge them (the highest layer holding a
+/// path decides it; anything there but a file, a whiteout among them, hides the lower
+/// ones): a kernel in `boot/vmlinuz`, else the one disk image in `disk/`.
 pub fn boot_source(layers: &[PathBuf]) -> Result<BootSource, String> {
     let find = |rel: &str| -> Option<PathBuf> {
         for layer in layers.iter().rev() {
@@ -149,31 +148,38 @@ pub fn boot_source(layers: &[PathBuf]) -> Result<BootSource, String> {
             initrd: find("boot/initrd.img"),
         });
     }
+    // disk/ as the layers merge it: the highest layer holding a name decides it (a file is
+    // an image; anything else, a whiteout among them, hides that name below), and a layer
+    // where disk/ is not a folder hides the disk/ of every layer below.
+    let mut seen: std::collections::BTreeMap<String, Option<PathBuf>> = Default::default();
     for layer in layers.iter().rev() {
-        let Ok(entries) = std::fs::read_dir(layer.join("disk")) else {
+        let dir = layer.join("disk");
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => break,
+            Err(_) => continue,
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let mut images: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default();
-                DISK_IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s))
-            })
-            .collect();
-        images.sort();
-        match images.len() {
-            0 => continue,
-            1 => return Ok(BootSource::Disk(images.remove(0))),
-            n => {
-                return Err(format!(
-                    "the image has {n} disk images in disk/: a VM boots from one"
-                ))
-            }
+        for e in entries.flatten() {
+            let file = e.file_type().is_ok_and(|t| t.is_file());
+            seen.entry(e.file_name().to_string_lossy().into_owned())
+                .or_insert_with(|| file.then(|| e.path()));
+        }
+    }
+    let mut images: Vec<PathBuf> = seen
+        .into_iter()
+        .filter(|(name, _)| DISK_IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s)))
+        .filter_map(|(_, path)| path)
+        .collect();
+    match images.len() {
+        0 => {}
+        1 => return Ok(BootSource::Disk(images.remove(0))),
+        n => {
+            return Err(format!(
+                "the image has {n} disk images in disk/: a VM boots from one"
+            ))
         }
     }
     Err(
@@ -576,14 +582,30 @@ mod tests {
             boot_source(&layers).unwrap(),
             BootSource::Disk(low.join("disk/old.qcow2"))
         );
+        // The lower image removed (anything but a file hides it, as a whiteout does) and a
+        // new one added: the new one boots.
+        std::fs::create_dir(high.join("disk/old.qcow2")).unwrap();
         std::fs::write(high.join("disk/new.img"), b"x").unwrap();
         assert_eq!(
             boot_source(&layers).unwrap(),
             BootSource::Disk(high.join("disk/new.img"))
         );
-        std::fs::write(high.join("disk/other.raw"), b"x").unwrap();
+        // Images of two layers both show: two images.
+        std::fs::remove_dir(high.join("disk/old.qcow2")).unwrap();
         let err = boot_source(&layers).unwrap_err();
         assert!(err.contains("2 disk images"), "{err}");
+        std::fs::remove_file(high.join("disk/new.img")).unwrap();
+        std::fs::write(high.join("disk/other.raw"), b"x").unwrap();
+        std::fs::write(high.join("disk/third.img"), b"x").unwrap();
+        std::fs::create_dir(high.join("disk/old.qcow2")).unwrap();
+        let err = boot_source(&layers).unwrap_err();
+        assert!(err.contains("2 disk images"), "{err}");
+        // disk/ replaced by a file above hides every image below.
+        let top = dir.path().join("l2");
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::write(top.join("disk"), b"").unwrap();
+        let err = boot_source(&[low.clone(), top]).unwrap_err();
+        assert!(err.contains("neither"), "{err}");
         // A kernel wins over disks.
         std::fs::create_dir_all(high.join("boot")).unwrap();
         std::fs::write(high.join("boot/vmlinuz"), b"k").unwrap();
