@@ -23,19 +23,22 @@ for group in "$@"; do
     wanted+=("${pkgs[@]}")
 done
 
-missing=()
-for p in "${wanted[@]}"; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    case "$status" in
-        "install ok installed") ;;
-        *) missing+=("$p") ;;
-    esac
-done
-# Each package once, in the order first asked for.
-if [ "${#missing[@]}" -gt 0 ]; then
-    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
-fi
+# The wanted packages that are not installed, each once, in the order first asked for.
+find_missing() {
+    missing=()
+    for p in "${wanted[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        case "$status" in
+            "install ok installed") ;;
+            *) missing+=("$p") ;;
+        esac
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
+    fi
+}
 
+find_missing
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
@@ -51,3 +54,17 @@ echo "installing missing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Installing can remove a wanted package that was there: a machine with a newer qemu-utils
+# from backports loses it when Debian 12's qemu-system-x86 comes in. Those are installed
+# again, at the version that fits the rest.
+find_missing
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing again what the first install removed: ${missing[*]}" >&2
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    find_missing
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "need-packages: still not installed: ${missing[*]}" >&2
+        exit 1
+    fi
+fi

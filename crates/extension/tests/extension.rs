@@ -104,6 +104,7 @@ async fn a_node_fetches_verifies_mounts_and_boots_a_guest_from_the_vm_extension(
         seed: None,
         nic: None,
         accel: vmm::Accel::Tcg,
+        cgroup: None,
     };
     let work = dir.path().join("vm");
     let ready = tokio::task::spawn_blocking(move || {

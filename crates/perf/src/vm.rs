@@ -42,6 +42,7 @@ fn spec(guest: &test_infra::guest::Guest, accel: vmm::Accel, seed: &Path) -> vmm
         seed: Some(seed.to_path_buf()),
         nic: None,
         accel,
+        cgroup: None,
     }
 }
 

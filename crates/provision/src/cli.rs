@@ -50,6 +50,10 @@ struct Args {
     /// A QEMU binary to run VMs with instead of the VM-runtime extension (development hosts).
     #[arg(long)]
     qemu: Option<PathBuf>,
+    /// Whether cloud-hypervisor runs VMs in QEMU's place when KVM runs guests: `auto` (when
+    /// the VM-runtime extension or `PATH` has it), `off`, or the path of its binary.
+    #[arg(long, default_value = "auto")]
+    cloud_hypervisor: crate::vm::ChChoice,
     /// Seconds a VM has between the power button and the kill.
     #[arg(long, default_value_t = 60)]
     vm_stop_timeout: u64,
@@ -67,6 +71,7 @@ fn vm_setup(args: &Args, registry: Option<String>) -> Option<crate::vm::VmSetup>
         return Some(crate::vm::VmSetup {
             qemu: crate::vm::QemuSource::Host(q.clone()),
             accel: None,
+            cloud_hypervisor: args.cloud_hypervisor.clone(),
             stop_timeout,
         });
     }
@@ -97,6 +102,7 @@ fn vm_setup(args: &Args, registry: Option<String>) -> Option<crate::vm::VmSetup>
             losetup: "losetup".into(),
         })),
         accel: None,
+        cloud_hypervisor: args.cloud_hypervisor.clone(),
         stop_timeout,
     })
 }

@@ -444,7 +444,7 @@ impl Runtime {
         };
         let id = Self::id(contract, &v.name);
         let dir = self.cfg.root.join("vms").join(&id);
-        let (qemu, accel) = match hv.get(&self.cfg.root.join("vms")).await {
+        let engines = match hv.get(&self.cfg.root.join("vms")).await {
             Ok(found) => found,
             Err(why) => return (failed(&v.name, why), None),
         };
@@ -466,7 +466,7 @@ impl Runtime {
             Ok(path) => path,
             Err(why) => return (failed(&v.name, why), None),
         };
-        let (at, from, q) = (disk.clone(), boot.clone(), qemu.clone());
+        let (at, from, q) = (disk.clone(), boot.clone(), engines.qemu.clone());
         let made = blocking(move || match &from {
             crate::vm::BootSource::Disk(image) => crate::vm::root_disk_from(&q, image, &at, size),
             crate::vm::BootSource::Kernel { .. } => crate::vm::root_disk(&at, size),
@@ -515,8 +515,7 @@ impl Runtime {
             disk,
             volumes: files,
             boot,
-            qemu,
-            accel,
+            engines,
             cgroup,
             log: Arc::new(Log::new(
                 self.log_path(contract, &v.name),

@@ -41,6 +41,28 @@ pub enum QemuSource {
     Extension(Box<extension::Extensions>),
 }
 
+/// Whether cloud-hypervisor runs VMs in QEMU's place (only ever under KVM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChChoice {
+    /// When its binary is in the VM-runtime extension or in `PATH`.
+    Auto,
+    /// Never: QEMU runs every VM.
+    Off,
+    /// This binary.
+    At(PathBuf),
+}
+
+impl std::str::FromStr for ChChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<ChChoice, Self::Err> {
+        Ok(match s {
+            "auto" => ChChoice::Auto,
+            "off" => ChChoice::Off,
+            path => ChChoice::At(path.into()),
+        })
+    }
+}
+
 /// How the node runs VMs; `None` in the runtime's config: this node runs none.
 #[derive(Debug, Clone)]
 pub struct VmSetup {
@@ -48,15 +70,28 @@ pub struct VmSetup {
     pub qemu: QemuSource,
     /// How guests run; probed with the first VM when not given.
     pub accel: Option<vmm::Accel>,
+    /// Whether cloud-hypervisor is looked for.
+    pub cloud_hypervisor: ChChoice,
     /// How long a guest has between the power button and the kill.
     pub stop_timeout: Duration,
+}
+
+/// What runs this node's VMs, found once per service run.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    /// QEMU: every VM when there is no cloud-hypervisor, and those it cannot boot.
+    pub qemu: vmm::Qemu,
+    /// How QEMU runs guests.
+    pub accel: vmm::Accel,
+    /// cloud-hypervisor, when its binary answers and KVM runs guests here.
+    pub ch: Option<vmm::CloudHypervisor>,
 }
 
 /// The QEMU to run and its accelerator, found once per service run.
 #[derive(Debug)]
 pub struct Hypervisor {
     setup: VmSetup,
-    ready: OnceCell<(vmm::Qemu, vmm::Accel)>,
+    ready: OnceCell<Engines>,
     http: reqwest::Client,
 }
 
@@ -70,20 +105,22 @@ impl Hypervisor {
         }
     }
 
-    /// The QEMU and accelerator for the next VM: the extension mounted (downloaded and
-    /// verified the first time) and KVM probed, once; an error is tried again next time.
-    pub async fn get(&self, work: &Path) -> Result<(vmm::Qemu, vmm::Accel), String> {
+    /// What runs the next VM: the extension mounted (downloaded and verified the first
+    /// time), KVM probed and cloud-hypervisor looked for, once; an error is tried again next
+    /// time.
+    pub async fn get(&self, work: &Path) -> Result<Engines, String> {
         let found = self
             .ready
             .get_or_try_init(|| async {
-                let qemu = match &self.setup.qemu {
-                    QemuSource::Host(p) => vmm::Qemu::host(p),
+                let (qemu, root) = match &self.setup.qemu {
+                    QemuSource::Host(p) => (vmm::Qemu::host(p), None),
                     QemuSource::Extension(store) => {
                         let m = store
                             .ensure(&self.http, "vm")
                             .await
                             .map_err(|e| format!("the VM runtime: {}", error_chain(&e)))?;
-                        vmm::Qemu::from_extension(&m.root).map_err(|e| e.to_string())?
+                        let q = vmm::Qemu::from_extension(&m.root).map_err(|e| e.to_string())?;
+                        (q, Some(m.root))
                     }
                 };
                 let accel = match self.setup.accel {
@@ -97,7 +134,13 @@ impl Hypervisor {
                         .map_err(|e| e.to_string())?
                     }
                 };
-                Ok::<_, String>((qemu, accel))
+                let choice = self.setup.cloud_hypervisor.clone();
+                let ch = tokio::task::spawn_blocking(move || {
+                    cloud_hypervisor(&choice, root.as_deref(), accel)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok::<_, String>(Engines { qemu, accel, ch })
             })
             .await?;
         Ok(found.clone())
@@ -106,6 +149,42 @@ impl Hypervisor {
     /// The grace period of a stop.
     pub fn stop_timeout(&self) -> Duration {
         self.setup.stop_timeout
+    }
+}
+
+/// The cloud-hypervisor to use, if `choice` allows one, one is found (in the extension at
+/// `root`, else in `PATH`), it answers `--version`, and KVM runs guests (`accel`): it has
+/// no software emulation. Every case is logged, so an operator sees why VMs run in QEMU.
+fn cloud_hypervisor(
+    choice: &ChChoice,
+    root: Option<&Path>,
+    accel: vmm::Accel,
+) -> Option<vmm::CloudHypervisor> {
+    let found = match choice {
+        ChChoice::Off => return None,
+        ChChoice::At(p) => Some(vmm::CloudHypervisor::new(p, Path::new("/"))),
+        ChChoice::Auto => root
+            .and_then(vmm::CloudHypervisor::from_extension)
+            .or_else(vmm::CloudHypervisor::from_path),
+    }?;
+    let program = found.program().display().to_string();
+    if accel != vmm::Accel::Kvm {
+        tracing::info!(
+            program,
+            "cloud-hypervisor is here, but KVM does not run guests: VMs run in QEMU"
+        );
+        return None;
+    }
+    match found.version(Duration::from_secs(5)) {
+        Ok(version) => {
+            let firmware = found.firmware().map(|f| f.display().to_string());
+            tracing::info!(program, version, firmware, "VMs run in cloud-hypervisor");
+            Some(found)
+        }
+        Err(e) => {
+            tracing::warn!(program, error = %e, "cloud-hypervisor does not run: VMs run in QEMU");
+            None
+        }
     }
 }
 
@@ -285,8 +364,7 @@ pub(crate) struct VmWatcher {
     /// The attached volumes' disk image files, in order after the root disk.
     pub volumes: Vec<PathBuf>,
     pub boot: BootSource,
-    pub qemu: vmm::Qemu,
-    pub accel: vmm::Accel,
+    pub engines: Engines,
     pub cgroup: Option<PathBuf>,
     pub log: Arc<crate::runtime::Log>,
     pub status: Arc<Mutex<WorkloadStatus>>,
@@ -309,7 +387,8 @@ impl VmWatcher {
         format!("c{}-{}", self.contract, self.vm.name)
     }
 
-    /// Starts QEMU once: lease, seed, launch paused, cgroup, tap, resume.
+    /// Starts the VM once: lease, seed, hypervisor launched paused in its cgroup, tap,
+    /// resume.
     fn launch(&self) -> Result<(vmm::Vm, std::process::ChildStdout, Option<Attachment>), String> {
         let mac = mac_of(self.contract, &self.vm.name);
         let lease = match &self.net {
@@ -369,17 +448,12 @@ impl VmWatcher {
                 tap: l.tap.clone(),
                 mac: mac.clone(),
             }),
-            accel: self.accel,
+            accel: self.engines.accel,
+            cgroup: self.cgroup.clone(),
         };
-        let (mut vm, console) = vmm::Vm::launch(&self.qemu, &spec, &self.dir)
+        let (mut vm, console) = self
+            .hypervise(&spec)
             .map_err(|e| give_back(error_chain(&e)))?;
-        // Paused: into its cgroup before the guest runs a single instruction.
-        if let Some(cg) = &self.cgroup {
-            if let Err(e) = std::fs::write(cg.join("cgroup.procs"), vm.pid().to_string()) {
-                vm.kill();
-                return Err(give_back(format!("moving QEMU into {}: {e}", cg.display())));
-            }
-        }
         let attachment = match (&self.net, &lease) {
             (Some(n), Some(l)) => match n.plug_tap(l) {
                 Ok(a) => Some(a),
@@ -398,6 +472,27 @@ impl VmWatcher {
             return Err(error_chain(&e));
         }
         Ok((vm, console, attachment))
+    }
+
+    /// The hypervisor for `spec`, started paused: cloud-hypervisor when there is one and it
+    /// can boot the spec, else QEMU, and QEMU too when cloud-hypervisor fails to start (the
+    /// twin's VM runs; the operator reads why in the log).
+    fn hypervise(
+        &self,
+        spec: &vmm::Spec,
+    ) -> Result<(vmm::Vm, std::process::ChildStdout), vmm::VmError> {
+        if let Some(ch) = &self.engines.ch {
+            if ch.can_boot(&spec.boot) {
+                match vmm::Vm::launch_cloud_hypervisor(ch, spec, &self.dir) {
+                    Ok(found) => return Ok(found),
+                    Err(e @ (vmm::VmError::Spec(_) | vmm::VmError::Io { .. })) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(contract = self.contract, vm = %self.vm.name, error = %error_chain(&e), "cloud-hypervisor did not start the VM: trying QEMU");
+                    }
+                }
+            }
+        }
+        vmm::Vm::launch(&self.engines.qemu, spec, &self.dir)
     }
 
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>, first: oneshot::Sender<bool>) {
@@ -419,7 +514,7 @@ impl VmWatcher {
                         crate::runtime::lock(&me.meter).plugged(me.contract, &a.veth);
                     }
                     let address = attachment.as_ref().map(|a| a.address.to_string());
-                    tracing::info!(contract = me.contract, vm = %me.vm.name, pid = vm.pid(), address, accel = me.accel.name(), "VM started");
+                    tracing::info!(contract = me.contract, vm = %me.vm.name, pid = vm.pid(), address, hypervisor = vm.hypervisor(), accel = me.engines.accel.name(), "VM started");
                     me.set(DeploymentState::Running, None);
                     crate::runtime::lock(&me.status).address = address;
                     if let Some(f) = first.take() {
@@ -561,6 +656,55 @@ pub fn limits(vm: &Vm) -> Limits {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// An executable that answers `--version` as cloud-hypervisor does, at `root/rel`.
+    fn fake_binary(root: &Path, rel: &str, answers: bool) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let body = if answers {
+            "echo cloud-hypervisor v49.0"
+        } else {
+            "exit 3"
+        };
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Another test thread forking while the file was open for writing keeps it busy
+        // (ETXTBSY) until that child execs: wait for that here, not in the code under test.
+        for _ in 0..100 {
+            match std::process::Command::new(&p).output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break,
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn cloud_hypervisor_is_chosen_only_under_kvm_when_allowed_and_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = dir.path().join("ext");
+        let bin = fake_binary(&ext, "usr/bin/cloud-hypervisor", true);
+        let kvm = vmm::Accel::Kvm;
+        let found = cloud_hypervisor(&ChChoice::Auto, Some(&ext), kvm).unwrap();
+        assert_eq!(found.program(), bin);
+        // No software emulation: under TCG, QEMU runs everything.
+        assert!(cloud_hypervisor(&ChChoice::Auto, Some(&ext), vmm::Accel::Tcg).is_none());
+        assert!(cloud_hypervisor(&ChChoice::Off, Some(&ext), kvm).is_none());
+        let named = cloud_hypervisor(&ChChoice::At(bin.clone()), None, kvm).unwrap();
+        assert_eq!(named.program(), bin);
+        // A file that does not answer --version is not used.
+        let broken = fake_binary(dir.path(), "broken/cloud-hypervisor", false);
+        assert!(cloud_hypervisor(&ChChoice::At(broken), None, kvm).is_none());
+        assert!(cloud_hypervisor(&ChChoice::At(dir.path().join("none")), None, kvm).is_none());
+        assert_eq!("off".parse::<ChChoice>().unwrap(), ChChoice::Off);
+        assert_eq!(
+            "/opt/ch".parse::<ChChoice>().unwrap(),
+            ChChoice::At("/opt/ch".into())
+        );
+    }
 
     fn boot_files(layers: &[PathBuf]) -> Result<(PathBuf, Option<PathBuf>), String> {
         match boot_source(layers)? {

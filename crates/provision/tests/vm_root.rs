@@ -88,6 +88,7 @@ fn a_vm_joins_its_twins_network_and_only_that() {
             mac: mac.into(),
         }),
         accel: vmm::Accel::Tcg,
+        cgroup: None,
     };
     // QEMU is forked from the node's thread: it and its tap live in the node's namespace.
     let work = dir.path().join("vm");

@@ -19,7 +19,7 @@ use gridtypes::deployment::Deployment;
 use gridtypes::mailbox::{DeploymentState, WorkloadStatus};
 use provision::runtime::{Config, Runtime};
 use provision::twinnet::Range;
-use provision::vm::{QemuSource, VmSetup};
+use provision::vm::{ChChoice, QemuSource, VmSetup};
 use serde_json::json;
 use test_infra::oci::{layer, OciRegistry};
 
@@ -124,6 +124,7 @@ async fn on_the_node(registry: PathBuf, qemu: PathBuf) {
     cfg.vm = Some(VmSetup {
         qemu: QemuSource::Host(qemu),
         accel: Some(vmm::Accel::Tcg),
+        cloud_hypervisor: ChChoice::Off,
         stop_timeout: Duration::from_secs(60),
     });
     let rt = Runtime::open(cfg).unwrap();

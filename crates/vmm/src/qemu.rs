@@ -230,6 +230,9 @@ pub struct Spec {
     pub nic: Option<Nic>,
     /// How guest code runs.
     pub accel: Accel,
+    /// The cgroup (v2 directory) the hypervisor process joins as soon as it exists, before
+    /// the guest runs or its memory is touched: what the VM reserved holds from the start.
+    pub cgroup: Option<PathBuf>,
 }
 
 fn name_ok(s: &str) -> bool {
@@ -435,6 +438,7 @@ mod tests {
             seed: None,
             nic: None,
             accel: Accel::Tcg,
+            cgroup: None,
         }
     }
 
