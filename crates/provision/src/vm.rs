@@ -87,7 +87,7 @@ pub struct Engines {
     pub ch: Option<vmm::CloudHypervisor>,
 }
 
-/// The QEMU to run and its accelerator, found once per service run.
+/// What runs VMs on this node ([`Engines`]), found on the first VM of a service run.
 #[derive(Debug)]
 pub struct Hypervisor {
     setup: VmSetup,
@@ -161,12 +161,22 @@ fn cloud_hypervisor(
     accel: vmm::Accel,
 ) -> Option<vmm::CloudHypervisor> {
     let found = match choice {
-        ChChoice::Off => return None,
-        ChChoice::At(p) => Some(vmm::CloudHypervisor::new(p, Path::new("/"))),
-        ChChoice::Auto => root
-            .and_then(vmm::CloudHypervisor::from_extension)
-            .or_else(vmm::CloudHypervisor::from_path),
-    }?;
+        ChChoice::Off => {
+            tracing::info!("cloud-hypervisor is turned off: VMs run in QEMU");
+            return None;
+        }
+        ChChoice::At(p) => vmm::CloudHypervisor::new(p, Path::new("/")),
+        ChChoice::Auto => {
+            let found = root
+                .and_then(vmm::CloudHypervisor::from_extension)
+                .or_else(vmm::CloudHypervisor::from_path);
+            let Some(found) = found else {
+                tracing::info!("no cloud-hypervisor in the VM runtime or in PATH: VMs run in QEMU");
+                return None;
+            };
+            found
+        }
+    };
     let program = found.program().display().to_string();
     if accel != vmm::Accel::Kvm {
         tracing::info!(

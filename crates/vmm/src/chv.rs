@@ -281,6 +281,19 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_in_the_socket_path_is_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = CloudHypervisor::new("/nonexistent/cloud-hypervisor", dir.path());
+        let at = dir.path().join("a,b");
+        let e = crate::Vm::launch_cloud_hypervisor(&ch, &spec(dir.path()), &at)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("comma"), "{e}");
+        assert!(!at.exists());
+    }
+
+    #[test]
     fn a_bad_spec_is_refused_before_any_config() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = spec(dir.path());

@@ -170,6 +170,14 @@ impl Vm {
         dir: &Path,
     ) -> Result<(Vm, ChildStdout), VmError> {
         let config = chv::config(spec, ch.firmware())?;
+        // Its option syntax splits at commas and has no escape for them.
+        if dir.as_os_str().as_encoded_bytes().contains(&b',') {
+            return Err(SpecError::Invalid(format!(
+                "cloud-hypervisor cannot take an API socket path with a comma: {}",
+                dir.display()
+            ))
+            .into());
+        }
         let socket = prepare(dir, "api.sock")?;
         let api = Api::new(&socket, QMP_TIMEOUT);
         let (mut vm, console) = Vm::spawn(
