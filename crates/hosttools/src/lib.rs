@@ -1,8 +1,12 @@
 //! Which Debian package provides each host program gridos runs (QEMU, btrfs-progs, …), so a
 //! program that is not installed is reported by name with the package to install, never as a
 //! bare "No such file or directory". The table is `tools/commands.txt`, read at build time.
+//! And [`wait_within`]: a host program that hangs is killed after a limit, not waited on for
+//! ever.
 
 use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 const TABLE: &str = include_str!("../../../tools/commands.txt");
 
@@ -39,9 +43,60 @@ pub fn spawn_error(program: &str, e: std::io::Error) -> std::io::Error {
     }
 }
 
+/// Waits at most `limit` for `child` to exit. One still running then is killed and reaped, so
+/// no zombie is left, and `Ok(None)` says it was stopped. When waiting itself fails the child
+/// is killed too and the error returned.
+pub fn wait_within(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    // Short first pauses: most programs asked for a version or a probe end within milliseconds.
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let error = match child.try_wait() {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => {
+                let now = Instant::now();
+                if now < deadline {
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        return match error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_child_that_ends_in_time_gives_its_status() {
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let status = wait_within(&mut child, Duration::from_secs(30)).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn a_child_that_hangs_is_killed_and_reaped() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let t0 = Instant::now();
+        assert!(wait_within(&mut child, Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        // Reaped: the process is gone, not a zombie waiting for a wait().
+        let pid = child.id();
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
 
     #[test]
     fn programs_map_to_their_packages() {

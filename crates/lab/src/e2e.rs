@@ -281,8 +281,26 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         results.len(),
         t0.elapsed().as_secs_f64()
     );
+    // Repeated last: a CI log that keeps only its tail still says why each shape failed.
+    for (name, r) in &results {
+        if let Err(e) = r {
+            println!("e2e: {name} failed: {}", clip(&format!("{e:#}"), 1500));
+        }
+    }
     ensure!(failed == 0, "{failed} shape(s) failed");
     Ok(())
+}
+
+/// At most `max` bytes of `s` (cut at a character boundary), marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} bytes more)", &s[..end], s.len() - end)
 }
 
 /// The full scenario on one shape: register, capacity, cache placement, reboot → same node,
@@ -1061,6 +1079,15 @@ mod tests {
         let sru = SSD_BYTES as f64 / GIB as f64;
         let hru = HDD_BYTES as f64 / GIB as f64;
         assert!(close(su, hru / 1200.0 + sru * 0.004), "{su}");
+    }
+
+    #[test]
+    fn long_reasons_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        let s = "é".repeat(10);
+        let c = clip(&s, 5);
+        assert!(c.starts_with("éé …"), "{c}");
+        assert!(c.ends_with("(16 bytes more)"), "{c}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::qemu::{Accel, Qemu};
 
@@ -78,18 +78,10 @@ pub fn run_probe(qemu: &Qemu, work: &Path, accel: Accel, limit: Duration) -> Opt
     let Ok(mut child) = child else {
         return None;
     };
-    let t0 = Instant::now();
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code(),
-            Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let code = hosttools::wait_within(&mut child, limit)
+        .ok()
+        .flatten()
+        .and_then(|status| status.code());
     let _ = std::fs::remove_file(&sector);
     code
 }

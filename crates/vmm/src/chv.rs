@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::qemu::{Boot, Spec, SpecError};
 
@@ -81,25 +81,19 @@ impl CloudHypervisor {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| hosttools::spawn_error(&self.program.to_string_lossy(), e))?;
-        let t0 = Instant::now();
-        loop {
-            match child.try_wait()? {
-                Some(status) if status.success() => break,
-                Some(status) => {
-                    return Err(std::io::Error::other(format!(
-                        "{} --version: {status}",
-                        self.program.display()
-                    )))
-                }
-                None if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("{} --version did not answer", self.program.display()),
-                    ));
-                }
+        match hosttools::wait_within(&mut child, limit)? {
+            Some(status) if status.success() => {}
+            Some(status) => {
+                return Err(std::io::Error::other(format!(
+                    "{} --version: {status}",
+                    self.program.display()
+                )))
+            }
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{} --version did not answer", self.program.display()),
+                ))
             }
         }
         let mut out = String::new();

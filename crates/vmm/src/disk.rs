@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Qemu;
 
@@ -176,19 +176,11 @@ pub fn qcow2_to_raw(
         }
         text
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => break Err(format!("not done after {timeout:?}: stopped")),
-            Err(e) => break Err(format!("waiting for qemu-img: {e}")),
-        }
+    let status = match hosttools::wait_within(&mut child, timeout) {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err(format!("not done after {timeout:?}: stopped")),
+        Err(e) => Err(format!("waiting for qemu-img: {e}")),
     };
-    if status.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
     let said = said.join().unwrap_or_default();
     match status {
         Ok(s) if s.success() => Ok(()),
@@ -273,7 +265,7 @@ mod tests {
             .to_string();
         assert!(e.contains("boom") && e.contains("3"), "{e}");
         script("exec sleep 30");
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         let e = qcow2_to_raw(&qemu, &src, &dst, Duration::from_millis(300))
             .unwrap_err()
             .to_string();
