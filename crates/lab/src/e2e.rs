@@ -40,6 +40,11 @@ pub struct E2eArgs {
     /// Guests booted at once (each TCG guest keeps about one host core busy).
     #[arg(long, default_value_t = 2)]
     pub parallel: usize,
+    /// Times a failed shape is run again from fresh disks. Nested TCG on a loaded CI machine
+    /// may fail where a second run passes; each retry and its first reason are printed in the
+    /// summary, so a flaky shape is seen, not hidden. 0 makes the first failure final.
+    #[arg(long, default_value_t = 1)]
+    pub retries: u32,
     /// The system extensions from `make extensions` (the VM runtime), served by the registry
     /// of each shape that runs a VM.
     #[arg(long, default_value = "out/extensions")]
@@ -238,24 +243,52 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         tasks.spawn(async move {
             let _permit = gate.acquire().await;
             let started = Instant::now();
-            let r = if shape.full {
-                full(&args, &accel, &shape, &dir).await
-            } else {
-                shapes::check(&args, &accel, &shape, &dir).await
+            let mut earlier = Vec::new();
+            let r = loop {
+                let r = if shape.full {
+                    full(&args, &accel, &shape, &dir).await
+                } else {
+                    shapes::check(&args, &accel, &shape, &dir).await
+                };
+                match r {
+                    Err(e) if earlier.len() < args.retries as usize => {
+                        let attempt = earlier.len() + 1;
+                        let kept = keep_attempt(&dir, attempt);
+                        step(&format!(
+                            "shape {}: attempt {attempt} FAILED ({kept}), running it again \
+                             from fresh disks: {e:#}",
+                            shape.name
+                        ));
+                        earlier.push(format!("{e:#}"));
+                    }
+                    r => break r,
+                }
             };
-            (shape.name, started.elapsed(), r)
+            (shape.name, started.elapsed(), r, earlier)
         });
     }
     let mut results = Vec::new();
+    let mut retried = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (name, took, r) = joined.context("a shape's task died")?;
+        let (name, took, r, earlier) = joined.context("a shape's task died")?;
         match &r {
             Ok(_) => step(&format!(
-                "shape {name}: passed ({:.0} s wall)",
-                took.as_secs_f64()
+                "shape {name}: passed ({:.0} s wall{})",
+                took.as_secs_f64(),
+                if earlier.is_empty() {
+                    String::new()
+                } else {
+                    format!(", attempt {}", earlier.len() + 1)
+                }
             )),
             Err(e) => step(&format!("shape {name}: FAILED: {e:#}")),
         }
+        retried.extend(
+            earlier
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (name, i + 1, e)),
+        );
         results.push((name, r));
     }
     results.sort_by_key(|(n, _)| shapes.iter().position(|s| s.name == *n));
@@ -276,19 +309,44 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "e2e: {} passed, {failed} failed ({} shapes, {:.0} s wall)",
+        "e2e: {} passed, {failed} failed, {} attempt(s) run again ({} shapes, {:.0} s wall)",
         results.len() - failed,
+        retried.len(),
         results.len(),
         t0.elapsed().as_secs_f64()
     );
-    // Repeated last: a CI log that keeps only its tail still says why each shape failed.
+    // Repeated last: a CI log that keeps only its tail still says why each shape failed,
+    // and which passed only when run again.
+    for (name, attempt, e) in &retried {
+        println!(
+            "e2e: {name}: attempt {attempt} failed and was run again: {}",
+            clip(e, 1500)
+        );
+    }
     for (name, r) in &results {
         if let Err(e) = r {
-            println!("e2e: {name} failed: {}", clip(&format!("{e:#}"), 1500));
+            println!("e2e: {name}: FAILED: {}", clip(&format!("{e:#}"), 1500));
         }
     }
     ensure!(failed == 0, "{failed} shape(s) failed");
     Ok(())
+}
+
+/// Moves a failed attempt's folder (consoles, registry file, disks) aside to
+/// `<shape>.attempt<N>`, so the next attempt starts from nothing and the failure can still be
+/// read. Says where it went, or why it could not be kept.
+fn keep_attempt(dir: &Path, attempt: usize) -> String {
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".attempt{attempt}"));
+    let aside = PathBuf::from(aside);
+    let _ = std::fs::remove_dir_all(&aside);
+    match std::fs::rename(dir, &aside) {
+        Ok(()) => format!("kept in {}", aside.display()),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir);
+            format!("not kept: {e}")
+        }
+    }
 }
 
 /// At most `max` bytes of `s` (cut at a character boundary), marked when cut.

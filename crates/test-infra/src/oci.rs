@@ -34,7 +34,25 @@ impl Drop for OciRegistry {
 
 impl OciRegistry {
     /// Starts `bin` (`docker-registry`) on a free loopback port and waits until it listens.
+    /// The port is picked before the registry binds it, so another program may take it in
+    /// between (tests run side by side): a registry that ends before it listens is started
+    /// again on another port, and what it printed is in the error when that keeps happening.
     pub fn start(bin: &Path) -> io::Result<OciRegistry> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(bin)? {
+                Ok(reg) => return Ok(reg),
+                Err(said) => last = Some(said),
+            }
+        }
+        Err(io::Error::other(format!(
+            "docker-registry ended before it listened, three times; it said: {}",
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// One start: `Ok(Err(what it said))` when it ended before listening.
+    fn start_once(bin: &Path) -> io::Result<Result<OciRegistry, String>> {
         let dir = tempfile::tempdir()?;
         let port = crate::process::free_port()?;
         let addr = format!("127.0.0.1:{port}");
@@ -48,28 +66,46 @@ impl OciRegistry {
                 storage.display()
             ),
         )?;
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(bin)
             .arg("serve")
             .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()?;
         // Owned at once, so a failed start below still kills and reaps it.
-        let reg = OciRegistry {
+        let mut reg = OciRegistry {
             child,
             addr,
             storage,
             _dir: dir,
         };
-        for _ in 0..100 {
+        let said = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let text = text.trim();
+            let start = text.len().saturating_sub(2000);
+            let start = (start..=text.len())
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(text.len());
+            text[start..].to_string()
+        };
+        // Generous: a loaded machine (CI boots guests beside this) starts it slowly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = reg.child.try_wait()? {
+                return Ok(Err(format!("({status}) {}", said())));
+            }
             if std::net::TcpStream::connect(&reg.addr).is_ok() {
-                return Ok(reg);
+                return Ok(Ok(reg));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(io::Error::other(format!(
-            "docker-registry did not listen on {}",
-            reg.addr
+            "docker-registry did not listen on {} within 60 s; it said: {}",
+            reg.addr,
+            said()
         )))
     }
 
