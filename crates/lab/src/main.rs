@@ -36,17 +36,60 @@ enum Command {
     NodeBench(node_bench::NodeBenchArgs),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    let r = match cli.command {
-        Command::Run(a) => run::run(a).await,
-        Command::E2e(a) => e2e::run(a).await,
-        Command::BootBench(a) => bench::run(a).await,
-        Command::NodeBench(a) => node_bench::run(a).await,
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gridos-lab: FAIL: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
     };
+    // `run` turns Ctrl-C into an ordered shutdown of its node itself.
+    let catch_ctrl_c = !matches!(cli.command, Command::Run(_));
+    let r = rt.block_on(async {
+        let job = async {
+            match cli.command {
+                Command::Run(a) => run::run(a).await,
+                Command::E2e(a) => e2e::run(a).await,
+                Command::BootBench(a) => bench::run(a).await,
+                Command::NodeBench(a) => node_bench::run(a).await,
+            }
+        };
+        tokio::select! {
+            r = job => r,
+            signal = interrupted(catch_ctrl_c) => Err(anyhow::anyhow!(
+                "{signal}: stopped; the guests, registries and OCI registries it started are stopped too"
+            )),
+        }
+    });
+    // Dropping the runtime drops every task still running (the e2e runs shapes as tasks), and
+    // with them their QEMU guests and registries, which are killed and reaped on drop. Exiting
+    // from inside the runtime would leave them running.
+    drop(rt);
     if let Err(e) = r {
         eprintln!("gridos-lab: FAIL: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Resolves on SIGTERM, and on SIGINT (Ctrl-C) when `ctrl_c`. The registries run in process
+/// groups of their own (a Ctrl-C must not end one mid-write), so only this process can stop
+/// them.
+async fn interrupted(ctrl_c: bool) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default actions stay: nothing to wait for here.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv(), if ctrl_c => "SIGINT",
     }
 }
