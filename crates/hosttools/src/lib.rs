@@ -50,27 +50,23 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> std::io::Result<Option
     let deadline = Instant::now() + limit;
     // Short first pauses: most programs asked for a version or a probe end within milliseconds.
     let mut pause = Duration::from_millis(2);
-    loop {
-        let error = match child.try_wait() {
+    let stopped = loop {
+        match child.try_wait() {
             Ok(Some(status)) => return Ok(Some(status)),
             Ok(None) => {
-                let now = Instant::now();
-                if now < deadline {
-                    std::thread::sleep(pause.min(deadline - now));
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                    continue;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break Ok(None);
                 }
-                None
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
-            Err(e) => Some(e),
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        return match error {
-            Some(e) => Err(e),
-            None => Ok(None),
-        };
-    }
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    stopped
 }
 
 #[cfg(test)]

@@ -76,20 +76,31 @@ fn main() {
     }
 }
 
-/// Resolves on SIGTERM, and on SIGINT (Ctrl-C) when `ctrl_c`. The registries run in process
-/// groups of their own (a Ctrl-C must not end one mid-write), so only this process can stop
-/// them.
+/// Resolves on SIGTERM, and on SIGINT (Ctrl-C) when `ctrl_c`. SIGINT is caught only then:
+/// a handler replaces the default action, so `run` would ignore a Ctrl-C pressed before it
+/// sets up its own. The registries run in process groups of their own (a Ctrl-C must not end
+/// one mid-write), so only this process can stop them.
 async fn interrupted(ctrl_c: bool) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default actions stay: nothing to wait for here.
-        return std::future::pending().await;
+    let int = async {
+        // Registered only when asked for: registering alone replaces the default action.
+        match ctrl_c.then(|| signal(SignalKind::interrupt())) {
+            Some(Ok(mut int)) => {
+                int.recv().await;
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
     };
     tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv(), if ctrl_c => "SIGINT",
+        _ = term => "SIGTERM",
+        _ = int => "SIGINT",
     }
 }

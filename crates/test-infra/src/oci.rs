@@ -82,14 +82,11 @@ impl OciRegistry {
             storage,
             _dir: dir,
         };
+        // Its last 2000 bytes; a character cut at the start shows as one U+FFFD.
         let said = || {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let text = text.trim();
-            let start = text.len().saturating_sub(2000);
-            let start = (start..=text.len())
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(text.len());
-            text[start..].to_string()
+            let bytes = std::fs::read(&log_path).unwrap_or_default();
+            let tail = &bytes[bytes.len().saturating_sub(2000)..];
+            String::from_utf8_lossy(tail).trim().to_string()
         };
         // Generous: a loaded machine (CI boots guests beside this) starts it slowly.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
